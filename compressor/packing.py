@@ -1,0 +1,30 @@
+"""Bit packing of tokens: the on-the-wire size of a frame is exactly ceil(num_tokens * bits / 8) bytes."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def pack(tokens: Tensor | np.ndarray, bits: int = 14) -> bytes:
+    """tokens: integer (B, N) in [0, 2**bits) -> bytes, each frame padded to a whole byte and concatenated."""
+    t = np.asarray(tokens.cpu() if isinstance(tokens, Tensor) else tokens)
+    if t.ndim != 2 or not np.issubdtype(t.dtype, np.integer):
+        raise ValueError(f"tokens must be an integer array of shape (B, N), got {t.dtype} {t.shape}")
+    if t.size and (t.min() < 0 or t.max() >= 2**bits):
+        raise ValueError(f"tokens must lie in [0, 2**{bits}), got range [{t.min()}, {t.max()}]")
+    shifts = np.arange(bits - 1, -1, -1, dtype=np.int64)  # most significant bit first
+    bitplanes = ((t.astype(np.int64)[..., None] >> shifts) & 1).astype(np.uint8)  # (B, N, bits)
+    return np.packbits(bitplanes.reshape(t.shape[0], -1), axis=1).tobytes()  # pads each frame to a byte
+
+
+def unpack(data: bytes, num_frames: int, num_tokens: int = 128, bits: int = 14) -> Tensor:
+    """Exact inverse of ``pack``: bytes -> int64 tokens (num_frames, num_tokens)."""
+    frame_bytes = -(-num_tokens * bits // 8)
+    if len(data) != num_frames * frame_bytes:
+        raise ValueError(f"expected {num_frames} x {frame_bytes} bytes, got {len(data)}")
+    packed = np.frombuffer(data, dtype=np.uint8).reshape(num_frames, frame_bytes)
+    bitplanes = np.unpackbits(packed, axis=1)[:, : num_tokens * bits].reshape(num_frames, num_tokens, bits)
+    weights = (1 << np.arange(bits - 1, -1, -1, dtype=np.int64))
+    return torch.from_numpy((bitplanes.astype(np.int64) * weights).sum(-1))

@@ -1,0 +1,69 @@
+import math
+
+import pytest
+import torch
+
+from compressor.quantizers import FSQ, VQ, token_bits
+
+
+@pytest.mark.parametrize("levels", [[8, 8, 8, 6, 5], [8, 8, 8, 8, 4], [3, 5], [2, 2, 2]])
+def test_fsq_every_token_round_trips(levels):
+    fsq = FSQ(levels)
+    tokens = torch.arange(math.prod(levels))
+    codes = fsq.tokens_to_codes(tokens)
+    assert codes.shape == (len(tokens), len(levels))
+    assert codes.min() >= -1 and codes.max() <= 1
+    assert torch.equal(fsq.codes_to_tokens(codes), tokens)
+
+
+def test_fsq_quantizes_onto_the_code_grid():
+    fsq = FSQ([8, 8, 8, 6, 5])
+    out = fsq(torch.randn(4, 128, 5) * 3)
+    assert out["tokens"].shape == (4, 128) and out["tokens"].dtype == torch.int64
+    assert 0 <= out["tokens"].min() and out["tokens"].max() < fsq.codebook_size == 15360
+    assert torch.equal(fsq.tokens_to_codes(out["tokens"]), out["codes"])
+
+
+def test_fsq_straight_through_gradient():
+    z = torch.randn(2, 8, 5, requires_grad=True)
+    FSQ()(z)["codes"].sum().backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0
+
+
+def test_fsq_stays_float32_under_autocast():
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = FSQ()(torch.randn(2, 8, 5).bfloat16())
+    assert out["codes"].dtype == torch.float32
+
+
+def test_codebooks_over_14_bits_are_refused():
+    with pytest.raises(ValueError, match="14-bit"):
+        FSQ([8, 8, 8, 8, 8])
+    with pytest.raises(ValueError):
+        VQ(codebook_size=2**14 + 1)
+
+
+def test_token_bits():
+    assert token_bits(15360) == 14 and token_bits(16384) == 14 and token_bits(16385) == 15 and token_bits(2) == 1
+
+
+def test_vq_codes_are_unit_norm_codebook_entries():
+    vq = VQ(codebook_size=64, dim=4)
+    out = vq.eval()(torch.randn(2, 16, 4))
+    assert torch.allclose(out["codes"].norm(dim=-1), torch.ones(2, 16), atol=1e-5)
+    assert torch.allclose(vq.tokens_to_codes(out["tokens"]), out["codes"], atol=1e-6)
+    assert out["loss"] > 0
+
+
+def test_vq_restarts_dead_codes_on_encoder_outputs():
+    torch.manual_seed(0)
+    vq = VQ(codebook_size=32, dim=4, dead_code_threshold=0.5, usage_decay=0.0).train()
+    z = torch.randn(1, 8, 4)
+    before = vq.codebook.detach().clone()
+    vq(z)
+    changed = (vq.codebook.detach() != before).any(dim=1)
+    assert changed.sum() >= 32 - 8  # at most 8 codes can have been hit by 8 vectors
+    # Restarted codes sit next to encoder outputs.
+    z_n = torch.nn.functional.normalize(z[0], dim=-1)
+    sims = torch.nn.functional.normalize(vq.codebook.detach()[changed], dim=-1) @ z_n.t()
+    assert (sims.max(dim=1).values > 0.99).all()
