@@ -1,0 +1,15 @@
+"""compressor: dashcam frames -> 128 discrete tokens (224 bytes) -> frames.
+
+Codec API::
+
+    model = compressor.load("model.pt")
+    tokens = model.encode(frames)        # uint8 (B, 3, 128, 256) -> int64 (B, 128)
+    data = compressor.pack(tokens)       # 224 bytes per frame
+    frames = model.decode(compressor.unpack(data, num_frames=len(tokens)))
+"""
+
+from compressor.autoencoder import Autoencoder, load
+from compressor.packing import pack, unpack
+from compressor.video import preprocess
+
+__all__ = ["Autoencoder", "load", "pack", "unpack", "preprocess"]

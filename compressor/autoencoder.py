@@ -1,0 +1,167 @@
+"""The autoencoder: encoder -> quantizer -> decoder, with a training API and a codec API.
+
+- Training API: ``forward(x)`` on float frames in [-1, 1] returns a dict (``recon``, ``codes``, ``tokens``,
+  ``quant_loss``).
+- Codec API: ``encode(frames) -> tokens`` and ``decode(tokens) -> frames`` on uint8, under ``no_grad``, with
+  input checks. ``encode.py``, evaluation and the latent loader only use this API.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import torch
+from torch import Tensor, nn
+
+from compressor.encoders import grid_size
+from compressor.quantizers import token_bits
+
+CHECKPOINT_FORMAT = "compressor/1"
+# Only classes from these modules may be named in a checkpoint, so loading never runs arbitrary code.
+_BUILDABLE_MODULES = ("compressor.encoders", "compressor.decoders", "compressor.quantizers")
+
+
+class Autoencoder(nn.Module):
+    """Frames -> ``num_tokens`` discrete tokens -> frames.
+
+    Args:
+        encoder: maps (B, 3, H, W) in [-1, 1] to (B, N, D_enc); must expose ``dim`` and ``patch_size``.
+        quantizer: maps (B, N, C) to codes and tokens; must expose ``dim`` and ``codebook_size``.
+        decoder: maps (B, N, D_dec) and the token grid to (B, 3, H, W); must expose ``dim`` and ``patch_size``.
+        image_size: (H, W) of the frames the codec accepts.
+        max_bytes_per_frame: the token budget, asserted at construction. 224 bytes = 128 tokens x 14 bits.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        quantizer: nn.Module,
+        decoder: nn.Module,
+        image_size: tuple[int, int] = (128, 256),
+        max_bytes_per_frame: int = 224,
+    ):
+        super().__init__()
+        if encoder.patch_size != decoder.patch_size:
+            raise ValueError(f"encoder patch {encoder.patch_size} != decoder patch {decoder.patch_size}")
+        self.encoder, self.quantizer, self.decoder = encoder, quantizer, decoder
+        self.image_size = tuple(image_size)
+        self.max_bytes_per_frame = max_bytes_per_frame
+        self.grid = grid_size(self.image_size, encoder.patch_size)
+        self.num_tokens = self.grid[0] * self.grid[1]
+        self.codebook_size = quantizer.codebook_size
+        self.bits_per_token = token_bits(self.codebook_size)
+        # The product promise: a frame fits in the byte budget. Fail at construction, not in a shard writer.
+        bits = self.num_tokens * self.bits_per_token
+        if bits > 8 * max_bytes_per_frame:
+            raise ValueError(
+                f"{self.num_tokens} tokens x {self.bits_per_token} bits = {bits} bits exceeds the budget of "
+                f"{max_bytes_per_frame} bytes ({8 * max_bytes_per_frame} bits) per frame"
+            )
+        self.bytes_per_frame = -(-bits // 8)
+        self.pre_quant = nn.Linear(encoder.dim, quantizer.dim)
+        self.post_quant = nn.Linear(quantizer.dim, decoder.dim)
+
+    # ---- training API -------------------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        """x: (B, 3, H, W) float in [-1, 1] -> recon (B, 3, H, W), codes (B, N, C), tokens (B, N), quant_loss."""
+        grid = grid_size(tuple(x.shape[-2:]), self.encoder.patch_size)
+        q = self.quantizer(self.pre_quant(self.encoder(x)))
+        recon = self.decoder(self.post_quant(q["codes"].to(x.dtype)), grid)
+        return {"recon": recon, "codes": q["codes"], "tokens": q["tokens"], "quant_loss": q["loss"]}
+
+    # ---- codec API ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, frames: Tensor) -> Tensor:
+        """frames: uint8 (B, 3, H, W) RGB at ``image_size`` -> tokens: int64 (B, num_tokens)."""
+        self._check_frames(frames)
+        x = frames.to(self.pre_quant.weight.device, torch.float32) / 127.5 - 1
+        return self.quantizer(self.pre_quant(self.encoder(x)))["tokens"]
+
+    @torch.no_grad()
+    def decode(self, tokens: Tensor) -> Tensor:
+        """tokens: integer (B, num_tokens) in [0, codebook_size) -> frames: uint8 (B, 3, H, W)."""
+        self._check_tokens(tokens)
+        codes = self.quantizer.tokens_to_codes(tokens.to(self.pre_quant.weight.device))
+        recon = self.decoder(self.post_quant(codes), self.grid)
+        return ((recon.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+    def _check_frames(self, frames: Tensor) -> None:
+        if not isinstance(frames, Tensor):
+            raise ValueError(f"frames must be a torch.Tensor, got {type(frames).__name__}")
+        if frames.dtype != torch.uint8:
+            raise ValueError(f"frames must be uint8 RGB, got dtype {frames.dtype}")
+        expected = (3, *self.image_size)
+        if frames.ndim != 4 or tuple(frames.shape[1:]) != expected:
+            raise ValueError(
+                f"frames must have shape (B, {', '.join(map(str, expected))}), got {tuple(frames.shape)}; "
+                "run compressor.preprocess on each decoded frame first"
+            )
+
+    def _check_tokens(self, tokens: Tensor) -> None:
+        if not isinstance(tokens, Tensor):
+            raise ValueError(f"tokens must be a torch.Tensor, got {type(tokens).__name__}")
+        if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
+            raise ValueError(f"tokens must be an integer tensor, got dtype {tokens.dtype}")
+        if tokens.ndim != 2 or tokens.shape[1] != self.num_tokens:
+            raise ValueError(f"tokens must have shape (B, {self.num_tokens}), got {tuple(tokens.shape)}")
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.codebook_size):
+            raise ValueError(
+                f"tokens must lie in [0, {self.codebook_size}), got range [{int(tokens.min())}, {int(tokens.max())}]"
+            )
+
+    # ---- checkpoints --------------------------------------------------------------------------------------
+    def export_dict(self) -> dict:
+        """Everything needed to rebuild the model: class paths, constructor arguments and weights."""
+        config = {"image_size": list(self.image_size), "max_bytes_per_frame": self.max_bytes_per_frame}
+        for name in ("encoder", "quantizer", "decoder"):
+            module = getattr(self, name)
+            config[name] = {"class_path": f"{type(module).__module__}.{type(module).__name__}",
+                            "init_args": _plain(module.init_args)}
+        state = {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}
+        return {"format": CHECKPOINT_FORMAT, "config": config, "state_dict": state}
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write an exported model that ``compressor.load`` reads; written atomically."""
+        tmp = f"{path}.tmp"
+        torch.save(self.export_dict(), tmp)
+        os.replace(tmp, path)
+
+    @classmethod
+    def from_export(cls, export: dict, **overrides) -> "Autoencoder":
+        if export.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"not a compressor checkpoint (format {export.get('format')!r})")
+        config = dict(export["config"])
+        parts = {name: _build(config.pop(name)) for name in ("encoder", "quantizer", "decoder")}
+        config.update(overrides)
+        model = cls(**parts, image_size=tuple(config["image_size"]), max_bytes_per_frame=config["max_bytes_per_frame"])
+        model.load_state_dict(export["state_dict"])
+        return model.eval()
+
+
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu", **overrides) -> Autoencoder:
+    """Load a model from an exported ``.pt`` or a Lightning ``.ckpt`` written by ``train.py``.
+
+    Loading is weights-only (``torch.load(weights_only=True)``): no pickled code runs. Overrides such as
+    ``image_size=(256, 512), max_bytes_per_frame=896`` run the same weights on another token grid.
+    """
+    blob = torch.load(path, map_location=map_location, weights_only=True)
+    if "compressor" in blob:  # a Lightning checkpoint carries the EMA export under this key
+        blob = blob["compressor"]
+    return Autoencoder.from_export(blob, **overrides)
+
+
+def _build(spec: dict) -> nn.Module:
+    module_name, _, class_name = spec["class_path"].rpartition(".")
+    if module_name not in _BUILDABLE_MODULES:
+        raise ValueError(f"refusing to build {spec['class_path']!r}: not a compressor module")
+    return getattr(importlib.import_module(module_name), class_name)(**spec["init_args"])
+
+
+def _plain(value):
+    """Constructor arguments as plain lists/dicts/scalars, which weights-only loading accepts."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value

@@ -1,0 +1,67 @@
+import os
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from compressor.autoencoder import Autoencoder
+from compressor.decoders import ConvUpsampleDecoder, ViTDecoder
+from compressor.encoders import ConvStemEncoder, ViTEncoder
+from compressor.quantizers import FSQ, VQ
+from compressor.synthetic import driving_clip
+from compressor.video import DEFAULT_DASHCAM_DIR
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+torch.set_num_threads(2)
+
+# Tiny variants: the contracts do not depend on width, and CI has 2 cores.
+ENCODERS = {
+    "vit": lambda: ViTEncoder(patch_size=16, dim=32, depth=1, heads=2),
+    "convstem": lambda: ConvStemEncoder(stem_channels=[8, 8, 16, 16], dim=32, depth=1, heads=2),
+}
+DECODERS = {
+    "vit": lambda: ViTDecoder(patch_size=16, dim=48, depth=1, heads=2),
+    "convstem": lambda: ConvUpsampleDecoder(dim=48, depth=1, heads=2, head_channels=[16, 16, 8, 8]),
+}
+QUANTIZERS = {
+    "fsq": lambda: FSQ([8, 8, 8, 6, 5]),
+    "vq": lambda: VQ(codebook_size=16384, dim=8),
+}
+
+
+def tiny_model(design: str = "vit", quantizer: str = "fsq", **kwargs) -> Autoencoder:
+    torch.manual_seed(0)
+    return Autoencoder(ENCODERS[design](), QUANTIZERS[quantizer](), DECODERS[design](), **kwargs).eval()
+
+
+def write_video(path: str, frames: torch.Tensor, fps: int = 10, codec: str = "libx264") -> None:
+    """uint8 (T, 3, H, W) -> a video file written with PyAV."""
+    T, _, H, W = frames.shape
+    with av.open(path, "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height = W, H
+        stream.pix_fmt = "rgb8" if codec == "gif" else "yuv420p"
+        for f in frames:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(f.permute(1, 2, 0).numpy()), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+@pytest.fixture(scope="session")
+def video_dir(tmp_path_factory) -> str:
+    """Five short generated driving clips at a non-2:1 size (so preprocessing must crop)."""
+    d = tmp_path_factory.mktemp("videos")
+    for i in range(5):
+        write_video(str(d / f"clip{i}.mp4"), driving_clip(seed=i, num_frames=12, image_size=(180, 320)))
+    return str(d)
+
+
+@pytest.fixture(scope="session")
+def dashcam_dir() -> str:
+    path = os.environ.get("COMPRESSOR_DASHCAM_DIR", DEFAULT_DASHCAM_DIR)
+    if not os.path.isdir(path):
+        pytest.skip(f"real dashcam clips not found at {path} (set COMPRESSOR_DASHCAM_DIR)")
+    return path

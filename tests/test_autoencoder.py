@@ -1,0 +1,130 @@
+import argparse
+
+import pytest
+import torch
+
+import compressor
+from compressor.autoencoder import Autoencoder
+from tests.conftest import DECODERS, ENCODERS, QUANTIZERS, tiny_model
+
+
+@pytest.mark.parametrize("quantizer", QUANTIZERS)
+@pytest.mark.parametrize("design", ENCODERS)
+def test_forward_backward_finite(design, quantizer):
+    model = tiny_model(design, quantizer).train()
+    x = torch.rand(2, 3, 128, 256) * 2 - 1
+    out = model(x)
+    assert out["recon"].shape == x.shape
+    assert out["tokens"].shape == (2, 128)
+    loss = (out["recon"] - x).pow(2).mean() + out["quant_loss"]
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert model.encoder.embed.weight.grad.abs().sum() > 0  # gradient reaches through the quantizer
+
+
+@pytest.mark.parametrize("quantizer", QUANTIZERS)
+@pytest.mark.parametrize("design", ENCODERS)
+def test_codec_contract(design, quantizer):
+    model = tiny_model(design, quantizer)
+    frames = torch.randint(0, 256, (3, 3, 128, 256), dtype=torch.uint8)
+    tokens = model.encode(frames)
+    assert tokens.shape == (3, model.num_tokens) == (3, 128)
+    assert not tokens.dtype.is_floating_point
+    assert tokens.min() >= 0 and tokens.max() < model.codebook_size <= 2**14
+    recon = model.decode(tokens)
+    assert recon.dtype == torch.uint8 and recon.shape == frames.shape
+    assert not recon.requires_grad
+    assert model.bytes_per_frame == 224 and len(compressor.pack(tokens)) == 3 * 224
+
+
+def test_codec_matches_training_forward():
+    model = tiny_model()
+    frames = torch.randint(0, 256, (2, 3, 128, 256), dtype=torch.uint8)
+    with torch.no_grad():
+        out = model(frames.float() / 127.5 - 1)
+    tokens = model.encode(frames)
+    assert torch.equal(tokens, out["tokens"])
+    expected = ((out["recon"].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    assert (model.decode(tokens).int() - expected.int()).abs().max() <= 1
+
+
+def test_encode_decode_deterministic():
+    model = tiny_model("convstem")
+    frames = torch.randint(0, 256, (2, 3, 128, 256), dtype=torch.uint8)
+    t1, t2 = model.encode(frames), model.encode(frames)
+    assert torch.equal(t1, t2)
+    assert torch.equal(model.decode(t1), model.decode(t2))
+    assert torch.equal(model.encode(frames[:1]), t1[:1])  # independent of batch composition
+
+
+@pytest.mark.parametrize("quantizer", QUANTIZERS)
+@pytest.mark.parametrize("design", ENCODERS)
+def test_save_load_gives_identical_tokens(tmp_path, design, quantizer):
+    model = tiny_model(design, quantizer)
+    path = tmp_path / "model.pt"
+    model.save(path)
+    loaded = compressor.load(path)
+    frames = torch.randint(0, 256, (2, 3, 128, 256), dtype=torch.uint8)
+    tokens = model.encode(frames)
+    assert torch.equal(loaded.encode(frames), tokens)
+    assert torch.equal(loaded.decode(tokens), model.decode(tokens))
+    assert type(loaded.encoder) is type(model.encoder) and type(loaded.quantizer) is type(model.quantizer)
+
+
+def test_load_refuses_foreign_classes(tmp_path):
+    export = tiny_model().export_dict()
+    export["config"]["encoder"]["class_path"] = "os.system"
+    torch.save(export, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="refusing"):
+        compressor.load(tmp_path / "evil.pt")
+
+
+def test_load_is_weights_only(tmp_path):
+    # Any pickled object outside the tensor/primitive allowlist must be refused, not executed.
+    torch.save({"format": "compressor/1", "payload": argparse.Namespace(x=1)}, tmp_path / "pickle.pt")
+    with pytest.raises(Exception, match="(?i)weights"):
+        compressor.load(tmp_path / "pickle.pt")
+
+
+@pytest.mark.parametrize(
+    "frames,match",
+    [
+        (torch.zeros(1, 3, 128, 256), "uint8"),
+        (torch.zeros(3, 128, 256, dtype=torch.uint8), "shape"),
+        (torch.zeros(1, 3, 120, 256, dtype=torch.uint8), "shape"),
+        (torch.zeros(1, 4, 128, 256, dtype=torch.uint8), "shape"),
+        ([[0]], "Tensor"),
+    ],
+)
+def test_encode_rejects_bad_frames(frames, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_model().encode(frames)
+
+
+@pytest.mark.parametrize(
+    "tokens,match",
+    [
+        (torch.zeros(1, 128), "integer"),
+        (torch.zeros(1, 127, dtype=torch.long), "shape"),
+        (torch.full((1, 128), 15360), "range"),
+        (torch.full((1, 128), -1), "range"),
+    ],
+)
+def test_decode_rejects_bad_tokens(tokens, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_model().decode(tokens)
+
+
+def test_budget_is_asserted():
+    # 256x512 on a 16-pixel grid is 512 tokens = 896 bytes: over the default 224-byte budget.
+    with pytest.raises(ValueError, match="budget"):
+        Autoencoder(ENCODERS["vit"](), QUANTIZERS["fsq"](), DECODERS["vit"](), image_size=(256, 512))
+
+
+def test_same_weights_run_at_256x512_with_a_raised_budget(tmp_path):
+    tiny_model().save(tmp_path / "m.pt")
+    model = compressor.load(tmp_path / "m.pt", image_size=(256, 512), max_bytes_per_frame=896)
+    tokens = model.encode(torch.randint(0, 256, (1, 3, 256, 512), dtype=torch.uint8))
+    assert tokens.shape == (1, 512) and model.bytes_per_frame == 896
+    assert model.decode(tokens).shape == (1, 3, 256, 512)
