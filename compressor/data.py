@@ -1,0 +1,186 @@
+"""Frame data for training: videos decoded in DataLoader workers, webdataset frame shards, or procedural scenes.
+
+Every source yields uint8 frames (3, H, W) that went through ``compressor.preprocess``.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import random
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+from compressor.synthetic import driving_scene
+from compressor.video import iter_frames, list_videos, preprocess, split_videos
+
+
+class VideoFrames(IterableDataset):
+    """Frames sampled at random from whole videos, decoded with PyAV inside the DataLoader workers.
+
+    Decoding is sequential (seeking costs more than decoding on these codecs), so randomness comes from
+    shuffling the video order each epoch, keeping each frame with probability ``sample_rate``, and a shuffle
+    buffer that mixes frames across videos.
+
+    Args:
+        videos: video files.
+        image_size: (H, W) of model input.
+        sample_rate: probability that a frame is kept; 1.0 with ``shuffle=False`` gives every frame in order.
+        shuffle: randomise video order and frame choice (training) or not (validation).
+        buffer_size: frames held for shuffling.
+    """
+
+    def __init__(self, videos: list[str], image_size: tuple[int, int] = (128, 256), sample_rate: float = 0.25,
+                 shuffle: bool = True, buffer_size: int = 256):
+        super().__init__()
+        self.videos, self.image_size = list(videos), tuple(image_size)
+        self.sample_rate, self.shuffle, self.buffer_size = sample_rate, shuffle, buffer_size
+
+    def _my_videos(self) -> list[str]:
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        videos = self.videos[rank::world] if len(self.videos) >= world else self.videos
+        return videos[wid::nw]
+
+    def __iter__(self):
+        rng = random.Random(torch.initial_seed())  # differs per worker and per epoch
+        videos = self._my_videos()
+        if self.shuffle:
+            rng.shuffle(videos)
+        buffer: list[torch.Tensor] = []
+        for path in videos:
+            for i, frame in enumerate(iter_frames(path)):
+                if self.shuffle and rng.random() >= self.sample_rate:
+                    continue
+                if not self.shuffle and i % max(1, round(1 / self.sample_rate)):
+                    continue
+                x = preprocess(frame, self.image_size)
+                if not self.shuffle:
+                    yield x
+                    continue
+                if len(buffer) < self.buffer_size:
+                    buffer.append(x)
+                else:
+                    j = rng.randrange(len(buffer))
+                    yield buffer[j]
+                    buffer[j] = x
+        rng.shuffle(buffer)
+        yield from buffer
+
+
+class ProceduralFrames(Dataset):
+    """Procedurally generated driving-like frames; item ``i`` is always the same frame.
+
+    Args:
+        length: number of frames.
+        image_size: (H, W).
+        seed_offset: first scene seed (keeps train and val scenes apart).
+    """
+
+    def __init__(self, length: int, image_size: tuple[int, int] = (128, 256), seed_offset: int = 0):
+        self.length, self.image_size, self.seed_offset = length, tuple(image_size), seed_offset
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        seed = self.seed_offset + i // 8  # 8 frames per scene, 0.4 s apart: a little clip per scene
+        return driving_scene(seed, t=0.4 * (i % 8), image_size=self.image_size)
+
+
+def shard_frames(urls: list[str], train: bool, frames_per_epoch: int):
+    """webdataset pipeline over frame shards written by ``data/make_shards.py``; yields uint8 (3, H, W)."""
+    if train:
+        # Resampling gives every rank and worker an endless stream, so no worker runs dry on few shards.
+        ds = wds.WebDataset(urls, resampled=True, shardshuffle=False, nodesplitter=wds.split_by_node,
+                            workersplitter=wds.split_by_worker)
+        ds = ds.shuffle(2000)
+    else:
+        ds = wds.WebDataset(urls, shardshuffle=False, nodesplitter=wds.split_by_node,
+                            workersplitter=wds.split_by_worker, empty_check=False)
+    ds = ds.decode().to_tuple("frame.npy").map(lambda s: torch.from_numpy(np.ascontiguousarray(s[0])))
+    return ds.with_epoch(frames_per_epoch) if train else ds
+
+
+class FramesDataModule(pl.LightningDataModule):
+    """Training frames from videos, frame shards, or (when neither is given) procedural scenes.
+
+    Args:
+        videos: directory, glob, file, or list of those. A ``MANIFEST.tsv`` beside the videos with a ``split``
+            column decides train/val; otherwise whole videos are held out by a hash of their name.
+        shards: directory with ``train-*.tar`` and ``val-*.tar`` frame shards from ``data/make_shards.py``.
+        image_size: (H, W) of model input.
+        batch_size: frames per batch per device.
+        num_workers: DataLoader workers per device.
+        val_fraction: share of videos held out when there is no manifest.
+        sample_rate: share of each training video's frames drawn per epoch.
+        val_sample_rate: share of each validation video's frames (evenly spaced) used for validation.
+        frames_per_epoch: epoch length for shard and procedural sources, in frames per device.
+        val_frames: number of procedural validation frames.
+    """
+
+    def __init__(
+        self,
+        videos: str | list[str] | None = None,
+        shards: str | None = None,
+        image_size: tuple[int, int] = (128, 256),
+        batch_size: int = 16,
+        num_workers: int = 1,
+        val_fraction: float = 0.1,
+        sample_rate: float = 0.25,
+        val_sample_rate: float = 0.1,
+        frames_per_epoch: int = 2048,
+        val_frames: int = 64,
+    ):
+        super().__init__()
+        if videos is not None and shards is not None:
+            raise ValueError("give either videos or shards, not both")
+        self.save_hyperparameters()
+        self.image_size = tuple(image_size)
+        self.train_videos: list[str] = []
+        self.val_videos: list[str] = []
+
+    def setup(self, stage: str | None = None) -> None:
+        hp = self.hparams
+        if hp.videos is not None:
+            self.train_videos, self.val_videos = split_videos(list_videos(hp.videos), hp.val_fraction)
+            if not self.train_videos:
+                raise ValueError(f"no training videos left after the split of {hp.videos!r}")
+        elif hp.shards is not None:
+            self.train_shards = sorted(glob.glob(os.path.join(hp.shards, "train-*.tar")))
+            self.val_shards = sorted(glob.glob(os.path.join(hp.shards, "val-*.tar")))
+            if not self.train_shards:
+                raise FileNotFoundError(f"no train-*.tar shards in {hp.shards}; write them with data/make_shards.py")
+
+    def _loader(self, dataset, shuffle: bool = False) -> DataLoader:
+        workers = self.hparams.num_workers
+        return DataLoader(dataset, batch_size=self.hparams.batch_size, num_workers=workers, shuffle=shuffle,
+                          drop_last=shuffle, persistent_workers=False, pin_memory=torch.cuda.is_available())
+
+    def train_dataloader(self) -> DataLoader:
+        hp = self.hparams
+        if hp.videos is not None:
+            return self._loader(VideoFrames(self.train_videos, self.image_size, hp.sample_rate, shuffle=True))
+        if hp.shards is not None:
+            ds = shard_frames(self.train_shards, train=True, frames_per_epoch=hp.frames_per_epoch)
+            return DataLoader(ds, batch_size=hp.batch_size, num_workers=hp.num_workers, drop_last=True)
+        return self._loader(ProceduralFrames(hp.frames_per_epoch, self.image_size), shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        hp = self.hparams
+        if hp.videos is not None:
+            if not self.val_videos:
+                return []
+            return self._loader(VideoFrames(self.val_videos, self.image_size, hp.val_sample_rate, shuffle=False))
+        if hp.shards is not None:
+            if not self.val_shards:
+                return []
+            return DataLoader(shard_frames(self.val_shards, train=False, frames_per_epoch=0),
+                              batch_size=hp.batch_size, num_workers=min(hp.num_workers, len(self.val_shards)))
+        return self._loader(ProceduralFrames(hp.val_frames, self.image_size, seed_offset=1_000_000))

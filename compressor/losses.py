@@ -1,0 +1,127 @@
+"""Losses: pixel + MS-SSIM reconstruction, an optional perceptual loss and an optional patch discriminator.
+
+All take and return frames in [-1, 1], (B, 3, H, W).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+from pytorch_msssim import ms_ssim
+from torch import Tensor, nn
+
+# A 7-pixel window keeps all five MS-SSIM scales valid at 128 px height (the standard 11 needs > 160 px).
+MS_SSIM_WINDOW = 7
+
+
+def ms_ssim_01(recon: Tensor, target: Tensor) -> Tensor:
+    """MS-SSIM per image, (B,), for frames in [-1, 1]; computed in float32."""
+    # Under bf16 autocast the Gaussian-filtered variances go negative and MS-SSIM returns NaN.
+    with torch.autocast(recon.device.type, enabled=False):
+        return ms_ssim(
+            (recon.float().clamp(-1, 1) + 1) / 2, (target.float() + 1) / 2, data_range=1.0,
+            size_average=False, win_size=MS_SSIM_WINDOW,
+        )
+
+
+def psnr(recon: Tensor, target: Tensor) -> Tensor:
+    """PSNR in dB per image, (B,), on the 8-bit scale, for frames in [-1, 1]."""
+    mse = ((recon.float().clamp(-1, 1) - target.float()) / 2).pow(2).flatten(1).mean(1)
+    return -10 * torch.log10(mse.clamp_min(1e-10))
+
+
+class ReconstructionLoss(nn.Module):
+    """Weighted L1 + L2 + (1 - MS-SSIM). Returns the named terms and their weighted sum under ``"loss"``.
+
+    Args:
+        l1_weight: weight of the mean absolute error.
+        mse_weight: weight of the mean squared error (what PSNR measures).
+        ms_ssim_weight: weight of 1 - MS-SSIM (structure at several scales).
+    """
+
+    def __init__(self, l1_weight: float = 1.0, mse_weight: float = 1.0, ms_ssim_weight: float = 0.2):
+        super().__init__()
+        self.l1_weight, self.mse_weight, self.ms_ssim_weight = l1_weight, mse_weight, ms_ssim_weight
+
+    def forward(self, recon: Tensor, target: Tensor) -> dict[str, Tensor]:
+        recon, target = recon.float(), target.float()
+        terms = {"l1": F.l1_loss(recon, target), "mse": F.mse_loss(recon, target)}
+        if self.ms_ssim_weight:
+            terms["ms_ssim"] = 1 - ms_ssim_01(recon, target).mean()
+        terms["loss"] = (
+            self.l1_weight * terms["l1"] + self.mse_weight * terms["mse"]
+            + self.ms_ssim_weight * terms.get("ms_ssim", 0.0)
+        )
+        return terms
+
+
+class PerceptualLoss(nn.Module):
+    """Distance between VGG16 feature maps (LPIPS without its learned linear layers).
+
+    Weights are read from a local torchvision ``vgg16`` state dict: nothing is downloaded.
+
+    Args:
+        weights_path: path to a ``torch.save``-d torchvision VGG16 state dict (whole model or ``features``).
+    """
+
+    _LAYERS = (3, 8, 15, 22, 29)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
+
+    def __init__(self, weights_path: str):
+        super().__init__()
+        import torchvision
+
+        if not os.path.exists(weights_path):
+            raise FileNotFoundError(f"perceptual loss weights not found: {weights_path} (no download is attempted)")
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        # Accept a whole torchvision vgg16 state dict or just its ``features`` part; the classifier is unused.
+        state = {k.removeprefix("features."): v for k, v in state.items() if not k.startswith("classifier.")}
+        self.features = torchvision.models.vgg16(weights=None).features[: self._LAYERS[-1] + 1]
+        self.features.load_state_dict(state)
+        self.features.eval().requires_grad_(False)
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.features.eval()  # frozen: never switch to training behaviour
+        return self
+
+    def forward(self, recon: Tensor, target: Tensor) -> Tensor:
+        x = torch.cat([recon, target]).float()
+        x = ((x + 1) / 2 - self.mean) / self.std
+        loss = x.new_zeros(())
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in self._LAYERS:
+                a, b = F.normalize(x, dim=1).chunk(2)
+                loss = loss + (a - b).pow(2).sum(1).mean()
+        return loss
+
+
+class PatchDiscriminator(nn.Module):
+    """A PatchGAN discriminator (pix2pix): one real/fake logit per overlapping patch.
+
+    Args:
+        channels: width of the first layer; doubles per downsampling layer.
+        num_layers: stride-2 layers.
+    """
+
+    def __init__(self, channels: int = 64, num_layers: int = 3):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(3, channels, 4, 2, 1), nn.LeakyReLU(0.2)]
+        c = channels
+        for _ in range(1, num_layers):
+            layers += [nn.Conv2d(c, 2 * c, 4, 2, 1), nn.GroupNorm(8, 2 * c), nn.LeakyReLU(0.2)]
+            c *= 2
+        layers += [nn.Conv2d(c, 1, 4, 1, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, frames: Tensor) -> Tensor:
+        """frames: (B, 3, H, W) -> logits (B, 1, h, w)."""
+        return self.net(frames)
+
+
+def hinge_d_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()

@@ -1,0 +1,203 @@
+"""LightningModule that trains an Autoencoder: losses, AdamW + warm-up/cosine, clipping, EMA, logging."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+from compressor.autoencoder import Autoencoder
+from compressor.losses import PatchDiscriminator, PerceptualLoss, ReconstructionLoss, hinge_d_loss, ms_ssim_01, psnr
+
+
+class CompressorModule(pl.LightningModule):
+    """Trains encoder -> quantizer -> decoder on uint8 frame batches (B, 3, H, W).
+
+    Validation, test and export use the EMA copy of the weights. Optimisation is manual so that the optional
+    discriminator can be updated in the same step without doubling ``global_step``.
+
+    Args:
+        encoder: ``ViTEncoder`` or ``ConvStemEncoder``.
+        quantizer: ``FSQ`` or ``VQ``.
+        decoder: ``ViTDecoder`` or ``ConvUpsampleDecoder``.
+        image_size: (H, W) of training frames.
+        max_bytes_per_frame: token budget asserted by the autoencoder.
+        l1_weight, mse_weight, ms_ssim_weight: reconstruction loss weights.
+        quant_weight: weight of the quantizer's own loss (VQ codebook + commitment; FSQ has none).
+        perceptual_weight: weight of the VGG perceptual loss; 0 disables it.
+        perceptual_weights_path: local torchvision VGG16 state dict, required when ``perceptual_weight > 0``.
+        gan_weight: weight of the generator's adversarial term; 0 disables the discriminator.
+        gan_start_step: the discriminator and its loss switch on at this step (reconstruction settles first).
+        lr: peak learning rate.
+        weight_decay: AdamW decay on matrices (not on norms, biases or codebooks).
+        betas: AdamW betas.
+        warmup_steps: linear warm-up length.
+        min_lr_ratio: the cosine decays to ``lr * min_lr_ratio``.
+        grad_clip: max gradient norm.
+        ema_decay: EMA decay; an early-step ramp keeps the EMA from lagging behind a fresh model.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        quantizer: nn.Module,
+        decoder: nn.Module,
+        image_size: tuple[int, int] = (128, 256),
+        max_bytes_per_frame: int = 224,
+        l1_weight: float = 1.0,
+        mse_weight: float = 1.0,
+        ms_ssim_weight: float = 0.2,
+        quant_weight: float = 1.0,
+        perceptual_weight: float = 0.0,
+        perceptual_weights_path: str | None = None,
+        gan_weight: float = 0.0,
+        gan_start_step: int = 20000,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_steps: int = 200,
+        min_lr_ratio: float = 0.05,
+        grad_clip: float = 1.0,
+        ema_decay: float = 0.999,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["encoder", "quantizer", "decoder"])
+        self.automatic_optimization = False
+        self.autoencoder = Autoencoder(encoder, quantizer, decoder, image_size, max_bytes_per_frame)
+        self.ema = copy.deepcopy(self.autoencoder).requires_grad_(False)  # no grads, so DDP ignores it
+        self.recon_loss = ReconstructionLoss(l1_weight, mse_weight, ms_ssim_weight)
+        self.perceptual = None
+        if perceptual_weight > 0:
+            if not perceptual_weights_path:
+                raise ValueError("perceptual_weight > 0 needs perceptual_weights_path (a local VGG16 state dict)")
+            self.perceptual = PerceptualLoss(perceptual_weights_path)
+        self.discriminator = PatchDiscriminator() if gan_weight > 0 else None
+        self._val_counts: Tensor | None = None
+        self._t_last: float | None = None
+
+    # ---- steps --------------------------------------------------------------------------------------------
+    def _common_step(self, frames: Tensor, stage: str) -> dict[str, Tensor]:
+        """frames: uint8 (B, 3, H, W). Returns the loss terms and outputs; logs ``{stage}/{name}``."""
+        x = frames.float() / 127.5 - 1
+        model = self.autoencoder if stage == "train" else self.ema
+        out = model(x)
+        terms = self.recon_loss(out["recon"], x)
+        terms["quant"] = out["quant_loss"]
+        terms["loss"] = terms["loss"] + self.hparams.quant_weight * terms["quant"]
+        if self.perceptual is not None:
+            terms["perceptual"] = self.perceptual(out["recon"], x)
+            terms["loss"] = terms["loss"] + self.hparams.perceptual_weight * terms["perceptual"]
+        if self._gan_active() and stage == "train":
+            terms["gan_g"] = -self.discriminator(out["recon"]).mean()
+            terms["loss"] = terms["loss"] + self.hparams.gan_weight * terms["gan_g"]
+        with torch.no_grad():
+            terms["psnr"] = psnr(out["recon"], x).mean()
+        on_step = stage == "train"
+        for name, value in terms.items():
+            self.log(f"{stage}/{name}", value.detach(), on_step=on_step, on_epoch=not on_step,
+                     prog_bar=name in ("loss", "psnr"), sync_dist=not on_step, batch_size=len(frames))
+        return {**terms, "recon": out["recon"], "tokens": out["tokens"], "x": x}
+
+    def _gan_active(self) -> bool:
+        return self.discriminator is not None and self.global_step >= self.hparams.gan_start_step
+
+    def training_step(self, frames: Tensor, batch_idx: int) -> Tensor:
+        opt = self.optimizers()
+        sched = self.lr_schedulers()
+        out = self._common_step(frames, "train")
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(out["loss"])
+        if self._gan_active():
+            # The generator's adversarial term also reaches the discriminator; drop that before its own loss.
+            for p in self.discriminator.parameters():
+                p.grad = None
+            d_loss = hinge_d_loss(self.discriminator(out["x"]), self.discriminator(out["recon"].detach()))
+            self.manual_backward(self.hparams.gan_weight * d_loss)
+            torch.nn.utils.clip_grad_norm_(self.discriminator.parameters(), self.hparams.grad_clip)
+            self.log("train/gan_d", d_loss.detach(), on_step=True)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.autoencoder.parameters(), self.hparams.grad_clip)
+        opt.step()
+        sched.step()
+        self._update_ema()
+        self.log("train/grad_norm", grad_norm, on_step=True)
+        self.log("train/lr", sched.get_last_lr()[0], on_step=True)
+        return out["loss"].detach()
+
+    def on_train_batch_end(self, outputs, batch: Tensor, batch_idx: int) -> None:
+        now = time.perf_counter()
+        if self._t_last is not None:
+            images = len(batch) * self.trainer.world_size
+            self.log("train/images_per_s", images / (now - self._t_last), on_step=True, prog_bar=True)
+        self._t_last = now
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        step = self.global_step
+        decay = min(self.hparams.ema_decay, (1 + step) / (10 + step))
+        torch._foreach_lerp_(list(self.ema.parameters()), list(self.autoencoder.parameters()), 1 - decay)
+        for ema_buf, buf in zip(self.ema.buffers(), self.autoencoder.buffers()):
+            ema_buf.copy_(buf)
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_counts = torch.zeros(self.ema.codebook_size, device=self.device, dtype=torch.float64)
+
+    def validation_step(self, frames: Tensor, batch_idx: int) -> None:
+        out = self._common_step(frames, "val")
+        self.log("val/ms_ssim_score", ms_ssim_01(out["recon"], out["x"]).mean(), on_epoch=True, sync_dist=True,
+                 batch_size=len(frames))
+        self._val_counts += torch.bincount(out["tokens"].flatten(), minlength=self.ema.codebook_size)
+        if batch_idx == 0:
+            self._log_recon_grid(out["x"], out["recon"])
+
+    def on_validation_epoch_end(self) -> None:
+        counts = self._val_counts
+        if self.trainer.world_size > 1:
+            counts = self.all_gather(counts).sum(0)
+        p = counts / counts.sum().clamp_min(1)
+        self.log("val/codebook_usage", (counts > 0).double().mean().float(), rank_zero_only=True)
+        entropy = -(p[p > 0] * p[p > 0].log2()).sum()
+        self.log("val/token_entropy_bits", entropy.float(), rank_zero_only=True)
+
+    def test_step(self, frames: Tensor, batch_idx: int) -> None:
+        out = self._common_step(frames, "test")
+        self.log("test/ms_ssim_score", ms_ssim_01(out["recon"], out["x"]).mean(), on_epoch=True, sync_dist=True)
+
+    def _log_recon_grid(self, x: Tensor, recon: Tensor, n: int = 4) -> None:
+        logger = self.logger
+        if logger is None or not hasattr(logger, "log_image") or self.global_rank != 0:
+            return
+        grid = torch.cat([x[:n], recon[:n].clamp(-1, 1)], dim=2)  # original above, reconstruction below
+        images = [((g.float() + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy() for g in grid]
+        logger.log_image("val/recon", images, step=self.global_step)  # wandb needs uint8
+
+    # ---- optimisation -------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, p in self.autoencoder.named_parameters():
+            (decay if p.ndim >= 2 and "codebook" not in name else no_decay).append(p)
+        groups = [{"params": decay, "weight_decay": self.hparams.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        if self.discriminator is not None:
+            groups.append({"params": list(self.discriminator.parameters()), "weight_decay": 0.0})
+        opt = torch.optim.AdamW(groups, lr=self.hparams.lr, betas=tuple(self.hparams.betas))
+        total = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ValueError("set trainer.max_steps: the cosine schedule needs a known length")
+        warmup, floor = self.hparams.warmup_steps, self.hparams.min_lr_ratio
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        return [opt], [{"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, schedule), "interval": "step"}]
+
+    # ---- export -------------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # A weights-only export of the EMA model rides along, so compressor.load() reads .ckpt files too.
+        checkpoint["compressor"] = self.ema.export_dict()

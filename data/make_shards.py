@@ -1,0 +1,77 @@
+"""Turn a video collection into webdataset frame shards at training resolution (the cluster data path).
+
+    python data/make_shards.py --videos ../shared/dashcam --out shards/dashcam [--stride 1] [--maxcount 1000]
+
+Each video becomes its own shard(s), ``{split}-{video}-{k:03d}.tar``, with samples ``frame.npy`` (uint8
+(3, H, W), after ``compressor.preprocess``) and ``meta.json`` (source file, frame index). The split is by whole
+video (``MANIFEST.tsv`` when present). Shards are written under a temporary name and renamed, and a video whose
+``.done`` marker exists is skipped, so a killed job resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+
+import numpy as np
+import webdataset as wds
+from tqdm import tqdm
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from compressor.video import iter_frames, list_videos, preprocess, split_videos  # noqa: E402
+
+
+def write_video_shards(path: str, split: str, out: str, image_size: tuple[int, int], stride: int, maxcount: int) -> int:
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", os.path.splitext(os.path.basename(path))[0])
+    done = os.path.join(out, f"{split}-{stem}.done")
+    if os.path.exists(done):
+        return 0
+    written, shard_idx, sink, tmp_names = 0, 0, None, []
+    for i, frame in enumerate(iter_frames(path)):
+        if i % stride:
+            continue
+        if sink is None or written % maxcount == 0 and written:
+            if sink is not None:
+                sink.close()
+            tmp = os.path.join(out, f"{split}-{stem}-{shard_idx:03d}.tar.tmp")
+            tmp_names.append(tmp)
+            sink, shard_idx = wds.TarWriter(tmp), shard_idx + 1
+        x = preprocess(frame, image_size).numpy()
+        sink.write({"__key__": f"{stem}-{i:07d}", "frame.npy": x,
+                    "meta.json": json.dumps({"source": os.path.basename(path), "frame": i}).encode()})
+        written += 1
+    if sink is not None:
+        sink.close()
+    for tmp in tmp_names:
+        os.replace(tmp, tmp[: -len(".tmp")])
+    with open(done, "w") as f:
+        json.dump({"source": path, "frames": written, "shards": len(tmp_names)}, f)
+    return written
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--videos", required=True, nargs="+", help="directories, globs or files")
+    ap.add_argument("--out", required=True, help="output directory for the shards")
+    ap.add_argument("--image-size", type=int, nargs=2, default=(128, 256), metavar=("H", "W"))
+    ap.add_argument("--stride", type=int, default=1, help="keep every n-th frame")
+    ap.add_argument("--maxcount", type=int, default=1000, help="frames per shard")
+    ap.add_argument("--val-fraction", type=float, default=0.1, help="share of videos held out without a manifest")
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    train, val = split_videos(list_videos(args.videos), args.val_fraction)
+    jobs = [(p, "train") for p in train] + [(p, "val") for p in val]
+    total = 0
+    for path, split in tqdm(jobs, desc="videos", unit="video"):
+        try:
+            total += write_video_shards(path, split, args.out, tuple(args.image_size), args.stride, args.maxcount)
+        except Exception as e:  # a damaged video should not kill a job over thousands of them
+            print(f"skipping {path}: {type(e).__name__}: {e}", file=sys.stderr)
+    print(f"wrote {total} frames from {len(jobs)} videos ({len(train)} train, {len(val)} val) to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+import os
+
+import pytest
+import torch
+import torchvision
+from pytorch_lightning.cli import LightningCLI
+
+import compressor
+from compressor.data import FramesDataModule
+from compressor.losses import PatchDiscriminator, PerceptualLoss
+from compressor.module import CompressorModule
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = [
+    "--config", os.path.join(REPO, "configs", "demo.yaml"),
+    "--model.encoder.init_args.dim", "32", "--model.encoder.init_args.depth", "1", "--model.encoder.init_args.heads", "2",
+    "--model.decoder.init_args.dim", "48", "--model.decoder.init_args.depth", "1", "--model.decoder.init_args.heads", "2",
+    "--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+    "--data.batch_size", "2", "--data.num_workers", "0", "--data.frames_per_epoch", "16", "--data.val_frames", "4",
+]
+
+
+def run_cli(args):
+    return LightningCLI(CompressorModule, FramesDataModule, args=args, save_config_kwargs={"overwrite": True})
+
+
+def test_fast_dev_run_exports_a_loadable_model(tmp_path, capsys):
+    run_cli(["fit", *TINY, "--trainer.fast_dev_run", "2", "--trainer.default_root_dir", str(tmp_path)])
+    model = compressor.load(tmp_path / "model.pt")
+    assert model.num_tokens == 128 and model.bytes_per_frame == 224
+    assert (tmp_path / "recon.png").exists()
+    assert "bytes/frame" in capsys.readouterr().out
+
+
+def test_checkpoint_resume_continues_the_step_count(tmp_path):
+    ckpt_dir = tmp_path / "ckpt"
+    common = [*TINY, "--trainer.default_root_dir", str(tmp_path), "--trainer.val_check_interval", "2",
+              "--trainer.limit_val_batches", "1", "--trainer.enable_checkpointing", "true",
+              "--trainer.callbacks+=pytorch_lightning.callbacks.ModelCheckpoint",
+              f"--trainer.callbacks.dirpath={ckpt_dir}", "--trainer.callbacks.save_last=true"]
+    cli = run_cli(["fit", *common, "--trainer.max_steps", "3"])
+    assert cli.trainer.global_step == 3
+    last = ckpt_dir / "last.ckpt"
+    cli = run_cli(["fit", *common, "--trainer.max_steps", "5", "--ckpt_path", str(last)])
+    assert cli.trainer.global_step == 5
+    # The Lightning checkpoint also loads through the codec API (weights-only), giving the EMA model.
+    model = compressor.load(last)
+    frames = torch.randint(0, 256, (1, 3, 128, 256), dtype=torch.uint8)
+    assert model.encode(frames).shape == (1, 128)
+
+
+def test_optional_losses_train_without_downloads(tmp_path):
+    weights = tmp_path / "vgg16_features.pt"
+    torch.save(torchvision.models.vgg16(weights=None).features.state_dict(), weights)
+    cli = run_cli(["fit", *TINY, "--trainer.fast_dev_run", "2", "--trainer.default_root_dir", str(tmp_path),
+                   "--model.perceptual_weight", "0.1", "--model.perceptual_weights_path", str(weights),
+                   "--model.gan_weight", "0.1", "--model.gan_start_step", "1"])
+    module = cli.model
+    assert isinstance(module.perceptual, PerceptualLoss) and isinstance(module.discriminator, PatchDiscriminator)
+    assert cli.trainer.global_step == 2  # one optimizer step per batch even with the discriminator on
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+    metrics = cli.trainer.callback_metrics
+    for name in ("train/perceptual", "train/gan_g", "train/gan_d"):  # the delayed start switched the GAN on
+        assert torch.isfinite(metrics[name]), name
+
+
+def test_perceptual_loss_needs_local_weights(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no download"):
+        PerceptualLoss(str(tmp_path / "missing.pt"))
+    with pytest.raises(ValueError, match="perceptual_weights_path"):
+        from tests.conftest import DECODERS, ENCODERS, QUANTIZERS
+
+        CompressorModule(ENCODERS["vit"](), QUANTIZERS["fsq"](), DECODERS["vit"](), perceptual_weight=1.0)
+
+
+def test_perceptual_loss_is_zero_for_identical_frames(tmp_path):
+    weights = tmp_path / "vgg.pt"
+    torch.save(torchvision.models.vgg16(weights=None).features.state_dict(), weights)
+    loss = PerceptualLoss(str(weights))
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    assert loss(x, x).item() == pytest.approx(0.0, abs=1e-6)
+    assert loss(x, -x).item() > 0
