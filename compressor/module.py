@@ -39,6 +39,8 @@ class CompressorModule(pl.LightningModule):
         min_lr_ratio: the cosine decays to ``lr * min_lr_ratio``.
         grad_clip: max gradient norm.
         ema_decay: EMA decay; an early-step ramp keeps the EMA from lagging behind a fresh model.
+        time_budget_s: when set, the cosine follows training wall-clock time instead of steps, reaching its floor
+            at this many seconds. For equal-compute comparisons; pair it with ``trainer.max_time``.
     """
 
     def __init__(
@@ -63,6 +65,7 @@ class CompressorModule(pl.LightningModule):
         min_lr_ratio: float = 0.05,
         grad_clip: float = 1.0,
         ema_decay: float = 0.999,
+        time_budget_s: float | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["encoder", "quantizer", "decoder"])
@@ -78,6 +81,8 @@ class CompressorModule(pl.LightningModule):
         self.discriminator = PatchDiscriminator() if gan_weight > 0 else None
         self._val_counts: Tensor | None = None
         self._t_last: float | None = None
+        self._train_seconds = 0.0  # training time before this process started (restored on resume)
+        self._t_start: float | None = None
 
     # ---- steps --------------------------------------------------------------------------------------------
     def _common_step(self, frames: Tensor, stage: str) -> dict[str, Tensor]:
@@ -126,6 +131,13 @@ class CompressorModule(pl.LightningModule):
         self.log("train/grad_norm", grad_norm, on_step=True)
         self.log("train/lr", sched.get_last_lr()[0], on_step=True)
         return out["loss"].detach()
+
+    def on_train_start(self) -> None:
+        self._t_start = time.perf_counter()
+
+    def train_seconds(self) -> float:
+        """Wall-clock training time so far, across resumes."""
+        return self._train_seconds + (time.perf_counter() - self._t_start if self._t_start else 0.0)
 
     def on_train_batch_end(self, outputs, batch: Tensor, batch_idx: int) -> None:
         now = time.perf_counter()
@@ -189,10 +201,15 @@ class CompressorModule(pl.LightningModule):
             raise ValueError("set trainer.max_steps: the cosine schedule needs a known length")
         warmup, floor = self.hparams.warmup_steps, self.hparams.min_lr_ratio
 
+        budget = self.hparams.time_budget_s
+
         def schedule(step: int) -> float:
             if step < warmup:
                 return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            if budget:
+                progress = min(1.0, self.train_seconds() / budget)
+            else:
+                progress = min(1.0, (step - warmup) / max(1, total - warmup))
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
         return [opt], [{"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, schedule), "interval": "step"}]
@@ -201,3 +218,7 @@ class CompressorModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # A weights-only export of the EMA model rides along, so compressor.load() reads .ckpt files too.
         checkpoint["compressor"] = self.ema.export_dict()
+        checkpoint["train_seconds"] = self.train_seconds()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._train_seconds = checkpoint.get("train_seconds", 0.0)

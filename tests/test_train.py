@@ -80,3 +80,11 @@ def test_perceptual_loss_is_zero_for_identical_frames(tmp_path):
     x = torch.rand(1, 3, 64, 64) * 2 - 1
     assert loss(x, x).item() == pytest.approx(0.0, abs=1e-6)
     assert loss(x, -x).item() > 0
+
+
+def test_time_budget_drives_the_cosine_to_its_floor(tmp_path):
+    cli = run_cli(["fit", *TINY, "--trainer.max_steps", "3", "--trainer.limit_val_batches", "0",
+                   "--trainer.default_root_dir", str(tmp_path), "--model.warmup_steps", "1",
+                   "--model.time_budget_s", "0.001", "--model.lr", "1e-3", "--model.min_lr_ratio", "0.1"])
+    lr = cli.trainer.lr_scheduler_configs[0].scheduler.get_last_lr()[0]
+    assert lr == pytest.approx(1e-4)
