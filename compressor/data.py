@@ -1,5 +1,7 @@
 """Frame data for training: videos decoded in DataLoader workers, webdataset frame shards, or procedural scenes.
 
+``LatentDataset`` (token windows for world models) lives in ``compressor.latents`` and is re-exported here.
+
 Every source yields uint8 frames (3, H, W) that went through ``compressor.preprocess``.
 """
 
@@ -15,6 +17,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
+from compressor.latents import LatentDataset  # noqa: F401  (re-exported: the world-model loader)
 from compressor.synthetic import driving_scene
 from compressor.video import iter_frames, list_videos, preprocess, split_videos
 
@@ -94,6 +97,27 @@ class ProceduralFrames(Dataset):
         return driving_scene(seed, t=0.4 * (i % 8), image_size=self.image_size)
 
 
+def augment_frames(frames: torch.Tensor, min_scale: float = 0.6) -> torch.Tensor:
+    """Random zoom-in crop at the frame's aspect ratio plus a random horizontal flip: uint8 (B, 3, H, W) -> same.
+
+    A few training clips are otherwise memorised: the decoder learns to recall training scenes from the tokens
+    instead of coding the content, which looks fine on training frames and fails on new ones.
+    """
+    B, _, H, W = frames.shape
+    out = torch.empty_like(frames)
+    for i in range(B):
+        scale = float(torch.empty(()).uniform_(min_scale, 1.0))
+        h, w = max(1, round(H * scale)), max(1, round(W * scale))
+        top = int(torch.randint(0, H - h + 1, ()))
+        left = int(torch.randint(0, W - w + 1, ()))
+        crop = frames[i : i + 1, :, top : top + h, left : left + w]
+        if (h, w) != (H, W):
+            crop = torch.nn.functional.interpolate(crop.float(), size=(H, W), mode="bilinear", align_corners=False)
+            crop = crop.round().clamp(0, 255).to(torch.uint8)
+        out[i] = crop[0].flip(-1) if torch.rand(()) < 0.5 else crop[0]
+    return out
+
+
 def shard_frames(urls: list[str], train: bool, frames_per_epoch: int):
     """webdataset pipeline over frame shards written by ``data/make_shards.py``; yields uint8 (3, H, W)."""
     if train:
@@ -123,6 +147,8 @@ class FramesDataModule(pl.LightningDataModule):
         val_sample_rate: share of each validation video's frames (evenly spaced) used for validation.
         frames_per_epoch: epoch length for shard and procedural sources, in frames per device.
         val_frames: number of procedural validation frames.
+        augment: random zoom-in crops and horizontal flips on training batches (never on validation).
+        min_crop_scale: smallest crop side as a fraction of the frame side.
     """
 
     def __init__(
@@ -137,6 +163,8 @@ class FramesDataModule(pl.LightningDataModule):
         val_sample_rate: float = 0.1,
         frames_per_epoch: int = 2048,
         val_frames: int = 64,
+        augment: bool = False,
+        min_crop_scale: float = 0.6,
     ):
         super().__init__()
         if videos is not None and shards is not None:
@@ -157,6 +185,12 @@ class FramesDataModule(pl.LightningDataModule):
             self.val_shards = sorted(glob.glob(os.path.join(hp.shards, "val-*.tar")))
             if not self.train_shards:
                 raise FileNotFoundError(f"no train-*.tar shards in {hp.shards}; write them with data/make_shards.py")
+
+    def on_after_batch_transfer(self, batch: torch.Tensor, dataloader_idx: int) -> torch.Tensor:
+        # On the device, so GPU runs augment on the GPU; only while fitting, never for validation.
+        if self.hparams.augment and self.trainer is not None and self.trainer.training:
+            batch = augment_frames(batch, self.hparams.min_crop_scale)
+        return batch
 
     def _loader(self, dataset, shuffle: bool = False) -> DataLoader:
         workers = self.hparams.num_workers

@@ -69,3 +69,16 @@ def test_make_shards_round_trip_and_resume(tmp_path, video_dir):
     assert len(batches) == 4 and batches[0].shape == (4, 3, 128, 256) and batches[0].dtype == torch.uint8
     val = torch.cat(list(dm.val_dataloader()))
     assert len(val) == 12 * len(dm.val_shards and {os.path.basename(s).rsplit("-", 1)[0] for s in dm.val_shards})
+
+
+def test_augment_keeps_shape_dtype_and_content_range():
+    from compressor.data import augment_frames
+
+    torch.manual_seed(0)
+    frames = torch.zeros(8, 3, 128, 256, dtype=torch.uint8)
+    frames[:, :, :, :128] = 200  # left half bright
+    out = augment_frames(frames, min_scale=0.6)
+    assert out.shape == frames.shape and out.dtype == torch.uint8
+    left_bright = (out[:, 0, 64, 0] > 100).tolist()
+    assert True in left_bright and False in left_bright  # some frames were flipped
+    assert torch.equal(augment_frames(frames, min_scale=1.0).sum(), frames.sum())  # flips only at scale 1
