@@ -35,9 +35,9 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, causal: bool = False) -> Tensor:
         q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
-        x = F.scaled_dot_product_attention(q, k, v)  # flash / memory-efficient kernel where available
+        x = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # flash / memory-efficient where available
         return self.proj(rearrange(x, "b h n d -> b n (h d)"))
 
 
@@ -52,8 +52,8 @@ class Block(nn.Module):
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x: Tensor, causal: bool = False) -> Tensor:
+        x = x + self.attn(self.norm1(x), causal)
         return x + self.mlp(self.norm2(x))
 
 

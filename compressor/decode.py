@@ -1,0 +1,90 @@
+"""Render token latents back to video, so people can watch what the compressor keeps.
+
+    python -m compressor.decode --checkpoint CKPT --input LATENT_DIR --output preview.mp4 [--original-root VIDEOS]
+
+With ``--original-root`` (the directory ``encode.py`` was given) each frame shows the original (preprocessed the
+same way) on the left and the reconstruction on the right.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import av
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from compressor.autoencoder import load
+from compressor.latents import expand_urls, read_segments
+from compressor.video import iter_frames, preprocess
+
+
+def original_frames(path: str, frame_indices: list[int], image_size: tuple[int, int]) -> dict[int, torch.Tensor]:
+    wanted, out = set(frame_indices), {}
+    for i, frame in enumerate(iter_frames(path)):
+        if i in wanted:
+            out[i] = preprocess(frame, image_size)
+        if i >= max(wanted):
+            break
+    return out
+
+
+def render(checkpoint: str, inputs: list[str], output: str, original_root: str | None = None,
+           source: str | None = None, max_segments: int | None = None, batch_size: int = 32) -> int:
+    model = load(checkpoint)
+    H, W = model.image_size
+    width = 2 * W if original_root else W
+    written, segments = 0, 0
+    with av.open(output, "w") as container:
+        stream = None
+        for url in expand_urls(inputs):
+            for seg in read_segments(url):
+                meta = seg["meta"]
+                if source and meta.get("source") != source:
+                    continue
+                if max_segments is not None and segments >= max_segments:
+                    break
+                segments += 1
+                if stream is None:
+                    stream = container.add_stream("libx264", rate=round(meta.get("fps", 20)))
+                    stream.width, stream.height, stream.pix_fmt = width, H, "yuv420p"
+                tokens = seg["tokens"]
+                indices = meta.get("frame_indices") or list(range(len(tokens)))
+                originals = {}
+                if original_root:
+                    originals = original_frames(os.path.join(original_root, meta["source"]), indices, (H, W))
+                for start in tqdm(range(0, len(tokens), batch_size), desc=f"{meta.get('source')}#{meta.get('segment')}",
+                                  leave=False):
+                    recon = model.decode(tokens[start : start + batch_size])
+                    for j, frame in enumerate(recon):
+                        if original_root:
+                            orig = originals.get(indices[start + j], torch.zeros_like(frame))
+                            frame = torch.cat([orig, frame], dim=2)  # original left, reconstruction right
+                        image = np.ascontiguousarray(frame.permute(1, 2, 0).numpy())
+                        for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                            container.mux(packet)
+                        written += 1
+        if stream is None:
+            raise SystemExit(f"no segments matched in {inputs}" + (f" for source {source!r}" if source else ""))
+        for packet in stream.encode():
+            container.mux(packet)
+    return written
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--input", required=True, nargs="+", help="latent shards or the encode.py output directory")
+    ap.add_argument("--output", required=True, help="video file to write (e.g. preview.mp4)")
+    ap.add_argument("--original-root", default=None, help="input root given to encode.py: show originals side by side")
+    ap.add_argument("--source", default=None, help="only this source video (path relative to the input root)")
+    ap.add_argument("--max-segments", type=int, default=None)
+    args = ap.parse_args()
+    n = render(args.checkpoint, args.input, args.output, args.original_root, args.source, args.max_segments)
+    print(f"wrote {n} frames to {args.output}")
+
+
+if __name__ == "__main__":
+    main()

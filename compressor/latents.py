@@ -1,0 +1,185 @@
+"""Token latents for world models: ``LatentDataset`` streams fixed-length windows of frame tokens.
+
+It reads the shards that ``encode.py`` writes (``tokens.npy`` uint16 (T, 128) + ``json`` per video segment) and
+the public commaVQ token release (``*.npy`` int16 (1200, 8, 16), one file per segment).
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import os
+import random
+import tarfile
+import warnings
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+
+class DamagedShardError(RuntimeError):
+    """A latent shard could not be read completely."""
+
+
+def expand_urls(shards: str | Sequence[str]) -> list[str]:
+    """A directory, glob, brace pattern, ``pipe:``/``http`` URL or list of those -> a sorted list of URLs."""
+    import braceexpand
+
+    items = [shards] if isinstance(shards, (str, os.PathLike)) else list(shards)
+    urls: list[str] = []
+    for item in map(str, items):
+        for url in braceexpand.braceexpand(item):
+            if ":" in url.split("/")[0] and not os.path.exists(url):  # pipe:, http:, s3: ... pass through
+                urls.append(url)
+            elif os.path.isdir(url):
+                urls += sorted(glob.glob(os.path.join(url, "*.tar")) + glob.glob(os.path.join(url, "*.npy")))
+            elif any(c in url for c in "*?["):
+                urls += sorted(glob.glob(url))
+            elif os.path.exists(url):
+                urls.append(url)
+            else:
+                raise FileNotFoundError(f"no such latent shard: {url}")
+    if not urls:
+        raise FileNotFoundError(f"no latent shards (*.tar, commaVQ *.npy) found in {shards!r}")
+    return urls
+
+
+def read_segments(url: str) -> Iterator[dict]:
+    """Yield ``{"tokens": int64 (T, N), "meta": dict}`` for every segment in a shard or commaVQ file."""
+    if url.endswith(".npy") and not url.startswith("pipe:"):
+        yield _commavq_segment(url)
+        return
+    try:
+        if url.startswith("pipe:"):
+            import webdataset as wds
+
+            stream = wds.gopen(url)
+        else:
+            stream = open(url, "rb")
+        with stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+            pending: dict[str, dict] = {}
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, _, ext = member.name.partition(".")
+                data = tar.extractfile(member).read()
+                entry = pending.setdefault(key, {})
+                entry[ext] = data
+                if "tokens.npy" in entry and "json" in entry:
+                    del pending[key]
+                    meta = json.loads(entry["json"])
+                    tokens = np.load(io.BytesIO(entry["tokens.npy"]))
+                    yield {"tokens": torch.from_numpy(tokens.astype(np.int64)), "meta": meta}
+            if pending:
+                raise DamagedShardError(f"{url}: incomplete samples {sorted(pending)[:3]}")
+    except (tarfile.TarError, EOFError, ValueError, OSError) as e:
+        raise DamagedShardError(f"{url}: damaged latent shard ({type(e).__name__}: {e})") from e
+
+
+def _commavq_segment(path: str) -> dict:
+    try:
+        tokens = np.load(path)
+    except (ValueError, OSError, EOFError) as e:
+        raise DamagedShardError(f"{path}: damaged commaVQ token file ({e})") from e
+    if tokens.ndim != 3 or tokens.shape[1:] != (8, 16):
+        raise DamagedShardError(f"{path}: expected commaVQ tokens shaped (T, 8, 16), got {tokens.shape}")
+    meta = {"source": os.path.basename(path), "segment": 0, "first_frame": 0, "fps": 20.0,
+            "codebook_size": 1024, "token_layout": "8x16 row-major", "format": "commavq"}
+    return {"tokens": torch.from_numpy(tokens.reshape(len(tokens), -1).astype(np.int64)), "meta": meta}
+
+
+class LatentDataset(IterableDataset):
+    """Windows of ``seq_len`` consecutive frames of tokens, never crossing a segment boundary.
+
+    Items are dicts: ``tokens`` int64 (T, N), ``source`` (str), ``segment`` (int), ``frame_index`` int64 (T,)
+    (frame indices in the source video).
+
+    Work is split by segment, round-robin over (DDP rank x DataLoader worker), in an order that every consumer
+    derives from the same seed and epoch, so each window appears exactly once per epoch across all of them.
+
+    Args:
+        shards: latent shards (directory, glob, ``{a..b}`` pattern, ``pipe:`` URL, commaVQ ``*.npy``, or a list).
+        seq_len: frames per window.
+        stride: frames between the starts of consecutive windows.
+        shuffle: shuffle segment order (seeded, per epoch) and windows (within a buffer).
+        seed: base seed of the shuffles.
+        epoch_length: if set, each consumer yields at most this many windows per epoch.
+        skip_damaged: warn about and count damaged shards instead of raising.
+        buffer_size: windows held for shuffling.
+    """
+
+    def __init__(self, shards: str | Sequence[str], seq_len: int = 16, stride: int = 1, shuffle: bool = False,
+                 seed: int = 0, epoch_length: int | None = None, skip_damaged: bool = False, buffer_size: int = 1000):
+        super().__init__()
+        if seq_len < 1 or stride < 1:
+            raise ValueError(f"seq_len and stride must be >= 1, got {seq_len}, {stride}")
+        self.urls = expand_urls(shards)
+        self.seq_len, self.stride, self.shuffle, self.seed = seq_len, stride, shuffle, seed
+        self.epoch_length, self.skip_damaged, self.buffer_size = epoch_length, skip_damaged, buffer_size
+        self.epoch = 0
+        self.damaged: list[str] = []
+
+    def set_epoch(self, epoch: int) -> None:
+        """Call before each epoch (in the main process) to get a new shuffle."""
+        self.epoch = epoch
+
+    def _consumer(self) -> tuple[int, int]:
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else int(os.environ.get("RANK", 0))
+        world = (torch.distributed.get_world_size() if torch.distributed.is_initialized()
+                 else int(os.environ.get("WORLD_SIZE", 1)))
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        return rank * nw + wid, world * nw
+
+    def _segments(self) -> Iterator[dict]:
+        urls = list(self.urls)
+        if self.shuffle:
+            random.Random(self.seed + self.epoch).shuffle(urls)
+        me, consumers = self._consumer()
+        index = 0
+        for url in urls:
+            try:
+                for segment in read_segments(url):
+                    if index % consumers == me:
+                        yield segment
+                    index += 1
+            except DamagedShardError as e:
+                if not self.skip_damaged:
+                    raise
+                self.damaged.append(url)
+                warnings.warn(f"skipping damaged shard ({len(self.damaged)} so far): {e}", stacklevel=2)
+
+    def _windows(self) -> Iterator[dict]:
+        for segment in self._segments():
+            tokens, meta = segment["tokens"], segment["meta"]
+            first = int(meta.get("first_frame", 0))
+            frame_index = torch.as_tensor(meta.get("frame_indices", range(first, first + len(tokens))))
+            for start in range(0, len(tokens) - self.seq_len + 1, self.stride):
+                yield {"tokens": tokens[start : start + self.seq_len], "source": meta.get("source", ""),
+                       "segment": int(meta.get("segment", 0)),
+                       "frame_index": frame_index[start : start + self.seq_len]}
+
+    def __iter__(self) -> Iterator[dict]:
+        windows = self._windows()
+        if self.shuffle:
+            windows = _shuffled(windows, self.buffer_size, random.Random(f"{self.seed}-{self.epoch}-{self._consumer()}"))
+        for n, window in enumerate(windows):
+            if self.epoch_length is not None and n >= self.epoch_length:
+                return
+            yield window
+
+
+def _shuffled(items: Iterator[dict], buffer_size: int, rng: random.Random) -> Iterator[dict]:
+    buffer: list[dict] = []
+    for item in items:
+        if len(buffer) < buffer_size:
+            buffer.append(item)
+            continue
+        j = rng.randrange(buffer_size)
+        yield buffer[j]
+        buffer[j] = item
+    rng.shuffle(buffer)
+    yield from buffer

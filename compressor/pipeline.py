@@ -1,0 +1,307 @@
+"""The encode pipeline: whole video collections -> webdataset shards of token segments, resumable and sharded.
+
+Decoding runs in DataLoader worker processes (one video per worker at a time) and overlaps inference in the
+main process. Each sample is one segment of one video: ``tokens.npy`` uint16 (T, N) and ``json`` metadata.
+
+Resumability: a shard holds whole videos only, is written under a temporary name and renamed when complete, and
+only then are its videos marked done in this rank's manifest (also replaced atomically). After a kill, a re-run
+discards the partial shard and redoes exactly the videos that were in it.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import io
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import av
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from tqdm import tqdm
+
+from compressor.autoencoder import Autoencoder
+from compressor.video import VIDEO_EXTENSIONS, preprocess
+
+
+def find_videos(inputs: list[str]) -> tuple[list[str], str]:
+    """Videos under directories (recursively), globs, files or ``@list.txt`` files -> (paths, common root)."""
+    paths: list[str] = []
+    for item in inputs:
+        if item.startswith("@"):
+            with open(item[1:]) as f:
+                paths += [line.strip() for line in f if line.strip()]
+        elif os.path.isdir(item):
+            for d, _, files in os.walk(item):
+                paths += [os.path.join(d, f) for f in files if f.lower().endswith(VIDEO_EXTENSIONS)]
+        elif any(c in item for c in "*?["):
+            paths += glob.glob(item, recursive=True)
+        elif os.path.exists(item):
+            paths.append(item)
+        else:
+            raise FileNotFoundError(f"input not found: {item}")
+    paths = sorted({os.path.abspath(p) for p in paths})
+    if not paths:
+        raise FileNotFoundError(f"no videos found in {inputs} (extensions: {', '.join(VIDEO_EXTENSIONS)})")
+    root = os.path.commonpath([os.path.dirname(p) for p in paths])
+    return paths, root
+
+
+def model_id(model: Autoencoder) -> str:
+    """A short hash of the weights: tokens from different weights must never be mixed silently."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class Chunk:
+    """Up to ``batch_size`` preprocessed frames of one segment of one video, produced by a decode worker."""
+
+    video: int
+    segment: int
+    frames: torch.Tensor  # uint8 (B, 3, H, W)
+    frame_indices: list[int]
+    timestamps: list[float]
+    last_in_segment: bool
+    last_in_video: bool
+    info: dict = field(default_factory=dict)  # fps and size; on the video's last chunk also status and reason
+
+
+class DecodedChunks(IterableDataset):
+    """Decodes the assigned videos in DataLoader workers and yields ``Chunk``s in order per video."""
+
+    def __init__(self, videos: list[str], image_size: tuple[int, int], batch_size: int, segment_seconds: float,
+                 fps: float | None):
+        super().__init__()
+        self.videos, self.image_size, self.batch_size = videos, image_size, batch_size
+        self.segment_seconds, self.fps = segment_seconds, fps
+
+    def __iter__(self) -> Iterator[Chunk]:
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        for v in range(wid, len(self.videos), nw):
+            yield from self._video_chunks(v)
+
+    def _video_chunks(self, v: int) -> Iterator[Chunk]:
+        path = self.videos[v]
+        status = {"status": "ok", "reason": "", "frames": 0}
+        frames, indices, times, segment = [], [], [], 0
+        try:
+            container = av.open(path)
+        except Exception as e:  # unreadable: recorded, never fatal
+            yield Chunk(v, 0, torch.empty(0, 3, *self.image_size, dtype=torch.uint8), [], [], True, True,
+                        {"status": "failed", "reason": f"{type(e).__name__}: {e}", "frames": 0})
+            return
+        with container:
+            if not container.streams.video:
+                yield Chunk(v, 0, torch.empty(0, 3, *self.image_size, dtype=torch.uint8), [], [], True, True,
+                            {"status": "failed", "reason": "no video stream", "frames": 0})
+                return
+            stream = container.streams.video[0]
+            src_fps = float(stream.average_rate or stream.guessed_rate or 25)
+            out_fps = self.fps or src_fps
+            seg_len = max(1, round(self.segment_seconds * out_fps))
+            stream_info = {"source_fps": src_fps, "fps": out_fps, "original_size": [stream.width, stream.height]}
+            status.update(stream_info)
+            expected = stream.frames
+            next_time, kept = 0.0, 0
+            try:
+                for i, frame in enumerate(container.decode(stream)):
+                    t = float(frame.time) if frame.time is not None else i / src_fps
+                    if self.fps is not None:  # resample by timestamp: keep the first frame at or after each tick
+                        if t + 1e-6 < next_time:
+                            continue
+                        next_time += 1.0 / self.fps
+                        while next_time <= t:
+                            next_time += 1.0 / self.fps
+                    frames.append(preprocess(frame, self.image_size))
+                    indices.append(i)
+                    times.append(round(t, 6))
+                    kept += 1
+                    end_of_segment = kept % seg_len == 0
+                    if len(frames) == self.batch_size or end_of_segment:
+                        yield Chunk(v, segment, torch.stack(frames), indices, times, end_of_segment, False,
+                                    stream_info)
+                        frames, indices, times = [], [], []
+                        segment += end_of_segment
+            except Exception as e:  # damaged mid-stream: keep what decoded
+                status.update(status="truncated", reason=f"{type(e).__name__}: {e}")
+            status["frames"] = kept
+            if status["status"] == "ok" and expected and self.fps is None and kept < expected:
+                status.update(status="truncated", reason=f"decoded {kept} of {expected} frames")
+            if kept == 0 and status["status"] == "ok":
+                status.update(status="failed", reason="no frames decoded")
+        empty = torch.empty(0, 3, *self.image_size, dtype=torch.uint8)
+        yield Chunk(v, segment, torch.stack(frames) if frames else empty, indices, times, True, True, status)
+
+
+class ShardWriter:
+    """Writes samples to ``latents-%06d.tar`` under a temporary name; shards close on whole-video boundaries."""
+
+    def __init__(self, output: str, rank: int, world_size: int, maxcount: int):
+        self.output, self.rank, self.world_size, self.maxcount = output, rank, world_size, maxcount
+        self.tar = None
+        self.samples = 0
+        self.index = self._next_index()
+
+    def _next_index(self) -> int:
+        used = [int(os.path.basename(p)[8:14]) for p in glob.glob(os.path.join(self.output, "latents-*.tar"))]
+        k = (max(used) // self.world_size + 1) if used else 0
+        return k * self.world_size + self.rank  # ranks never collide: rank r owns indices = r (mod world)
+
+    @property
+    def name(self) -> str:
+        return f"latents-{self.index:06d}.tar"
+
+    def write(self, sample: dict) -> None:
+        if self.tar is None:
+            self.tar = wds.TarWriter(os.path.join(self.output, self.name + ".tmp"))
+        self.tar.write(sample)
+        self.samples += 1
+
+    def full(self) -> bool:
+        return self.samples >= self.maxcount
+
+    def close(self) -> str | None:
+        """Finish the current shard; returns its name and sha256 (None if empty)."""
+        if self.tar is None:
+            return None
+        self.tar.close()
+        tmp = os.path.join(self.output, self.name + ".tmp")
+        final = os.path.join(self.output, self.name)
+        os.replace(tmp, final)
+        name = self.name
+        self.tar, self.samples = None, 0
+        self.index += self.world_size
+        return name
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_json(path: str, obj) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def load_manifests(output: str) -> dict:
+    """Merge ``manifest.json`` and every rank's partial manifest into {"videos": {...}, "shards": {...}}."""
+    merged = {"videos": {}, "shards": {}}
+    for path in [os.path.join(output, "manifest.json"), *sorted(glob.glob(os.path.join(output, "manifest.rank-*.json")))]:
+        if os.path.exists(path):
+            with open(path) as f:
+                part = json.load(f)
+            merged["videos"].update(part.get("videos", {}))
+            merged["shards"].update(part.get("shards", {}))
+    # A shard listed but missing on disk (e.g. deleted by hand) makes its videos pending again.
+    for rel, entry in list(merged["videos"].items()):
+        if entry.get("shard") and not os.path.exists(os.path.join(output, entry["shard"])):
+            del merged["videos"][rel]
+    return merged
+
+
+def encode_videos(model: Autoencoder, inputs: list[str], output: str, *, segment_seconds: float = 60.0,
+                  fps: float | None = None, batch_size: int = 32, num_workers: int = 2, maxcount: int = 64,
+                  rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu",
+                  progress: bool = True) -> dict:
+    """Encode every video under ``inputs`` into ``output``; returns this rank's summary."""
+    videos, root = find_videos(inputs)
+    os.makedirs(output, exist_ok=True)
+    for stale in glob.glob(os.path.join(output, "*.tar.tmp")):
+        if int(os.path.basename(stale)[8:14]) % world_size == rank:
+            os.remove(stale)  # a partial shard from a killed run: its videos are not marked done, so redo them
+    done = load_manifests(output)["videos"]
+    rel = lambda p: os.path.relpath(p, root)  # noqa: E731
+    mine = [p for i, p in enumerate(videos) if i % world_size == rank and rel(p) not in done]
+    manifest_path = os.path.join(output, f"manifest.rank-{rank}.json")
+    manifest = {"videos": {}, "shards": {}}
+    if os.path.exists(manifest_path):
+        with open(manifest_path) as f:
+            manifest = json.load(f)
+
+    model = model.to(device).eval()
+    common = {"model_id": model_id(model), "codebook_size": model.codebook_size, "num_tokens": model.num_tokens,
+              "token_layout": f"{model.grid[0]}x{model.grid[1]} row-major", "bits_per_token": model.bits_per_token,
+              "bytes_per_frame": model.bytes_per_frame, "image_size": list(model.image_size)}
+    workers = min(num_workers, len(mine))
+    loader = DataLoader(DecodedChunks(mine, model.image_size, batch_size, segment_seconds, fps),
+                        batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None)
+    writer = ShardWriter(output, rank, world_size, maxcount)
+    pending: list[str] = []  # videos whose samples sit in the open shard
+    # A video's samples are held (256 bytes/frame) until it ends, so a shard only ever holds whole videos even
+    # when several decode workers interleave their videos. Frames are never held beyond one batch.
+    video_samples: dict[int, list[dict]] = {}
+    seg_tokens: dict[int, list[np.ndarray]] = {}
+    seg_meta: dict[int, dict] = {}
+    frames_total, t0 = 0, time.perf_counter()
+    bar = tqdm(total=len(mine), unit="video", desc=f"encode[rank {rank}]", disable=not progress, file=sys.stderr)
+    use_bf16 = torch.device(device).type == "cuda"
+
+    def flush_shard():
+        name = writer.close()
+        if name:
+            manifest["shards"][name] = {"sha256": sha256_file(os.path.join(output, name))}
+        for p in pending:
+            manifest["videos"][rel(p)]["shard"] = name
+        pending.clear()
+        _write_json(manifest_path, manifest)
+
+    for chunk in loader:
+        path = mine[chunk.video]
+        if len(chunk.frames):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+                tokens = model.encode(chunk.frames.to(device))
+            seg_tokens.setdefault(chunk.video, []).append(tokens.cpu().numpy().astype(np.uint16))
+            meta = seg_meta.setdefault(chunk.video, {"frame_indices": [], "timestamps": []})
+            meta["frame_indices"] += chunk.frame_indices
+            meta["timestamps"] += chunk.timestamps
+            frames_total += len(chunk.frames)
+            bar.set_postfix(fps=f"{frames_total / (time.perf_counter() - t0):.1f}", refresh=False)
+        if chunk.last_in_segment and seg_tokens.get(chunk.video):
+            meta = seg_meta.pop(chunk.video)
+            tokens = np.concatenate(seg_tokens.pop(chunk.video))
+            key = f"{rel(path)}/{chunk.segment:04d}".replace(".", "_").replace("/", "__")
+            video_samples.setdefault(chunk.video, []).append({"__key__": key, "tokens.npy": tokens, "json": json.dumps({
+                "source": rel(path), "segment": chunk.segment, "first_frame": meta["frame_indices"][0],
+                "frame_indices": meta["frame_indices"], "timestamps": meta["timestamps"],
+                "num_frames": len(tokens), "fps": chunk.info["fps"], "source_fps": chunk.info["source_fps"],
+                "original_size": chunk.info["original_size"], **common,
+            }).encode()})
+        if chunk.last_in_video:
+            for sample in video_samples.pop(chunk.video, []):
+                writer.write(sample)
+            manifest["videos"][rel(path)] = {**chunk.info, "shard": None}
+            pending.append(path)
+            bar.update(1)
+            if writer.full():
+                flush_shard()
+    flush_shard()
+    bar.close()
+    seconds = time.perf_counter() - t0
+    return {"rank": rank, "videos": len(mine), "frames": frames_total, "seconds": seconds,
+            "frames_per_s": frames_total / max(seconds, 1e-9), "manifest": manifest}
+
+
+def write_merged_manifest(output: str, root_inputs: list[str]) -> dict:
+    merged = load_manifests(output)
+    merged["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    merged["inputs"] = root_inputs
+    _write_json(os.path.join(output, "manifest.json"), merged)
+    return merged

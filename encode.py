@@ -1,0 +1,80 @@
+"""Encode video collections into webdataset shards of 224-byte frame tokens.
+
+    python encode.py --checkpoint runs/x/model.pt --input /videos --output /latents
+    torchrun --nproc_per_node 8 encode.py --checkpoint ... --input ... --output ...    # one rank per GPU/process
+
+Re-running the same command resumes: finished videos are skipped, partial shards are redone.
+"""
+
+import argparse
+import os
+import sys
+
+import torch
+
+from compressor.autoencoder import load
+from compressor.pipeline import encode_videos, find_videos, write_merged_manifest
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True, help="model.pt or a train.py .ckpt")
+    ap.add_argument("--input", required=True, nargs="+", help="directories (searched recursively), globs, files, @list.txt")
+    ap.add_argument("--output", required=True, help="output directory for latents-*.tar and manifest.json")
+    ap.add_argument("--segment-seconds", type=float, default=60.0, help="segment length (a sample never spans videos)")
+    ap.add_argument("--fps", type=float, default=None, help="resample to this frame rate (default: keep every frame)")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--workers", type=int, default=2, help="decode worker processes")
+    ap.add_argument("--maxcount", type=int, default=64, help="segments per shard")
+    ap.add_argument("--device", default="auto", help="cuda, cpu or auto")
+    ap.add_argument("--strict", action="store_true", help="exit non-zero if any video failed or was truncated")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    # Fail before any work on a bad checkpoint or input.
+    if not os.path.exists(args.checkpoint):
+        sys.exit(f"error: checkpoint not found: {args.checkpoint}")
+    try:
+        model = load(args.checkpoint)
+    except Exception as e:
+        sys.exit(f"error: cannot load checkpoint {args.checkpoint}: {type(e).__name__}: {e}")
+    try:
+        find_videos(args.input)
+    except FileNotFoundError as e:
+        sys.exit(f"error: {e}")
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if device == "cuda" and world > 1:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    if world > 1:
+        torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+
+    summary = encode_videos(model, args.input, args.output, segment_seconds=args.segment_seconds, fps=args.fps,
+                            batch_size=args.batch_size, num_workers=args.workers, maxcount=args.maxcount,
+                            rank=rank, world_size=world, device=device)
+    print(f"rank {rank}: {summary['frames']} frames from {summary['videos']} videos in {summary['seconds']:.1f} s "
+          f"({summary['frames_per_s']:.1f} frames/s)", file=sys.stderr)
+    if world > 1:
+        torch.distributed.barrier()
+    status = 0
+    if rank == 0:
+        merged = write_merged_manifest(args.output, args.input)
+        counts: dict[str, int] = {}
+        for entry in merged["videos"].values():
+            counts[entry["status"]] = counts.get(entry["status"], 0) + 1
+        print(f"{len(merged['videos'])} videos in {args.output}/manifest.json: "
+              + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+        for rel, entry in sorted(merged["videos"].items()):
+            if entry["status"] != "ok":
+                print(f"  {entry['status']}: {rel}: {entry['reason']}")
+        if args.strict and any(s != "ok" for s in counts):
+            status = 1
+    if world > 1:
+        torch.distributed.destroy_process_group()
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

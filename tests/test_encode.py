@@ -1,0 +1,205 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from compressor import load, preprocess
+from compressor.latents import read_segments
+from compressor.synthetic import driving_clip
+from compressor.video import iter_frames
+from tests.conftest import tiny_model, write_video
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENCODE = [sys.executable, os.path.join(REPO, "encode.py")]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> str:
+    path = str(tmp_path_factory.mktemp("model") / "model.pt")
+    tiny_model().save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def good_videos(tmp_path_factory) -> str:
+    """Three clips at 10 fps: 25, 12 and 7 frames, one of them in a subdirectory."""
+    d = tmp_path_factory.mktemp("good")
+    os.makedirs(d / "sub")
+    write_video(str(d / "a.mp4"), driving_clip(1, 25, image_size=(180, 320)))
+    write_video(str(d / "sub" / "b.mp4"), driving_clip(2, 12, image_size=(180, 320)))
+    write_video(str(d / "c.mkv"), driving_clip(3, 7, image_size=(144, 256)), codec="libx265")
+    return str(d)
+
+
+def run_encode(inputs, output, checkpoint, *extra, check=True):
+    cmd = [*ENCODE, "--checkpoint", checkpoint, "--input", *inputs, "--output", str(output), "--workers", "1",
+           "--batch-size", "8", "--segment-seconds", "1", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, check=check)
+
+
+def read_all(output) -> dict:
+    """{(source, segment): (tokens uint16 array, meta)} over every shard."""
+    out = {}
+    for shard in sorted(f for f in os.listdir(output) if f.endswith(".tar")):
+        for seg in read_segments(os.path.join(output, shard)):
+            key = (seg["meta"]["source"], seg["meta"]["segment"])
+            assert key not in out, f"duplicate segment {key}"
+            out[key] = (seg["tokens"], seg["meta"])
+    return out
+
+
+def test_tokens_equal_the_codec_api_and_segments_split(tmp_path, checkpoint, good_videos):
+    run_encode([good_videos], tmp_path, checkpoint)
+    segments = read_all(tmp_path)
+    # 10 fps x 1 s segments: a.mp4 (25 frames) -> 10 + 10 + 5; b -> 10 + 2; c -> 7.
+    assert sorted((s, len(t)) for (s, _), (t, _) in segments.items()) == sorted(
+        [("a.mp4", 10), ("a.mp4", 10), ("a.mp4", 5), ("sub/b.mp4", 10), ("sub/b.mp4", 2), ("c.mkv", 7)])
+    model = load(checkpoint)
+    frames = torch.stack([preprocess(f) for f in iter_frames(os.path.join(good_videos, "a.mp4"))])
+    expected = model.encode(frames)
+    got = torch.cat([segments[("a.mp4", i)][0] for i in range(3)])
+    assert torch.equal(got, expected)
+    meta = segments[("a.mp4", 1)][1]
+    assert meta["first_frame"] == 10 and meta["frame_indices"] == list(range(10, 20))
+    assert meta["fps"] == pytest.approx(10) and meta["original_size"] == [320, 180]
+    assert meta["codebook_size"] == 15360 and meta["bytes_per_frame"] == 224 and len(meta["model_id"]) == 16
+    assert meta["timestamps"][0] == pytest.approx(1.0)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert {v["status"] for v in manifest["videos"].values()} == {"ok"}
+    assert manifest["videos"]["a.mp4"]["frames"] == 25
+    for name, shard in manifest["shards"].items():
+        import hashlib
+
+        assert hashlib.sha256((tmp_path / name).read_bytes()).hexdigest() == shard["sha256"]
+
+
+def test_rerun_skips_finished_videos(tmp_path, checkpoint, good_videos):
+    run_encode([good_videos], tmp_path, checkpoint)
+    before = read_all(tmp_path)
+    result = run_encode([good_videos], tmp_path, checkpoint)
+    assert "0 frames from 0 videos" in result.stderr
+    after = read_all(tmp_path)
+    assert before.keys() == after.keys()
+
+
+def test_fps_resampling(tmp_path, checkpoint, good_videos):
+    run_encode([os.path.join(good_videos, "a.mp4")], tmp_path, checkpoint, "--fps", "5", "--segment-seconds", "60")
+    ((tokens, meta),) = read_all(tmp_path).values()
+    assert len(tokens) == 13 and meta["frame_indices"][:3] == [0, 2, 4] and meta["fps"] == 5
+
+
+def make_bad_inputs(d):
+    os.makedirs(d, exist_ok=True)
+    (d / "text.mp4").write_text("this is not a video")
+    (d / "empty.mp4").write_bytes(b"")
+    with av.open(str(d / "audio_only.mkv"), "w") as c:  # a container with no video stream
+        s = c.add_stream("pcm_s16le", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+        frame.sample_rate = 8000
+        for p in s.encode(frame):
+            c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    # A "faststart" mp4 cut in half: frames decode, then decoding fails.
+    full = d / "full.tmp"
+    frames = driving_clip(4, 60, image_size=(180, 320))
+    with av.open(str(full), "w", format="mp4", options={"movflags": "faststart"}) as c:
+        s = c.add_stream("libx264", rate=10, options={"tune": "zerolatency"})  # frames out as packets come in
+        s.width, s.height, s.pix_fmt = 320, 180, "yuv420p"
+        for f in frames:
+            for p in s.encode(av.VideoFrame.from_ndarray(f.permute(1, 2, 0).numpy().copy(), format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    data = full.read_bytes()
+    (d / "truncated.mp4").write_bytes(data[: len(data) * 3 // 4])
+    full.unlink()
+
+
+def test_bad_inputs_are_recorded_and_do_not_stop_the_job(tmp_path, checkpoint, good_videos):
+    bad = tmp_path / "bad"
+    make_bad_inputs(bad)
+    out = tmp_path / "out"
+    result = run_encode([good_videos, str(bad)], out, checkpoint)
+    manifest = json.loads((out / "manifest.json").read_text())["videos"]
+    by_name = {os.path.basename(k): v for k, v in manifest.items()}  # keys are relative to the common input root
+    statuses = {name: v["status"] for name, v in by_name.items()}
+    assert statuses["text.mp4"] == statuses["empty.mp4"] == statuses["audio_only.mkv"] == "failed"
+    assert statuses["truncated.mp4"] == "truncated" and by_name["truncated.mp4"]["frames"] > 0
+    assert by_name["audio_only.mkv"]["reason"] == "no video stream"
+    assert statuses["a.mp4"] == "ok"
+    assert "3 failed" in result.stdout and "1 truncated" in result.stdout
+    kept = [len(t) for (s, _), (t, _) in read_all(out).items() if s.endswith("truncated.mp4")]
+    assert sum(kept) == by_name["truncated.mp4"]["frames"]
+    strict = run_encode([str(bad)], tmp_path / "strict", checkpoint, "--strict", check=False)
+    assert strict.returncode != 0
+
+
+def test_bad_checkpoint_or_input_fails_before_work(tmp_path, good_videos, checkpoint):
+    junk = tmp_path / "junk.pt"
+    junk.write_text("nope")
+    r = run_encode([good_videos], tmp_path / "o1", str(junk), check=False)
+    assert r.returncode != 0 and "cannot load checkpoint" in r.stderr
+    r = run_encode([str(tmp_path / "missing")], tmp_path / "o2", checkpoint, check=False)
+    assert r.returncode != 0 and "not found" in r.stderr
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+def test_kill_9_then_rerun_gives_the_uninterrupted_result(tmp_path, checkpoint):
+    videos = tmp_path / "videos"
+    os.makedirs(videos)
+    for i in range(6):
+        write_video(str(videos / f"v{i}.mp4"), driving_clip(10 + i, 30, image_size=(128, 256)))
+    reference = tmp_path / "reference"
+    run_encode([str(videos)], reference, checkpoint, "--maxcount", "1")
+    out = tmp_path / "killed"
+    cmd = [*ENCODE, "--checkpoint", checkpoint, "--input", str(videos), "--output", str(out), "--workers", "1",
+           "--batch-size", "8", "--segment-seconds", "1", "--maxcount", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (os.path.isdir(out) and any(f.endswith(".tar") for f in os.listdir(out))):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    run_encode([str(videos)], out, checkpoint, "--maxcount", "1")
+    got, ref = read_all(out), read_all(reference)
+    assert got.keys() == ref.keys()
+    for key in ref:
+        assert torch.equal(got[key][0], ref[key][0])
+    frames = sorted((s, i) for (s, _), (_, m) in got.items() for i in m["frame_indices"])
+    assert len(frames) == len(set(frames)) == 6 * 30
+
+
+def test_two_processes_with_torchrun(tmp_path, checkpoint, good_videos):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           os.path.join(REPO, "encode.py"), "--checkpoint", checkpoint, "--input", good_videos, "--output",
+           str(tmp_path), "--workers", "1", "--batch-size", "8", "--segment-seconds", "1"]
+    subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    single = tmp_path / "single"
+    run_encode([good_videos], single, checkpoint)
+    got, ref = read_all(tmp_path), read_all(single)
+    assert got.keys() == ref.keys()
+    for key in ref:
+        assert torch.equal(got[key][0], ref[key][0])
+    shards = sorted(f for f in os.listdir(tmp_path) if f.endswith(".tar"))
+    assert {int(s[8:14]) % 2 for s in shards} == {0, 1}  # both ranks wrote their own shards
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert len(manifest["videos"]) == 3
+
+
+def test_decode_preview_side_by_side(tmp_path, checkpoint, good_videos):
+    run_encode([good_videos], tmp_path / "lat", checkpoint)
+    out = tmp_path / "preview.mp4"
+    subprocess.run([sys.executable, "-m", "compressor.decode", "--checkpoint", checkpoint, "--input",
+                    str(tmp_path / "lat"), "--output", str(out), "--original-root", good_videos, "--source",
+                    "a.mp4"], check=True, capture_output=True, cwd=REPO)
+    with av.open(str(out)) as c:
+        frames = list(c.decode(video=0))
+    assert len(frames) == 25 and (frames[0].width, frames[0].height) == (512, 128)
