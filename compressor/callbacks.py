@@ -8,6 +8,7 @@ import pytorch_lightning as pl
 import torch
 import torchvision
 
+from compressor.evaluate import frame_psnr
 from compressor.packing import pack, unpack
 
 
@@ -43,8 +44,7 @@ class ExportCallback(pl.Callback):
         frames = frames.to(pl_module.device)
         data = pack(model.encode(frames), bits=model.bits_per_token)
         recon = model.decode(unpack(data, len(frames), model.num_tokens, model.bits_per_token))
-        mse = (recon.float() - frames.float()).pow(2).flatten(1).mean(1)
-        psnr = (10 * torch.log10(255.0**2 / mse.clamp_min(1e-10))).mean().item()
+        psnr = frame_psnr(recon, frames).mean().item()
         image_path = os.path.join(out_dir, "recon.png")
         # Each column: original above, reconstruction below.
         grid = torch.cat([frames, recon], dim=2).cpu().float() / 255

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import io
 import json
 import os
 import sys
@@ -28,28 +27,21 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
 from compressor.autoencoder import Autoencoder
-from compressor.video import VIDEO_EXTENSIONS, preprocess
+from compressor.video import list_videos, preprocess
 
 
 def find_videos(inputs: list[str]) -> tuple[list[str], str]:
     """Videos under directories (recursively), globs, files or ``@list.txt`` files -> (paths, common root)."""
-    paths: list[str] = []
+    # Entries of a list file pass through unchecked: a missing one is recorded as failed, not fatal.
+    listed = []
     for item in inputs:
         if item.startswith("@"):
             with open(item[1:]) as f:
-                paths += [line.strip() for line in f if line.strip()]
-        elif os.path.isdir(item):
-            for d, _, files in os.walk(item):
-                paths += [os.path.join(d, f) for f in files if f.lower().endswith(VIDEO_EXTENSIONS)]
-        elif any(c in item for c in "*?["):
-            paths += glob.glob(item, recursive=True)
-        elif os.path.exists(item):
-            paths.append(item)
-        else:
-            raise FileNotFoundError(f"input not found: {item}")
-    paths = sorted({os.path.abspath(p) for p in paths})
+                listed += [line.strip() for line in f if line.strip()]
+    others = [item for item in inputs if not item.startswith("@")]
+    paths = sorted({os.path.abspath(p) for p in listed + (list_videos(others, recursive=True) if others else [])})
     if not paths:
-        raise FileNotFoundError(f"no videos found in {inputs} (extensions: {', '.join(VIDEO_EXTENSIONS)})")
+        raise FileNotFoundError(f"no videos found in {inputs}")
     root = os.path.commonpath([os.path.dirname(p) for p in paths])
     return paths, root
 

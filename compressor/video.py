@@ -72,19 +72,20 @@ def read_frames(path: str, image_size: tuple[int, int] = (128, 256), stride: int
     return torch.stack(frames)
 
 
-def list_videos(videos: str | Sequence[str]) -> list[str]:
-    """Resolve a directory, glob, single file or list of those to a sorted list of video files."""
+def list_videos(videos: str | Sequence[str], recursive: bool = False) -> list[str]:
+    """Resolve a directory (its subdirectories too if ``recursive``), glob, file or list of those to sorted videos."""
     items = [videos] if isinstance(videos, (str, os.PathLike)) else list(videos)
     found: list[str] = []
     for item in map(str, items):
         if os.path.isdir(item):
-            found += [os.path.join(item, f) for f in sorted(os.listdir(item)) if f.lower().endswith(VIDEO_EXTENSIONS)]
+            walk = os.walk(item) if recursive else [(item, None, os.listdir(item))]
+            found += [os.path.join(d, f) for d, _, files in walk for f in files if f.lower().endswith(VIDEO_EXTENSIONS)]
         elif any(c in item for c in "*?["):
             found += sorted(glob.glob(item, recursive=True))
         elif os.path.exists(item):
             found.append(item)
         else:
-            raise FileNotFoundError(f"no such video, directory or glob match: {item}")
+            raise FileNotFoundError(f"input not found: {item} (not a video, directory or glob match)")
     if not found:
         raise FileNotFoundError(f"no videos found in {videos!r} (extensions: {', '.join(VIDEO_EXTENSIONS)})")
     return sorted(set(found))

@@ -16,7 +16,6 @@ import os
 import re
 import sys
 
-import numpy as np
 import webdataset as wds
 from tqdm import tqdm
 
