@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 import torchvision
 
-from compressor.evaluate import frame_psnr
+from compressor.metrics import frame_psnr
 from compressor.packing import pack, unpack
 
 

@@ -57,6 +57,23 @@ class ReconstructionLoss(nn.Module):
         return terms
 
 
+def vgg16_features(weights_path: str, last_layer: int) -> nn.Sequential:
+    """Frozen torchvision VGG16 ``features[: last_layer + 1]`` from a local state dict; nothing is downloaded.
+
+    Accepts a whole torchvision ``vgg16`` state dict or just its ``features`` part; the classifier is unused.
+    """
+    import torchvision
+
+    if not os.path.exists(weights_path):
+        raise FileNotFoundError(f"VGG16 weights not found: {weights_path} (no download is attempted)")
+    state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    state = {k.removeprefix("features."): v for k, v in state.items() if not k.startswith("classifier.")}
+    state = {k: v for k, v in state.items() if int(k.split(".")[0]) <= last_layer}
+    features = torchvision.models.vgg16(weights=None).features[: last_layer + 1]
+    features.load_state_dict(state)
+    return features.eval().requires_grad_(False)
+
+
 class PerceptualLoss(nn.Module):
     """Distance between VGG16 feature maps (LPIPS without its learned linear layers).
 
@@ -70,16 +87,7 @@ class PerceptualLoss(nn.Module):
 
     def __init__(self, weights_path: str):
         super().__init__()
-        import torchvision
-
-        if not os.path.exists(weights_path):
-            raise FileNotFoundError(f"perceptual loss weights not found: {weights_path} (no download is attempted)")
-        state = torch.load(weights_path, map_location="cpu", weights_only=True)
-        # Accept a whole torchvision vgg16 state dict or just its ``features`` part; the classifier is unused.
-        state = {k.removeprefix("features."): v for k, v in state.items() if not k.startswith("classifier.")}
-        self.features = torchvision.models.vgg16(weights=None).features[: self._LAYERS[-1] + 1]
-        self.features.load_state_dict(state)
-        self.features.eval().requires_grad_(False)
+        self.features = vgg16_features(weights_path, self._LAYERS[-1])
         self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
 
