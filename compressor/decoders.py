@@ -9,7 +9,7 @@ from __future__ import annotations
 from einops import rearrange
 from torch import Tensor, nn
 
-from compressor.layers import captured_args, Transformer, init_weights, sincos_2d, unpatchify
+from compressor.layers import captured_args, ResBlock, Transformer, init_weights, sincos_2d, unpatchify
 
 
 class ViTDecoder(nn.Module):
@@ -103,3 +103,36 @@ class _UpStage(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.up(x)
         return nn.functional.gelu(x + self.refine(x))
+
+
+class ConvDecoder(nn.Module):
+    """Pure convolutional decoder (no attention): residual blocks at the token grid, then x2 upsampling stages.
+
+    Args:
+        image_size: (H, W) the model is trained at.
+        dim: channels at the token grid.
+        depth: residual 3x3 blocks at the token grid (where the other decoders have their transformer).
+        head_channels: channels after each x2 upsampling stage; ``2**len`` must equal the encoder's grid size.
+    """
+
+    def __init__(
+        self,
+        image_size: tuple[int, int] = (128, 256),
+        dim: int = 512,
+        depth: int = 2,
+        head_channels: list[int] = [384, 192, 96, 48],  # noqa: B006
+    ):
+        super().__init__()
+        self.init_args = captured_args(locals())  # lets a checkpoint rebuild the model
+        self.image_size = tuple(image_size)
+        self.patch_size = 2 ** len(head_channels)
+        self.dim = dim
+        stages, c_in = [ResBlock(dim) for _ in range(depth)], dim
+        for c in head_channels:
+            stages.append(_UpStage(c_in, c))
+            c_in = c
+        self.net = nn.Sequential(*stages, nn.Conv2d(c_in, 3, 3, padding=1))
+
+    def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
+        """x: (B, N, D), grid: (h, w) with h*w = N -> frames: (B, 3, h*p, w*p)."""
+        return self.net(rearrange(x, "b (h w) d -> b d h w", h=grid[0], w=grid[1]))

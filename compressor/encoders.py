@@ -11,7 +11,7 @@ import math
 from einops import rearrange
 from torch import Tensor, nn
 
-from compressor.layers import captured_args, Transformer, init_weights, patchify, sincos_2d
+from compressor.layers import captured_args, ResBlock, Transformer, init_weights, patchify, sincos_2d
 
 
 class ViTEncoder(nn.Module):
@@ -122,3 +122,38 @@ def grid_size(image_size: tuple[int, int], patch_size: int) -> tuple[int, int]:
 
 def num_tokens(image_size: tuple[int, int], patch_size: int) -> int:
     return math.prod(grid_size(image_size, patch_size))
+
+
+class ConvEncoder(nn.Module):
+    """Pure convolutional encoder (no attention): stride-2 stages down to the token grid, residual blocks there.
+
+    The third corner of the ViT-versus-convolution comparison: the same grid and token budget as the other two
+    encoders, with every layer a convolution.
+
+    Args:
+        image_size: (H, W) the model is trained at.
+        channels: output channels of each stride-2 stage; ``2**len`` is the token grid's pixel size.
+        depth: residual 3x3 blocks at the token grid (where the conv-stem encoder has its transformer).
+    """
+
+    def __init__(
+        self,
+        image_size: tuple[int, int] = (128, 256),
+        channels: list[int] = [64, 128, 256, 384],  # noqa: B006
+        depth: int = 2,
+    ):
+        super().__init__()
+        self.init_args = captured_args(locals())  # lets a checkpoint rebuild the model
+        self.image_size = tuple(image_size)
+        self.patch_size = 2 ** len(channels)
+        self.dim = channels[-1]
+        stages, c_in = [], 3
+        for c in channels:
+            stages.append(_DownStage(c_in, c))
+            c_in = c
+        self.net = nn.Sequential(*stages, *[ResBlock(c_in) for _ in range(depth)])
+
+    def forward(self, frames: Tensor) -> Tensor:
+        """frames: (B, 3, H, W) -> latents: (B, H/p * W/p, C)."""
+        return rearrange(self.net(frames), "b c h w -> b (h w) c")
+

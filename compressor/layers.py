@@ -96,3 +96,17 @@ def unpatchify(patches: Tensor, patch_size: int, grid: tuple[int, int]) -> Tenso
 def captured_args(local_vars: dict) -> dict:
     """The constructor arguments from ``locals()`` taken first thing in ``__init__``."""
     return {k: v for k, v in local_vars.items() if k not in ("self", "__class__")}
+
+
+class ResBlock(nn.Module):
+    """x + conv3x3(gelu(conv3x3(x))), starting as the identity."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.GELU(),
+                                  nn.Conv2d(channels, channels, 3, padding=1))
+        nn.init.zeros_(self.body[2].weight)
+        nn.init.zeros_(self.body[2].bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
