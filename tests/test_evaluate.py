@@ -1,25 +1,17 @@
 import json
-import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
+import webdataset as wds
 
-from compressor.evaluate import evaluate, frame_ms_ssim, frame_psnr, token_stats
+from compressor.evaluate import evaluate, token_stats
+from compressor.learned_baseline import LearnedCodec, train
+from compressor.synthetic import driving_clip
 from compressor.video import list_videos
 from tests.conftest import tiny_model
-
-
-def test_psnr_of_known_error():
-    frames = torch.full((1, 3, 8, 8), 100, dtype=torch.uint8)
-    recon = frames + 10  # MSE 100 -> 10*log10(255^2/100) = 28.13 dB
-    assert frame_psnr(recon, frames).item() == pytest.approx(10 * math.log10(255**2 / 100), abs=1e-4)
-
-
-def test_ms_ssim_of_identical_frames_is_one():
-    frames = torch.randint(0, 256, (2, 3, 128, 256), dtype=torch.uint8)
-    assert torch.allclose(frame_ms_ssim(frames, frames), torch.ones(2), atol=1e-5)
 
 
 def test_token_stats():
@@ -27,14 +19,72 @@ def test_token_stats():
     assert token_stats(counts) == {"codebook_usage": 0.5, "token_entropy_bits": 1.0}
 
 
-def test_evaluate_on_generated_clips(video_dir, tmp_path):
+def test_evaluate_on_generated_clips(video_dir):
     report = evaluate(tiny_model(), list_videos(video_dir)[:2], batch_size=5)
     assert report["overall"]["frames"] == 24 and report["overall"]["bytes_per_frame"] == 224
+    assert [c["frames"] for c in report["clips"]] == [12, 12]
+
+
+@pytest.fixture(scope="module")
+def learned_codec(tmp_path_factory):
+    """A compressai codec trained for 2 steps on frame shards in the data/make_shards.py format."""
+    d = tmp_path_factory.mktemp("learned")
+    with wds.TarWriter(str(d / "train-clip-000.tar")) as sink:
+        for i, f in enumerate(driving_clip(seed=1, num_frames=8, image_size=(128, 256))):
+            sink.write({"__key__": f"{i:06d}", "frame.npy": f.numpy(), "meta.json": {"frame": i}})
+    summary = train(str(d), str(d / "out"), minutes=5, steps=2, batch_size=2, N=16, M=16, num_workers=0)
+    assert summary["steps"] == 2
+    return str(d / "out" / "codec.pt")
+
+
+def test_learned_baseline_round_trip(learned_codec):
+    codec = LearnedCodec.load(learned_codec)
+    frames = driving_clip(seed=2, num_frames=3, image_size=(128, 256))
+    strings = codec.compress(frames)
+    assert len(strings) == 3 and all(isinstance(s, bytes) and len(s) > 0 for s in strings)
+    recon = codec.decompress(strings, (128, 256))
+    assert recon.shape == frames.shape and recon.dtype == torch.uint8
+    assert torch.equal(codec.decompress(strings, (128, 256)), recon)  # decoding is deterministic
+
+
+def test_learned_baseline_rejects_other_files(tmp_path):
+    tiny_model().save(tmp_path / "m.pt")
+    with pytest.raises(ValueError, match="bmshj2018-factorized"):
+        LearnedCodec.load(str(tmp_path / "m.pt"))
+
+
+def test_evaluate_cli_compares_all_methods_at_the_budget(video_dir, tmp_path, learned_codec):
     model_path = tmp_path / "m.pt"
     tiny_model().save(model_path)
     out = tmp_path / "report"
-    subprocess.run([sys.executable, "-m", "compressor.evaluate", "--checkpoint", str(model_path), "--input",
-                    video_dir, "--output", str(out)], check=True, capture_output=True)
-    saved = json.loads((out / "report.json").read_text())
-    assert saved["overall"]["frames"] == 60 and len(saved["clips"]) == 5
-    assert "| clip |" in (out / "report.md").read_text()
+    clips = list_videos(video_dir)[:2]
+    run = subprocess.run([sys.executable, "-m", "compressor.evaluate", "--checkpoint", str(model_path), "--input",
+                          *clips, "--output", str(out), "--frame-stride", "6", "--codecs", "jpeg", "webp",
+                          "--learned", learned_codec, "--gallery-frames", "1"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "LPIPS skipped" in run.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert report["checkpoints"]["ours: m"]["overall"]["frames"] == 24
+    methods = report["comparison"]["methods"]
+    assert set(methods) == {"ours: m", "jpeg (full size)", "jpeg (downscaled)", "webp (full size)",
+                            "webp (downscaled)", "hevc (x265, inter)", "bmshj2018-factorized (compressai)"}
+    for name, m in methods.items():
+        assert m["overall"]["frames"] == 4  # frames 0 and 6 of two clips, the same for every method
+        for clip in m["per_frame"].values():
+            # per-frame records for both comparison frames of each clip
+            assert len(clip["bytes"]) == 2
+    webp = methods["webp (downscaled)"]
+    assert webp["overall"]["fits"] == 1.0
+    assert max(b for c in webp["per_frame"].values() for b in c["bytes"]) <= 224
+    assert methods["jpeg (full size)"]["overall"]["fits"] == 0.0  # JPEG cannot get a 128x256 frame into 224 B
+    assert methods["ours: m"]["overall"]["bytes_per_frame"] == 224
+    assert report["comparison"]["rd"]["ours: m"] == [[224.0, pytest.approx(methods["ours: m"]["overall"]["psnr"])]]
+    assert all(b <= 1280 for b, _ in report["comparison"]["rd"]["webp (downscaled)"])
+    md = (out / "report.md").read_text()
+    assert "| webp (downscaled) |" in md and "| clip |" in md
+    for png in ("rd.png", "gallery.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+
+    assert Image.open(out / "gallery.png").size[1] >= 2 * (128 + 14)  # one row per clip (1 gallery frame each)
