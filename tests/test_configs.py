@@ -29,3 +29,13 @@ def test_config_builds_a_224_byte_model(config):
 def test_required_configs_exist():
     names = {os.path.basename(c) for c in CONFIGS}
     assert {"demo.yaml", "vit-224B.yaml", "convstem-224B.yaml", "vq-224B.yaml", "comma-scale.yaml"} <= names
+
+
+@pytest.mark.parametrize("budget", [96, 128, 160, 224])
+def test_rate_distortion_overlays_set_the_byte_budget(budget):
+    overlay = os.path.join(REPO, "configs", "rd", f"{budget}B.yaml")
+    cli = LightningCLI(CompressorModule, FramesDataModule, run=False,
+                       args=["--config", os.path.join(REPO, "configs", "cpu-vit-224B-aug.yaml"), "--config", overlay,
+                             "--trainer.accelerator", "cpu", "--trainer.logger", "false"])
+    assert cli.model.autoencoder.bytes_per_frame == budget and cli.model.autoencoder.num_tokens == 128
+    assert cli.trainer.max_steps == 1000 and cli.model.hparams.time_budget_s is None  # equal step budget
