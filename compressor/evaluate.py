@@ -183,8 +183,9 @@ def compare(models: dict[str, Autoencoder], videos: list[str], budget: int = 224
             strings = [s for i in range(0, len(sub), 16) for s in learned.compress(sub[i : i + 16])]
             recon = torch.cat([learned.decompress(strings[i : i + 16], image_size) for i in range(0, len(sub), 16)])
             sizes = [len(s) for s in strings]
+            trained = f"{learned.info.get('steps')} steps, aimed at {learned.info.get('target_bpp')} bpp"
             scores["bmshj2018-factorized (compressai)"].add(clip, sizes, recon, sub, lpips, [s <= budget for s in sizes],
-                                                             "trained to ~0.055 bpp")
+                                                             trained)
             gallery["bmshj2018-factorized (compressai)"] += _tiles(recon, sub, picks, sizes)
         log(f"{clip}: {len(sub)} comparison frames of {len(frames)} in {time.perf_counter() - t0:.0f} s")
 
@@ -202,7 +203,8 @@ def compare(models: dict[str, Autoencoder], videos: list[str], budget: int = 224
     if learned is not None:
         o = summaries["bmshj2018-factorized (compressai)"]["overall"]
         rd["bmshj2018-factorized (compressai)"].append((o["bytes_per_frame"], o["psnr"]))
-    return {"budget": budget, "frame_stride": frame_stride, "methods": summaries,
+    return {"budget": budget, "frame_stride": frame_stride, "image_size": list(image_size), "methods": summaries,
+            "learned_training": learned.info if learned is not None else None,
             "rd": {m: sorted(v) for m, v in rd.items()}, "_gallery": gallery}
 
 
@@ -252,6 +254,11 @@ def comparison_markdown(comp: dict) -> str:
         rows.append(f"| {name} | {o['bytes_per_frame']:.0f} | {o['fits']:.0%} | {o['psnr']:.2f} | {o['ms_ssim']:.4f} |"
                     f"{lp} {o['setting']} |")
     clips = list(next(iter(methods.values()))["clips"])
+    pixels = comp["image_size"][0] * comp["image_size"][1]
+    for name, m in methods.items():
+        if "compressai" in name:
+            rows += ["", f"{name}: {8 * m['overall']['bytes_per_frame'] / pixels:.3f} bpp actual (entropy-coded bytes "
+                     f"x 8 / {pixels} pixels)."]
     rows += ["", "PSNR (dB) per clip:", "", "| method | " + " | ".join(clips) + " |",
              "|---|" + "---:|" * len(clips)]
     for name, m in methods.items():

@@ -56,7 +56,7 @@ class LearnedCodec:
 
 
 def train(shards: str, output: str, minutes: float, steps: int | None = None, target_bpp: float = 0.055,
-          batch_size: int = 16, lr: float = 3e-4, N: int = 128, M: int = 192, num_workers: int = 1,
+          batch_size: int = 16, lr: float = 1e-3, N: int = 128, M: int = 192, num_workers: int = 1,
           seed: int = 0) -> dict:
     """Train for ``steps`` steps or ``minutes`` of wall clock, whichever ends first; save ``output/codec.pt``."""
     torch.manual_seed(seed)
@@ -69,8 +69,9 @@ def train(shards: str, output: str, minutes: float, steps: int | None = None, ta
     aux = [p for n, p in net.named_parameters() if n.endswith(".quantiles")]
     main = [p for n, p in net.named_parameters() if not n.endswith(".quantiles")]
     opt, aux_opt = torch.optim.Adam(main, lr=lr), torch.optim.Adam(aux, lr=1e-3)
-    # compressai's lambda for its lowest MSE quality; the controller below moves it towards target_bpp.
-    lam, bpp_ema, step = 0.0018, None, 0
+    # About half compressai's lowest-quality MSE lambda (0.0018): low rates need less; the controller below then
+    # moves it towards target_bpp.
+    lam, bpp_ema, step = 1e-3, None, 0
     budget, t0 = minutes * 60, time.perf_counter()
     def progress() -> float:
         return max((time.perf_counter() - t0) / budget, step / steps if steps else 0.0)
@@ -95,9 +96,9 @@ def train(shards: str, output: str, minutes: float, steps: int | None = None, ta
             aux_opt.zero_grad()
             net.aux_loss().backward()
             aux_opt.step()
-            bpp_ema = bpp.item() if bpp_ema is None else 0.98 * bpp_ema + 0.02 * bpp.item()
-            if step % 10 == 0 and step >= 100:
-                lam *= min(max(target_bpp / bpp_ema, 0.9), 1.1) ** 0.5
+            bpp_ema = bpp.item() if bpp_ema is None else 0.9 * bpp_ema + 0.1 * bpp.item()
+            if step % 10 == 0 and step >= 20:
+                lam *= min(max(target_bpp / bpp_ema, 0.8), 1.25)
             if step % 100 == 0:
                 psnr = -10 * math.log10(max(mse.item(), 1e-10))
                 print(f"step {step} {elapsed:.0f}s bpp {bpp_ema:.4f} psnr {psnr:.2f} lambda {lam:.5f}", flush=True)
@@ -118,7 +119,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="step budget (batches); the run ends at either budget")
     ap.add_argument("--target-bpp", type=float, default=0.055)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--lr", type=float, default=1e-3)
     args = ap.parse_args()
     summary = train(args.shards, args.output, args.minutes, args.steps, args.target_bpp, args.batch_size, args.lr)
     print(f"saved {os.path.join(args.output, 'codec.pt')}: {summary}")
