@@ -134,8 +134,8 @@ def compare(models: dict[str, Autoencoder], videos: list[str], budget: int = 224
             codecs=("jpeg", "webp", "avif"), hevc: bool = True, learned=None, lpips: LPIPS | None = None,
             gallery_frames: int = 3, batch_size: int = 32, log=print) -> dict:
     """All methods on the same comparison frames: scores at ``budget`` bytes, RD points and gallery tiles."""
-    first = next(iter(models.values()))
-    image_size = first.image_size
+    first_name = next(iter(models))
+    image_size = models[first_name].image_size
     scores: dict[str, Scores] = collections.defaultdict(Scores)
     rd: dict[str, list] = collections.defaultdict(list)
     image_rd = collections.defaultdict(lambda: collections.defaultdict(list))  # method -> budget -> [Candidate]
@@ -146,21 +146,20 @@ def compare(models: dict[str, Autoencoder], videos: list[str], budget: int = 224
         frames = read_frames(path, image_size)
         idx = list(range(0, len(frames), frame_stride))
         sub = frames[idx]
-        picks = set(_spread(len(sub), gallery_frames)) if gallery_frames else set()
-        picks = sorted(picks)
+        picks = _spread(len(sub), gallery_frames)  # sorted, distinct
         if picks:
             gallery["original"] += [(sub[i], clip) for i in picks]
         t0 = time.perf_counter()
         for name, model in models.items():
             r = codec_roundtrip(model, sub, batch_size)
             scores[name].add(clip, r["bytes_per_frame"], r["recon"], sub, lpips, True, f"{model.bytes_per_frame} B")
-            if name == next(iter(models)):
+            if name == first_name:
                 gallery[name] += _tiles(r["recon"], sub, picks, [r["bytes_per_frame"]] * len(sub))
         for codec in codecs:
             for downscale in (False, True):
                 method = f"{codec} ({'downscaled' if downscale else 'full size'})"
                 chosen = []
-                for j, frame in enumerate(sub):
+                for frame in sub:
                     cands = baselines.image_candidates(frame, codec, downscale)
                     for b in RD_BUDGETS:
                         image_rd[method][b].append(baselines.best_within(cands, b))
@@ -173,9 +172,10 @@ def compare(models: dict[str, Autoencoder], videos: list[str], budget: int = 224
         if hevc:
             fps = clip_fps(path)
             points = baselines.hevc_sweep(frames, fps, keep_frames=idx)
-            for p in points:
-                acc = hevc_rd[p.qp]
-                acc[0], acc[1], acc[2] = acc[0] + len(idx), acc[1] + p.bytes_per_frame * len(idx), acc[2] + p.psnr[idx].sum().item()
+            for p in points:  # frame-weighted over clips, at one QP for all clips
+                hevc_rd[p.qp][0] += len(idx)
+                hevc_rd[p.qp][1] += p.bytes_per_frame * len(idx)
+                hevc_rd[p.qp][2] += p.psnr[idx].sum().item()
             best, ok = baselines.best_video_point(points, budget)
             scores["hevc (x265, inter)"].add(clip, best.bytes_per_frame, best.kept, sub, lpips, ok, f"qp {best.qp}")
             gallery["hevc (x265, inter)"] += _tiles(best.kept, sub, picks, [best.bytes_per_frame] * len(sub))
@@ -209,7 +209,9 @@ def compare(models: dict[str, Autoencoder], videos: list[str], budget: int = 224
 
 
 def _spread(n: int, k: int) -> list[int]:
-    return [round((i + 0.5) * n / k - 0.5) for i in range(min(k, n))]
+    """k evenly spread indices into range(n), sorted and distinct (all of them when k >= n)."""
+    k = min(k, n)
+    return [round((i + 0.5) * n / k - 0.5) for i in range(k)]
 
 
 def _tiles(recon, frames, picks, nbytes) -> list:

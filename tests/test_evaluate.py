@@ -88,3 +88,12 @@ def test_evaluate_cli_compares_all_methods_at_the_budget(video_dir, tmp_path, le
     from PIL import Image
 
     assert Image.open(out / "gallery.png").size[1] >= 2 * (128 + 14)  # one row per clip (1 gallery frame each)
+
+
+def test_gallery_picks_are_distinct_even_for_short_clips():
+    from compressor.evaluate import _spread
+
+    for n in range(30):
+        for k in range(8):
+            picks = _spread(n, k)
+            assert picks == sorted(set(picks)) and len(picks) == min(n, k) and all(0 <= i < n for i in picks)
