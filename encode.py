@@ -2,6 +2,7 @@
 
     python encode.py --checkpoint runs/x/model.pt --input /videos --output /latents
     torchrun --nproc_per_node 8 encode.py --checkpoint ... --input ... --output ...    # one rank per GPU/process
+    python encode.py ... --entropy-code    # also store each segment entropy-coded with runs/x/prior-temporal.pt
 
 Re-running the same command resumes: finished videos are skipped, partial shards are redone.
 """
@@ -13,7 +14,8 @@ import sys
 import torch
 
 from compressor.autoencoder import load
-from compressor.pipeline import encode_videos, find_videos, write_merged_manifest
+from compressor.entropy.stream import load_prior
+from compressor.pipeline import encode_videos, find_videos, model_id, write_merged_manifest
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -27,6 +29,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--workers", type=int, default=2, help="decode worker processes")
     ap.add_argument("--maxcount", type=int, default=64, help="segments per shard")
     ap.add_argument("--device", default="auto", help="cuda, cpu or auto")
+    ap.add_argument("--entropy-code", action="store_true",
+                    help="also store each segment entropy-coded (tokens.ctok) with a prior from compressor.entropy")
+    ap.add_argument("--prior", default=None,
+                    help="prior file for --entropy-code (default: prior-temporal.pt beside the checkpoint)")
     ap.add_argument("--strict", action="store_true", help="exit non-zero if any video failed or was truncated")
     return ap.parse_args(argv)
 
@@ -41,6 +47,19 @@ def main(argv=None) -> int:
         model = load(args.checkpoint)
     except Exception as e:
         sys.exit(f"error: cannot load checkpoint {args.checkpoint}: {type(e).__name__}: {e}")
+    prior = None
+    if args.entropy_code:
+        prior_path = args.prior or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "prior-temporal.pt")
+        if not os.path.exists(prior_path):
+            sys.exit(f"error: --entropy-code needs a prior; {prior_path} does not exist (train one with "
+                     "python -m compressor.entropy train, or pass --prior)")
+        try:
+            prior = load_prior(prior_path)
+        except Exception as e:
+            sys.exit(f"error: cannot load prior {prior_path}: {type(e).__name__}: {e}")
+        if prior.model_id != model_id(model):
+            sys.exit(f"error: {prior_path} is a prior for model {prior.model_id}, not for {args.checkpoint} "
+                     f"({model_id(model)})")
     try:
         find_videos(args.input)
     except FileNotFoundError as e:
@@ -53,7 +72,7 @@ def main(argv=None) -> int:
 
     summary = encode_videos(model, args.input, args.output, segment_seconds=args.segment_seconds, fps=args.fps,
                             batch_size=args.batch_size, num_workers=args.workers, maxcount=args.maxcount,
-                            rank=rank, world_size=world, device=device)
+                            rank=rank, world_size=world, device=device, prior=prior)
     print(f"rank {rank}: {summary['frames']} frames from {summary['videos']} videos in {summary['seconds']:.1f} s "
           f"({summary['frames_per_s']:.1f} frames/s)", file=sys.stderr)
     if world > 1:

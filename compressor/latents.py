@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from compressor.entropy.stream import PriorMismatchError, decode_segment, load_prior
+
 
 class DamagedShardError(RuntimeError):
     """A latent shard could not be read completely."""
@@ -47,8 +49,16 @@ def expand_urls(shards: str | Sequence[str]) -> list[str]:
     return urls
 
 
-def read_segments(url: str) -> Iterator[dict]:
-    """Yield ``{"tokens": int64 (T, N), "meta": dict}`` for every segment in a shard or commaVQ file."""
+class MissingPriorError(ValueError):
+    """A sample holds only entropy-coded tokens and no prior was given to decode them."""
+
+
+def read_segments(url: str, prior=None) -> Iterator[dict]:
+    """Yield ``{"tokens": int64 (T, N), "meta": dict}`` for every segment in a shard or commaVQ file.
+
+    A sample holds plain tokens (``tokens.npy``), an entropy-coded segment (``tokens.ctok``) or both. With a
+    ``prior`` the coded form is decoded (and checked by its CRCs); without one the plain form is read.
+    """
     if url.endswith(".npy") and not url.startswith("pipe:"):
         yield _commavq_segment(url)
         return
@@ -60,23 +70,35 @@ def read_segments(url: str) -> Iterator[dict]:
         else:
             stream = open(url, "rb")
         with stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
-            pending: dict[str, dict] = {}
-            for member in tar:
+            key, entry = None, {}
+            for member in tar:  # a sample's files are contiguous in the tar
                 if not member.isfile():
                     continue
-                key, _, ext = member.name.partition(".")
-                data = tar.extractfile(member).read()
-                entry = pending.setdefault(key, {})
-                entry[ext] = data
-                if "tokens.npy" in entry and "json" in entry:
-                    del pending[key]
-                    meta = json.loads(entry["json"])
-                    tokens = np.load(io.BytesIO(entry["tokens.npy"]))
-                    yield {"tokens": torch.from_numpy(tokens.astype(np.int64)), "meta": meta}
-            if pending:
-                raise DamagedShardError(f"{url}: incomplete samples {sorted(pending)[:3]}")
+                name, _, ext = member.name.partition(".")
+                if name != key and entry:
+                    yield _sample(url, key, entry, prior)
+                    entry = {}
+                key = name
+                entry[ext] = tar.extractfile(member).read()
+            if entry:
+                yield _sample(url, key, entry, prior)
     except (tarfile.TarError, EOFError, ValueError, OSError) as e:
+        if isinstance(e, (MissingPriorError, PriorMismatchError)):
+            raise  # a wrong setting, not a damaged shard
         raise DamagedShardError(f"{url}: damaged latent shard ({type(e).__name__}: {e})") from e
+
+
+def _sample(url: str, key: str, entry: dict, prior) -> dict:
+    if "json" not in entry or not ("tokens.npy" in entry or "tokens.ctok" in entry):
+        raise DamagedShardError(f"{url}: incomplete sample {key} (has {sorted(entry)})")
+    meta = json.loads(entry["json"])
+    if "tokens.ctok" in entry and (prior is not None or "tokens.npy" not in entry):
+        if prior is None:
+            raise MissingPriorError(f"{url}: sample {key} holds only entropy-coded tokens; pass the prior file that "
+                                    "coded them (LatentDataset(..., prior=...))")
+        return {"tokens": decode_segment(entry["tokens.ctok"], prior), "meta": meta}
+    tokens = np.load(io.BytesIO(entry["tokens.npy"]))
+    return {"tokens": torch.from_numpy(tokens.astype(np.int64)), "meta": meta}
 
 
 def _commavq_segment(path: str) -> dict:
@@ -109,10 +131,13 @@ class LatentDataset(IterableDataset):
         epoch_length: if set, each consumer yields at most this many windows per epoch.
         skip_damaged: warn about and count damaged shards instead of raising.
         buffer_size: windows held for shuffling.
+        prior: a prior file (or ``Prior``) to decode entropy-coded samples (``tokens.ctok``) with; without it,
+            samples are read from their plain ``tokens.npy``.
     """
 
     def __init__(self, shards: str | Sequence[str], seq_len: int = 16, stride: int = 1, shuffle: bool = False,
-                 seed: int = 0, epoch_length: int | None = None, skip_damaged: bool = False, buffer_size: int = 1000):
+                 seed: int = 0, epoch_length: int | None = None, skip_damaged: bool = False, buffer_size: int = 1000,
+                 prior=None):
         super().__init__()
         if seq_len < 1 or stride < 1:
             raise ValueError(f"seq_len and stride must be >= 1, got {seq_len}, {stride}")
@@ -121,6 +146,7 @@ class LatentDataset(IterableDataset):
         self.epoch_length, self.skip_damaged, self.buffer_size = epoch_length, skip_damaged, buffer_size
         self.epoch = 0
         self.damaged: list[str] = []
+        self.prior = load_prior(prior) if isinstance(prior, (str, os.PathLike)) else prior
 
     def set_epoch(self, epoch: int) -> None:
         """Call before each epoch (in the main process) to get a new shuffle."""
@@ -142,7 +168,7 @@ class LatentDataset(IterableDataset):
         index = 0
         for url in urls:
             try:
-                for segment in read_segments(url):
+                for segment in read_segments(url, prior=self.prior):
                     if index % consumers == me:
                         yield segment
                     index += 1

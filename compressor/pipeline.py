@@ -27,6 +27,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
 from compressor.autoencoder import Autoencoder
+from compressor.entropy.priors import Prior
+from compressor.entropy.stream import encode_segment
 from compressor.video import list_videos, preprocess
 
 
@@ -216,8 +218,12 @@ def load_manifests(output: str) -> dict:
 def encode_videos(model: Autoencoder, inputs: list[str], output: str, *, segment_seconds: float = 60.0,
                   fps: float | None = None, batch_size: int = 32, num_workers: int = 2, maxcount: int = 64,
                   rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu",
-                  progress: bool = True) -> dict:
-    """Encode every video under ``inputs`` into ``output``; returns this rank's summary."""
+                  progress: bool = True, prior: Prior | None = None) -> dict:
+    """Encode every video under ``inputs`` into ``output``; returns this rank's summary.
+
+    With a ``prior``, each sample also carries its segment entropy-coded (``tokens.ctok``, see
+    ``compressor.entropy``).
+    """
     videos, root = find_videos(inputs)
     os.makedirs(output, exist_ok=True)
     for stale in glob.glob(os.path.join(output, "*.tar.tmp")):
@@ -233,6 +239,9 @@ def encode_videos(model: Autoencoder, inputs: list[str], output: str, *, segment
             manifest = json.load(f)
 
     model = model.to(device).eval()
+    if prior is not None and prior.model_id != model_id(model):
+        raise ValueError(f"the {prior.kind} prior was trained on tokens of model {prior.model_id}, not of this "
+                         f"checkpoint ({model_id(model)}); train one with python -m compressor.entropy train")
     common = {"model_id": model_id(model), "codebook_size": model.codebook_size, "num_tokens": model.num_tokens,
               "token_layout": f"{model.grid[0]}x{model.grid[1]} row-major", "bits_per_token": model.bits_per_token,
               "bytes_per_frame": model.bytes_per_frame, "image_size": list(model.image_size)}
@@ -274,11 +283,17 @@ def encode_videos(model: Autoencoder, inputs: list[str], output: str, *, segment
             meta = seg_meta.pop(chunk.video)
             tokens = np.concatenate(seg_tokens.pop(chunk.video))
             key = f"{rel(path)}/{chunk.segment:04d}".replace(".", "_").replace("/", "__")
-            video_samples.setdefault(chunk.video, []).append({"__key__": key, "tokens.npy": tokens, "json": json.dumps({
+            sample = {"__key__": key, "tokens.npy": tokens}
+            coded = {}
+            if prior is not None:
+                sample["tokens.ctok"] = encode_segment(torch.from_numpy(tokens.astype(np.int64)), prior)
+                coded = {"entropy_coded": {"prior": prior.kind, "prior_id": prior.prior_id(),
+                                           "bytes": len(sample["tokens.ctok"])}}
+            video_samples.setdefault(chunk.video, []).append({**sample, "json": json.dumps({
                 "source": rel(path), "segment": chunk.segment, "first_frame": meta["frame_indices"][0],
                 "frame_indices": meta["frame_indices"], "timestamps": meta["timestamps"],
                 "num_frames": len(tokens), "fps": chunk.info["fps"], "source_fps": chunk.info["source_fps"],
-                "original_size": chunk.info["original_size"], **common,
+                "original_size": chunk.info["original_size"], **common, **coded,
             }).encode()})
         if chunk.last_in_video:
             for sample in video_samples.pop(chunk.video, []):

@@ -203,3 +203,31 @@ def test_decode_preview_side_by_side(tmp_path, checkpoint, good_videos):
     with av.open(str(out)) as c:
         frames = list(c.decode(video=0))
     assert len(frames) == 25 and (frames[0].width, frames[0].height) == (512, 128)
+
+
+def test_entropy_code_stores_a_coded_stream_that_decodes_to_the_tokens(tmp_path, checkpoint, good_videos):
+    from compressor.entropy.coding import digit_radices
+    from compressor.entropy.priors import TemporalPrior
+    from compressor.entropy.stream import save_prior
+    from compressor.pipeline import model_id
+
+    model = load(checkpoint)
+    prior = TemporalPrior(model.codebook_size, digit_radices(model.codebook_size, model.quantizer.levels),
+                          model.grid, model_id(model), dim=16, depth=1)
+    save_prior(prior, tmp_path / "prior.pt")
+    run_encode([good_videos], tmp_path / "out", checkpoint, "--entropy-code", "--prior", str(tmp_path / "prior.pt"))
+    plain = read_all(tmp_path / "out")
+    shards = sorted(str(p) for p in (tmp_path / "out").glob("*.tar"))
+    coded = {(s["meta"]["source"], s["meta"]["segment"]): s for url in shards for s in read_segments(url, prior=prior)}
+    assert coded.keys() == plain.keys() and len(coded) == 6
+    for key, (tokens, meta) in plain.items():
+        assert torch.equal(coded[key]["tokens"], tokens)
+        assert meta["entropy_coded"]["prior_id"] == prior.prior_id() and meta["entropy_coded"]["bytes"] > 44
+    # a prior of other weights, or none where one is needed, stops the job before any work
+    other = TemporalPrior(model.codebook_size, [8, 8, 8, 6, 5], model.grid, "ffffffffffffffff", dim=16, depth=1)
+    save_prior(other, tmp_path / "other.pt")
+    r = run_encode([good_videos], tmp_path / "out2", checkpoint, "--entropy-code", "--prior",
+                   str(tmp_path / "other.pt"), check=False)
+    assert r.returncode != 0 and "is a prior for model ffffffffffffffff" in r.stderr
+    r = run_encode([good_videos], tmp_path / "out3", checkpoint, "--entropy-code", check=False)
+    assert r.returncode != 0 and "needs a prior" in r.stderr and not (tmp_path / "out3").exists()

@@ -1,0 +1,134 @@
+"""Train priors, code token shards, and measure bytes per frame.
+
+    # fit all three priors on encode.py's shards; they are saved beside the checkpoint as prior-<kind>.pt
+    python -m compressor.entropy train --checkpoint runs/x/model.pt --shards latents/train --val-shards latents/val
+    # write entropy-coded copies of token shards (each segment decoded back and compared before it is kept)
+    python -m compressor.entropy code --prior runs/x/prior-temporal.pt --shards latents/val --output latents-coded
+    # bits per token, bytes per frame and speed of every prior against lzma and zstd over packed tokens
+    python -m compressor.entropy report --prior runs/x/prior-*.pt --shards latents/val --output reports/entropy
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+import webdataset as wds
+
+from compressor.entropy.coding import digit_radices
+from compressor.entropy.fit import check_segments, fit_static, fit_temporal, load_segments, mean_bits_per_token
+from compressor.entropy.priors import KINDS, PRIORS
+from compressor.entropy.stream import HEADER_BYTES, decode_segment, encode_segment, load_prior, save_prior
+
+
+def train(args) -> None:
+    from compressor.autoencoder import load
+    from compressor.pipeline import model_id
+
+    model = load(args.checkpoint)
+    levels = getattr(model.quantizer, "levels", None)
+    common = {"codebook_size": model.codebook_size, "radices": digit_radices(model.codebook_size, levels),
+              "grid": model.grid, "model_id": model_id(model)}
+    segments = load_segments(args.shards)
+    check_segments(segments, common["model_id"], model.num_tokens, model.codebook_size)
+    val = load_segments(args.val_shards) if args.val_shards else None
+    if val:
+        check_segments(val, common["model_id"], model.num_tokens, model.codebook_size)
+    out_dir = args.output_dir or os.path.dirname(os.path.abspath(args.checkpoint))
+    frames = sum(len(s["tokens"]) for s in segments)
+    print(f"{frames} training frames in {len(segments)} segments; model {common['model_id']}, digits "
+          f"{common['radices']}")
+    for kind in args.kinds:
+        arch = {k: getattr(args, k) for k in ("context", "dim", "depth", "position")} if kind == "temporal" else {}
+        prior = PRIORS[kind](**common, **arch)
+        if kind == "temporal":
+            summary = fit_temporal(prior, segments, val, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                                   minutes=args.minutes, seed=args.seed,
+                                   weight_decay=args.weight_decay, log_every=args.log_every)
+        else:
+            fit_static(prior, segments)
+            summary = {"val_bits_per_token": round(mean_bits_per_token(prior, val), 4)} if val else {}
+        summary["train_frames"] = frames
+        path = os.path.join(out_dir, f"prior-{kind}.pt")
+        save_prior(prior, path, summary=json.dumps(summary))
+        print(f"{kind}: saved {path} (prior id {prior.prior_id()})"
+              + (f", val {summary['val_bits_per_token']:.3f} bits/token" if val else ""))
+
+
+def code(args) -> None:
+    prior = load_prior(args.prior)
+    os.makedirs(args.output, exist_ok=True)
+    frames = coded = 0
+    from compressor.latents import expand_urls, read_segments
+
+    for url in expand_urls(args.shards):
+        name = os.path.basename(url)
+        tmp = os.path.join(args.output, name + ".tmp")
+        with wds.TarWriter(tmp) as sink:
+            for i, seg in enumerate(read_segments(url)):
+                data = encode_segment(seg["tokens"], prior)
+                if not torch.equal(decode_segment(data, prior), seg["tokens"]):  # never keep a stream that lies
+                    raise RuntimeError(f"{url}: segment {i} did not decode to its tokens")
+                meta = {**seg["meta"], "entropy_coded": {"prior": prior.kind, "prior_id": prior.prior_id(),
+                                                         "bytes": len(data)}}
+                key = f"{meta.get('source', name)}/{meta.get('segment', i):04d}".replace(".", "_").replace("/", "__")
+                sink.write({"__key__": key, "tokens.ctok": data, "json": json.dumps(meta).encode()})
+                frames += len(seg["tokens"])
+                coded += len(data)
+        os.replace(tmp, os.path.join(args.output, name))
+    print(f"{frames} frames coded with the {prior.kind} prior: {coded / max(frames, 1):.2f} bytes/frame "
+          f"(headers included), written to {args.output}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m compressor.entropy", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="fit priors on token shards")
+    t.add_argument("--checkpoint", required=True, help="the compressor that made the tokens (model.pt or .ckpt)")
+    t.add_argument("--shards", required=True, nargs="+", help="encode.py output: directories, globs or .tar files")
+    t.add_argument("--val-shards", nargs="+", help="held-out shards to report bits/token on")
+    t.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
+    t.add_argument("--output-dir", help="where prior-<kind>.pt go (default: beside the checkpoint)")
+    t.add_argument("--steps", type=int, default=1000, help="temporal prior: optimiser steps")
+    t.add_argument("--minutes", type=float, default=None, help="temporal prior: stop after this long")
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--context", type=int, default=2, help="temporal prior: previous frames seen")
+    t.add_argument("--dim", type=int, default=48, help="temporal prior: width")
+    t.add_argument("--depth", type=int, default=2, help="temporal prior: residual conv blocks")
+    t.add_argument("--position", action="store_true", help="temporal prior: add a per-position embedding")
+    t.add_argument("--weight-decay", type=float, default=0.01)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--log-every", type=int, default=250, help="temporal prior: steps between log lines")
+    c = sub.add_parser("code", help="write entropy-coded copies of token shards")
+    c.add_argument("--prior", required=True)
+    c.add_argument("--shards", required=True, nargs="+")
+    c.add_argument("--output", required=True)
+    r = sub.add_parser("report", help="bits/token, bytes/frame and speed per prior vs lzma and zstd")
+    r.add_argument("--prior", required=True, nargs="+", help="prior files")
+    r.add_argument("--shards", required=True, nargs="+", help="token shards to measure on (the val clips)")
+    r.add_argument("--output", default=None, help="directory for report.json and report.md")
+    r.add_argument("--constriction", action="store_true", help="also code the temporal prior with constriction")
+    args = ap.parse_args(argv)
+    try:
+        if args.command == "train":
+            train(args)
+        elif args.command == "code":
+            code(args)
+        else:
+            from compressor.entropy.report import report
+
+            report(args.prior, args.shards, args.output, with_constriction=args.constriction)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Measure every prior on token shards: ideal and real bits, bytes per frame, speed, exactness; lzma/zstd baselines."""
+
+from __future__ import annotations
+
+import json
+import lzma
+import os
+import platform
+import time
+
+import numpy as np
+import torch
+import zstandard
+
+from compressor.entropy.coding import from_digits, to_digits
+from compressor.entropy.fit import load_segments
+from compressor.entropy.priors import TemporalPrior, one_thread
+from compressor.entropy.stream import HEADER_BYTES, decode_segment, encode_segment, load_prior
+from compressor.packing import pack, unpack
+
+
+def _timed(fn, *args):
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - t0
+
+
+def _general_purpose(name: str, compress, decompress, segments: list[dict], bits: int) -> dict:
+    """A byte compressor over each segment's packed tokens (the fixed 14-bit form)."""
+    size = enc_s = dec_s = 0.0
+    exact = True
+    for seg in segments:
+        raw = pack(seg["tokens"], bits)
+        data, t_enc = _timed(compress, raw)
+        back, t_dec = _timed(decompress, data)
+        exact &= torch.equal(unpack(back, len(seg["tokens"]), seg["tokens"].shape[1], bits), seg["tokens"])
+        size, enc_s, dec_s = size + len(data), enc_s + t_enc, dec_s + t_dec
+    return {"method": name, "bytes": size, "encode_s": enc_s, "decode_s": dec_s, "exact": bool(exact)}
+
+
+def _prior_row(prior, segments: list[dict]) -> dict:
+    size = enc_s = dec_s = ideal = 0.0
+    exact = True
+    by_source: dict[str, list[int]] = {}
+    for seg in segments:
+        data, t_enc = _timed(encode_segment, seg["tokens"], prior)
+        back, t_dec = _timed(decode_segment, data, prior)
+        exact &= torch.equal(back, seg["tokens"])
+        with torch.no_grad():
+            ideal += float(prior.bits(seg["tokens"]).sum())
+        size, enc_s, dec_s = size + len(data), enc_s + t_enc, dec_s + t_dec
+        counts = by_source.setdefault(seg["meta"].get("source", ""), [0, 0])
+        counts[0], counts[1] = counts[0] + len(data), counts[1] + len(seg["tokens"])
+    return {"bytes_per_frame_by_source": {k: round(b / max(n, 1), 2) for k, (b, n) in by_source.items()},
+            "method": f"prior ({'abc'[['static', 'factorised', 'temporal'].index(prior.kind)]}) {prior.kind}",
+            "prior_id": prior.prior_id(), "bytes": size, "ideal_bits": ideal, "encode_s": enc_s, "decode_s": dec_s,
+            "exact": bool(exact), "coder": "compressai rANS, 16-bit"}
+
+
+@torch.no_grad()
+def _constriction_row(prior: TemporalPrior, segments: list[dict]) -> dict:
+    """The temporal prior's exact probabilities coded by constriction's 24-bit ANS instead (one stream/segment)."""
+    size = enc_s = dec_s = 0.0
+    exact = True
+    for seg in segments:
+        with one_thread():
+            (words, out), t_enc, t_dec = _constriction_round_trip(prior, to_digits(seg["tokens"], prior.radices))
+        exact &= torch.equal(from_digits(out, prior.radices), seg["tokens"])
+        size += 4 * len(words) + HEADER_BYTES  # with the same header as our segments
+        enc_s, dec_s = enc_s + t_enc, dec_s + t_dec
+    return {"method": "prior (c) temporal", "prior_id": prior.prior_id(), "bytes": size, "encode_s": enc_s,
+            "decode_s": dec_s, "exact": bool(exact), "coder": "constriction ANS, 24-bit (measured only)"}
+
+
+def _constriction_round_trip(prior: TemporalPrior, digits: torch.Tensor):
+    import constriction
+
+    family = constriction.stream.model.Categorical(perfect=False)
+    t0 = time.perf_counter()
+    stages = []
+    for t in range(len(digits)):
+        past = prior.past_of(digits, t)
+        h = prior.features(past)
+        for c in range(len(prior.radices)):
+            stages.append((digits[t, :, c].numpy().astype(np.int32),
+                           prior.frame_probs(h, past, digits[t : t + 1], c).numpy().astype(np.float64)))
+    coder = constriction.stream.stack.AnsCoder()
+    for symbols, probs in reversed(stages):  # a stack: push last what is decoded first
+        coder.encode_reverse(symbols, family, probs)
+    words = coder.get_compressed()
+    t1 = time.perf_counter()
+    decoder = constriction.stream.stack.AnsCoder(words)
+    out = torch.zeros_like(digits)
+    for t in range(len(digits)):
+        past = prior.past_of(out, t)
+        h = prior.features(past)
+        for c in range(len(prior.radices)):
+            probs = prior.frame_probs(h, past, out[t : t + 1], c).numpy().astype(np.float64)
+            out[t, :, c] = torch.from_numpy(decoder.decode(family, probs).astype(np.int64))
+    return (words, out), t1 - t0, time.perf_counter() - t1
+
+
+def report(prior_paths: list[str], shards: list[str], output: str | None, with_constriction: bool = False) -> dict:
+    segments = load_segments(shards)
+    priors = [load_prior(p) for p in prior_paths]
+    for prior, path in zip(priors, prior_paths):
+        for seg in segments:
+            if seg["meta"].get("model_id", prior.model_id) != prior.model_id:
+                raise ValueError(f"{path} is a prior for model {prior.model_id}; {seg['meta'].get('source')} holds "
+                                 f"tokens of model {seg['meta']['model_id']}")
+    frames = sum(len(s["tokens"]) for s in segments)
+    num_tokens = segments[0]["tokens"].shape[1]
+    bits = int(segments[0]["meta"].get("bits_per_token", 14))
+    rows = [{"method": f"fixed {bits}-bit packing", "bytes": frames * -(-num_tokens * bits // 8), "exact": True},
+            _general_purpose("lzma (preset 9e) over packed tokens", lambda b: lzma.compress(b, preset=9 | lzma.PRESET_EXTREME),
+                             lzma.decompress, segments, bits),
+            _general_purpose("zstd (level 19) over packed tokens", zstandard.ZstdCompressor(level=19).compress,
+                             zstandard.ZstdDecompressor().decompress, segments, bits)]
+    for prior in priors:
+        rows.append(_prior_row(prior, segments))
+        if with_constriction and isinstance(prior, TemporalPrior):
+            rows.append(_constriction_row(prior, segments))
+    for row in rows:
+        row["bytes_per_frame"] = round(row["bytes"] / frames, 2)
+        row["bits_per_token"] = round(8 * row["bytes"] / (frames * num_tokens), 3)
+        if "ideal_bits" in row:
+            row["ideal_bits_per_token"] = round(row.pop("ideal_bits") / (frames * num_tokens), 3)
+        for k in ("encode", "decode"):
+            if f"{k}_s" in row:
+                row[f"{k}_fps"] = round(frames / max(row.pop(f"{k}_s"), 1e-9), 1)
+    result = {"frames": frames, "segments": len(segments), "tokens_per_frame": num_tokens,
+              "sources": sorted({s["meta"].get("source", "") for s in segments}), "priors": prior_paths,
+              "shards": shards, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (the temporal prior runs on one thread)",
+              "rows": rows}
+    md = _markdown(result)
+    print(md)
+    if output:
+        os.makedirs(output, exist_ok=True)
+        with open(os.path.join(output, "report.json"), "w") as f:
+            json.dump(result, f, indent=1)
+        with open(os.path.join(output, "report.md"), "w") as f:
+            f.write(md)
+    return result
+
+
+def _markdown(result: dict) -> str:
+    lines = [f"{result['frames']} frames in {result['segments']} segments ({', '.join(result['sources'])}); "
+             f"{result['tokens_per_frame']} tokens per frame; {result['machine']}.", "",
+             "| method | coder | bits/token (ideal) | bits/token | bytes/frame | encode frames/s | decode frames/s | exact |",
+             "|---|---|---|---|---|---|---|---|"]
+    by_source = ["", "Bytes per frame by clip (headers included):", ""]
+    for r in result["rows"]:
+        if "bytes_per_frame_by_source" in r:
+            by_source.append(f"- {r['method']}: " + ", ".join(f"{k} {v}" for k, v in r["bytes_per_frame_by_source"].items()))
+        lines.append(f"| {r['method']} | {r.get('coder', '')} | {r.get('ideal_bits_per_token', '')} | "
+                     f"{r['bits_per_token']} | {r['bytes_per_frame']} | {r.get('encode_fps', '')} | "
+                     f"{r.get('decode_fps', '')} | {'yes' if r['exact'] else 'NO'} |")
+    return "\n".join(lines + by_source) + "\n"

@@ -1,0 +1,134 @@
+"""The coded segment format, and saving and loading priors.
+
+A segment is a 44-byte header followed by one rANS payload (little-endian)::
+
+    magic     4s   b"CTOK"
+    version   u8   FORMAT_VERSION
+    prior     u8   1 static, 2 factorised, 3 temporal
+    coder     u8   1 = compressai rANS, 16-bit frequencies
+    reserved  u8   0
+    model_id  8s   the compressor whose tokens these are (``pipeline.model_id``)
+    prior_id  8s   the exact prior (``Prior.prior_id``)
+    frames    u32  frame count
+    tokens    u16  tokens per frame
+    reserved  u16  0
+    length    u32  payload bytes
+    tokens    u32  CRC-32 of the decoded tokens (uint16, row-major)
+    crc       u32  CRC-32 of the header's first 40 bytes and the payload
+
+The payload CRC catches corruption before decoding; the token CRC catches the one failure a CRC over the payload
+cannot: a prior that evaluates to different probabilities on the decoding machine.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from compressor.entropy.coding import Decoder, Encoder
+from compressor.entropy.priors import KINDS, PRIORS, Prior
+
+MAGIC = b"CTOK"
+FORMAT_VERSION = 1
+CODER_COMPRESSAI_RANS16 = 1
+_HEADER = struct.Struct("<4sBBBB8s8sIHHIII")
+HEADER_BYTES = _HEADER.size
+PRIOR_FORMAT = "compressor-prior/1"
+
+
+class StreamError(ValueError):
+    """A coded segment that cannot be decoded into the tokens it was made from."""
+
+
+class PriorMismatchError(StreamError):
+    """The segment was coded for another compressor model or with another prior."""
+
+
+def _crc_tokens(tokens: Tensor) -> int:
+    return zlib.crc32(np.ascontiguousarray(tokens.numpy().astype(np.uint16)).tobytes())
+
+
+def encode_segment(tokens: Tensor, prior: Prior) -> bytes:
+    """tokens int (T, N) -> header + rANS payload."""
+    tokens = torch.as_tensor(tokens).long().cpu()
+    prior.check_tokens(tokens)
+    payload = b""
+    if len(tokens):  # compressai's flush of an empty stream crashes
+        enc = Encoder()
+        prior.encode(tokens, enc)
+        payload = enc.flush()
+    head = _HEADER.pack(MAGIC, FORMAT_VERSION, KINDS.index(prior.kind) + 1, CODER_COMPRESSAI_RANS16, 0,
+                        bytes.fromhex(prior.model_id.ljust(16, "0")[:16]), bytes.fromhex(prior.prior_id()),
+                        len(tokens), prior.num_tokens, 0, len(payload), _crc_tokens(tokens), 0)
+    crc = zlib.crc32(payload, zlib.crc32(head[: HEADER_BYTES - 4]))
+    return head[: HEADER_BYTES - 4] + struct.pack("<I", crc) + payload
+
+
+def read_header(data: bytes) -> dict:
+    """Parse and check a segment's header and CRC; raises ``StreamError`` with the reason."""
+    if len(data) < HEADER_BYTES:
+        raise StreamError(f"truncated segment: {len(data)} bytes, shorter than the {HEADER_BYTES}-byte header")
+    (magic, version, kind, coder, _, model_id, prior_id, frames, tokens, _, length, token_crc,
+     crc) = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise StreamError(f"not a coded token segment (magic {magic!r}, expected {MAGIC!r})")
+    if version != FORMAT_VERSION:
+        raise StreamError(f"segment format version {version}; this code reads version {FORMAT_VERSION}")
+    if not 1 <= kind <= len(KINDS) or coder != CODER_COMPRESSAI_RANS16:
+        raise StreamError(f"unknown prior kind {kind} or coder {coder}")
+    if len(data) != HEADER_BYTES + length:
+        raise StreamError(f"segment is {len(data)} bytes; its header says {HEADER_BYTES + length}")
+    if zlib.crc32(data[HEADER_BYTES:], zlib.crc32(data[: HEADER_BYTES - 4])) != crc:
+        raise StreamError("corrupt segment: CRC mismatch")
+    return {"prior": KINDS[kind - 1], "model_id": model_id.hex(), "prior_id": prior_id.hex(), "num_frames": frames,
+            "num_tokens": tokens, "token_crc": token_crc, "payload_bytes": length}
+
+
+def decode_segment(data: bytes, prior: Prior) -> Tensor:
+    """header + payload -> tokens int64 (T, N), or ``StreamError``; never tokens other than those encoded."""
+    head = read_header(data)
+    if head["model_id"] != prior.model_id.ljust(16, "0")[:16]:
+        raise PriorMismatchError(f"segment was coded for compressor model {head['model_id']}; the prior belongs to "
+                          f"{prior.model_id}")
+    if head["prior"] != prior.kind or head["prior_id"] != prior.prior_id():
+        raise PriorMismatchError(f"segment was coded with {head['prior']} prior {head['prior_id']}; got {prior.kind} "
+                          f"prior {prior.prior_id()}")
+    if head["num_tokens"] != prior.num_tokens:
+        raise PriorMismatchError(f"segment has {head['num_tokens']} tokens per frame; the prior {prior.num_tokens}")
+    if head["num_frames"] == 0:
+        return torch.zeros(0, prior.num_tokens, dtype=torch.long)
+    try:
+        tokens = prior.decode(Decoder(data[HEADER_BYTES:]), head["num_frames"])
+    except (RuntimeError, ValueError, IndexError) as e:
+        raise StreamError(f"segment does not decode with this prior ({type(e).__name__}: {e})") from e
+    if _crc_tokens(tokens) != head["token_crc"]:
+        raise StreamError("decoded tokens fail their checksum: the prior evaluated to different probabilities "
+                          "here than where the segment was encoded (different torch build, CPU kernels or device)")
+    return tokens
+
+
+def save_prior(prior: Prior, path: str | os.PathLike, **extra) -> None:
+    """Weights-only file: the kind, constructor arguments and tensors (loads with ``weights_only=True``)."""
+    tmp = f"{path}.tmp"
+    torch.save({"format": PRIOR_FORMAT, "kind": prior.kind, "init_args": prior.init_args,
+                "state_dict": prior.state_dict(), "prior_id": prior.prior_id(), **extra}, tmp)
+    os.replace(tmp, path)
+
+
+def load_prior(path: str | os.PathLike) -> Prior:
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or blob.get("format") != PRIOR_FORMAT:
+        raise ValueError(f"{path} is not a prior file ({PRIOR_FORMAT})")
+    args = dict(blob["init_args"])
+    args["grid"] = tuple(args["grid"])
+    prior = PRIORS[blob["kind"]](**args)
+    prior.load_state_dict(blob["state_dict"])
+    prior.eval()
+    if prior.prior_id() != blob["prior_id"]:
+        raise ValueError(f"{path}: parameters do not match the stored prior id (damaged file?)")
+    return prior
