@@ -1,7 +1,6 @@
 import json
 import math
 import os
-import struct
 import subprocess
 import sys
 import zlib

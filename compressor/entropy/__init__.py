@@ -1,0 +1,13 @@
+"""Lossless entropy coding of token segments with learned priors (see ``python -m compressor.entropy --help``).
+
+    prior = load_prior("runs/x/prior-temporal.pt")
+    data = encode_segment(tokens, prior)      # int (T, 128) -> bytes: 44-byte header + rANS payload
+    tokens = decode_segment(data, prior)      # exact, or StreamError
+"""
+
+from compressor.entropy.priors import FactorisedPrior, Prior, StaticPrior, TemporalPrior
+from compressor.entropy.stream import (PriorMismatchError, StreamError, decode_segment, encode_segment, load_prior,
+                                       read_header, save_prior)
+
+__all__ = ["FactorisedPrior", "Prior", "StaticPrior", "TemporalPrior", "PriorMismatchError", "StreamError",
+           "decode_segment", "encode_segment", "load_prior", "read_header", "save_prior"]

@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import torch
 import webdataset as wds
@@ -22,7 +21,7 @@ import webdataset as wds
 from compressor.entropy.coding import digit_radices
 from compressor.entropy.fit import check_segments, fit_static, fit_temporal, load_segments, mean_bits_per_token
 from compressor.entropy.priors import KINDS, PRIORS
-from compressor.entropy.stream import HEADER_BYTES, decode_segment, encode_segment, load_prior, save_prior
+from compressor.entropy.stream import decode_segment, encode_segment, load_prior, save_prior
 
 
 def train(args) -> None:
