@@ -11,12 +11,11 @@ import glob
 import os
 import random
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
-import webdataset as wds
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
+from compressor.frame_shards import FrameShards
 from compressor.latents import LatentDataset  # noqa: F401  (re-exported: the world-model loader)
 from compressor.synthetic import driving_scene
 from compressor.video import iter_frames, list_videos, preprocess, split_videos
@@ -118,20 +117,6 @@ def augment_frames(frames: torch.Tensor, min_scale: float = 0.6) -> torch.Tensor
     return out
 
 
-def shard_frames(urls: list[str], train: bool, frames_per_epoch: int):
-    """webdataset pipeline over frame shards written by ``data/make_shards.py``; yields uint8 (3, H, W)."""
-    if train:
-        # Resampling gives every rank and worker an endless stream, so no worker runs dry on few shards.
-        ds = wds.WebDataset(urls, resampled=True, shardshuffle=False, nodesplitter=wds.split_by_node,
-                            workersplitter=wds.split_by_worker)
-        ds = ds.shuffle(2000)
-    else:
-        ds = wds.WebDataset(urls, shardshuffle=False, nodesplitter=wds.split_by_node,
-                            workersplitter=wds.split_by_worker, empty_check=False)
-    ds = ds.decode().to_tuple("frame.npy").map(lambda s: torch.from_numpy(np.ascontiguousarray(s[0])))
-    return ds.with_epoch(frames_per_epoch) if train else ds
-
-
 class FramesDataModule(pl.LightningDataModule):
     """Training frames from videos, frame shards, or (when neither is given) procedural scenes.
 
@@ -145,10 +130,13 @@ class FramesDataModule(pl.LightningDataModule):
         val_fraction: share of videos held out when there is no manifest.
         sample_rate: share of each training video's frames drawn per epoch.
         val_sample_rate: share of each validation video's frames (evenly spaced) used for validation.
-        frames_per_epoch: epoch length for shard and procedural sources, in frames per device.
+        frames_per_epoch: epoch length of the procedural source, in frames per device. A shard epoch is one pass
+            over every training frame, split exactly across ranks and workers (``FrameShards``).
         val_frames: number of procedural validation frames.
         augment: random zoom-in crops and horizontal flips on training batches (never on validation).
         min_crop_scale: smallest crop side as a fraction of the frame side.
+        persistent_workers: keep DataLoader workers alive across epochs (they see the epoch through shared memory).
+        seed: seed of the shard order and shuffle buffers (the same on every rank).
     """
 
     def __init__(
@@ -165,6 +153,8 @@ class FramesDataModule(pl.LightningDataModule):
         val_frames: int = 64,
         augment: bool = False,
         min_crop_scale: float = 0.6,
+        persistent_workers: bool = True,
+        seed: int = 0,
     ):
         super().__init__()
         if videos is not None and shards is not None:
@@ -173,6 +163,8 @@ class FramesDataModule(pl.LightningDataModule):
         self.image_size = tuple(image_size)
         self.train_videos: list[str] = []
         self.val_videos: list[str] = []
+        self.train_frames: FrameShards | None = None
+        self._resume: dict | None = None  # data position from a checkpoint, applied at that epoch's start
 
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
@@ -185,6 +177,30 @@ class FramesDataModule(pl.LightningDataModule):
             self.val_shards = sorted(glob.glob(os.path.join(hp.shards, "val-*.tar")))
             if not self.train_shards:
                 raise FileNotFoundError(f"no train-*.tar shards in {hp.shards}; write them with data/make_shards.py")
+            self.train_frames = FrameShards(self.train_shards, hp.batch_size, shuffle=True, seed=hp.seed)
+            self.train_frames.num_workers = max(1, hp.num_workers)
+
+    # ---- data position: saved in checkpoints so that a resumed run continues the epoch where it stopped ----
+    def set_epoch(self, epoch: int) -> None:
+        """Called at each training epoch's start (by ``CompressorModule``)."""
+        if self.train_frames is None:
+            return
+        skip = self._resume["batches"] if self._resume and self._resume["epoch"] == epoch else 0
+        self.train_frames.set_epoch(epoch, skip)
+        self._resume = None
+
+    def state_dict(self) -> dict:
+        if self.trainer is None:
+            return {}
+        # Batches of this epoch whose training step has run: checkpoints are written after the step.
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"epoch": self.trainer.current_epoch, "batches": done}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = dict(state) if state else None
+        # Lightning does not call on_train_epoch_start for the epoch it resumes into, so apply the position now.
+        if self._resume and self.train_frames is not None:
+            self.train_frames.set_epoch(self._resume["epoch"], self._resume["batches"])
 
     def on_after_batch_transfer(self, batch: torch.Tensor, dataloader_idx: int) -> torch.Tensor:
         # On the device, so GPU runs augment on the GPU; only while fitting, never for validation.
@@ -192,18 +208,19 @@ class FramesDataModule(pl.LightningDataModule):
             batch = augment_frames(batch, self.hparams.min_crop_scale)
         return batch
 
-    def _loader(self, dataset, shuffle: bool = False) -> DataLoader:
+    def _loader(self, dataset, shuffle: bool = False, drop_last: bool | None = None) -> DataLoader:
         workers = self.hparams.num_workers
         return DataLoader(dataset, batch_size=self.hparams.batch_size, num_workers=workers, shuffle=shuffle,
-                          drop_last=shuffle, persistent_workers=False, pin_memory=torch.cuda.is_available())
+                          drop_last=shuffle if drop_last is None else drop_last,
+                          persistent_workers=self.hparams.persistent_workers and workers > 0,
+                          pin_memory=torch.cuda.is_available(), prefetch_factor=4 if workers else None)
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
         if hp.videos is not None:
             return self._loader(VideoFrames(self.train_videos, self.image_size, hp.sample_rate, shuffle=True))
         if hp.shards is not None:
-            ds = shard_frames(self.train_shards, train=True, frames_per_epoch=hp.frames_per_epoch)
-            return DataLoader(ds, batch_size=hp.batch_size, num_workers=hp.num_workers, drop_last=True)
+            return self._loader(self.train_frames, drop_last=True)
         return self._loader(ProceduralFrames(hp.frames_per_epoch, self.image_size), shuffle=True)
 
     def val_dataloader(self) -> DataLoader | list:
@@ -215,6 +232,7 @@ class FramesDataModule(pl.LightningDataModule):
         if hp.shards is not None:
             if not self.val_shards:
                 return []
-            return DataLoader(shard_frames(self.val_shards, train=False, frames_per_epoch=0),
-                              batch_size=hp.batch_size, num_workers=min(hp.num_workers, len(self.val_shards)))
+            val = FrameShards(self.val_shards, hp.batch_size, shuffle=False)
+            val.num_workers = max(1, hp.num_workers)
+            return self._loader(val, drop_last=True)
         return self._loader(ProceduralFrames(hp.val_frames, self.image_size, seed_offset=1_000_000))

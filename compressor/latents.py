@@ -191,14 +191,15 @@ class LatentDataset(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         windows = self._windows()
         if self.shuffle:
-            windows = _shuffled(windows, self.buffer_size, random.Random(f"{self.seed}-{self.epoch}-{self._consumer()}"))
+            windows = buffer_shuffle(windows, self.buffer_size, random.Random(f"{self.seed}-{self.epoch}-{self._consumer()}"))
         for n, window in enumerate(windows):
             if self.epoch_length is not None and n >= self.epoch_length:
                 return
             yield window
 
 
-def _shuffled(items: Iterator[dict], buffer_size: int, rng: random.Random) -> Iterator[dict]:
+def buffer_shuffle(items: Iterator, buffer_size: int, rng: random.Random) -> Iterator:
+    """Yield ``items`` in a random order drawn from a buffer of ``buffer_size`` (seeded by ``rng``)."""
     buffer: list[dict] = []
     for item in items:
         if len(buffer) < buffer_size:

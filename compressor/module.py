@@ -135,6 +135,12 @@ class CompressorModule(pl.LightningModule):
     def on_train_start(self) -> None:
         self._t_start = time.perf_counter()
 
+    def on_train_epoch_start(self) -> None:
+        # The frame shards derive their order from the epoch (and, after a resume, skip what was trained on).
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "set_epoch"):
+            datamodule.set_epoch(self.current_epoch)
+
     def train_seconds(self) -> float:
         """Wall-clock training time so far, across resumes."""
         return self._train_seconds + (time.perf_counter() - self._t_start if self._t_start else 0.0)

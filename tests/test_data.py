@@ -63,10 +63,13 @@ def test_make_shards_round_trip_and_resume(tmp_path, video_dir):
     assert "wrote 0 frames" in result.stdout
     assert mtimes == [os.path.getmtime(s) for s in shards]
 
-    dm = FramesDataModule(shards=str(out), batch_size=4, num_workers=1, frames_per_epoch=16)
+    dm = FramesDataModule(shards=str(out), batch_size=4, num_workers=1)
     dm.setup("fit")
-    batches = list(dm.train_dataloader())
-    assert len(batches) == 4 and batches[0].shape == (4, 3, 128, 256) and batches[0].dtype == torch.uint8
+    batches = list(dm.train_dataloader())  # an epoch is every training frame once
+    train_frames = sum(dm.train_frames.counts)
+    assert train_frames % 12 == 0 and train_frames >= 24  # whole 12-frame videos
+    assert len(batches) == train_frames // 4 and batches[0].shape == (4, 3, 128, 256) and batches[0].dtype == torch.uint8
+    assert len({b.numpy().tobytes() for b in torch.cat(batches)}) == train_frames // 4 * 4
     val = torch.cat(list(dm.val_dataloader()))
     assert len(val) == 12 * len(dm.val_shards and {os.path.basename(s).rsplit("-", 1)[0] for s in dm.val_shards})
 

@@ -1,0 +1,114 @@
+"""Frame shards for distributed training: every frame exactly once per epoch across all ranks and workers.
+
+Each epoch, the shard order is shuffled with ``(seed, epoch)`` and the frames of the shards, in that order, form
+one stream. The stream is cut into ``consumers = world_size x num_workers`` equal contiguous ranges (the fewer
+than ``consumers`` frames left over are dropped for that epoch), so every rank gets the same number of batches and
+DDP never waits on a rank that ran dry. A consumer reads only the shards its range touches and mixes its frames in
+a seeded shuffle buffer. The order is a pure function of (seed, epoch, consumer), which is what makes an exact
+resume possible: a consumer replays its stream and skips what was already trained on.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import tarfile
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from compressor.latents import buffer_shuffle
+
+
+def count_frames(url: str) -> int:
+    """Frames (``*.frame.npy`` members) in a shard, from the tar headers only."""
+    with tarfile.open(url) as tar:
+        return sum(1 for m in tar if m.isfile() and m.name.endswith(".frame.npy"))
+
+
+def _rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class FrameShards(IterableDataset):
+    """uint8 frames (3, H, W) from ``data/make_shards.py`` shards, split exactly across (rank x worker).
+
+    Args:
+        urls: shard files.
+        batch_size: the DataLoader's batch size; each worker yields whole batches only (``len`` is in frames).
+        shuffle: shuffle shard order per epoch and frames within a buffer (training); off for validation.
+        seed: base seed.
+        buffer_size: frames held for shuffling.
+    """
+
+    def __init__(self, urls: list[str], batch_size: int, shuffle: bool = True, seed: int = 0, buffer_size: int = 512):
+        super().__init__()
+        if not urls:
+            raise FileNotFoundError("no frame shards given")
+        self.urls = sorted(urls)
+        self.counts = [count_frames(u) for u in self.urls]
+        self.batch_size, self.shuffle, self.seed, self.buffer_size = batch_size, shuffle, seed, buffer_size
+        # Shared memory, so that DataLoader workers (also persistent ones) see the epoch and the resume point
+        # set in the main process: [epoch, batches of this epoch already trained on by this rank].
+        self._state = torch.zeros(2, dtype=torch.long).share_memory_()
+        self.num_workers = 1
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        self._state[0], self._state[1] = epoch, skip_batches
+
+    def frames_per_consumer(self, consumers: int) -> int:
+        """Frames each consumer yields per epoch: an equal share, in whole batches."""
+        return (sum(self.counts) // consumers) // self.batch_size * self.batch_size
+
+    def __len__(self) -> int:
+        """Frames this rank yields per epoch (all of its workers together)."""
+        _, world = _rank_world()
+        return self.frames_per_consumer(world * self.num_workers) * self.num_workers
+
+    def _range_frames(self, order: list[int], start: int, stop: int) -> Iterator[torch.Tensor]:
+        """Frames [start, stop) of the epoch's stream (shards concatenated in ``order``)."""
+        offset = 0
+        for s in order:
+            n = self.counts[s]
+            if offset + n > start and offset < stop:
+                lo, hi = max(start - offset, 0), min(stop - offset, n)
+                with tarfile.open(self.urls[s]) as tar:
+                    k = 0
+                    for member in tar:
+                        if not member.name.endswith(".frame.npy"):
+                            continue
+                        if lo <= k < hi:
+                            frame = np.load(io.BytesIO(tar.extractfile(member).read()))
+                            yield torch.from_numpy(np.ascontiguousarray(frame))
+                        k += 1
+                        if k >= hi:
+                            break
+            offset += n
+            if offset >= stop:
+                return
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        rank, world = _rank_world()
+        info = get_worker_info()
+        worker, nw = (info.id, info.num_workers) if info else (0, 1)
+        epoch, skip_batches = int(self._state[0]), int(self._state[1])
+        # The DataLoader takes batch i from worker i % nw. After b batches the next one is due from stream b % nw,
+        # but a new DataLoader asks worker 0 first; so worker w plays stream (w + b) % nw. Stream j has then given
+        # b // nw batches, plus one if j < b % nw.
+        wid = (worker + skip_batches) % nw
+        me, consumers = rank * nw + wid, world * nw
+        order = list(range(len(self.urls)))
+        if self.shuffle:
+            random.Random(f"{self.seed}-{epoch}").shuffle(order)
+        per = self.frames_per_consumer(consumers)
+        frames = self._range_frames(order, me * per, (me + 1) * per)
+        if self.shuffle:
+            frames = buffer_shuffle(frames, self.buffer_size, random.Random(f"{self.seed}-{epoch}-{me}"))
+        skip = (skip_batches // nw + (1 if wid < skip_batches % nw else 0)) * self.batch_size
+        for i, frame in enumerate(frames):
+            if i >= skip:
+                yield frame

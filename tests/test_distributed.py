@@ -1,0 +1,119 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader
+
+from compressor.frame_shards import FrameShards
+from tests.ddp_helpers import frame_ids
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_frame_shards(directory, counts, split="train", size=(128, 256), start=0) -> int:
+    """Shards in make_shards.py's format; frame k carries its id in its first two pixels."""
+    os.makedirs(directory, exist_ok=True)
+    k = start
+    for s, n in enumerate(counts):
+        with wds.TarWriter(os.path.join(directory, f"{split}-clip{s}-000.tar")) as tar:
+            for _ in range(n):
+                frame = np.random.default_rng(k).integers(0, 256, (3, *size), dtype=np.uint8)
+                frame[:, 0, 0], frame[:, 0, 1] = k % 256, k // 256
+                tar.write({"__key__": f"f{k:06d}", "frame.npy": frame, "meta.json": json.dumps({"frame": k}).encode()})
+                k += 1
+    return k
+
+
+def rank_batches(ds, rank, world, monkeypatch, workers=2):
+    monkeypatch.setattr("compressor.frame_shards._rank_world", lambda: (rank, world))
+    ds.num_workers = workers
+    return [frame_ids(b) for b in DataLoader(ds, batch_size=ds.batch_size, num_workers=workers, drop_last=True)]
+
+
+def test_every_frame_once_per_epoch_across_ranks_and_workers(tmp_path, monkeypatch):
+    total = write_frame_shards(tmp_path, [7, 5, 9, 4], size=(8, 8))  # 25 frames, 4 consumers of 3 batches of 2
+    ds = FrameShards([str(p) for p in sorted(tmp_path.glob("*.tar"))], batch_size=2, shuffle=True, seed=3)
+    epochs = []
+    for epoch in range(2):
+        ds.set_epoch(epoch)
+        per_rank = [rank_batches(ds, r, 2, monkeypatch) for r in range(2)]
+        assert [len(b) for b in per_rank] == [6, 6]  # equal batch counts: DDP ranks never wait on each other
+        ids = [i for batches in per_rank for b in batches for i in b]
+        assert len(ids) == len(set(ids)) == 24 and set(ids) <= set(range(total))
+        assert len(ds) == 12  # frames per rank per epoch
+        epochs.append(ids)
+    assert epochs[0] != epochs[1]  # a new order each epoch
+    ds.set_epoch(1)
+    assert [i for r in range(2) for b in rank_batches(ds, r, 2, monkeypatch) for i in b] == epochs[1]  # seeded
+
+
+def test_a_resumed_epoch_continues_exactly_where_it_stopped(tmp_path, monkeypatch):
+    write_frame_shards(tmp_path, [10, 13, 9], size=(8, 8))
+    ds = FrameShards([str(p) for p in sorted(tmp_path.glob("*.tar"))], batch_size=2, shuffle=True, seed=0)
+    ds.set_epoch(4)
+    full = rank_batches(ds, 1, 2, monkeypatch, workers=3)
+    for done in (0, 1, 2, 4, len(full)):
+        ds.set_epoch(4, skip_batches=done)
+        assert rank_batches(ds, 1, 2, monkeypatch, workers=3) == full[done:]
+
+
+TRAIN = [sys.executable, os.path.join(REPO, "train.py"), "fit", "--config", os.path.join(REPO, "configs", "demo.yaml"),
+         "--model.encoder.init_args.dim", "32", "--model.encoder.init_args.depth", "1",
+         "--model.encoder.init_args.heads", "2", "--model.decoder.init_args.dim", "48",
+         "--model.decoder.init_args.depth", "1", "--model.decoder.init_args.heads", "2",
+         "--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu",
+         "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.max_steps", "10",
+         "--trainer.val_check_interval", "6", "--trainer.limit_val_batches", "2", "--model.warmup_steps", "2",
+         "--data.batch_size", "2", "--data.num_workers", "1"]
+
+
+def test_two_process_ddp_fit_kill_and_resume(tmp_path):
+    """2 CPU processes over gloo: an uninterrupted fit, and a fit killed mid-epoch then resumed, train on the
+    same frames at every step and end at the same step with the same weights."""
+    shards = tmp_path / "shards"
+    write_frame_shards(shards, [12, 9, 11])  # 32 frames: 16 per rank per epoch = 8 steps of 2; 10 steps cross one
+    write_frame_shards(shards, [6], split="val", start=1000)
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": REPO}
+
+    def fit(name, *extra, kill_at_step=None):
+        out = tmp_path / name
+        os.makedirs(out, exist_ok=True)
+        cmd = [*TRAIN, "--data.shards", str(shards), "--trainer.default_root_dir", str(out),
+               "--trainer.callbacks+=pytorch_lightning.callbacks.ModelCheckpoint",
+               f"--trainer.callbacks.dirpath={out / 'ckpt'}", "--trainer.callbacks.save_last=true",
+               "--trainer.callbacks.every_n_train_steps=1",
+               "--trainer.callbacks+=tests.ddp_helpers.RecordFrames", f"--trainer.callbacks.path={out}", *extra]
+        if kill_at_step is not None:
+            cmd.append(f"--trainer.callbacks.kill_at_step={kill_at_step}")
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+                              start_new_session=True)  # its own process group, which the kill takes down whole
+        if kill_at_step is None:
+            assert proc.returncode == 0, proc.stderr[-3000:]
+        else:
+            assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+        return out
+
+    ref = fit("ref")
+    run = fit("run", kill_at_step=5)  # mid-epoch: an epoch is 8 steps (16 frames per rank, batches of 2)
+    assert torch.load(run / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 5
+    fit("run", "--ckpt_path", str(run / "ckpt" / "last.ckpt"))
+
+    def steps(out, rank):
+        rows = [json.loads(line) for line in open(out / f"frames-rank{rank}.jsonl")]
+        return {r["step"]: r["ids"] for r in rows}  # a re-run step after the kill overwrites the killed one
+
+    for rank in range(2):
+        assert sorted(steps(ref, rank)) == list(range(10))
+        assert steps(run, rank) == steps(ref, rank), f"rank {rank} trained on other frames after the resume"
+    final_ref = torch.load(ref / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
+    final_run = torch.load(run / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert final_ref["global_step"] == final_run["global_step"] == 10
+    for key, value in final_ref["state_dict"].items():  # EMA included
+        assert torch.allclose(value.float(), final_run["state_dict"][key].float(), atol=1e-5), key
