@@ -3,10 +3,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
-import pytest
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader
