@@ -10,6 +10,14 @@ Codec API::
 
 from compressor.autoencoder import Autoencoder, load
 from compressor.packing import pack, unpack
-from compressor.video import preprocess
 
 __all__ = ["Autoencoder", "load", "pack", "unpack", "preprocess"]
+
+
+def __getattr__(name: str):
+    # PyAV is imported on first use of preprocess, so the model code (and the GPU benchmark) runs without it.
+    if name == "preprocess":
+        from compressor.video import preprocess
+
+        return preprocess
+    raise AttributeError(f"module 'compressor' has no attribute {name!r}")

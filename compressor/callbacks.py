@@ -1,14 +1,16 @@
-"""Callbacks that turn a finished training run into artefacts: the exported model and a reconstruction check."""
+"""Callbacks: the exported model and a reconstruction check at the end of fit; throughput and MFU during it."""
 
 from __future__ import annotations
 
 import os
+import time
 
 import pytorch_lightning as pl
 import torch
 import torchvision
 
 from compressor.metrics import frame_psnr
+from compressor.perf import matmul_peak_flops, train_flops_per_image
 from compressor.packing import pack, unpack
 
 
@@ -66,3 +68,42 @@ def _take(loaders, n: int) -> torch.Tensor | None:
         if count >= n:
             break
     return torch.cat(batches)[:n] if batches else None
+
+
+class ThroughputMonitor(pl.Callback):
+    """Logs training images/s, achieved TFLOP/s and model FLOPs utilisation (``perf/mfu``).
+
+    MFU = images/s x training FLOPs per image / (peak FLOP/s per device x devices). FLOPs per image are counted once
+    with ``torch.utils.flop_counter`` at the start of fit.
+
+    Args:
+        peak_tflops: the card's peak in the training precision; if None, measured once with a matmul
+            (bf16 on GPUs, float32 on CPUs).
+        log_every_n_steps: how often to log.
+    """
+
+    def __init__(self, peak_tflops: float | None = None, log_every_n_steps: int = 50):
+        self.peak_tflops, self.log_every_n_steps = peak_tflops, log_every_n_steps
+        self.flops_per_image = self.peak_flops = 0.0
+        self._t0: float | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.flops_per_image = train_flops_per_image(pl_module.autoencoder)
+        if self.peak_tflops:
+            self.peak_flops = self.peak_tflops * 1e12
+        else:
+            dtype = torch.bfloat16 if pl_module.device.type == "cuda" else torch.float32
+            self.peak_flops = matmul_peak_flops(pl_module.device, dtype, min_time=0.5)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._t0 is None or trainer.global_step % self.log_every_n_steps:
+            return
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize()
+        images_per_s = len(batch) * trainer.world_size / (time.perf_counter() - self._t0)
+        flops = images_per_s * self.flops_per_image
+        pl_module.log_dict({"perf/images_per_s": images_per_s, "perf/tflops": flops / 1e12,
+                            "perf/mfu": flops / (self.peak_flops * trainer.world_size)}, on_step=True)

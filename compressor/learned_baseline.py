@@ -21,7 +21,7 @@ import torch
 from compressai.models import FactorizedPrior
 from torch.utils.data import DataLoader
 
-from compressor.data import shard_frames
+from compressor.frame_shards import FrameShards
 
 ARCH = "bmshj2018-factorized"
 
@@ -63,8 +63,9 @@ def train(shards: str, output: str, minutes: float, steps: int | None = None, ta
     urls = sorted(glob.glob(os.path.join(shards, "train-*.tar")))
     if not urls:
         raise FileNotFoundError(f"no train-*.tar shards in {shards}; write them with data/make_shards.py")
-    loader = DataLoader(shard_frames(urls, train=True, frames_per_epoch=4096), batch_size=batch_size,
-                        num_workers=num_workers, drop_last=True)
+    frames_ds = FrameShards(urls, batch_size, shuffle=True, seed=seed)
+    frames_ds.num_workers = max(1, num_workers)
+    loader = DataLoader(frames_ds, batch_size=batch_size, num_workers=num_workers, drop_last=True)
     net = FactorizedPrior(N, M)
     aux = [p for n, p in net.named_parameters() if n.endswith(".quantiles")]
     density = [p for n, p in net.named_parameters() if n.startswith("entropy_bottleneck.") and not n.endswith(".quantiles")]
@@ -76,12 +77,14 @@ def train(shards: str, output: str, minutes: float, steps: int | None = None, ta
     aux_opt = torch.optim.Adam(aux, lr=1e-3)
     # About half compressai's lowest-quality MSE lambda (0.0018): low rates need less; the controller below then
     # moves it towards target_bpp.
-    lam, bpp_ema, step = 1e-3, None, 0
+    lam, bpp_ema, step, epoch = 1e-3, None, 0, 0
     budget, t0 = minutes * 60, time.perf_counter()
     def progress() -> float:
         return max((time.perf_counter() - t0) / budget, step / steps if steps else 0.0)
 
     while progress() < 1:
+        frames_ds.set_epoch(epoch)
+        epoch += 1
         for frames in loader:
             elapsed = time.perf_counter() - t0
             if progress() >= 1:

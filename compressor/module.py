@@ -5,12 +5,14 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
 from compressor.autoencoder import Autoencoder
+from compressor.layers import set_grad_checkpointing
 from compressor.losses import PatchDiscriminator, PerceptualLoss, ReconstructionLoss, hinge_d_loss, ms_ssim_01, psnr
 
 
@@ -41,6 +43,10 @@ class CompressorModule(pl.LightningModule):
         ema_decay: EMA decay; an early-step ramp keeps the EMA from lagging behind a fresh model.
         time_budget_s: when set, the cosine follows training wall-clock time instead of steps, reaching its floor
             at this many seconds. For equal-compute comparisons; pair it with ``trainer.max_time``.
+        compile: run the training forward through ``torch.compile``; if compiling fails, training warns and
+            continues in eager mode.
+        channels_last: keep conv weights and input frames in channels-last layout (faster convolutions on GPUs).
+        grad_checkpointing: recompute transformer blocks in the backward pass (less memory, more compute).
     """
 
     def __init__(
@@ -66,12 +72,21 @@ class CompressorModule(pl.LightningModule):
         grad_clip: float = 1.0,
         ema_decay: float = 0.999,
         time_budget_s: float | None = None,
+        compile: bool = False,
+        channels_last: bool = False,
+        grad_checkpointing: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["encoder", "quantizer", "decoder"])
         self.automatic_optimization = False
         self.autoencoder = Autoencoder(encoder, quantizer, decoder, image_size, max_bytes_per_frame)
         self.ema = copy.deepcopy(self.autoencoder).requires_grad_(False)  # no grads, so DDP ignores it
+        if channels_last:
+            self.autoencoder.to(memory_format=torch.channels_last)
+            self.ema.to(memory_format=torch.channels_last)
+        if grad_checkpointing:
+            set_grad_checkpointing(self.autoencoder)
+        self.__dict__["_compiled"] = None  # not a submodule: its weights are the autoencoder's
         self.recon_loss = ReconstructionLoss(l1_weight, mse_weight, ms_ssim_weight)
         self.perceptual = None
         if perceptual_weight > 0:
@@ -88,8 +103,9 @@ class CompressorModule(pl.LightningModule):
     def _common_step(self, frames: Tensor, stage: str) -> dict[str, Tensor]:
         """frames: uint8 (B, 3, H, W). Returns the loss terms and outputs; logs ``{stage}/{name}``."""
         x = frames.float() / 127.5 - 1
-        model = self.autoencoder if stage == "train" else self.ema
-        out = model(x)
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = self._train_forward(x) if stage == "train" else self.ema(x)
         terms = self.recon_loss(out["recon"], x)
         terms["quant"] = out["quant_loss"]
         terms["loss"] = terms["loss"] + self.hparams.quant_weight * terms["quant"]
@@ -106,6 +122,17 @@ class CompressorModule(pl.LightningModule):
             self.log(f"{stage}/{name}", value.detach(), on_step=on_step, on_epoch=not on_step,
                      prog_bar=name in ("loss", "psnr"), sync_dist=not on_step, batch_size=len(frames))
         return {**terms, "recon": out["recon"], "tokens": out["tokens"], "x": x}
+
+    def _train_forward(self, x: Tensor) -> dict[str, Tensor]:
+        if self.hparams.compile and self._compiled is None:
+            self.__dict__["_compiled"] = torch.compile(self.autoencoder)
+        if self._compiled is not None and self._compiled is not False:
+            try:
+                return self._compiled(x)
+            except Exception as e:  # a backend or graph-break failure: eager is slower, not wrong
+                warnings.warn(f"torch.compile failed ({type(e).__name__}: {str(e)[:200]}); continuing in eager mode")
+                self.__dict__["_compiled"] = False
+        return self.autoencoder(x)
 
     def _gan_active(self) -> bool:
         return self.discriminator is not None and self.global_step >= self.hparams.gan_start_step

@@ -1,0 +1,182 @@
+"""One-command training benchmark: pure ViT against conv stem, at the default and at comma.ai scale.
+
+    python -m compressor.bench_train --output reports/bench-train-cpu          # CPU mode (small batches)
+    python -m compressor.bench_train --device cuda --output reports/bench-gpu  # a GPU: about 3 minutes
+
+Per config: parameters; training FLOPs per image (forward + loss + backward, ``torch.utils.flop_counter``);
+training images/s (AdamW steps on random frames, bf16 autocast on CUDA, float32 on the CPU); MFU against the matmul
+ceiling measured on the same device in the same precision; encode frames/s at the best batch size; peak memory of
+the training step. Also the gradient-checkpointing trade-off (images/s and peak memory, on and off).
+Each measurement runs in a fresh process, so peak memory is its own. It needs torch, einops and PyYAML only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import resource
+import time
+
+import torch
+import yaml
+
+from compressor.autoencoder import Autoencoder, _build
+from compressor.bench import _rss_mb, _sync, device_name
+from compressor.layers import set_grad_checkpointing
+from compressor.losses import ReconstructionLoss
+from compressor.perf import matmul_peak_flops, train_flops_per_image
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = {"vit (default)": "vit-224B.yaml", "convstem (default)": "convstem-224B.yaml",
+           "vit (comma scale)": "comma-scale.yaml", "convstem (comma scale)": "comma-scale-convstem.yaml"}
+
+
+def build_from_config(name: str) -> Autoencoder:
+    with open(os.path.join(REPO, "configs", name)) as f:
+        spec = yaml.safe_load(f)["model"]
+    return Autoencoder(_build(spec["encoder"]), _build(spec["quantizer"]), _build(spec["decoder"]))
+
+
+def _train_rate(model, batch: int, device: str, bf16: bool, min_time: float, compile_model: bool) -> float:
+    """Training images/s: full steps (forward, loss, backward, AdamW) on random frames."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    loss_fn = ReconstructionLoss()
+    forward = model
+    if compile_model:
+        try:
+            forward = torch.compile(model)
+        except Exception:  # noqa: BLE001 - the eager model is the fallback
+            forward = model
+    x = torch.rand(batch, 3, *model.image_size, device=device) * 2 - 1
+
+    def step():
+        with torch.autocast(device.split(":")[0], torch.bfloat16, enabled=bf16):
+            out = forward(x)
+            loss = loss_fn(out["recon"].float(), x)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(2):  # warm-up: kernel selection, compilation, optimizer state
+        step()
+    _sync(device)
+    n, t0 = 0, time.perf_counter()
+    while n < 3 or time.perf_counter() - t0 < min_time:
+        step()
+        n += 1
+    _sync(device)
+    return n * batch / (time.perf_counter() - t0)
+
+
+@torch.no_grad()
+def _encode_rate(model, batches, device: str, bf16: bool, min_time: float) -> tuple[float, int]:
+    best = (0.0, 0)
+    for b in batches:
+        frames = torch.randint(0, 256, (b, 3, *model.image_size), dtype=torch.uint8, device=device)
+        with torch.autocast(device.split(":")[0], torch.bfloat16, enabled=bf16):
+            model.encode(frames)
+            _sync(device)
+            n, t0 = 0, time.perf_counter()
+            while n < 3 or time.perf_counter() - t0 < min_time:
+                model.encode(frames)
+                n += 1
+            _sync(device)
+        best = max(best, (n * b / (time.perf_counter() - t0), b))
+    return best
+
+
+def measure(label: str, config: str, device: str, batch: int, encode_batches, min_time: float, peak: float,
+            grad_checkpointing: bool, compile_model: bool, with_encode: bool) -> dict:
+    torch.manual_seed(0)
+    model = build_from_config(config).to(device).train()
+    if grad_checkpointing:
+        set_grad_checkpointing(model)
+    bf16 = device.startswith("cuda")
+    if bf16:
+        torch.cuda.reset_peak_memory_stats()
+    base = _rss_mb()
+    rate = _train_rate(model, batch, device, bf16, min_time, compile_model)
+    peak_mb = (torch.cuda.max_memory_allocated() / 2**20 if bf16
+               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base)
+    flops = train_flops_per_image(model)  # after the memory reading: counting builds a copy of the model
+    row = {"config": label, "file": config, "grad_checkpointing": grad_checkpointing, "batch": batch,
+           "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "train_gflops_per_image": flops / 1e9,
+           "train_images_per_s": rate, "mfu": rate * flops / peak, "peak_memory_mb": peak_mb}
+    if with_encode:
+        row["encode_fps"], row["encode_batch"] = _encode_rate(model.eval(), encode_batches, device, bf16, min_time)
+    return row
+
+
+def _worker(kwargs, threads, queue) -> None:
+    torch.set_num_threads(threads)
+    queue.put(measure(**kwargs))
+
+
+def run_all(device: str, batch: int, encode_batches, min_time: float, threads: int, compile_model: bool,
+            checkpointing_configs, log=print) -> dict:
+    ctx = mp.get_context("spawn")
+    torch.set_num_threads(threads)
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    peak = matmul_peak_flops(device, dtype, size=8192 if device.startswith("cuda") else 2048)
+    log(f"matmul ceiling: {peak / 1e12:.2f} TFLOP/s ({dtype})")
+    rows = []
+    jobs = [(label, cfg, False, True) for label, cfg in CONFIGS.items()]
+    jobs += [(label, CONFIGS[label], True, False) for label in checkpointing_configs]
+    for label, cfg, gc, with_encode in jobs:
+        queue = ctx.Queue()
+        kwargs = dict(label=label, config=cfg, device=device, batch=batch, encode_batches=encode_batches,
+                      min_time=min_time, peak=peak, grad_checkpointing=gc, compile_model=compile_model,
+                      with_encode=with_encode)
+        proc = ctx.Process(target=_worker, args=(kwargs, threads, queue))
+        proc.start()
+        row = queue.get()
+        proc.join()
+        rows.append(row)
+        log(f"{label:24s} gc={gc!s:5s} {row['train_images_per_s']:8.2f} img/s  MFU {100 * row['mfu']:5.1f}%  "
+            f"peak {row['peak_memory_mb']:8.0f} MB" + (f"  encode {row['encode_fps']:.1f} fps @ {row['encode_batch']}"
+                                                     if with_encode else ""))
+    return {"device": device_name(device, threads), "matmul_tflops": peak / 1e12, "precision": str(dtype),
+            "batch": batch, "compile": compile_model, "rows": rows}
+
+
+def to_markdown(result: dict) -> str:
+    lines = [f"{result['device']}; training batch {result['batch']}; {result['precision']}; matmul ceiling "
+             f"{result['matmul_tflops']:.2f} TFLOP/s; torch.compile {'on' if result['compile'] else 'off'}.", "",
+             "| config | grad checkpointing | params (M) | train GFLOPs/image | train images/s | MFU | peak memory (MB) "
+             "| encode frames/s (batch) |", "|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        enc = f"{r['encode_fps']:.1f} ({r['encode_batch']})" if "encode_fps" in r else ""
+        lines.append(f"| {r['config']} | {'on' if r['grad_checkpointing'] else 'off'} | {r['params_m']:.1f} | "
+                     f"{r['train_gflops_per_image']:.1f} | {r['train_images_per_s']:.2f} | {100 * r['mfu']:.1f}% | "
+                     f"{r['peak_memory_mb']:.0f} | {enc} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch", type=int, default=None, help="training batch (default: 64 on CUDA, 4 on the CPU)")
+    ap.add_argument("--min-time", type=float, default=None, help="seconds per timing (default 3)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--compile", action="store_true", help="torch.compile the training step (eager if it fails)")
+    ap.add_argument("--output", default=None, help="directory for bench.json and bench.md")
+    args = ap.parse_args(argv)
+    cuda = args.device.startswith("cuda")
+    result = run_all(args.device, args.batch or (64 if cuda else 4),
+                     (128, 256, 512, 1024) if cuda else (1, 4, 16), args.min_time or 3.0,
+                     args.threads, args.compile, ["vit (comma scale)", "convstem (comma scale)"] if cuda
+                     else ["vit (comma scale)"])
+    md = to_markdown(result)
+    print(md)
+    if args.output:
+        os.makedirs(args.output, exist_ok=True)
+        with open(os.path.join(args.output, "bench.json"), "w") as f:
+            json.dump(result, f, indent=1)
+        with open(os.path.join(args.output, "bench.md"), "w") as f:
+            f.write(md)
+
+
+if __name__ == "__main__":
+    main()

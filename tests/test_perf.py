@@ -1,0 +1,95 @@
+import warnings
+
+import torch
+
+from compressor.bench_train import measure, to_markdown
+from compressor.layers import set_grad_checkpointing
+from compressor.losses import ReconstructionLoss
+from compressor.module import CompressorModule
+from compressor.callbacks import ThroughputMonitor
+from compressor.perf import matmul_peak_flops, train_flops_per_image
+from tests.conftest import DECODERS, ENCODERS, QUANTIZERS, tiny_model
+
+
+def _loss_and_grads(model, x):
+    model.zero_grad(set_to_none=True)
+    loss = ReconstructionLoss()(model(x)["recon"], x)["loss"]
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+def test_grad_checkpointing_gives_the_same_loss_and_gradients():
+    for design in ("vit", "convstem"):
+        model = tiny_model(design).train()
+        x = torch.rand(2, 3, 128, 256) * 2 - 1
+        loss, grads = _loss_and_grads(model, x)
+        assert set_grad_checkpointing(model) == 2  # the encoder's and the decoder's transformer
+        loss_gc, grads_gc = _loss_and_grads(model, x)
+        assert torch.allclose(loss, loss_gc) and len(grads) == len(grads_gc)
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads, grads_gc))
+
+
+def _module(**kwargs):
+    torch.manual_seed(0)
+    return CompressorModule(ENCODERS["convstem"](), QUANTIZERS["fsq"](), DECODERS["convstem"](), **kwargs)
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch):
+    def broken_compile(model, **kwargs):
+        def run(*args):
+            raise RuntimeError("no backend here")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    module = _module(compile=True)
+    x = torch.rand(2, 3, 128, 256) * 2 - 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = module._train_forward(x)
+    assert any("continuing in eager mode" in str(w.message) for w in caught)
+    assert torch.allclose(out["recon"], module.autoencoder(x)["recon"])
+    assert module._train_forward(x)["recon"].shape == x.shape  # and stays eager without retrying
+
+
+def test_channels_last_and_checkpointing_options_train_the_same_function():
+    frames = torch.randint(0, 256, (2, 3, 128, 256), dtype=torch.uint8)
+    plain = _module()._train_forward(frames.float() / 127.5 - 1)["recon"]
+    module = _module(channels_last=True, grad_checkpointing=True)
+    convs = [p for p in module.autoencoder.parameters() if p.ndim == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    x = (frames.float() / 127.5 - 1).contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(module._train_forward(x)["recon"], plain, atol=1e-5)
+
+
+def test_flops_and_the_matmul_ceiling():
+    model = tiny_model()
+    linear_flops = 2 * 128 * sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear))
+    flops = train_flops_per_image(model)
+    assert 2.5 * linear_flops < flops < 6 * linear_flops  # forward + backward (~3x), plus attention matmuls
+    assert all(p.grad is None for p in model.parameters())  # counted on a copy
+    assert matmul_peak_flops("cpu", torch.float32, size=256, min_time=0.05) > 1e8
+    monitor = ThroughputMonitor(peak_tflops=1.0)
+    assert monitor.peak_tflops == 1.0
+
+
+def test_training_benchmark_row_on_the_cpu():
+    row = measure("demo", "demo.yaml", "cpu", batch=2, encode_batches=(1, 2), min_time=0.05, peak=1e11,
+                  grad_checkpointing=True, compile_model=False, with_encode=True)
+    assert row["train_images_per_s"] > 0 and 0 < row["mfu"] and row["encode_batch"] in (1, 2)
+    assert row["train_gflops_per_image"] > 0 and row["peak_memory_mb"] >= 0
+    md = to_markdown({"device": "cpu", "batch": 2, "precision": "float32", "matmul_tflops": 0.1, "compile": False,
+                      "rows": [row]})
+    assert "| demo | on |" in md
+
+
+def test_throughput_monitor_logs_mfu_during_fit(tmp_path):
+    from tests.test_train import TINY, run_cli
+
+    cli = run_cli(["fit", *TINY, "--trainer.max_steps", "3", "--trainer.limit_val_batches", "0",
+                   "--trainer.default_root_dir", str(tmp_path), "--trainer.callbacks+=compressor.callbacks.ThroughputMonitor",
+                   "--trainer.callbacks.log_every_n_steps=1", "--trainer.callbacks.peak_tflops=0.05"])
+    metrics = cli.trainer.callback_metrics
+    monitor = next(c for c in cli.trainer.callbacks if isinstance(c, ThroughputMonitor))
+    assert monitor.flops_per_image == train_flops_per_image(cli.model.autoencoder)
+    expected = metrics["perf/images_per_s"] * monitor.flops_per_image / 0.05e12
+    assert 0 < float(metrics["perf/mfu"]) and torch.isclose(metrics["perf/mfu"], expected, rtol=1e-4)
