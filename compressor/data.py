@@ -51,7 +51,9 @@ class VideoFrames(IterableDataset):
         return videos[wid::nw]
 
     def __iter__(self):
-        rng = random.Random(torch.initial_seed())  # differs per worker and per epoch
+        # torch.initial_seed() differs per worker, and per epoch unless workers persist; the pass count covers that.
+        self._passes = getattr(self, "_passes", 0) + 1
+        rng = random.Random(f"{torch.initial_seed()}-{self._passes}")
         videos = self._my_videos()
         if self.shuffle:
             rng.shuffle(videos)
