@@ -222,6 +222,11 @@ class FramesDataModule(pl.LightningDataModule):
         if hp.videos is not None:
             return self._loader(VideoFrames(self.train_videos, self.image_size, hp.sample_rate, shuffle=True))
         if hp.shards is not None:
+            consumers = (self.trainer.world_size if self.trainer else 1) * max(1, hp.num_workers)
+            if self.train_frames.frames_per_consumer(consumers) == 0:
+                raise ValueError(f"{sum(self.train_frames.counts)} training frames cannot fill one batch of "
+                                 f"{hp.batch_size} for each of {consumers} ranks x workers; lower --data.batch_size "
+                                 "or --data.num_workers")
             return self._loader(self.train_frames, drop_last=True)
         return self._loader(ProceduralFrames(hp.frames_per_epoch, self.image_size), shuffle=True)
 

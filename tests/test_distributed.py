@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader
@@ -115,3 +116,13 @@ def test_two_process_ddp_fit_kill_and_resume(tmp_path):
     assert final_ref["global_step"] == final_run["global_step"] == 10
     for key, value in final_ref["state_dict"].items():  # EMA included
         assert torch.allclose(value.float(), final_run["state_dict"][key].float(), atol=1e-5), key
+
+
+def test_too_few_frames_for_one_batch_per_worker_is_a_clear_error(tmp_path):
+    from compressor.data import FramesDataModule
+
+    write_frame_shards(tmp_path, [5], size=(8, 8))
+    dm = FramesDataModule(shards=str(tmp_path), batch_size=4, num_workers=2)
+    dm.setup("fit")
+    with pytest.raises(ValueError, match="cannot fill one batch of 4 for each of 2 ranks x workers"):
+        dm.train_dataloader()
