@@ -12,7 +12,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader
 
 from compressor.data import LatentDataset
-from compressor.entropy.coding import digit_radices, from_digits, quantized_cdfs, to_digits
+from compressor.entropy.coding import Encoder, digit_radices, from_digits, quantized_cdfs, to_digits
 from compressor.entropy.fit import fit_temporal
 from compressor.entropy.priors import FactorisedPrior, StaticPrior, TemporalPrior
 from compressor.entropy.stream import (HEADER_BYTES, PriorMismatchError, StreamError, decode_segment, encode_segment,
@@ -90,7 +90,10 @@ def test_coded_size_follows_the_ideal_length_and_the_temporal_prior_wins(priors)
     tokens = moving_tokens(60, seed=123)  # unseen, same statistics
     sizes = {}
     for kind, prior in priors.items():
-        payload = len(encode_segment(tokens, prior)) - HEADER_BYTES
+        enc = Encoder()
+        prior.encode(tokens, enc)
+        payload = len(enc.flush())  # the rANS payload itself, before the stored fallback
+        assert len(encode_segment(tokens, prior)) == HEADER_BYTES + min(payload, 224 * len(tokens))
         ideal = float(prior.bits(tokens).sum()) / 8
         sizes[kind] = payload
         if kind == "static":  # 16-bit tables over 15360 symbols: the quantised model differs from the float one
@@ -100,12 +103,22 @@ def test_coded_size_follows_the_ideal_length_and_the_temporal_prior_wins(priors)
     assert sizes["temporal"] < 0.6 * sizes["factorised"], sizes  # 10% of tokens change: most are predictable
 
 
+def test_a_prior_that_does_not_fit_never_costs_more_than_packing(priors):
+    tokens = torch.randint(0, 15360, (6, 128), generator=torch.Generator().manual_seed(1))  # unlike any training
+    data = encode_segment(tokens, priors["temporal"])
+    assert read_header(data)["stored"] and len(data) == HEADER_BYTES + 6 * 224
+    assert torch.equal(decode_segment(data, priors["temporal"]), tokens)
+    with pytest.raises(PriorMismatchError):  # stored segments still belong to one model and prior
+        decode_segment(data, priors["factorised"])
+    assert not read_header(encode_segment(moving_tokens(6), priors["temporal"]))["stored"]
+
+
 def test_header_fields_and_every_failure_is_a_clear_error(priors):
     prior = priors["factorised"]
     tokens = moving_tokens(8, seed=5)
     data = encode_segment(tokens, prior)
     head = read_header(data)
-    assert head == {"prior": "factorised", "model_id": MODEL_ID, "prior_id": prior.prior_id(), "num_frames": 8,
+    assert head == {"prior": "factorised", "stored": False, "model_id": MODEL_ID, "prior_id": prior.prior_id(), "num_frames": 8,
                     "num_tokens": 128, "token_crc": zlib.crc32(tokens.numpy().astype(np.uint16).tobytes()),
                     "payload_bytes": len(data) - HEADER_BYTES}
     flip = lambda b, i: b[:i] + bytes([b[i] ^ 0x01]) + b[i + 1 :]  # noqa: E731

@@ -5,7 +5,8 @@ A segment is a 44-byte header followed by one rANS payload (little-endian)::
     magic     4s   b"CTOK"
     version   u8   FORMAT_VERSION
     prior     u8   1 static, 2 factorised, 3 temporal
-    coder     u8   1 = compressai rANS, 16-bit frequencies
+    coder     u8   1 = compressai rANS with 16-bit frequencies; 0 = stored: the fixed-width packing of
+                   ``compressor.pack``, used when the prior would code the segment larger than that
     reserved  u8   0
     model_id  8s   the compressor whose tokens these are (``pipeline.model_id``)
     prior_id  8s   the exact prior (``Prior.prior_id``)
@@ -32,9 +33,12 @@ from torch import Tensor
 
 from compressor.entropy.coding import Decoder, Encoder
 from compressor.entropy.priors import KINDS, PRIORS, Prior
+from compressor.packing import pack, unpack
+from compressor.quantizers import token_bits
 
 MAGIC = b"CTOK"
 FORMAT_VERSION = 1
+CODER_STORED = 0
 CODER_COMPRESSAI_RANS16 = 1
 _HEADER = struct.Struct("<4sBBBB8s8sIHHIII")
 HEADER_BYTES = _HEADER.size
@@ -62,7 +66,11 @@ def encode_segment(tokens: Tensor, prior: Prior) -> bytes:
         enc = Encoder()
         prior.encode(tokens, enc)
         payload = enc.flush()
-    head = _HEADER.pack(MAGIC, FORMAT_VERSION, KINDS.index(prior.kind) + 1, CODER_COMPRESSAI_RANS16, 0,
+    coder = CODER_COMPRESSAI_RANS16
+    stored = pack(tokens, token_bits(prior.codebook_size)) if len(tokens) else b""
+    if len(stored) < len(payload):  # a prior that does not fit these tokens never costs more than packing
+        payload, coder = stored, CODER_STORED
+    head = _HEADER.pack(MAGIC, FORMAT_VERSION, KINDS.index(prior.kind) + 1, coder, 0,
                         bytes.fromhex(prior.model_id.ljust(16, "0")[:16]), bytes.fromhex(prior.prior_id()),
                         len(tokens), prior.num_tokens, 0, len(payload), _crc_tokens(tokens), 0)
     crc = zlib.crc32(payload, zlib.crc32(head[: HEADER_BYTES - 4]))
@@ -79,13 +87,13 @@ def read_header(data: bytes) -> dict:
         raise StreamError(f"not a coded token segment (magic {magic!r}, expected {MAGIC!r})")
     if version != FORMAT_VERSION:
         raise StreamError(f"segment format version {version}; this code reads version {FORMAT_VERSION}")
-    if not 1 <= kind <= len(KINDS) or coder != CODER_COMPRESSAI_RANS16:
+    if not 1 <= kind <= len(KINDS) or coder not in (CODER_STORED, CODER_COMPRESSAI_RANS16):
         raise StreamError(f"unknown prior kind {kind} or coder {coder}")
     if len(data) != HEADER_BYTES + length:
         raise StreamError(f"segment is {len(data)} bytes; its header says {HEADER_BYTES + length}")
     if zlib.crc32(data[HEADER_BYTES:], zlib.crc32(data[: HEADER_BYTES - 4])) != crc:
         raise StreamError("corrupt segment: CRC mismatch")
-    return {"prior": KINDS[kind - 1], "model_id": model_id.hex(), "prior_id": prior_id.hex(), "num_frames": frames,
+    return {"prior": KINDS[kind - 1], "stored": coder == CODER_STORED, "model_id": model_id.hex(), "prior_id": prior_id.hex(), "num_frames": frames,
             "num_tokens": tokens, "token_crc": token_crc, "payload_bytes": length}
 
 
@@ -103,7 +111,10 @@ def decode_segment(data: bytes, prior: Prior) -> Tensor:
     if head["num_frames"] == 0:
         return torch.zeros(0, prior.num_tokens, dtype=torch.long)
     try:
-        tokens = prior.decode(Decoder(data[HEADER_BYTES:]), head["num_frames"])
+        if head["stored"]:
+            tokens = unpack(data[HEADER_BYTES:], head["num_frames"], prior.num_tokens, token_bits(prior.codebook_size))
+        else:
+            tokens = prior.decode(Decoder(data[HEADER_BYTES:]), head["num_frames"])
     except (RuntimeError, ValueError, IndexError) as e:
         raise StreamError(f"segment does not decode with this prior ({type(e).__name__}: {e})") from e
     if _crc_tokens(tokens) != head["token_crc"]:
