@@ -179,8 +179,8 @@ class FramesDataModule(pl.LightningDataModule):
             self.val_shards = sorted(glob.glob(os.path.join(hp.shards, "val-*.tar")))
             if not self.train_shards:
                 raise FileNotFoundError(f"no train-*.tar shards in {hp.shards}; write them with data/make_shards.py")
-            self.train_frames = FrameShards(self.train_shards, hp.batch_size, shuffle=True, seed=hp.seed)
-            self.train_frames.num_workers = max(1, hp.num_workers)
+            self.train_frames = FrameShards(self.train_shards, hp.batch_size, hp.num_workers, shuffle=True,
+                                            seed=hp.seed)
 
     # ---- data position: saved in checkpoints so that a resumed run continues the epoch where it stopped ----
     def set_epoch(self, epoch: int) -> None:
@@ -222,7 +222,7 @@ class FramesDataModule(pl.LightningDataModule):
         if hp.videos is not None:
             return self._loader(VideoFrames(self.train_videos, self.image_size, hp.sample_rate, shuffle=True))
         if hp.shards is not None:
-            consumers = (self.trainer.world_size if self.trainer else 1) * max(1, hp.num_workers)
+            consumers = (self.trainer.world_size if self.trainer else 1) * self.train_frames.num_workers
             if self.train_frames.frames_per_consumer(consumers) == 0:
                 raise ValueError(f"{sum(self.train_frames.counts)} training frames cannot fill one batch of "
                                  f"{hp.batch_size} for each of {consumers} ranks x workers; lower --data.batch_size "
@@ -239,7 +239,6 @@ class FramesDataModule(pl.LightningDataModule):
         if hp.shards is not None:
             if not self.val_shards:
                 return []
-            val = FrameShards(self.val_shards, hp.batch_size, shuffle=False)
-            val.num_workers = max(1, hp.num_workers)
-            return self._loader(val, drop_last=True)
+            return self._loader(FrameShards(self.val_shards, hp.batch_size, hp.num_workers, shuffle=False),
+                                drop_last=True)
         return self._loader(ProceduralFrames(hp.val_frames, self.image_size, seed_offset=1_000_000))

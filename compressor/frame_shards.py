@@ -40,12 +40,14 @@ class FrameShards(IterableDataset):
     Args:
         urls: shard files.
         batch_size: the DataLoader's batch size; each worker yields whole batches only (``len`` is in frames).
+        num_workers: the DataLoader's workers (0 counts as 1: the main process reads), for ``len``.
         shuffle: shuffle shard order per epoch and frames within a buffer (training); off for validation.
         seed: base seed.
         buffer_size: frames held for shuffling.
     """
 
-    def __init__(self, urls: list[str], batch_size: int, shuffle: bool = True, seed: int = 0, buffer_size: int = 512):
+    def __init__(self, urls: list[str], batch_size: int, num_workers: int = 0, shuffle: bool = True, seed: int = 0,
+                 buffer_size: int = 512):
         super().__init__()
         if not urls:
             raise FileNotFoundError("no frame shards given")
@@ -55,7 +57,7 @@ class FrameShards(IterableDataset):
         # Shared memory, so that DataLoader workers (also persistent ones) see the epoch and the resume point
         # set in the main process: [epoch, batches of this epoch already trained on by this rank].
         self._state = torch.zeros(2, dtype=torch.long).share_memory_()
-        self.num_workers = 1
+        self.num_workers = max(1, num_workers)
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         self._state[0], self._state[1] = epoch, skip_batches

@@ -63,8 +63,7 @@ def train(shards: str, output: str, minutes: float, steps: int | None = None, ta
     urls = sorted(glob.glob(os.path.join(shards, "train-*.tar")))
     if not urls:
         raise FileNotFoundError(f"no train-*.tar shards in {shards}; write them with data/make_shards.py")
-    frames_ds = FrameShards(urls, batch_size, shuffle=True, seed=seed)
-    frames_ds.num_workers = max(1, num_workers)
+    frames_ds = FrameShards(urls, batch_size, num_workers, shuffle=True, seed=seed)
     loader = DataLoader(frames_ds, batch_size=batch_size, num_workers=num_workers, drop_last=True)
     net = FactorizedPrior(N, M)
     aux = [p for n, p in net.named_parameters() if n.endswith(".quantiles")]

@@ -30,15 +30,15 @@ def write_frame_shards(directory, counts, split="train", size=(128, 256), start=
     return k
 
 
-def rank_batches(ds, rank, world, monkeypatch, workers=2):
+def rank_batches(ds, rank, world, monkeypatch):
     monkeypatch.setattr("compressor.frame_shards._rank_world", lambda: (rank, world))
-    ds.num_workers = workers
-    return [frame_ids(b) for b in DataLoader(ds, batch_size=ds.batch_size, num_workers=workers, drop_last=True)]
+    return [frame_ids(b) for b in DataLoader(ds, batch_size=ds.batch_size, num_workers=ds.num_workers, drop_last=True)]
 
 
 def test_every_frame_once_per_epoch_across_ranks_and_workers(tmp_path, monkeypatch):
     total = write_frame_shards(tmp_path, [7, 5, 9, 4], size=(8, 8))  # 25 frames, 4 consumers of 3 batches of 2
-    ds = FrameShards([str(p) for p in sorted(tmp_path.glob("*.tar"))], batch_size=2, shuffle=True, seed=3)
+    ds = FrameShards([str(p) for p in sorted(tmp_path.glob("*.tar"))], batch_size=2, num_workers=2, shuffle=True,
+                     seed=3)
     epochs = []
     for epoch in range(2):
         ds.set_epoch(epoch)
@@ -55,12 +55,13 @@ def test_every_frame_once_per_epoch_across_ranks_and_workers(tmp_path, monkeypat
 
 def test_a_resumed_epoch_continues_exactly_where_it_stopped(tmp_path, monkeypatch):
     write_frame_shards(tmp_path, [10, 13, 9], size=(8, 8))
-    ds = FrameShards([str(p) for p in sorted(tmp_path.glob("*.tar"))], batch_size=2, shuffle=True, seed=0)
+    ds = FrameShards([str(p) for p in sorted(tmp_path.glob("*.tar"))], batch_size=2, num_workers=3, shuffle=True,
+                     seed=0)
     ds.set_epoch(4)
-    full = rank_batches(ds, 1, 2, monkeypatch, workers=3)
+    full = rank_batches(ds, 1, 2, monkeypatch)
     for done in (0, 1, 2, 4, len(full)):
         ds.set_epoch(4, skip_batches=done)
-        assert rank_batches(ds, 1, 2, monkeypatch, workers=3) == full[done:]
+        assert rank_batches(ds, 1, 2, monkeypatch) == full[done:]
 
 
 TRAIN = [sys.executable, os.path.join(REPO, "train.py"), "fit", "--config", os.path.join(REPO, "configs", "demo.yaml"),

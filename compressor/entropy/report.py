@@ -14,7 +14,7 @@ import zstandard
 
 from compressor.entropy.coding import from_digits, to_digits
 from compressor.entropy.fit import load_segments
-from compressor.entropy.priors import TemporalPrior, one_thread
+from compressor.entropy.priors import KINDS, TemporalPrior, one_thread
 from compressor.entropy.stream import HEADER_BYTES, decode_segment, encode_segment, load_prior
 from compressor.packing import pack, unpack
 
@@ -52,7 +52,7 @@ def _prior_row(prior, segments: list[dict]) -> dict:
         counts = by_source.setdefault(seg["meta"].get("source", ""), [0, 0])
         counts[0], counts[1] = counts[0] + len(data), counts[1] + len(seg["tokens"])
     return {"bytes_per_frame_by_source": {k: round(b / max(n, 1), 2) for k, (b, n) in by_source.items()},
-            "method": f"prior ({'abc'[['static', 'factorised', 'temporal'].index(prior.kind)]}) {prior.kind}",
+            "method": f"prior ({'abc'[KINDS.index(prior.kind)]}) {prior.kind}",
             "prior_id": prior.prior_id(), "bytes": size, "ideal_bits": ideal, "encode_s": enc_s, "decode_s": dec_s,
             "exact": bool(exact), "coder": "compressai rANS, 16-bit"}
 
