@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -107,3 +108,45 @@ class ThroughputMonitor(pl.Callback):
         flops = images_per_s * self.flops_per_image
         pl_module.log_dict({"perf/images_per_s": images_per_s, "perf/tflops": flops / 1e12,
                             "perf/mfu": flops / (self.peak_flops * trainer.world_size)}, on_step=True)
+
+
+class ValCurve(pl.Callback):
+    """Appends the validation metrics, with the images seen so far, to a JSON list after every validation.
+
+    Budgets are counted in images (steps x batch x devices), not seconds, so curves from runs that shared the
+    machine with other work stay comparable; training seconds ride along to give throughput.
+
+    Args:
+        path: the JSON file; defaults to ``<default_root_dir>/curve.json``. An existing file is continued on resume
+            (points at or beyond the resumed step are dropped first).
+    """
+
+    def __init__(self, path: str | None = None):
+        self.path = path
+        self.points: list[dict] = []
+
+    def _path(self, trainer: pl.Trainer) -> str:
+        return self.path or os.path.join(trainer.default_root_dir, "curve.json")
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        path = self._path(trainer)
+        if os.path.exists(path):
+            with open(path) as f:
+                self.points = [p for p in json.load(f) if p["step"] < trainer.global_step]
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_rank != 0 or trainer.sanity_checking:
+            return
+        batch_size = trainer.datamodule.hparams.batch_size if trainer.datamodule else None
+        point = {"step": trainer.global_step,
+                 "images": trainer.global_step * batch_size * trainer.world_size if batch_size else None,
+                 "train_seconds": pl_module.train_seconds() if hasattr(pl_module, "train_seconds") else None}
+        for name, value in trainer.callback_metrics.items():
+            if name.startswith("val/"):
+                point[name] = float(value)
+        self.points = [p for p in self.points if p["step"] < point["step"]] + [point]
+        path = self._path(trainer)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(f"{path}.tmp", "w") as f:
+            json.dump(self.points, f, indent=1)
+        os.replace(f"{path}.tmp", path)
