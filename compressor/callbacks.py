@@ -123,16 +123,10 @@ class ValCurve(pl.Callback):
 
     def __init__(self, path: str | None = None):
         self.path = path
-        self.points: list[dict] = []
+        self.points: list[dict] | None = None  # read from the file at the first validation (the step is known then)
 
     def _path(self, trainer: pl.Trainer) -> str:
         return self.path or os.path.join(trainer.default_root_dir, "curve.json")
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        path = self._path(trainer)
-        if os.path.exists(path):
-            with open(path) as f:
-                self.points = [p for p in json.load(f) if p["step"] < trainer.global_step]
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.global_rank != 0 or trainer.sanity_checking:
@@ -144,8 +138,13 @@ class ValCurve(pl.Callback):
         for name, value in trainer.callback_metrics.items():
             if name.startswith("val/"):
                 point[name] = float(value)
-        self.points = [p for p in self.points if p["step"] < point["step"]] + [point]
         path = self._path(trainer)
+        if self.points is None:
+            self.points = []
+            if os.path.exists(path):
+                with open(path) as f:
+                    self.points = json.load(f)
+        self.points = [p for p in self.points if p["step"] < point["step"]] + [point]
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         with open(f"{path}.tmp", "w") as f:
             json.dump(self.points, f, indent=1)

@@ -52,8 +52,19 @@ def _merged(configs: list[str], overrides: list[str]) -> dict:
         *parents, leaf = key.split(".")
         for p in parents:
             node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(value)
+        node[leaf] = _scalar(value)
     return merged
+
+
+def _scalar(text: str):
+    """A command-line value as YAML reads it, except that '2e-3' is a number (YAML 1.1 wants '2.0e-3')."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def _git_commit() -> str | None:
@@ -91,8 +102,10 @@ def run(name: str, configs: list[str], images: int, shards: str, videos: list[st
         cmd += [f"--ckpt_path={last}"]
         print(f"{name}: resuming from {last}")
     model_path = os.path.join(run_dir, "model.pt")
-    if os.path.exists(model_path) and not os.path.exists(last):
-        os.remove(model_path)  # a stale export from an earlier configuration of this name
+    if not os.path.exists(last):  # a fresh start: drop what an earlier configuration of this name left
+        for stale in (model_path, os.path.join(run_dir, "curve.json")):
+            if os.path.exists(stale):
+                os.remove(stale)
     print(f"{name}: {steps} steps x {batch_size} x {devices} = {steps * batch_size * devices} images", flush=True)
     with open(os.path.join(run_dir, "train.log"), "a") as log:
         subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,

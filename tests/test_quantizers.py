@@ -67,3 +67,26 @@ def test_vq_restarts_dead_codes_on_encoder_outputs():
     z_n = torch.nn.functional.normalize(z[0], dim=-1)
     sims = torch.nn.functional.normalize(vq.codebook.detach()[changed], dim=-1) @ z_n.t()
     assert (sims.max(dim=1).values > 0.99).all()
+
+
+def test_standardized_fsq_spreads_saturated_channels_over_their_levels():
+    from compressor.quantizers import StandardizedFSQ
+
+    torch.manual_seed(0)
+    # Inputs like a drifted projection's: offsets and scales that pin plain FSQ's channels to one end.
+    z = torch.randn(16, 128, 5) * torch.tensor([0.3, 3.0, 1.0, 1.0, 0.5]) + torch.tensor([-4.0, 3.0, 0.0, 5.0, -6.0])
+
+    def entropy(tokens, size):
+        p = torch.bincount(tokens.flatten(), minlength=size).float()
+        p = p[p > 0] / p.sum()
+        return -(p * p.log2()).sum().item()
+
+    plain, std = FSQ(), StandardizedFSQ(momentum=0.1).train()
+    assert entropy(plain(z)["tokens"], 15360) < 5
+    assert entropy(std(z)["tokens"], 15360) > 10.5  # near log2(2048 samples) = 11: almost every token distinct
+    for _ in range(200):  # running statistics converge, so inference gives the same tokens as training
+        std(z)
+    train_tokens = std(z)["tokens"]
+    out = std.eval()(z)
+    assert (out["tokens"] == train_tokens).float().mean() > 0.98
+    assert torch.equal(std.tokens_to_codes(out["tokens"]), out["codes"])

@@ -1,0 +1,60 @@
+import json
+import os
+
+import pytest
+
+from compressor import experiments
+from tests.test_train import TINY, run_cli
+
+
+def test_merged_applies_overlays_then_overrides(tmp_path):
+    base, overlay = tmp_path / "base.yaml", tmp_path / "overlay.yaml"
+    base.write_text("data: {batch_size: 16, augment: true}\nmodel: {lr: 1.0e-3, encoder: {init_args: {depth: 4}}}\n")
+    overlay.write_text("data: {batch_size: 32}\n")
+    config = experiments._merged([str(base), str(overlay)], ["model.encoder.init_args.depth=2", "model.lr=2e-3"])
+    assert config["data"] == {"batch_size": 32, "augment": True}
+    assert config["model"]["encoder"]["init_args"]["depth"] == 2 and config["model"]["lr"] == 2e-3
+
+
+def _result(root, name, images, clips, overrides=()):
+    os.makedirs(root / name)
+    record = {"name": name, "configs": ["a.yaml", "proxy.yaml"], "overrides": list(overrides), "images": images,
+              "train_images_per_s": 20.0, "clips": clips, "psnr_clip_mean": sum(clips.values()) / len(clips),
+              "codebook_usage": 0.5}
+    (root / name / "result.json").write_text(json.dumps(record))
+    (root / name / "curve.json").write_text(json.dumps([{"step": 1, "images": images, "val/psnr": 20.0}]))
+
+
+def test_table_compares_each_run_with_the_baseline_at_its_budget(tmp_path):
+    _result(tmp_path, "baseline", 100, {"x__a.mp4": 20.0, "x__b.mp4": 22.0})
+    _result(tmp_path, "better", 100, {"x__a.mp4": 21.0, "x__b.mp4": 22.5}, ["model.lr=2e-3"])
+    _result(tmp_path, "longer", 400, {"x__a.mp4": 23.0, "x__b.mp4": 23.0})
+    md = experiments.table(str(tmp_path), "baseline")
+    rows = {line.split(" | ")[0].strip("| "): line for line in md.splitlines()[2:]}
+    assert "| a | b |" in md.splitlines()[0]
+    assert "**21.75** | +0.75 |" in rows["better"] and "model.lr=2e-3" in rows["better"]
+    assert "**23.00** |  |" in rows["longer"]  # another budget: no difference is claimed
+    experiments.plot_curves(str(tmp_path), str(tmp_path / "curves.png"))
+    assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_val_curve_records_images_seen_and_continues_on_resume(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    common = [*TINY, "--trainer.default_root_dir", str(tmp_path), "--trainer.val_check_interval", "2",
+              "--trainer.limit_val_batches", "1", "--trainer.enable_checkpointing", "true",
+              "--trainer.callbacks+=compressor.callbacks.ValCurve",
+              "--trainer.callbacks+=pytorch_lightning.callbacks.ModelCheckpoint",
+              f"--trainer.callbacks.dirpath={ckpt}", "--trainer.callbacks.save_last=true"]
+    run_cli(["fit", *common, "--trainer.max_steps", "4"])
+    curve = json.loads((tmp_path / "curve.json").read_text())
+    assert [(p["step"], p["images"]) for p in curve] == [(2, 4), (4, 8)]  # batch 2
+    assert all(p["val/psnr"] > 0 and p["train_seconds"] > 0 for p in curve)
+    run_cli(["fit", *common, "--trainer.max_steps", "6", "--ckpt_path", str(ckpt / "last.ckpt")])
+    curve = json.loads((tmp_path / "curve.json").read_text())
+    assert [p["step"] for p in curve] == [2, 4, 6]
+    assert curve[2]["train_seconds"] > curve[1]["train_seconds"]  # training time carries across the resume
+
+
+def test_run_refuses_nothing_silently_without_results(tmp_path):
+    with pytest.raises(SystemExit, match="no result.json"):
+        experiments.table(str(tmp_path))
