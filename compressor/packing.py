@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -28,3 +30,10 @@ def unpack(data: bytes, num_frames: int, num_tokens: int = 128, bits: int = 14) 
     bitplanes = np.unpackbits(packed, axis=1)[:, : num_tokens * bits].reshape(num_frames, num_tokens, bits)
     weights = (1 << np.arange(bits - 1, -1, -1, dtype=np.int64))
     return torch.from_numpy((bitplanes.astype(np.int64) * weights).sum(-1))
+
+
+def tokens_crc32(tokens: Tensor | np.ndarray) -> int:
+    """CRC-32 of tokens (T, N) as little-endian uint16, row-major: how ``tokens.npy`` stores them. Samples and coded
+    segments carry it, so tokens are checked after every read or decode."""
+    t = np.asarray(tokens.cpu() if isinstance(tokens, Tensor) else tokens)
+    return zlib.crc32(np.ascontiguousarray(t.astype("<u2")).tobytes())

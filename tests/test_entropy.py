@@ -248,3 +248,30 @@ def test_cli_train_code_report(priors, tmp_path):
                    "json": json.dumps({"model_id": "ffffffffffffffff"}).encode()})
     r = run("train", "--checkpoint", ckpt, "--shards", bad, "--kinds", "static")
     assert r.returncode == 2 and "not of the checkpoint's model" in r.stderr
+
+
+def test_crafted_segments_never_crash_the_process_and_never_decode_to_other_tokens(priors, tmp_path):
+    """Header fields and payloads mutated with recomputed CRCs (tests/stream_fuzz.py), in a child process: a
+    segfault there fails this test instead of killing the test run."""
+    for kind, prior in priors.items():
+        save_prior(prior, tmp_path / f"prior-{kind}.pt")
+    r = subprocess.run([sys.executable, "-m", "tests.stream_fuzz", str(tmp_path)], capture_output=True, text=True,
+                       cwd=REPO, timeout=600)
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0, f"exit {r.returncode} at case {lines[-1] if lines else '?'}: {r.stderr[-2000:]}"
+    outcomes = dict(line.split("\t", 1) for line in lines)
+    assert len(outcomes) > 300
+    bad = {case: out for case, out in outcomes.items() if not (out == "exact" or out.startswith("StreamError"))}
+    assert not bad, bad
+
+
+def test_a_zero_frame_header_is_checked_against_its_payload(priors):
+    from tests.stream_fuzz import set_field
+
+    prior = priors["factorised"]
+    empty = encode_segment(torch.zeros(0, 128, dtype=torch.long), prior)
+    assert decode_segment(empty, prior).shape == (0, 128)
+    with pytest.raises(StreamError, match="frames"):
+        decode_segment(set_field(encode_segment(moving_tokens(4), prior), "frames", 0), prior)
+    with pytest.raises(StreamError):
+        decode_segment(set_field(empty, "token_crc", 12345), prior)

@@ -66,17 +66,33 @@ def quantized_cdfs(probs: Tensor | np.ndarray) -> np.ndarray:
 
 
 class TableSet:
-    """A list of CDF tables in the form compressai takes them (Python lists, converted once)."""
+    """A list of CDF tables in the form compressai takes them (Python lists, converted once).
+
+    Every table carries one extra entry equal to the total. The encoder is given sizes without it, so it codes
+    exactly as before. The decoder is given sizes with it: compressai treats a table's last symbol as an escape
+    into "bypass" coding, which reads a length from the stream and then that many 4-bit groups with no bounds
+    check. With the extra (zero-frequency, never decodable) entry as the escape, the real escape symbol decodes as
+    an ordinary one, which ``Decoder`` rejects, so no stream can drive the decoder into bypass mode.
+    """
 
     def __init__(self, cdfs: list[np.ndarray]):
-        self.cdfs = [c.tolist() for c in cdfs]
-        self.lengths = [len(c) for c in cdfs]
+        self.cdfs = [np.append(c, TOTAL).tolist() for c in cdfs]
+        self.lengths = [len(c) for c in cdfs]  # for the encoder
+        self.decode_lengths = [len(c) + 1 for c in cdfs]
         self.offsets = [0] * len(cdfs)
+        self.alphabets = np.array([len(c) - 2 for c in cdfs])  # symbols per table, escape excluded
+        width = max(len(c) for c in cdfs)
+        self._cdf = np.full((len(cdfs), width), TOTAL, dtype=np.int64)  # for frequency look-ups
+        for i, c in enumerate(cdfs):
+            self._cdf[i, : len(c)] = c
 
     @classmethod
     def from_blocks(cls, blocks: list[np.ndarray]) -> "TableSet":
         """Blocks of CDFs (M_k, L_k + 2) -> one table set, tables numbered block after block."""
         return cls([row for block in blocks for row in block])
+
+    def frequencies(self, indexes: np.ndarray, symbols: np.ndarray) -> np.ndarray:
+        return self._cdf[indexes, symbols + 1] - self._cdf[indexes, symbols]
 
 
 class Encoder:
@@ -93,11 +109,62 @@ class Encoder:
         return self._enc.flush()
 
 
+# compressai's decoder (ryg's rans64) reads the stream without bounds checks: a crafted payload could make it
+# read past its buffer. What bounds the reads: the state starts in [2**31, 2**63) (checked) and then never leaves
+# [2**31, 2**64); each 4-byte read adds at least 32 bits to log2(state), and each decoded symbol of frequency f
+# removes at most 16 - log2(f) + SLACK_BITS bits (SLACK_BITS: the rounding of the state update, the state being
+# >= 2**31 and the frequencies < 2**16; a read adds at most 32 + SLACK_BITS). So
+#     32 * reads < 64 - 31 + (bits of the decoded symbols) + SLACK_BITS * (number of symbols),
+# and a symbol costs at most 16 bits. ``Decoder`` decodes in chunks of CHUNK symbols from a zero-padded copy of
+# the payload and, before each chunk, checks that even 16 bits per symbol cannot take the reads past the padding.
+SLACK_BITS = -math.log2(1 - 2.0**-15)
+CHUNK = 1 << 16
+
+
+def max_bytes_read(bits: float, symbols: int) -> int:
+    """The most bytes the decoder can have read after popping ``symbols`` symbols worth ``bits`` bits in all."""
+    return 8 + 4 * math.floor((33 + bits + symbols * SLACK_BITS) / 32)
+
+
+def min_symbol_bits(alphabet: int) -> float:
+    """The fewest bits a symbol of this alphabet can cost in ``quantized_cdfs`` tables (the most probable one
+    gets at most 2**16 - alphabet), less the rounding slack: no payload codes a symbol in fewer."""
+    return max(0.0, -math.log2(1 - alphabet / TOTAL) - SLACK_BITS)
+
+
 class Decoder:
-    def __init__(self, payload: bytes):
+    """Pops symbols from one rANS payload, never reading outside it.
+
+    Args:
+        payload: an encoder's flushed bytes.
+        num_symbols: how many symbols will be decoded in all (sizes the padding that legal streams may need).
+    """
+
+    def __init__(self, payload: bytes, num_symbols: int):
+        if len(payload) < 8 or len(payload) % 4:
+            raise ValueError(f"a rANS payload is a whole number of 4-byte words, at least 2; got {len(payload)} bytes")
+        if not 1 << 31 <= int.from_bytes(payload[:8], "little") < 1 << 63:
+            raise ValueError("the payload does not start with a valid rANS state")
+        # A legal stream's reads never pass its end, but the bound above, evaluated as a legal stream is decoded,
+        # can exceed its end by up to 9 bytes plus SLACK_BITS / 8 per symbol and per word; a chunk adds 2 bytes
+        # per symbol to it.
+        pad = 2 * CHUNK + 64 + math.ceil((num_symbols + len(payload)) * SLACK_BITS / 2)
+        self._size = len(payload) + pad
         self._dec = RansDecoder()
-        self._dec.set_stream(payload)
+        self._dec.set_stream(payload + bytes(pad))
+        self._bits, self._symbols = 0.0, 0
 
     def decode(self, indexes: np.ndarray, tables: TableSet) -> np.ndarray:
-        return np.asarray(self._dec.decode_stream(indexes.astype(np.int32).tolist(), tables.cdfs, tables.lengths,
-                                                  tables.offsets), dtype=np.int64)
+        out = []
+        for start in range(0, len(indexes), CHUNK):
+            idx = indexes[start : start + CHUNK].astype(np.int64)
+            if max_bytes_read(self._bits + 16 * len(idx), self._symbols + len(idx)) > self._size:
+                raise ValueError("the stream ends before the symbols its header promises")
+            symbols = np.asarray(self._dec.decode_stream(idx.astype(np.int32).tolist(), tables.cdfs,
+                                                         tables.decode_lengths, tables.offsets), dtype=np.int64)
+            if (symbols >= tables.alphabets[idx]).any():
+                raise ValueError("the stream holds an escape symbol, which no encoder here writes")
+            self._bits += float(np.sum(PRECISION - np.log2(tables.frequencies(idx, symbols))))
+            self._symbols += len(idx)
+            out.append(symbols)
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)

@@ -60,6 +60,10 @@ class Prior(nn.Module):
             h.update(v.detach().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()[:16]
 
+    def frame_alphabets(self) -> list[int]:
+        """The alphabet sizes of the symbols that code one frame (here: one per digit of each token)."""
+        return self.radices * self.num_tokens
+
     def check_tokens(self, tokens: Tensor) -> None:
         if tokens.ndim != 2 or tokens.shape[1] != self.num_tokens:
             raise ValueError(f"tokens must be (T, {self.num_tokens}), got {tuple(tokens.shape)}")
@@ -91,6 +95,9 @@ class StaticPrior(Prior):
         self.probs.copy_(probs.float())
         self._tables = None
         return self
+
+    def frame_alphabets(self) -> list[int]:
+        return [self.codebook_size] * self.num_tokens  # whole tokens, not digits
 
     def bits(self, tokens: Tensor) -> Tensor:
         """tokens (T, N) -> ideal bits per frame (T,)."""

@@ -19,21 +19,26 @@ A segment is a 44-byte header followed by one rANS payload (little-endian)::
 
 The payload CRC catches corruption before decoding; the token CRC catches the one failure a CRC over the payload
 cannot: a prior that evaluates to different probabilities on the decoding machine.
+
+A CRC is no defence against crafted bytes, so every header field is also checked against the payload before any
+decoding: zero frames if and only if no payload, a stored payload of exactly ``frames`` packed frames, and a rANS
+payload of whole 4-byte words that can hold ``frames`` frames at all (every coded symbol costs a minimum number of
+bits). ``coding.Decoder`` then keeps the rANS coder inside the payload, and decoded tokens are range-checked.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 import zlib
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from compressor.entropy.coding import Decoder, Encoder
+from compressor.entropy.coding import SLACK_BITS, Decoder, Encoder, min_symbol_bits
 from compressor.entropy.priors import KINDS, PRIORS, Prior
-from compressor.packing import pack, unpack
+from compressor.packing import pack, tokens_crc32, unpack
 from compressor.quantizers import token_bits
 
 MAGIC = b"CTOK"
@@ -53,10 +58,6 @@ class PriorMismatchError(StreamError):
     """The segment was coded for another compressor model or with another prior."""
 
 
-def _crc_tokens(tokens: Tensor) -> int:
-    return zlib.crc32(np.ascontiguousarray(tokens.numpy().astype(np.uint16)).tobytes())
-
-
 def encode_segment(tokens: Tensor, prior: Prior) -> bytes:
     """tokens int (T, N) -> header + rANS payload."""
     tokens = torch.as_tensor(tokens).long().cpu()
@@ -72,7 +73,7 @@ def encode_segment(tokens: Tensor, prior: Prior) -> bytes:
         payload, coder = stored, CODER_STORED
     head = _HEADER.pack(MAGIC, FORMAT_VERSION, KINDS.index(prior.kind) + 1, coder, 0,
                         bytes.fromhex(prior.model_id.ljust(16, "0")[:16]), bytes.fromhex(prior.prior_id()),
-                        len(tokens), prior.num_tokens, 0, len(payload), _crc_tokens(tokens), 0)
+                        len(tokens), prior.num_tokens, 0, len(payload), tokens_crc32(tokens), 0)
     crc = zlib.crc32(payload, zlib.crc32(head[: HEADER_BYTES - 4]))
     return head[: HEADER_BYTES - 4] + struct.pack("<I", crc) + payload
 
@@ -93,12 +94,34 @@ def read_header(data: bytes) -> dict:
         raise StreamError(f"segment is {len(data)} bytes; its header says {HEADER_BYTES + length}")
     if zlib.crc32(data[HEADER_BYTES:], zlib.crc32(data[: HEADER_BYTES - 4])) != crc:
         raise StreamError("corrupt segment: CRC mismatch")
+    if tokens == 0:
+        raise StreamError("header says 0 tokens per frame")
+    if (frames == 0) != (length == 0) or (frames == 0 and token_crc != zlib.crc32(b"")):
+        raise StreamError(f"header says {frames} frames with {length} payload bytes and token CRC {token_crc:#x}: "
+                          "a segment has frames exactly when it has a payload")
+    if coder == CODER_COMPRESSAI_RANS16 and length and (length < 8 or length % 4):
+        raise StreamError(f"a rANS payload is a whole number of 4-byte words, at least 2; header says {length} bytes")
     return {"prior": KINDS[kind - 1], "stored": coder == CODER_STORED, "model_id": model_id.hex(), "prior_id": prior_id.hex(), "num_frames": frames,
             "num_tokens": tokens, "token_crc": token_crc, "payload_bytes": length}
 
 
-def decode_segment(data: bytes, prior: Prior) -> Tensor:
-    """header + payload -> tokens int64 (T, N), or ``StreamError``; never tokens other than those encoded."""
+def max_frames(prior: Prior, payload_bytes: int) -> int | None:
+    """The most frames a rANS payload of this size can hold under this prior (None: no bound).
+
+    Decoding a legal payload of W words after the 8-byte state moves the coder's state from below 2**63 to at
+    least 2**31 while reading W words of at most 32 + SLACK_BITS bits each, so its symbols cost at most
+    32 + (32 + SLACK_BITS) * W bits in all; each frame's symbols cost at least ``min_symbol_bits`` each.
+    """
+    frame_bits = sum(min_symbol_bits(a) for a in prior.frame_alphabets())
+    words = (payload_bytes - 8) / 4
+    return math.floor((32 + (32 + SLACK_BITS) * words) / frame_bits) if frame_bits > 0 else None
+
+
+def decode_segment(data: bytes, prior: Prior, num_frames: int | None = None) -> Tensor:
+    """header + payload -> tokens int64 (T, N), or ``StreamError``; never tokens other than those encoded.
+
+    ``num_frames``, when known (a sample's metadata), must match the header: a mismatch is refused before decoding.
+    """
     head = read_header(data)
     if head["model_id"] != prior.model_id.ljust(16, "0")[:16]:
         raise PriorMismatchError(f"segment was coded for compressor model {head['model_id']}; the prior belongs to "
@@ -108,18 +131,30 @@ def decode_segment(data: bytes, prior: Prior) -> Tensor:
                           f"prior {prior.prior_id()}")
     if head["num_tokens"] != prior.num_tokens:
         raise PriorMismatchError(f"segment has {head['num_tokens']} tokens per frame; the prior {prior.num_tokens}")
-    if head["num_frames"] == 0:
+    frames, payload = head["num_frames"], data[HEADER_BYTES:]
+    if num_frames is not None and frames != num_frames:
+        raise StreamError(f"segment holds {frames} frames; its metadata says {num_frames}")
+    if frames == 0:
         return torch.zeros(0, prior.num_tokens, dtype=torch.long)
+    bits = token_bits(prior.codebook_size)
+    if head["stored"] and len(payload) != frames * -(-prior.num_tokens * bits // 8):
+        raise StreamError(f"a stored payload of {frames} frames is {frames * -(-prior.num_tokens * bits // 8)} "
+                          f"bytes; this one is {len(payload)}")
+    limit = None if head["stored"] else max_frames(prior, len(payload))
+    if limit is not None and frames > limit:
+        raise StreamError(f"header says {frames} frames; a {len(payload)}-byte payload holds at most {limit}")
     try:
         if head["stored"]:
-            tokens = unpack(data[HEADER_BYTES:], head["num_frames"], prior.num_tokens, token_bits(prior.codebook_size))
+            tokens = unpack(payload, frames, prior.num_tokens, bits)
         else:
-            tokens = prior.decode(Decoder(data[HEADER_BYTES:]), head["num_frames"])
-    except (RuntimeError, ValueError, IndexError) as e:
+            tokens = prior.decode(Decoder(payload, frames * len(prior.frame_alphabets())), frames)
+        prior.check_tokens(tokens)
+    except (RuntimeError, ValueError, IndexError, MemoryError) as e:
         raise StreamError(f"segment does not decode with this prior ({type(e).__name__}: {e})") from e
-    if _crc_tokens(tokens) != head["token_crc"]:
-        raise StreamError("decoded tokens fail their checksum: the prior evaluated to different probabilities "
-                          "here than where the segment was encoded (different torch build, CPU kernels or device)")
+    if tokens_crc32(tokens) != head["token_crc"]:
+        raise StreamError("decoded tokens fail their checksum: the segment is damaged, or the prior evaluated to "
+                          "different probabilities here than where the segment was encoded (different torch build, "
+                          "CPU kernels or device)")
     return tokens
 
 
