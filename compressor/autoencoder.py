@@ -80,8 +80,9 @@ class Autoencoder(nn.Module):
 
     @torch.no_grad()
     def decode(self, tokens: Tensor) -> Tensor:
-        """tokens: integer (B, num_tokens) in [0, codebook_size) -> frames: uint8 (B, 3, H, W)."""
-        self._check_tokens(tokens)
+        """tokens: integer (B, num_tokens) in [0, codebook_size), any integer dtype (``tokens.npy`` holds uint16)
+        -> frames: uint8 (B, 3, H, W)."""
+        tokens = self._check_tokens(tokens)
         codes = self.quantizer.tokens_to_codes(tokens.to(self.pre_quant.weight.device))
         recon = self.decoder(self.post_quant(codes), self.grid)
         return ((recon.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
@@ -98,17 +99,20 @@ class Autoencoder(nn.Module):
                 "run compressor.preprocess on each decoded frame first"
             )
 
-    def _check_tokens(self, tokens: Tensor) -> None:
+    def _check_tokens(self, tokens: Tensor) -> Tensor:
+        """Checked tokens as int64: torch has no min/max or indexing kernels for uint16 or uint32."""
         if not isinstance(tokens, Tensor):
             raise ValueError(f"tokens must be a torch.Tensor, got {type(tokens).__name__}")
         if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
             raise ValueError(f"tokens must be an integer tensor, got dtype {tokens.dtype}")
         if tokens.ndim != 2 or tokens.shape[1] != self.num_tokens:
             raise ValueError(f"tokens must have shape (B, {self.num_tokens}), got {tuple(tokens.shape)}")
+        tokens = tokens.long()  # uint64 values of 2**63 or more turn negative: refused below
         if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.codebook_size):
             raise ValueError(
                 f"tokens must lie in [0, {self.codebook_size}), got range [{int(tokens.min())}, {int(tokens.max())}]"
             )
+        return tokens
 
     # ---- checkpoints --------------------------------------------------------------------------------------
     def export_dict(self) -> dict:
@@ -129,25 +133,58 @@ class Autoencoder(nn.Module):
 
     @classmethod
     def from_export(cls, export: dict, **overrides) -> "Autoencoder":
-        if export.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"not a compressor checkpoint (format {export.get('format')!r})")
-        config = dict(export["config"])
-        parts = {name: _build(config.pop(name)) for name in ("encoder", "quantizer", "decoder")}
-        config.update(overrides)
-        model = cls(**parts, image_size=tuple(config["image_size"]), max_bytes_per_frame=config["max_bytes_per_frame"])
-        model.load_state_dict(export["state_dict"])
+        if not isinstance(export, dict) or export.get("format") != CHECKPOINT_FORMAT:
+            fmt = export.get("format") if isinstance(export, dict) else type(export).__name__
+            raise ValueError(f"not a compressor checkpoint (format {fmt!r})")
+        config, state = export.get("config"), export.get("state_dict")
+        if not (isinstance(config, dict) and isinstance(state, dict)
+                and all(isinstance(v, Tensor) for v in state.values())):
+            raise ValueError("not a compressor checkpoint (no config and state dict of tensors)")
+        # Shapes first, on the meta device: a damaged or hostile config (a 2 KB file asking for a 100 GB decoder)
+        # allocates nothing before it is compared with the weights the file actually holds.
+        with torch.device("meta"):
+            skeleton = cls._from_config(config, overrides)
+        expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+        found = {k: tuple(v.shape) for k, v in state.items()}
+        if expected != found:
+            wrong = sorted(set(expected) ^ set(found)) or [k for k in expected if expected[k] != found[k]]
+            raise ValueError(f"not a compressor checkpoint: its weights do not match its config ({len(wrong)} "
+                             f"tensors differ; {wrong[0]}: {expected.get(wrong[0])} in the model, "
+                             f"{found.get(wrong[0])} in the file)")
+        model = cls._from_config(config, overrides)
+        model.load_state_dict(state)
         return model.eval()
+
+    @classmethod
+    def _from_config(cls, config: dict, overrides: dict) -> "Autoencoder":
+        config = {**config, **overrides}
+        try:
+            parts = {name: _build(config[name]) for name in ("encoder", "quantizer", "decoder")}
+            return cls(**parts, image_size=tuple(config["image_size"]),
+                       max_bytes_per_frame=config["max_bytes_per_frame"])
+        except (KeyError, TypeError, AttributeError) as e:  # ValueErrors (budget, foreign class) say why already
+            raise ValueError(f"not a compressor checkpoint: its config does not build a model "
+                             f"({type(e).__name__}: {e})") from e
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu", **overrides) -> Autoencoder:
     """Load a model from an exported ``.pt`` or a Lightning ``.ckpt`` written by ``train.py``.
 
     Loading is weights-only (``torch.load(weights_only=True)``): no pickled code runs. Overrides such as
-    ``image_size=(256, 512), max_bytes_per_frame=896`` run the same weights on another token grid.
+    ``image_size=(256, 512), max_bytes_per_frame=896`` run the same weights on another token grid. Any other file
+    raises ``ValueError`` ("not a compressor checkpoint"); a missing one ``FileNotFoundError``.
     """
-    blob = torch.load(path, map_location=map_location, weights_only=True)
-    if "compressor" in blob:  # a Lightning checkpoint carries the EMA export under this key
-        blob = blob["compressor"]
+    try:
+        blob = torch.load(path, map_location=map_location, weights_only=True)
+    except OSError:
+        raise  # missing or unreadable: that error is already clear
+    except Exception as e:  # torch raises UnpicklingError, EOFError, RuntimeError, ... for anything else
+        # Not torch's text: it suggests weights_only=False, which would run whatever code the file holds.
+        raise ValueError(f"{path} is not a compressor checkpoint: it does not load as weights-only torch data "
+                         f"({type(e).__name__}); compressor.load reads what Autoencoder.save and train.py "
+                         "write") from None
+    if isinstance(blob, dict) and isinstance(blob.get("compressor"), dict):
+        blob = blob["compressor"]  # a Lightning checkpoint carries the EMA export under this key
     return Autoencoder.from_export(blob, **overrides)
 
 
@@ -155,7 +192,10 @@ def _build(spec: dict) -> nn.Module:
     module_name, _, class_name = spec["class_path"].rpartition(".")
     if module_name not in _BUILDABLE_MODULES:
         raise ValueError(f"refusing to build {spec['class_path']!r}: not a compressor module")
-    return getattr(importlib.import_module(module_name), class_name)(**spec["init_args"])
+    cls = getattr(importlib.import_module(module_name), class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):  # not any callable those modules import
+        raise ValueError(f"refusing to build {spec['class_path']!r}: not a module class")
+    return cls(**spec["init_args"])
 
 
 def _plain(value):
