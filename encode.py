@@ -15,7 +15,7 @@ import torch
 
 from compressor.autoencoder import load
 from compressor.entropy.stream import load_prior
-from compressor.pipeline import encode_videos, find_videos, model_id, write_merged_manifest
+from compressor.pipeline import check_writable, encode_videos, find_videos, model_id, write_merged_manifest
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -63,6 +63,10 @@ def main(argv=None) -> int:
     try:
         find_videos(args.input)
     except FileNotFoundError as e:
+        sys.exit(f"error: {e}")
+    try:
+        check_writable(args.output)
+    except PermissionError as e:
         sys.exit(f"error: {e}")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if device == "cuda" and world > 1:

@@ -1,116 +1,25 @@
 """Token latents for world models: ``LatentDataset`` streams fixed-length windows of frame tokens.
 
 It reads the shards that ``encode.py`` writes (``tokens.npy`` uint16 (T, 128) + ``json`` per video segment) and
-the public commaVQ token release (``*.npy`` int16 (1200, 8, 16), one file per segment).
+the public commaVQ token release (``*.npy`` int16 (1200, 8, 16), one file per segment), verified as
+``compressor.latent_shards`` describes.
 """
 
 from __future__ import annotations
 
-import glob
-import io
-import json
 import os
 import random
-import tarfile
 import warnings
 from collections.abc import Iterator, Sequence
 
-import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from compressor.entropy.stream import PriorMismatchError, decode_segment, load_prior
-
-
-class DamagedShardError(RuntimeError):
-    """A latent shard could not be read completely."""
-
-
-def expand_urls(shards: str | Sequence[str]) -> list[str]:
-    """A directory, glob, brace pattern, ``pipe:``/``http`` URL or list of those -> a sorted list of URLs."""
-    import braceexpand
-
-    items = [shards] if isinstance(shards, (str, os.PathLike)) else list(shards)
-    urls: list[str] = []
-    for item in map(str, items):
-        for url in braceexpand.braceexpand(item):
-            if ":" in url.split("/")[0] and not os.path.exists(url):  # pipe:, http:, s3: ... pass through
-                urls.append(url)
-            elif os.path.isdir(url):
-                urls += sorted(glob.glob(os.path.join(url, "*.tar")) + glob.glob(os.path.join(url, "*.npy")))
-            elif any(c in url for c in "*?["):
-                urls += sorted(glob.glob(url))
-            elif os.path.exists(url):
-                urls.append(url)
-            else:
-                raise FileNotFoundError(f"no such latent shard: {url}")
-    if not urls:
-        raise FileNotFoundError(f"no latent shards (*.tar, commaVQ *.npy) found in {shards!r}")
-    return urls
-
-
-class MissingPriorError(ValueError):
-    """A sample holds only entropy-coded tokens and no prior was given to decode them."""
-
-
-def read_segments(url: str, prior=None) -> Iterator[dict]:
-    """Yield ``{"tokens": int64 (T, N), "meta": dict}`` for every segment in a shard or commaVQ file.
-
-    A sample holds plain tokens (``tokens.npy``), an entropy-coded segment (``tokens.ctok``) or both. With a
-    ``prior`` the coded form is decoded (and checked by its CRCs); without one the plain form is read.
-    """
-    if url.endswith(".npy") and not url.startswith("pipe:"):
-        yield _commavq_segment(url)
-        return
-    try:
-        if url.startswith("pipe:"):
-            import webdataset as wds
-
-            stream = wds.gopen(url)
-        else:
-            stream = open(url, "rb")
-        with stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
-            key, entry = None, {}
-            for member in tar:  # a sample's files are contiguous in the tar
-                if not member.isfile():
-                    continue
-                name, _, ext = member.name.partition(".")
-                if name != key and entry:
-                    yield _sample(url, key, entry, prior)
-                    entry = {}
-                key = name
-                entry[ext] = tar.extractfile(member).read()
-            if entry:
-                yield _sample(url, key, entry, prior)
-    except (tarfile.TarError, EOFError, ValueError, OSError) as e:
-        if isinstance(e, (MissingPriorError, PriorMismatchError)):
-            raise  # a wrong setting, not a damaged shard
-        raise DamagedShardError(f"{url}: damaged latent shard ({type(e).__name__}: {e})") from e
-
-
-def _sample(url: str, key: str, entry: dict, prior) -> dict:
-    if "json" not in entry or not ("tokens.npy" in entry or "tokens.ctok" in entry):
-        raise DamagedShardError(f"{url}: incomplete sample {key} (has {sorted(entry)})")
-    meta = json.loads(entry["json"])
-    if "tokens.ctok" in entry and (prior is not None or "tokens.npy" not in entry):
-        if prior is None:
-            raise MissingPriorError(f"{url}: sample {key} holds only entropy-coded tokens; pass the prior file that "
-                                    "coded them (LatentDataset(..., prior=...))")
-        return {"tokens": decode_segment(entry["tokens.ctok"], prior), "meta": meta}
-    tokens = np.load(io.BytesIO(entry["tokens.npy"]))
-    return {"tokens": torch.from_numpy(tokens.astype(np.int64)), "meta": meta}
-
-
-def _commavq_segment(path: str) -> dict:
-    try:
-        tokens = np.load(path)
-    except (ValueError, OSError, EOFError) as e:
-        raise DamagedShardError(f"{path}: damaged commaVQ token file ({e})") from e
-    if tokens.ndim != 3 or tokens.shape[1:] != (8, 16):
-        raise DamagedShardError(f"{path}: expected commaVQ tokens shaped (T, 8, 16), got {tokens.shape}")
-    meta = {"source": os.path.basename(path), "segment": 0, "first_frame": 0, "fps": 20.0,
-            "codebook_size": 1024, "token_layout": "8x16 row-major", "format": "commavq"}
-    return {"tokens": torch.from_numpy(tokens.reshape(len(tokens), -1).astype(np.int64)), "meta": meta}
+from compressor.entropy.priors import Prior
+from compressor.entropy.stream import load_prior
+# The errors and readers are part of this module's API too.
+from compressor.latent_shards import (DamagedShardError, MissingPriorError, check_against_manifests,  # noqa: F401
+                                      expand_urls, read_segments)
 
 
 class LatentDataset(IterableDataset):
@@ -129,24 +38,42 @@ class LatentDataset(IterableDataset):
         shuffle: shuffle segment order (seeded, per epoch) and windows (within a buffer).
         seed: base seed of the shuffles.
         epoch_length: if set, each consumer yields at most this many windows per epoch.
-        skip_damaged: warn about and count damaged shards instead of raising.
+        skip_damaged: warn about, count and skip damaged samples and shards (``damaged``, ``skipped_samples``)
+            instead of raising ``DamagedShardError``. Counts are per process: DataLoader workers keep their own.
         buffer_size: windows held for shuffling.
         prior: a prior file (or ``Prior``) to decode entropy-coded samples (``tokens.ctok``) with; without it,
             samples are read from their plain ``tokens.npy``.
+
+    Where a ``manifest.json`` lies beside the shards (encode.py's output), it is the truth: each shard is checked
+    against its sha256, size and sample count, a shard it does not list is refused, and for a directory given,
+    so is one it lists that is missing.
     """
 
     def __init__(self, shards: str | Sequence[str], seq_len: int = 16, stride: int = 1, shuffle: bool = False,
                  seed: int = 0, epoch_length: int | None = None, skip_damaged: bool = False, buffer_size: int = 1000,
-                 prior=None):
+                 prior: str | os.PathLike | Prior | None = None):
         super().__init__()
         if seq_len < 1 or stride < 1:
             raise ValueError(f"seq_len and stride must be >= 1, got {seq_len}, {stride}")
-        self.urls = expand_urls(shards)
         self.seq_len, self.stride, self.shuffle, self.seed = seq_len, stride, shuffle, seed
         self.epoch_length, self.skip_damaged, self.buffer_size = epoch_length, skip_damaged, buffer_size
         self.epoch = 0
-        self.damaged: list[str] = []
+        self.damaged: list[str] = []  # shards found damaged, in whole or in part
+        self.skipped_samples = 0
         self.prior = load_prior(prior) if isinstance(prior, (str, os.PathLike)) else prior
+        urls = expand_urls(shards)
+        self.expected, problems = check_against_manifests(shards, urls)
+        for url, problem in problems:
+            self._damaged(url, problem)
+        self.urls = [url for url in urls if url not in self.damaged]
+
+    def _damaged(self, url: str, error: DamagedShardError) -> None:
+        """Raise, or (skip_damaged) warn and count."""
+        if not self.skip_damaged:
+            raise error
+        if url not in self.damaged:
+            self.damaged.append(url)
+        warnings.warn(f"skipping damaged data ({len(self.damaged)} shards so far): {error}", stacklevel=3)
 
     def set_epoch(self, epoch: int) -> None:
         """Call before each epoch (in the main process) to get a new shuffle."""
@@ -167,16 +94,19 @@ class LatentDataset(IterableDataset):
         me, consumers = self._consumer()
         index = 0
         for url in urls:
+
+            def skip_sample(error: DamagedShardError, url: str = url) -> None:
+                self.skipped_samples += 1
+                self._damaged(url, error)
+
             try:
-                for segment in read_segments(url, prior=self.prior):
+                for segment in read_segments(url, prior=self.prior, expected=self.expected.get(url),
+                                             on_damaged=skip_sample if self.skip_damaged else None):
                     if index % consumers == me:
                         yield segment
                     index += 1
             except DamagedShardError as e:
-                if not self.skip_damaged:
-                    raise
-                self.damaged.append(url)
-                warnings.warn(f"skipping damaged shard ({len(self.damaged)} so far): {e}", stacklevel=2)
+                self._damaged(url, e)
 
     def _windows(self) -> Iterator[dict]:
         for segment in self._segments():

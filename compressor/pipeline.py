@@ -4,8 +4,10 @@ Decoding runs in DataLoader worker processes (one video per worker at a time) an
 main process. Each sample is one segment of one video: ``tokens.npy`` uint16 (T, N) and ``json`` metadata.
 
 Resumability: a shard holds whole videos only, is written under a temporary name and renamed when complete, and
-only then are its videos marked done in this rank's manifest (also replaced atomically). After a kill, a re-run
-discards the partial shard and redoes exactly the videos that were in it.
+only then are it and its videos recorded in this rank's manifest (also replaced atomically). The manifests are
+the single truth: after a kill at any point, a re-run deletes this rank's partial shard and any finished shard
+they do not record (a kill between rename and manifest write), and redoes exactly the videos that were in them,
+so the result is byte for byte that of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import av
@@ -29,7 +32,13 @@ from tqdm import tqdm
 from compressor.autoencoder import Autoencoder
 from compressor.entropy.priors import Prior
 from compressor.entropy.stream import encode_segment
-from compressor.video import list_videos, preprocess
+from compressor.latent_shards import make_sample, read_manifest, sample_key
+from compressor.video import crop_box, list_videos, preprocess
+
+
+# The write sequence of a shard, in order. ``encode_videos(step_hook=...)`` is called after each step, so tests can
+# stop the job at any of them the way a kill would.
+WRITE_STEPS = ("sample_written", "shard_closed", "shard_renamed", "manifest_written")
 
 
 def find_videos(inputs: list[str]) -> tuple[list[str], str]:
@@ -55,6 +64,25 @@ def model_id(model: Autoencoder) -> str:
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def check_writable(output: str) -> None:
+    """Create ``output`` if needed and write a file there: an unwritable output fails before any work, clearly."""
+    try:
+        os.makedirs(output, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise PermissionError(f"output directory {output} is not writable ({type(e).__name__}: {e})") from e
+
+
+def check_unique_keys(sources: list[str]) -> None:
+    """Sample keys of distinct sources must differ; a hash collision is refused rather than losing a video."""
+    owners: dict[str, str] = {}
+    for source in sources:
+        key = sample_key(source, 0)
+        if owners.setdefault(key, source) != source:
+            raise ValueError(f"{owners[key]} and {source} would share sample key {key}; rename one of them")
 
 
 @dataclass
@@ -102,6 +130,13 @@ class DecodedChunks(IterableDataset):
                             {"status": "failed", "reason": "no video stream", "frames": 0})
                 return
             stream = container.streams.video[0]
+            try:
+                if stream.width and stream.height:
+                    crop_box(stream.height, stream.width, self.image_size)
+            except ValueError as e:  # e.g. 1 pixel wide: no window of the model's aspect ratio fits
+                yield Chunk(v, 0, torch.empty(0, 3, *self.image_size, dtype=torch.uint8), [], [], True, True,
+                            {"status": "failed", "reason": str(e), "frames": 0})
+                return
             src_fps = float(stream.average_rate or stream.guessed_rate or 25)
             out_fps = self.fps or src_fps
             seg_len = max(1, round(self.segment_seconds * out_fps))
@@ -137,8 +172,8 @@ class DecodedChunks(IterableDataset):
                 status["container_frames"] = expected
                 if status["status"] == "ok" and kept < 0.9 * expected:
                     status.update(status="truncated", reason=f"decoded {kept} of {expected} frames")
-            if kept == 0 and status["status"] == "ok":
-                status.update(status="failed", reason="no frames decoded")
+            if kept == 0:  # nothing to keep: failed, with the decoder's reason if it gave one
+                status.update(status="failed", reason=status["reason"] or "no frames decoded")
         empty = torch.empty(0, 3, *self.image_size, dtype=torch.uint8)
         yield Chunk(v, segment, torch.stack(frames) if frames else empty, indices, times, True, True, status)
 
@@ -163,25 +198,30 @@ class ShardWriter:
 
     def write(self, sample: dict) -> None:
         if self.tar is None:
-            self.tar = wds.TarWriter(os.path.join(self.output, self.name + ".tmp"))
+            # A fixed mtime: the same videos and model give byte-identical shards, so a resumed job can be
+            # checked against a clean one.
+            self.tar = wds.TarWriter(os.path.join(self.output, self.name + ".tmp"), mtime=0)
         self.tar.write(sample)
         self.samples += 1
 
     def full(self) -> bool:
         return self.samples >= self.maxcount
 
-    def close(self) -> str | None:
-        """Finish the current shard; returns its name and sha256 (None if empty)."""
+    def close(self, step: Callable[[str], None]) -> tuple[str, dict] | None:
+        """Finish the current shard; returns its name and manifest entry (None if empty)."""
         if self.tar is None:
             return None
         self.tar.close()
+        step("shard_closed")
         tmp = os.path.join(self.output, self.name + ".tmp")
         final = os.path.join(self.output, self.name)
         os.replace(tmp, final)
+        step("shard_renamed")
+        entry = {"sha256": sha256_file(final), "bytes": os.path.getsize(final), "samples": self.samples}
         name = self.name
         self.tar, self.samples = None, 0
         self.index += self.world_size
-        return name
+        return name, entry
 
 
 def sha256_file(path: str) -> str:
@@ -201,13 +241,7 @@ def _write_json(path: str, obj) -> None:
 
 def load_manifests(output: str) -> dict:
     """Merge ``manifest.json`` and every rank's partial manifest into {"videos": {...}, "shards": {...}}."""
-    merged = {"videos": {}, "shards": {}}
-    for path in [os.path.join(output, "manifest.json"), *sorted(glob.glob(os.path.join(output, "manifest.rank-*.json")))]:
-        if os.path.exists(path):
-            with open(path) as f:
-                part = json.load(f)
-            merged["videos"].update(part.get("videos", {}))
-            merged["shards"].update(part.get("shards", {}))
+    merged = read_manifest(output) or {"videos": {}, "shards": {}}
     # A shard listed but missing on disk (e.g. deleted by hand) makes its videos pending again.
     for rel, entry in list(merged["videos"].items()):
         if entry.get("shard") and not os.path.exists(os.path.join(output, entry["shard"])):
@@ -215,22 +249,32 @@ def load_manifests(output: str) -> dict:
     return merged
 
 
+def remove_unrecorded(output: str, rank: int, world_size: int, recorded: dict) -> None:
+    """Delete this rank's shards that no manifest records: partial ones (``.tmp``) and finished ones that a kill
+    between rename and manifest write left behind. Their videos are not marked done, so they are redone."""
+    for path in glob.glob(os.path.join(output, "latents-*.tar*")):
+        name = os.path.basename(path)
+        if int(name[8:14]) % world_size == rank and (name.endswith(".tmp") or name not in recorded):
+            os.remove(path)
+
+
 def encode_videos(model: Autoencoder, inputs: list[str], output: str, *, segment_seconds: float = 60.0,
                   fps: float | None = None, batch_size: int = 32, num_workers: int = 2, maxcount: int = 64,
                   rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu",
-                  progress: bool = True, prior: Prior | None = None) -> dict:
+                  progress: bool = True, prior: Prior | None = None,
+                  step_hook: Callable[[str], None] | None = None) -> dict:
     """Encode every video under ``inputs`` into ``output``; returns this rank's summary.
 
     With a ``prior``, each sample also carries its segment entropy-coded (``tokens.ctok``, see
     ``compressor.entropy``).
     """
     videos, root = find_videos(inputs)
-    os.makedirs(output, exist_ok=True)
-    for stale in glob.glob(os.path.join(output, "*.tar.tmp")):
-        if int(os.path.basename(stale)[8:14]) % world_size == rank:
-            os.remove(stale)  # a partial shard from a killed run: its videos are not marked done, so redo them
-    done = load_manifests(output)["videos"]
     rel = lambda p: os.path.relpath(p, root)  # noqa: E731
+    check_unique_keys([rel(p) for p in videos])
+    check_writable(output)
+    recorded = load_manifests(output)
+    remove_unrecorded(output, rank, world_size, recorded["shards"])
+    done = recorded["videos"]
     mine = [p for i, p in enumerate(videos) if i % world_size == rank and rel(p) not in done]
     manifest_path = os.path.join(output, f"manifest.rank-{rank}.json")
     manifest = {"videos": {}, "shards": {}}
@@ -259,14 +303,18 @@ def encode_videos(model: Autoencoder, inputs: list[str], output: str, *, segment
     bar = tqdm(total=len(mine), unit="video", desc=f"encode[rank {rank}]", disable=not progress, file=sys.stderr)
     use_bf16 = torch.device(device).type == "cuda"
 
+    step = step_hook or (lambda name: None)
+
     def flush_shard():
-        name = writer.close()
-        if name:
-            manifest["shards"][name] = {"sha256": sha256_file(os.path.join(output, name))}
+        closed = writer.close(step)
+        name = closed[0] if closed else None
+        if closed:
+            manifest["shards"][name] = closed[1]
         for p in pending:
             manifest["videos"][rel(p)]["shard"] = name
         pending.clear()
         _write_json(manifest_path, manifest)
+        step("manifest_written")
 
     for chunk in loader:
         path = mine[chunk.video]
@@ -282,22 +330,20 @@ def encode_videos(model: Autoencoder, inputs: list[str], output: str, *, segment
         if chunk.last_in_segment and seg_tokens.get(chunk.video):
             meta = seg_meta.pop(chunk.video)
             tokens = np.concatenate(seg_tokens.pop(chunk.video))
-            key = f"{rel(path)}/{chunk.segment:04d}".replace(".", "_").replace("/", "__")
-            sample = {"__key__": key, "tokens.npy": tokens}
-            coded = {}
+            ctok, coded = None, {}
             if prior is not None:
-                sample["tokens.ctok"] = encode_segment(torch.from_numpy(tokens.astype(np.int64)), prior)
-                coded = {"entropy_coded": {"prior": prior.kind, "prior_id": prior.prior_id(),
-                                           "bytes": len(sample["tokens.ctok"])}}
-            video_samples.setdefault(chunk.video, []).append({**sample, "json": json.dumps({
+                ctok = encode_segment(torch.from_numpy(tokens.astype(np.int64)), prior)
+                coded = {"entropy_coded": {"prior": prior.kind, "prior_id": prior.prior_id(), "bytes": len(ctok)}}
+            video_samples.setdefault(chunk.video, []).append(make_sample(tokens, {
                 "source": rel(path), "segment": chunk.segment, "first_frame": meta["frame_indices"][0],
                 "frame_indices": meta["frame_indices"], "timestamps": meta["timestamps"],
-                "num_frames": len(tokens), "fps": chunk.info["fps"], "source_fps": chunk.info["source_fps"],
+                "fps": chunk.info["fps"], "source_fps": chunk.info["source_fps"],
                 "original_size": chunk.info["original_size"], **common, **coded,
-            }).encode()})
+            }, ctok))
         if chunk.last_in_video:
             for sample in video_samples.pop(chunk.video, []):
                 writer.write(sample)
+                step("sample_written")
             manifest["videos"][rel(path)] = {**chunk.info, "shard": None}
             pending.append(path)
             bar.update(1)

@@ -41,17 +41,25 @@ def preprocess(frame, image_size: tuple[int, int] = (128, 256)) -> Tensor:
     if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
         raise ValueError(f"expected an RGB uint8 frame shaped (h, w, 3), got {frame.dtype} {frame.shape}")
     H, W = image_size
-    h, w = frame.shape[:2]
-    # Largest centred window with the target aspect ratio; integer pixels so the crop is exact.
-    if w * H > h * W:
-        cw, ch = round(h * W / H), h
-    else:
-        cw, ch = w, round(w * H / W)
-    top, left = (h - ch) // 2, (w - cw) // 2
+    top, left, ch, cw = crop_box(*frame.shape[:2], image_size)
     crop = np.ascontiguousarray(frame[top : top + ch, left : left + cw])
     # PIL's BOX filter is an exact area average and costs ~1-3 ms on a 720p frame (torch's area mode ~20 ms).
     resized = np.asarray(Image.fromarray(crop).resize((W, H), Image.BOX))
     return torch.from_numpy(resized.copy()).permute(2, 0, 1).contiguous()
+
+
+def crop_box(h: int, w: int, image_size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the largest centred window of an h x w frame with the aspect ratio of
+    ``image_size``, in whole pixels so the crop is exact. ``ValueError`` if not even one pixel row fits (a 1-pixel
+    wide frame), which would otherwise resize an empty crop to a black frame."""
+    H, W = image_size
+    if w * H > h * W:
+        cw, ch = round(h * W / H), h
+    else:
+        cw, ch = w, round(w * H / W)
+    if ch < 1 or cw < 1:
+        raise ValueError(f"a {w}x{h} frame is too small to crop to the {W}:{H} aspect ratio")
+    return (h - ch) // 2, (w - cw) // 2, ch, cw
 
 
 def iter_frames(path: str, fps: float | None = None) -> Iterator[av.VideoFrame]:

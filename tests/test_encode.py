@@ -1,3 +1,4 @@
+import hashlib
 import json
 import os
 import signal
@@ -9,9 +10,11 @@ import av
 import numpy as np
 import pytest
 import torch
+import webdataset as wds
 
 from compressor import load, preprocess
 from compressor.latents import read_segments
+from compressor.pipeline import WRITE_STEPS, encode_videos, write_merged_manifest
 from compressor.synthetic import driving_clip
 from compressor.video import iter_frames
 from tests.conftest import tiny_model, write_video
@@ -75,8 +78,6 @@ def test_tokens_equal_the_codec_api_and_segments_split(tmp_path, checkpoint, goo
     assert {v["status"] for v in manifest["videos"].values()} == {"ok"}
     assert manifest["videos"]["a.mp4"]["frames"] == 25
     for name, shard in manifest["shards"].items():
-        import hashlib
-
         assert hashlib.sha256((tmp_path / name).read_bytes()).hexdigest() == shard["sha256"]
 
 
@@ -231,3 +232,95 @@ def test_entropy_code_stores_a_coded_stream_that_decodes_to_the_tokens(tmp_path,
     assert r.returncode != 0 and "is a prior for model ffffffffffffffff" in r.stderr
     r = run_encode([good_videos], tmp_path / "out3", checkpoint, "--entropy-code", check=False)
     assert r.returncode != 0 and "needs a prior" in r.stderr and not (tmp_path / "out3").exists()
+
+
+def encode_in_process(inputs: list[str], output, **kwargs) -> dict:
+    """encode.py's work without a subprocess (no decode workers): the manifest it leaves, as a dict."""
+    encode_videos(tiny_model(), inputs, str(output), segment_seconds=1, batch_size=8, num_workers=0, progress=False,
+                  **kwargs)
+    return write_merged_manifest(str(output), inputs)
+
+
+def test_colliding_names_get_distinct_keys_that_plain_webdataset_reads(tmp_path):
+    names = ["a.b.mp4", "a_b.mp4", "sub/x.mp4", "sub__x.mp4"]  # the old keys collided in pairs
+    os.makedirs(tmp_path / "videos" / "sub")
+    for i, name in enumerate(names):
+        write_video(str(tmp_path / "videos" / name), driving_clip(20 + i, 4, image_size=(128, 256)))
+    encode_in_process([str(tmp_path / "videos")], tmp_path / "out")
+    segments = read_all(tmp_path / "out")
+    assert sorted(source for source, _ in segments) == sorted(names)
+    model = tiny_model()
+    for (source, _), (tokens, _) in segments.items():
+        frames = torch.stack([preprocess(f) for f in iter_frames(str(tmp_path / "videos" / source))])
+        assert torch.equal(tokens, model.encode(frames)), source
+    samples = list(wds.WebDataset(sorted(str(p) for p in (tmp_path / "out").glob("*.tar")), shardshuffle=False))
+    assert len(samples) == 4 and all("." not in s["__key__"] for s in samples)
+    assert sorted(json.loads(s["json"])["source"] for s in samples) == sorted(names)
+
+
+class Killed(BaseException):
+    """Stands in for kill -9: nothing in the pipeline catches a BaseException, so no cleanup code runs."""
+
+
+@pytest.fixture(scope="module")
+def three_videos(tmp_path_factory) -> str:
+    d = tmp_path_factory.mktemp("three")
+    for i in range(3):
+        write_video(str(d / f"v{i}.mp4"), driving_clip(30 + i, 6, image_size=(128, 256)))
+    return str(d)
+
+
+def shard_digests(output) -> dict[str, str]:
+    """Every shard file (finished or not) by name, with its sha256."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in output.glob("latents-*")}
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory, three_videos) -> tuple[dict, dict]:
+    """One shard per video, uninterrupted: (shard digests, manifest)."""
+    out = tmp_path_factory.mktemp("clean")
+    return encode_in_process([three_videos], out, maxcount=1), shard_digests(out)
+
+
+@pytest.mark.parametrize("step", WRITE_STEPS)
+def test_a_kill_at_any_write_step_then_a_rerun_equals_a_clean_run(tmp_path, three_videos, clean_run, step):
+    clean, digests = clean_run
+    for occurrence in (1, 2):
+        out = tmp_path / f"killed-{occurrence}"
+        seen = []
+
+        def kill(name: str) -> None:
+            seen.append(name)
+            if seen.count(step) == occurrence:
+                raise Killed(f"{step} #{occurrence}")
+
+        with pytest.raises(Killed):
+            encode_in_process([three_videos], out, maxcount=1, step_hook=kill)
+        resumed = encode_in_process([three_videos], out, maxcount=1)
+        assert shard_digests(out) == digests, (step, occurrence)  # no orphan, no duplicate, no partial shard
+        assert resumed["shards"] == clean["shards"] and resumed["videos"] == clean["videos"]
+
+
+def test_frames_too_small_to_crop_are_a_failed_video_with_a_reason(tmp_path):
+    os.makedirs(tmp_path / "videos")
+    with av.open(str(tmp_path / "videos" / "thin.mkv"), "w") as c:  # 1 pixel wide: no 2:1 window fits
+        s = c.add_stream("libx264rgb", rate=10)
+        s.width, s.height, s.pix_fmt = 1, 64, "rgb24"
+        for _ in range(5):
+            for p in s.encode(av.VideoFrame.from_ndarray(np.full((64, 1, 3), 200, np.uint8), format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    write_video(str(tmp_path / "videos" / "fine.mp4"), driving_clip(5, 3, image_size=(128, 256)))
+    with pytest.raises(ValueError, match="too small"):
+        preprocess(np.zeros((64, 1, 3), np.uint8))
+    manifest = encode_in_process([str(tmp_path / "videos")], tmp_path / "out")["videos"]
+    assert manifest["thin.mkv"]["status"] == "failed" and "too small" in manifest["thin.mkv"]["reason"]
+    assert manifest["fine.mp4"]["status"] == "ok"
+    assert {source for source, _ in read_all(tmp_path / "out")} == {"fine.mp4"}
+
+
+def test_an_unwritable_output_fails_before_any_work(tmp_path, checkpoint, good_videos):
+    (tmp_path / "file").write_text("a file where the output directory's parent should be")
+    r = run_encode([good_videos], tmp_path / "file" / "out", checkpoint, check=False)
+    assert r.returncode != 0 and "not writable" in r.stderr and "Traceback" not in r.stderr, r.stderr

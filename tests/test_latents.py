@@ -1,3 +1,4 @@
+import io
 import json
 import os
 import subprocess
@@ -125,3 +126,35 @@ def test_world_model_example_beats_the_unigram_baseline(tmp_path):
                              str(tmp_path), "--steps", "150", "--vocab", "64"], capture_output=True, text=True,
                             check=True)
     assert "below the baseline" in result.stdout, result.stdout
+
+
+def test_npz_renamed_npy_and_oversized_npy_headers_are_damaged_shards(tmp_path):
+    """In a shard and as commaVQ files: never an AttributeError, MemoryError or a 128 GiB allocation."""
+    tokens = np.zeros((4, 128), np.uint16)
+    npz, huge = io.BytesIO(), io.BytesIO()
+    np.savez(npz, tokens=tokens)
+    np.lib.format.write_array_header_1_0(huge, {"descr": "<u2", "fortran_order": False, "shape": (1 << 29, 128)})
+    for name, payload in {"npz": npz.getvalue(), "huge": huge.getvalue() + tokens.tobytes()}.items():
+        shard = tmp_path / name / "latents-000000.tar"
+        os.makedirs(shard.parent)
+        with wds.TarWriter(str(shard)) as tar:
+            for key, data in {"good": tokens, "bad": payload}.items():
+                tar.write({"__key__": key, "tokens.npy": data,
+                           "json": json.dumps({"source": key[0], "segment": 0}).encode()})
+        with pytest.raises(DamagedShardError, match="latents-000000.tar.*bad"):
+            list(LatentDataset(str(shard.parent), seq_len=1))
+        ds = LatentDataset(str(shard.parent), seq_len=1, skip_damaged=True)
+        with pytest.warns(UserWarning, match="damaged"):
+            assert [w["source"] for w in ds] == ["g"] * 4
+        assert ds.damaged == [str(shard)]
+        commavq = tmp_path / name / "segment.npy"
+        commavq.write_bytes(payload)
+        with pytest.raises(DamagedShardError, match="segment.npy"):
+            list(LatentDataset(str(commavq), seq_len=1))
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/latents-000000.tar", "s3://bucket/latents-000000.tar",
+                                 "gs://bucket/latents-{000000..000003}.tar"])
+def test_unsupported_url_schemes_are_refused_up_front(url):
+    with pytest.raises(ValueError, match="unsupported URL scheme.*pipe:"):
+        LatentDataset(url, seq_len=1)

@@ -62,20 +62,19 @@ def code(args) -> None:
     prior = load_prior(args.prior)
     os.makedirs(args.output, exist_ok=True)
     frames = coded = 0
-    from compressor.latents import expand_urls, read_segments
+    from compressor.latent_shards import expand_urls, make_sample, read_segments
 
     for url in expand_urls(args.shards):
         name = os.path.basename(url)
         tmp = os.path.join(args.output, name + ".tmp")
-        with wds.TarWriter(tmp) as sink:
+        with wds.TarWriter(tmp, mtime=0) as sink:
             for i, seg in enumerate(read_segments(url)):
                 data = encode_segment(seg["tokens"], prior)
                 if not torch.equal(decode_segment(data, prior), seg["tokens"]):  # never keep a stream that lies
                     raise RuntimeError(f"{url}: segment {i} did not decode to its tokens")
-                meta = {**seg["meta"], "entropy_coded": {"prior": prior.kind, "prior_id": prior.prior_id(),
-                                                         "bytes": len(data)}}
-                key = f"{meta.get('source', name)}/{meta.get('segment', i):04d}".replace(".", "_").replace("/", "__")
-                sink.write({"__key__": key, "tokens.ctok": data, "json": json.dumps(meta).encode()})
+                meta = {"source": name, "segment": i, **seg["meta"],
+                        "entropy_coded": {"prior": prior.kind, "prior_id": prior.prior_id(), "bytes": len(data)}}
+                sink.write(make_sample(seg["tokens"].numpy(), meta, ctok=data, plain=False))
                 frames += len(seg["tokens"])
                 coded += len(data)
         os.replace(tmp, os.path.join(args.output, name))

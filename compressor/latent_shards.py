@@ -1,0 +1,376 @@
+"""The latent shard format that ``encode.py`` writes and ``LatentDataset`` reads, and how every read is verified.
+
+A shard is a plain tar (``webdataset`` reads it) of samples, one per segment of one video::
+
+    <key>.json           metadata: source (the video's path relative to the input root), segment, num_frames,
+                         num_tokens, codebook_size, tokens_crc32, ..., and meta_crc32 over all the rest
+    <key>.tokens.npy     uint16 (T, N), little-endian
+    <key>.tokens.ctok    optional: the same tokens entropy-coded (``compressor.entropy.stream``)
+
+A key is the source path made safe (webdataset splits a member name at its first dot, so no dots) plus a hash of
+the exact path, so distinct videos never share one. ``manifest.json`` beside the shards lists each shard's
+sha256, size and sample count.
+
+Reading checks all it can, and a failure names the shard and the sample (``DamagedShardError``):
+
+- a sample: its json (``meta_crc32``), the .npy header before anything is allocated (dtype, shape against
+  ``num_frames`` and ``num_tokens``, byte count), the token range against ``codebook_size``, ``tokens_crc32``,
+  and for coded tokens the stream's own checks;
+- a shard: the tar structure up to a proper end-of-archive marker (``tarfile`` alone takes a damaged header or a
+  cut at a member boundary for the end), unique keys, and, where a manifest lists it, its sha256, size and
+  sample count. Those are known only at the shard's end, after its earlier samples were yielded: each of those
+  was already checked on its own.
+
+Samples written before these checksums existed are checked for structure, dtype, shape and range only.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import tarfile
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import BinaryIO
+
+import numpy as np
+import torch
+
+from compressor.entropy.priors import Prior
+from compressor.entropy.stream import PriorMismatchError, StreamError, decode_segment
+from compressor.packing import tokens_crc32
+
+MANIFEST = "manifest.json"
+TOKEN_DTYPE = np.dtype("<u2")
+COMMAVQ_DTYPES = (np.dtype("<i2"), np.dtype("<u2"))
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+_TAIL_BYTES = 1 << 16  # more than tarfile reads ahead of the member it parses (one 10 KiB record)
+
+
+class DamagedShardError(RuntimeError):
+    """A latent shard, or a sample in it, could not be read completely and correctly."""
+
+
+class DamagedSampleError(DamagedShardError):
+    """One sample is damaged; the shard around it is intact, so reading can go on past it."""
+
+
+class MissingPriorError(ValueError):
+    """A sample holds only entropy-coded tokens and no prior was given to decode them."""
+
+
+# ---- writing -------------------------------------------------------------------------------------------------
+def sample_key(source: str, segment: int) -> str:
+    """A tar key for a segment of a video: readable, without dots, and distinct for distinct source paths."""
+    readable = re.sub(r"[^0-9A-Za-z_-]", "_", source)[-80:]
+    digest = hashlib.sha256(os.fsencode(source)).hexdigest()[:12]
+    return f"{readable}-{digest}-{segment:04d}"
+
+
+def _meta_crc(meta: dict) -> int:
+    return zlib.crc32(json.dumps(meta, sort_keys=True, separators=(",", ":")).encode())
+
+
+def seal_meta(meta: dict) -> bytes:
+    """A sample's json: ``meta`` plus ``meta_crc32``, a CRC-32 of its canonical form, checked on read."""
+    body = {k: v for k, v in meta.items() if k != "meta_crc32"}
+    return json.dumps({**body, "meta_crc32": _meta_crc(body)}).encode()
+
+
+def make_sample(tokens: np.ndarray, meta: dict, ctok: bytes | None = None, plain: bool = True) -> dict:
+    """One webdataset sample in this format: tokens (T, N), optionally coded, and sealed metadata.
+
+    ``meta`` must hold ``source`` and ``segment``; the token count and checksum are added here.
+    """
+    meta = {**meta, "num_frames": len(tokens), "num_tokens": tokens.shape[1], "tokens_crc32": tokens_crc32(tokens)}
+    sample = {"__key__": sample_key(meta["source"], meta["segment"])}
+    if plain:
+        sample["tokens.npy"] = tokens.astype(TOKEN_DTYPE)
+    if ctok is not None:
+        sample["tokens.ctok"] = ctok
+    sample["json"] = seal_meta(meta)
+    return sample
+
+
+def read_manifest(directory: str) -> dict | None:
+    """``manifest.json`` merged with the per-rank manifests of a job still running or killed; None if none."""
+    paths = [os.path.join(directory, MANIFEST), *sorted(glob.glob(os.path.join(directory, "manifest.rank-*.json")))]
+    merged, found = {"videos": {}, "shards": {}}, False
+    for path in filter(os.path.exists, paths):
+        try:
+            with open(path) as f:
+                part = json.load(f)
+            merged["videos"].update(part["videos"])
+            merged["shards"].update(part["shards"])
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise DamagedShardError(f"{path}: unreadable manifest ({type(e).__name__}: {e})") from e
+        found = True
+    return merged if found else None
+
+
+# ---- finding shards ------------------------------------------------------------------------------------------
+def expand_urls(shards: str | Sequence[str]) -> list[str]:
+    """A directory, glob, brace pattern, ``pipe:`` command or list of those -> a sorted list of URLs.
+
+    Other URL schemes are refused here, before any work: ``pipe:curl -sL URL`` reads from a server.
+    """
+    import braceexpand
+
+    items = [shards] if isinstance(shards, (str, os.PathLike)) else list(shards)
+    urls: list[str] = []
+    for item in map(str, items):
+        for url in braceexpand.braceexpand(item):
+            scheme = _SCHEME.match(url)
+            if scheme and not os.path.exists(url):
+                if scheme.group(1) != "pipe":
+                    raise ValueError(f"unsupported URL scheme {scheme.group(1)}: in {url!r}; latent shards are local "
+                                     f"paths or pipe: commands (for example pipe:curl -sL {url})")
+                urls.append(url)
+            elif os.path.isdir(url):
+                urls += sorted(glob.glob(os.path.join(url, "*.tar")) + glob.glob(os.path.join(url, "*.npy")))
+            elif any(c in url for c in "*?["):
+                urls += sorted(glob.glob(url))
+            elif os.path.exists(url):
+                urls.append(url)
+            else:
+                raise FileNotFoundError(f"no such latent shard: {url}")
+    if not urls:
+        raise FileNotFoundError(f"no latent shards (*.tar, commaVQ *.npy) found in {shards!r}")
+    return urls
+
+
+def check_against_manifests(shards: str | Sequence[str],
+                            urls: list[str]) -> tuple[dict, list[tuple[str, DamagedShardError]]]:
+    """Each local ``.tar`` URL's manifest entry, and what disagrees with the manifests: shards they do not list
+    (a killed job's unrecorded shard would duplicate its videos) and, for directories given, shards they list
+    that are missing, as (URL, error). Shards without a manifest beside them are not in the result."""
+    manifests: dict[str, dict | None] = {}
+
+    def manifest(directory: str) -> dict | None:
+        if directory not in manifests:
+            manifests[directory] = read_manifest(directory)
+        return manifests[directory]
+
+    expected, problems = {}, []
+    items = [shards] if isinstance(shards, (str, os.PathLike)) else list(shards)
+    for directory in (str(item) for item in items if os.path.isdir(item)):
+        for name in sorted((manifest(os.path.abspath(directory)) or {"shards": {}})["shards"]):
+            path = os.path.join(directory, name)
+            if not os.path.exists(path):
+                problems.append((path, DamagedShardError(f"{path}: listed in the manifest but missing")))
+    for url in urls:
+        if url.endswith(".tar") and not _SCHEME.match(url):
+            directory = os.path.dirname(os.path.abspath(url))
+            if (m := manifest(directory)) is not None:
+                if os.path.basename(url) in m["shards"]:
+                    expected[url] = m["shards"][os.path.basename(url)]
+                else:
+                    problems.append((url, DamagedShardError(
+                        f"{url}: not listed in the manifest of {directory} (a shard that a killed encode job did "
+                        "not record, or a stray file)")))
+    return expected, problems
+
+
+# ---- reading -------------------------------------------------------------------------------------------------
+def read_npy(f: BinaryIO, size: int, dtypes: Sequence[np.dtype]) -> np.ndarray:
+    """The array in an .npy stream of ``size`` bytes; ``ValueError`` unless its header is sound, which is checked
+    before anything is allocated: a known format version, one of ``dtypes`` (so never pickled objects), and a
+    data size that the stream actually holds."""
+    version = np.lib.format.read_magic(f)
+    if version not in ((1, 0), (2, 0)):
+        raise ValueError(f"unsupported .npy format version {version}")
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    try:
+        shape, fortran_order, dtype = read_header(f)
+    except Exception as e:  # numpy parses the header as a Python literal: SyntaxError, TokenError, ... on garbage
+        raise ValueError(f"unreadable .npy header ({type(e).__name__}: {e})") from e
+    if dtype not in dtypes:
+        raise ValueError(f"dtype {dtype.str}, expected {' or '.join(d.str for d in dtypes)}")
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes != size - f.tell():
+        raise ValueError(f"header claims shape {shape} ({nbytes} bytes); the file holds {size - f.tell()} bytes")
+    array = np.frombuffer(f.read(nbytes), dtype=dtype)
+    return array.reshape(shape, order="F" if fortran_order else "C")
+
+
+def _meta_int(meta: dict, key: str, where: str) -> int | None:
+    value = meta.get(key)
+    if value is not None and (type(value) is not int or value < 0):
+        raise DamagedSampleError(f"{where}: metadata {key} is {value!r}, not a count")
+    return value
+
+
+def _open_meta(data: bytes, where: str) -> dict:
+    try:
+        meta = json.loads(data)
+    except ValueError as e:
+        raise DamagedSampleError(f"{where}: unreadable json ({e})") from e
+    if not isinstance(meta, dict):
+        raise DamagedSampleError(f"{where}: json is a {type(meta).__name__}, not an object")
+    if "meta_crc32" in meta and _meta_crc({k: v for k, v in meta.items() if k != "meta_crc32"}) != meta["meta_crc32"]:
+        raise DamagedSampleError(f"{where}: metadata fail their checksum")
+    if not isinstance(meta.get("source", ""), str) or type(meta.get("segment", 0)) is not int:
+        raise DamagedSampleError(f"{where}: metadata source or segment of the wrong type")
+    return meta
+
+
+def _check_tokens(tokens: np.ndarray, meta: dict, where: str) -> None:
+    """Tokens (T, N) against what the metadata says about them."""
+    frames, num_tokens = _meta_int(meta, "num_frames", where), _meta_int(meta, "num_tokens", where)
+    codebook, crc = _meta_int(meta, "codebook_size", where), _meta_int(meta, "tokens_crc32", where)
+    if tokens.ndim != 2 or (frames is not None and len(tokens) != frames) or (
+            num_tokens is not None and tokens.shape[1] != num_tokens):
+        raise DamagedSampleError(f"{where}: tokens shaped {tokens.shape}; metadata says ({frames}, {num_tokens})")
+    if codebook is not None and tokens.size and (tokens.min() < 0 or tokens.max() >= codebook):
+        raise DamagedSampleError(f"{where}: tokens in [{tokens.min()}, {tokens.max()}], outside the codebook of "
+                                 f"{codebook}")
+    if crc is not None and tokens_crc32(tokens) != crc:
+        raise DamagedSampleError(f"{where}: tokens fail their checksum")
+    indices = meta.get("frame_indices")
+    if indices is not None and (not isinstance(indices, list) or len(indices) != len(tokens)
+                                or any(type(i) is not int for i in indices)):
+        raise DamagedSampleError(f"{where}: frame_indices do not list one frame index per frame")
+    if type(meta.get("first_frame", 0)) is not int:
+        raise DamagedSampleError(f"{where}: first_frame is not a frame index")
+
+
+def _sample(url: str, key: str, entry: dict, prior: Prior | None) -> dict:
+    where = f"{url}: sample {key}"
+    if "json" not in entry or not ("tokens.npy" in entry or "tokens.ctok" in entry):
+        raise DamagedSampleError(f"{where}: incomplete (has {sorted(entry)})")
+    meta = _open_meta(entry["json"], where)
+    if "tokens.ctok" in entry and (prior is not None or "tokens.npy" not in entry):
+        if prior is None:
+            raise MissingPriorError(f"{where} holds only entropy-coded tokens; pass the prior file that coded them "
+                                    "(LatentDataset(..., prior=...))")
+        try:
+            tokens = decode_segment(entry["tokens.ctok"], prior, num_frames=_meta_int(meta, "num_frames", where))
+        except PriorMismatchError:
+            raise  # a wrong setting, not damage
+        except StreamError as e:
+            raise DamagedSampleError(f"{where}: {e}") from e
+        _check_tokens(tokens.numpy(), meta, where)
+        return {"tokens": tokens, "meta": meta}
+    data = entry["tokens.npy"]
+    try:
+        tokens = read_npy(io.BytesIO(data), len(data), [TOKEN_DTYPE])
+    except ValueError as e:
+        raise DamagedSampleError(f"{where}: tokens.npy: {e}") from e
+    _check_tokens(tokens, meta, where)
+    return {"tokens": torch.from_numpy(tokens.astype(np.int64)), "meta": meta}
+
+
+class _TrackedStream:
+    """A byte stream that hashes and counts what passes through it and keeps its last bytes, so that once tarfile
+    stops, the rest of the shard can be checked and the whole compared with the manifest."""
+
+    def __init__(self, raw: BinaryIO):
+        self.raw, self.sha256, self.size = raw, hashlib.sha256(), 0
+        self._chunks: list[bytes] = []  # the last chunks read, at least _TAIL_BYTES of them when there are
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.sha256.update(data)
+        self.size += len(data)
+        self._chunks.append(data)
+        while len(self._chunks) > 1 and sum(map(len, self._chunks[1:])) >= _TAIL_BYTES:
+            self._chunks.pop(0)
+        return data
+
+    def rest_is_end_marker(self, offset: int) -> bool:
+        """Whether everything from ``offset`` to the end is zeros, at least the two 512-byte end blocks."""
+        seen, tail = self.size - offset, b"".join(self._chunks)
+        if seen < 0 or seen > len(tail) or any(tail[len(tail) - seen :]):
+            return False
+        while chunk := self.read(1 << 20):
+            if any(chunk):
+                return False
+        return self.size - offset >= 1024
+
+
+def read_segments(url: str, prior: Prior | None = None, expected: dict | None = None,
+                  on_damaged: Callable[[DamagedShardError], None] | None = None) -> Iterator[dict]:
+    """Yield ``{"tokens": int64 (T, N), "meta": dict}`` for every segment in a shard or commaVQ file, verified.
+
+    A sample holds plain tokens (``tokens.npy``), an entropy-coded segment (``tokens.ctok``) or both. With a
+    ``prior`` the coded form is decoded (and checked by its CRCs); without one the plain form is read.
+    ``expected`` is the shard's manifest entry (sha256, bytes, samples). A damaged sample goes to ``on_damaged``
+    and reading goes on; without it, and for damage to the shard itself, ``DamagedShardError`` is raised.
+    """
+    if url.endswith(".npy") and not url.startswith("pipe:"):
+        yield _commavq_segment(url)
+        return
+    key, count = None, 0
+    try:
+        if url.startswith("pipe:"):
+            import webdataset as wds
+
+            raw = wds.gopen(url)
+        else:
+            raw = open(url, "rb")
+        stream = _TrackedStream(raw)
+        with raw, tarfile.open(fileobj=stream, mode="r|") as tar:
+            seen: set[str] = set()
+            entry: dict = {}
+            for member in tar:  # a sample's files are contiguous in the tar
+                if not member.isfile():
+                    continue
+                directory, base = os.path.split(member.name)
+                name, _, ext = base.partition(".")  # webdataset's rule: the key ends at the first dot
+                name = os.path.join(directory, name)
+                if name != key:
+                    if entry:
+                        yield from _checked(url, key, entry, prior, on_damaged)
+                    if name in seen:
+                        raise DamagedShardError(f"{url}: sample key {name} appears twice")
+                    seen.add(name)
+                    key, entry, count = name, {}, count + 1
+                if ext in entry:
+                    raise DamagedShardError(f"{url}: sample {key} has two {ext} files")
+                entry[ext] = tar.extractfile(member).read()
+            if entry:
+                yield from _checked(url, key, entry, prior, on_damaged)
+            if not stream.rest_is_end_marker(tar.offset):
+                raise DamagedShardError(f"{url}: the tar ends without its end-of-archive marker after sample {key} "
+                                        f"(a damaged header, or a file cut short)")
+    except (tarfile.TarError, EOFError, ValueError, OSError) as e:
+        if isinstance(e, (MissingPriorError, PriorMismatchError)):
+            raise  # a wrong setting, not a damaged shard
+        raise DamagedShardError(f"{url}: damaged latent shard after sample {key} ({type(e).__name__}: {e})") from e
+    if expected is not None:
+        found = {"bytes": stream.size, "sha256": stream.sha256.hexdigest(), "samples": count}
+        for field, value in found.items():
+            if field in expected and expected[field] != value:
+                raise DamagedShardError(f"{url}: {field} {value} where the manifest says {expected[field]}")
+
+
+def _checked(url: str, key: str, entry: dict, prior: Prior | None,
+             on_damaged: Callable[[DamagedShardError], None] | None) -> Iterator[dict]:
+    try:
+        segment = _sample(url, key, entry, prior)
+    except DamagedSampleError as e:
+        if on_damaged is None:
+            raise
+        on_damaged(e)
+        return
+    yield segment
+
+
+def _commavq_segment(path: str) -> dict:
+    try:
+        with open(path, "rb") as f:
+            tokens = read_npy(f, os.path.getsize(path), COMMAVQ_DTYPES)
+    except (ValueError, OSError, EOFError) as e:
+        raise DamagedShardError(f"{path}: damaged commaVQ token file ({e})") from e
+    if tokens.ndim != 3 or tokens.shape[1:] != (8, 16):
+        raise DamagedShardError(f"{path}: expected commaVQ tokens shaped (T, 8, 16), got {tokens.shape}")
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= 1024):
+        raise DamagedShardError(f"{path}: commaVQ tokens outside [0, 1024)")
+    meta = {"source": os.path.basename(path), "segment": 0, "first_frame": 0, "fps": 20.0,
+            "codebook_size": 1024, "token_layout": "8x16 row-major", "format": "commavq"}
+    return {"tokens": torch.from_numpy(tokens.reshape(len(tokens), -1).astype(np.int64)), "meta": meta}
