@@ -203,6 +203,64 @@ def plot_curves(root: str, path: str) -> None:
     plt.close(fig)
 
 
+def bar(report_path: str, method: str = "webp (downscaled)") -> dict:
+    """The classical bar per clip and as the clip mean, from a ``compressor.evaluate`` report.json."""
+    report = _read_json(report_path)
+    if not report or "comparison" not in report:
+        raise SystemExit(f"{report_path} is not a compressor.evaluate report with a comparison")
+    clips = {c: v["psnr"] for c, v in report["comparison"]["methods"][method]["clips"].items()}
+    return {"method": method, "clips": clips, "clip_mean": sum(clips.values()) / len(clips)}
+
+
+def scaling(series: dict[str, list[str]], root: str, bar_psnr: float, output: str) -> dict:
+    """Fit clip-mean PSNR = a + b * log10(images) per series; predict the images for the bar + 1 dB and + 3 dB.
+
+    A log-linear fit is the simplest trend that matches how these curves bend; with three budgets it is a rough
+    guide for planning compute, not a law, and the JSON keeps the points so that a better fit can be made later.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    results = {r["name"]: r for r in load_results(root)}
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    out: dict = {"bar_clip_mean": bar_psnr, "series": {}}
+    for label, names in series.items():
+        missing = [n for n in names if n not in results]
+        if missing:
+            raise SystemExit(f"no result.json for {missing} under {root}")
+        pts = sorted((results[n]["images"], results[n]["psnr_clip_mean"]) for n in names)
+        x, y = np.log10([p[0] for p in pts]), np.array([p[1] for p in pts])
+        entry: dict = {"runs": names, "points": pts}
+        line = ax.plot(10**x, y, "o", label=label)[0]
+        if len(pts) >= 2:
+            b, a = np.polyfit(x, y, 1)
+            entry.update(fit={"a": a, "b_per_decade": b})
+            for gain in (1, 3):
+                target = bar_psnr + gain
+                entry[f"images_for_bar_plus_{gain}dB"] = float(10 ** ((target - a) / b)) if b > 0 else None
+            xs = np.linspace(x.min(), max(x.max(), np.log10(entry["images_for_bar_plus_3dB"] or 1)) + 0.1, 50)
+            ax.plot(10**xs, a + b * xs, "--", color=line.get_color(), alpha=0.6,
+                    label=f"{label}: {b:+.2f} dB per 10x images")
+        out["series"][label] = entry
+    for gain, style in ((0, "-"), (1, ":"), (3, "-.")):
+        ax.axhline(bar_psnr + gain, color="grey", ls=style, lw=1, label=f"WebP thumbnail bar + {gain} dB" if gain
+                   else "WebP thumbnail bar (224 B)")
+    ax.set_xscale("log")
+    ax.set_xlabel("training images seen")
+    ax.set_ylabel("val PSNR, mean over clips (dB)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(output, dpi=120)
+    plt.close(fig)
+    with open(os.path.splitext(output)[0] + ".json", "w") as f:
+        json.dump(out, f, indent=1)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -218,8 +276,17 @@ def main(argv: list[str] | None = None) -> None:
     t = sub.add_parser("table", help="tabulate and plot every result")
     t.add_argument("--input", default=REPORTS)
     t.add_argument("--baseline", default="baseline", help="run the 'vs base' column compares with")
+    s = sub.add_parser("scaling", help="clip-mean PSNR against images seen, with a log-linear fit per series")
+    s.add_argument("--series", nargs="+", required=True, metavar="LABEL=RUN,RUN,...")
+    s.add_argument("--bar", required=True, help="compressor.evaluate report.json whose WebP thumbnail is the bar")
+    s.add_argument("--input", default=REPORTS)
+    s.add_argument("--output", default="reports/scaling.png")
     args = ap.parse_args(argv)
-    if args.command == "run":
+    if args.command == "scaling":
+        series = {label: names.split(",") for label, names in (item.split("=", 1) for item in args.series)}
+        out = scaling(series, args.input, bar(args.bar)["clip_mean"], args.output)
+        print(json.dumps(out, indent=1))
+    elif args.command == "run":
         from compressor.evaluate import select_videos
 
         run(args.name, args.config, args.images, args.shards, select_videos(args.input, args.split), args.set,

@@ -58,3 +58,15 @@ def test_val_curve_records_images_seen_and_continues_on_resume(tmp_path):
 def test_run_refuses_nothing_silently_without_results(tmp_path):
     with pytest.raises(SystemExit, match="no result.json"):
         experiments.table(str(tmp_path))
+
+
+def test_scaling_fits_a_log_linear_trend_and_predicts_the_images_for_the_bar(tmp_path):
+    # 20 dB at 1k images, 21 dB at 10k, 22 dB at 100k: +1 dB per 10x, so the bar (21) + 3 dB needs 10^5 x 10^2.
+    for name, images, psnr in (("a1", 1000, 20.0), ("a2", 10000, 21.0), ("a3", 100000, 22.0)):
+        _result(tmp_path, name, images, {"x__c.mp4": psnr})
+    out = experiments.scaling({"best": ["a1", "a2", "a3"]}, str(tmp_path), 21.0, str(tmp_path / "scaling.png"))
+    best = out["series"]["best"]
+    assert best["fit"]["b_per_decade"] == pytest.approx(1.0)
+    assert best["images_for_bar_plus_1dB"] == pytest.approx(1e5, rel=1e-6)
+    assert best["images_for_bar_plus_3dB"] == pytest.approx(1e7, rel=1e-6)
+    assert (tmp_path / "scaling.png").stat().st_size > 0 and (tmp_path / "scaling.json").exists()
