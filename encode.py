@@ -13,9 +13,10 @@ import sys
 
 import torch
 
-from compressor.autoencoder import load
+from compressor.codec.autoencoder import load
 from compressor.entropy.stream import load_prior
-from compressor.pipeline import check_writable, encode_videos, find_videos, model_id, write_merged_manifest
+from compressor.utils import rank_world
+from compressor.latents.pipeline import check_writable, encode_videos, find_videos, model_id, write_merged_manifest
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -39,7 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    rank, world = rank_world()  # torchrun's RANK / WORLD_SIZE: the process group starts below
     # Fail before any work on a bad checkpoint or input.
     if not os.path.exists(args.checkpoint):
         sys.exit(f"error: checkpoint not found: {args.checkpoint}")

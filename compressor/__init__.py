@@ -8,8 +8,8 @@ Codec API::
     frames = model.decode(compressor.unpack(data, num_frames=len(tokens)))
 """
 
-from compressor.autoencoder import Autoencoder, load
-from compressor.packing import pack, unpack
+from compressor.codec.autoencoder import Autoencoder, load
+from compressor.codec.packing import pack, unpack
 
 __all__ = ["Autoencoder", "load", "pack", "unpack", "preprocess"]
 
@@ -17,7 +17,7 @@ __all__ = ["Autoencoder", "load", "pack", "unpack", "preprocess"]
 def __getattr__(name: str):
     # PyAV is imported on first use of preprocess, so the model code (and the GPU benchmark) runs without it.
     if name == "preprocess":
-        from compressor.video import preprocess
+        from compressor.data.video import preprocess
 
         return preprocess
     raise AttributeError(f"module 'compressor' has no attribute {name!r}")

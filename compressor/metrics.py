@@ -1,7 +1,8 @@
-"""Image quality metrics on uint8 frames (B, 3, H, W), one value per frame: PSNR, MS-SSIM and optional LPIPS.
+"""Image quality metrics, one value per frame: PSNR, MS-SSIM and optional LPIPS, plus the frozen VGG16 features
+that LPIPS and the perceptual loss share.
 
 Every method in an evaluation (our codec and each baseline) is scored by these same functions on the same
-preprocessed frames.
+preprocessed frames, and training logs the same PSNR and MS-SSIM. Imports nothing else from the package.
 """
 
 from __future__ import annotations
@@ -10,20 +11,66 @@ import os
 
 import torch
 import torch.nn.functional as F
+from collections.abc import Iterator
+
+from pytorch_msssim import ms_ssim
 from torch import Tensor, nn
 
-from compressor.losses import ms_ssim_01, vgg16_features
+# A 7-pixel window keeps all five MS-SSIM scales valid at 128 px height (the standard 11 needs > 160 px).
+MS_SSIM_WINDOW = 7
+VGG_TAPS = (3, 8, 15, 22, 29)  # VGG16 relu1_2, relu2_2, relu3_3, relu4_3, relu5_3: the taps LPIPS uses
+
+
+def psnr(recon: Tensor, target: Tensor, peak: float) -> Tensor:
+    """PSNR in dB per image, (B,), for images whose value range spans ``peak`` (255 for uint8, 2 for [-1, 1])."""
+    mse = ((recon.float() - target.float()) / peak).pow(2).flatten(1).mean(1)
+    return -10 * torch.log10(mse.clamp_min(1e-10))
 
 
 def frame_psnr(recon: Tensor, frames: Tensor) -> Tensor:
     """uint8 (B, 3, H, W) pair -> PSNR in dB per frame, (B,), on the 8-bit scale."""
-    mse = (recon.float() - frames.float()).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(255.0**2 / mse.clamp_min(1e-10))
+    return psnr(recon, frames, 255.0)
+
+
+def ms_ssim_01(recon: Tensor, target: Tensor) -> Tensor:
+    """MS-SSIM per image, (B,), for frames in [-1, 1]; computed in float32."""
+    # Under bf16 autocast the Gaussian-filtered variances go negative and MS-SSIM returns NaN.
+    with torch.autocast(recon.device.type, enabled=False):
+        return ms_ssim(
+            (recon.float().clamp(-1, 1) + 1) / 2, (target.float() + 1) / 2, data_range=1.0,
+            size_average=False, win_size=MS_SSIM_WINDOW,
+        )
 
 
 def frame_ms_ssim(recon: Tensor, frames: Tensor) -> Tensor:
     """uint8 (B, 3, H, W) pair -> MS-SSIM per frame, (B,) (7-pixel window, so all 5 scales fit at 128 px)."""
     return ms_ssim_01(recon.float() / 127.5 - 1, frames.float() / 127.5 - 1)
+
+
+def vgg16_features(weights_path: str, last_layer: int = VGG_TAPS[-1]) -> nn.Sequential:
+    """Frozen torchvision VGG16 ``features[: last_layer + 1]`` from a local state dict; nothing is downloaded.
+
+    Accepts a whole torchvision ``vgg16`` state dict or just its ``features`` part; the classifier is unused.
+    """
+    import torchvision
+
+    if not os.path.exists(weights_path):
+        raise FileNotFoundError(f"VGG16 weights not found: {weights_path} (no download is attempted)")
+    state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    state = {k.removeprefix("features."): v for k, v in state.items() if not k.startswith("classifier.")}
+    state = {k: v for k, v in state.items() if int(k.split(".")[0]) <= last_layer}
+    features = torchvision.models.vgg16(weights=None).features[: last_layer + 1]
+    features.load_state_dict(state)
+    return features.eval().requires_grad_(False)
+
+
+def vgg_feature_pairs(features: nn.Sequential, x: Tensor, eps: float = 1e-12) -> Iterator[tuple[Tensor, Tensor]]:
+    """x: (2B, 3, H, W), a batch of reconstructions followed by their targets -> at each of ``VGG_TAPS``, the two
+    halves' channel-normalised feature maps, each (B, C_k, h_k, w_k)."""
+    for i, layer in enumerate(features):
+        x = layer(x)
+        if i in VGG_TAPS:
+            yield F.normalize(x, dim=1, eps=eps).chunk(2)
 
 
 class LPIPS(nn.Module):
@@ -35,14 +82,13 @@ class LPIPS(nn.Module):
         vgg_path: a torchvision VGG16 state dict (ImageNet weights), whole model or ``features``.
     """
 
-    _LAYERS = (3, 8, 15, 22, 29)  # relu1_2 ... relu5_3, the taps LPIPS uses
     _CHANNELS = (64, 128, 256, 512, 512)
 
     def __init__(self, lin_path: str, vgg_path: str):
         super().__init__()
         if not os.path.exists(lin_path):
             raise FileNotFoundError(f"LPIPS weights not found: {lin_path} (no download is attempted)")
-        self.features = vgg16_features(vgg_path, self._LAYERS[-1])
+        self.features = vgg16_features(vgg_path)
         lin = torch.load(lin_path, map_location="cpu", weights_only=True)
         self.lins = nn.ParameterList(
             [nn.Parameter(lin[f"lin{k}.model.1.weight"].reshape(1, c, 1, 1), requires_grad=False)
@@ -55,11 +101,7 @@ class LPIPS(nn.Module):
     def forward(self, recon: Tensor, frames: Tensor) -> Tensor:
         """uint8 (B, 3, H, W) pair -> LPIPS distance per frame, (B,); 0 for identical frames."""
         x = (torch.cat([recon, frames]).float() / 127.5 - 1 - self.shift) / self.scale
-        dist, k = x.new_zeros(len(recon)), 0
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            if i in self._LAYERS:
-                a, b = F.normalize(x, dim=1, eps=1e-10).chunk(2)
-                dist += ((a - b).pow(2) * self.lins[k]).sum(1).mean((1, 2))
-                k += 1
+        dist = x.new_zeros(len(recon))
+        for (a, b), lin in zip(vgg_feature_pairs(self.features, x, eps=1e-10), self.lins):
+            dist += ((a - b).pow(2) * lin).sum(1).mean((1, 2))
         return dist

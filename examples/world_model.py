@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import sys
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from compressor.data import LatentDataset  # noqa: E402
-from compressor.layers import Block  # noqa: E402
+from compressor.codec.layers import Block
+from compressor.latents import LatentDataset
 
 
 class TinyWorldModel(nn.Module):

@@ -13,4 +13,4 @@ if ! "$PY" -c "import einops, pytorch_msssim, yaml" 2>/dev/null; then
 fi
 "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name())"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv || true
-"$PY" -m compressor.bench_train --device cuda --output "$OUT"
+"$PY" -m compressor.tools.bench_train --device cuda --output "$OUT"

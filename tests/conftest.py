@@ -5,26 +5,29 @@ import numpy as np
 import pytest
 import torch
 
-from compressor.autoencoder import Autoencoder
-from compressor.decoders import ConvUpsampleDecoder, ViTDecoder, ViTRefineDecoder
-from compressor.encoders import ConvStemEncoder, ViTEncoder
-from compressor.quantizers import FSQ, VQ, StandardizedFSQ
-from compressor.synthetic import driving_clip
-from compressor.video import DEFAULT_DASHCAM_DIR
+from compressor.codec.autoencoder import Autoencoder
+from compressor.codec.decoders import ConvDecoder, ConvUpsampleDecoder, ViTDecoder, ViTRefineDecoder
+from compressor.codec.encoders import ConvEncoder, ConvStemEncoder, ViTEncoder
+from compressor.codec.quantizers import FSQ, VQ, StandardizedFSQ
+from compressor.data.synthetic import driving_clip
+from compressor.data.video import DEFAULT_DASHCAM_DIR
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 torch.set_num_threads(2)
 
-# Tiny variants: the contracts do not depend on width, and CI has 2 cores.
+# Tiny variants of every design (pure ViT, ViT + refine head, conv stem, pure conv): the contracts do not depend
+# on width, and CI has 2 cores.
 ENCODERS = {
     "vit": lambda: ViTEncoder(patch_size=16, dim=32, depth=1, heads=2),
     "convstem": lambda: ConvStemEncoder(stem_channels=[8, 8, 16, 16], dim=32, depth=1, heads=2),
     "vit-refine": lambda: ViTEncoder(patch_size=16, dim=32, depth=1, heads=2),
+    "conv": lambda: ConvEncoder(channels=[8, 8, 16, 32], depth=1),
 }
 DECODERS = {
     "vit": lambda: ViTDecoder(patch_size=16, dim=48, depth=1, heads=2),
     "convstem": lambda: ConvUpsampleDecoder(dim=48, depth=1, heads=2, head_channels=[16, 16, 8, 8]),
     "vit-refine": lambda: ViTRefineDecoder(patch_size=16, dim=48, depth=1, heads=2, features=5, hidden=8),
+    "conv": lambda: ConvDecoder(dim=48, depth=1, head_channels=[16, 16, 8, 8]),
 }
 QUANTIZERS = {
     "fsq": lambda: FSQ([8, 8, 8, 6, 5]),

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from compressor import baselines
-from compressor.baselines import Candidate, best_within, hevc_roundtrip, image_candidates, image_roundtrip
+from compressor.tools import baselines
+from compressor.tools.baselines import Candidate, best_within, hevc_roundtrip, image_candidates, image_roundtrip
 from compressor.metrics import frame_psnr
-from compressor.synthetic import driving_clip
+from compressor.data.synthetic import driving_clip
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +44,7 @@ def test_best_within_on_a_table():
     assert best_within(cands, 100) == (cands[1], False)
 
 
+@pytest.mark.slow
 def test_hevc_round_trip_counts_every_frame_and_rate_follows_qp(clip):
     small, recon_small = hevc_roundtrip(clip, fps=10, qp=45)
     large, recon_large = hevc_roundtrip(clip, fps=10, qp=24)
@@ -52,6 +53,7 @@ def test_hevc_round_trip_counts_every_frame_and_rate_follows_qp(clip):
     assert frame_psnr(recon_large, clip).mean() > frame_psnr(recon_small, clip).mean()
 
 
+@pytest.mark.slow
 def test_best_video_point_fits_the_average_budget(clip):
     points = baselines.hevc_sweep(clip, fps=10, qps=(24, 36, 48), keep_frames=[0, 5])
     assert [p.kept.shape[0] for p in points] == [2, 2, 2]

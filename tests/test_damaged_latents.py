@@ -16,10 +16,10 @@ import pytest
 import torch
 import webdataset as wds
 
-from compressor.latent_shards import seal_meta
+from compressor.latents.shards import seal_meta
 from compressor.latents import DamagedShardError, LatentDataset
-from compressor.packing import tokens_crc32
-from compressor.synthetic import driving_clip
+from compressor.codec.packing import tokens_crc32
+from compressor.data.synthetic import driving_clip
 from tests.conftest import write_video
 from tests.test_encode import encode_in_process
 

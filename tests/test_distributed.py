@@ -10,7 +10,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader
 
-from compressor.frame_shards import FrameShards
+from compressor.data.frame_shards import FrameShards
 from tests.ddp_helpers import frame_ids
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,7 +31,7 @@ def write_frame_shards(directory, counts, split="train", size=(128, 256), start=
 
 
 def rank_batches(ds, rank, world, monkeypatch):
-    monkeypatch.setattr("compressor.frame_shards._rank_world", lambda: (rank, world))
+    monkeypatch.setattr("compressor.data.frame_shards.rank_world", lambda: (rank, world))
     return [frame_ids(b) for b in DataLoader(ds, batch_size=ds.batch_size, num_workers=ds.num_workers, drop_last=True)]
 
 
@@ -74,6 +74,7 @@ TRAIN = [sys.executable, os.path.join(REPO, "train.py"), "fit", "--config", os.p
          "--data.batch_size", "2", "--data.num_workers", "1"]
 
 
+@pytest.mark.slow
 def test_two_process_ddp_fit_kill_and_resume(tmp_path):
     """2 CPU processes over gloo: an uninterrupted fit, and a fit killed mid-epoch then resumed, train on the
     same frames at every step and end at the same step with the same weights."""

@@ -18,7 +18,7 @@ from compressor.entropy.priors import FactorisedPrior, StaticPrior, TemporalPrio
 from compressor.entropy.stream import (HEADER_BYTES, PriorMismatchError, StreamError, decode_segment, encode_segment,
                                        load_prior, read_header, save_prior)
 from compressor.latents import MissingPriorError
-from compressor.quantizers import FSQ
+from compressor.codec.quantizers import FSQ
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LEVELS = [8, 8, 8, 6, 5]
@@ -207,9 +207,10 @@ def test_latent_dataset_reads_either_form(priors, tmp_path):
         list(LatentDataset(str(tmp_path / "coded"), seq_len=3, prior=priors["factorised"], skip_damaged=True))
 
 
+@pytest.mark.slow
 def test_cli_train_code_report(priors, tmp_path):
     """The three commands on shards with a real (tiny) checkpoint's model id."""
-    from compressor.pipeline import model_id
+    from compressor.latents.pipeline import model_id
     from tests.conftest import tiny_model
 
     model = tiny_model()
@@ -250,6 +251,7 @@ def test_cli_train_code_report(priors, tmp_path):
     assert r.returncode == 2 and "not of the checkpoint's model" in r.stderr
 
 
+@pytest.mark.slow
 def test_crafted_segments_never_crash_the_process_and_never_decode_to_other_tokens(priors, tmp_path):
     """Header fields and payloads mutated with recomputed CRCs (tests/stream_fuzz.py), in a child process: a
     segfault there fails this test instead of killing the test run."""

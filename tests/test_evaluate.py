@@ -6,10 +6,10 @@ import pytest
 import torch
 import webdataset as wds
 
-from compressor.evaluate import evaluate, token_stats
-from compressor.learned_baseline import LearnedCodec, train
-from compressor.synthetic import driving_clip
-from compressor.video import list_videos
+from compressor.tools.evaluate import evaluate, token_stats
+from compressor.tools.learned_baseline import LearnedCodec, train
+from compressor.data.synthetic import driving_clip
+from compressor.data.video import list_videos
 from tests.conftest import tiny_model
 
 
@@ -18,6 +18,7 @@ def test_token_stats():
     assert token_stats(counts) == {"codebook_usage": 0.5, "token_entropy_bits": 1.0}
 
 
+@pytest.mark.slow
 def test_evaluate_on_generated_clips(video_dir):
     report = evaluate(tiny_model(), list_videos(video_dir)[:2], batch_size=5)
     assert report["overall"]["frames"] == 24 and report["overall"]["bytes_per_frame"] == 224
@@ -26,7 +27,7 @@ def test_evaluate_on_generated_clips(video_dir):
 
 @pytest.fixture(scope="module")
 def learned_codec(tmp_path_factory):
-    """A compressai codec trained for 2 steps on frame shards in the data/make_shards.py format."""
+    """A compressai codec trained for 2 steps on frame shards in the compressor.data.make_shards format."""
     d = tmp_path_factory.mktemp("learned")
     with wds.TarWriter(str(d / "train-clip-000.tar")) as sink:
         for i, f in enumerate(driving_clip(seed=1, num_frames=8, image_size=(128, 256))):
@@ -36,6 +37,7 @@ def learned_codec(tmp_path_factory):
     return str(d / "out" / "codec.pt")
 
 
+@pytest.mark.slow
 def test_learned_baseline_round_trip(learned_codec):
     codec = LearnedCodec.load(learned_codec)
     frames = driving_clip(seed=2, num_frames=3, image_size=(128, 256))
@@ -52,12 +54,13 @@ def test_learned_baseline_rejects_other_files(tmp_path):
         LearnedCodec.load(str(tmp_path / "m.pt"))
 
 
+@pytest.mark.slow
 def test_evaluate_cli_compares_all_methods_at_the_budget(video_dir, tmp_path, learned_codec):
     model_path = tmp_path / "m.pt"
     tiny_model().save(model_path)
     out = tmp_path / "report"
     clips = list_videos(video_dir)[:2]
-    run = subprocess.run([sys.executable, "-m", "compressor.evaluate", "--checkpoint", str(model_path), "--input",
+    run = subprocess.run([sys.executable, "-m", "compressor.tools.evaluate", "--checkpoint", str(model_path), "--input",
                           *clips, "--output", str(out), "--frame-stride", "6", "--codecs", "jpeg", "webp",
                           "--learned", learned_codec, "--gallery-frames", "1"],
                          capture_output=True, text=True)
@@ -90,7 +93,7 @@ def test_evaluate_cli_compares_all_methods_at_the_budget(video_dir, tmp_path, le
 
 
 def test_gallery_picks_are_distinct_even_for_short_clips():
-    from compressor.evaluate import _spread
+    from compressor.tools.evaluate import _spread
 
     for n in range(30):
         for k in range(8):

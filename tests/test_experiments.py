@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from compressor import experiments
+from compressor.tools import experiments
 from tests.test_train import TINY, run_cli
 
 
@@ -42,7 +42,7 @@ def test_val_curve_records_images_seen_and_continues_on_resume(tmp_path):
     ckpt = tmp_path / "ckpt"
     common = [*TINY, "--trainer.default_root_dir", str(tmp_path), "--trainer.val_check_interval", "2",
               "--trainer.limit_val_batches", "1", "--trainer.enable_checkpointing", "true",
-              "--trainer.callbacks+=compressor.callbacks.ValCurve",
+              "--trainer.callbacks+=compressor.training.callbacks.ValCurve",
               "--trainer.callbacks+=pytorch_lightning.callbacks.ModelCheckpoint",
               f"--trainer.callbacks.dirpath={ckpt}", "--trainer.callbacks.save_last=true"]
     run_cli(["fit", *common, "--trainer.max_steps", "4"])

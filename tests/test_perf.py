@@ -1,13 +1,15 @@
+import time
 import warnings
+
+import pytest
 
 import torch
 
-from compressor.bench_train import measure, to_markdown
-from compressor.layers import set_grad_checkpointing
-from compressor.losses import ReconstructionLoss
-from compressor.module import CompressorModule
-from compressor.callbacks import ThroughputMonitor
-from compressor.perf import matmul_peak_flops, train_flops_per_image
+from compressor.tools.bench_train import measure, to_markdown
+from compressor.codec.layers import set_grad_checkpointing
+from compressor.training.losses import ReconstructionLoss
+from compressor.training.module import CompressorModule
+from compressor.training.perf import matmul_peak_flops, train_flops_per_image
 from tests.conftest import DECODERS, ENCODERS, QUANTIZERS, tiny_model
 
 
@@ -67,11 +69,10 @@ def test_flops_and_the_matmul_ceiling():
     flops = train_flops_per_image(model)
     assert 2.5 * linear_flops < flops < 6 * linear_flops  # forward + backward (~3x), plus attention matmuls
     assert all(p.grad is None for p in model.parameters())  # counted on a copy
-    assert matmul_peak_flops("cpu", torch.float32, size=256, min_time=0.05) > 1e8
-    monitor = ThroughputMonitor(peak_tflops=1.0)
-    assert monitor.peak_tflops == 1.0
+    assert 1e8 < matmul_peak_flops("cpu", torch.float32, size=256, min_time=0.05) < 1e14  # 2 cores: ~1e11
 
 
+@pytest.mark.slow
 def test_training_benchmark_row_on_the_cpu():
     row = measure("demo", "demo.yaml", "cpu", batch=2, encode_batches=(1, 2), min_time=0.05, peak=1e11,
                   grad_checkpointing=True, compile_model=False, with_encode=True)
@@ -82,14 +83,21 @@ def test_training_benchmark_row_on_the_cpu():
     assert "| demo | on |" in md
 
 
+@pytest.mark.slow
 def test_throughput_monitor_logs_mfu_during_fit(tmp_path):
     from tests.test_train import TINY, run_cli
 
+    t0 = time.perf_counter()
     cli = run_cli(["fit", *TINY, "--trainer.max_steps", "3", "--trainer.limit_val_batches", "0",
-                   "--trainer.default_root_dir", str(tmp_path), "--trainer.callbacks+=compressor.callbacks.ThroughputMonitor",
+                   "--trainer.default_root_dir", str(tmp_path), "--trainer.callbacks+=compressor.training.callbacks.ThroughputMonitor",
                    "--trainer.callbacks.log_every_n_steps=1", "--trainer.callbacks.peak_tflops=0.05"])
-    metrics = cli.trainer.callback_metrics
-    monitor = next(c for c in cli.trainer.callbacks if isinstance(c, ThroughputMonitor))
-    assert monitor.flops_per_image == train_flops_per_image(cli.model.autoencoder)
-    expected = metrics["perf/images_per_s"] * monitor.flops_per_image / 0.05e12
-    assert 0 < float(metrics["perf/mfu"]) and torch.isclose(metrics["perf/mfu"], expected, rtol=1e-4)
+    fit_seconds = time.perf_counter() - t0
+    metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
+    # Expected values from the model's shape, not from the code under test: a training step costs about 3x the
+    # forward matmuls (2 FLOPs per multiply-add over 128 tokens), plus attention and the loss.
+    model = cli.model.autoencoder
+    linear = 2 * 128 * sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear))
+    ips = metrics["perf/images_per_s"]
+    assert 2.5 * linear < metrics["perf/tflops"] * 1e12 / ips < 6 * linear
+    assert metrics["perf/mfu"] == pytest.approx(metrics["perf/tflops"] / 0.05, rel=1e-4)  # the peak given above
+    assert ips > 2 / fit_seconds  # one step (batch 2) is shorter than the whole fit

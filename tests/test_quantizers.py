@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from compressor.quantizers import FSQ, VQ, token_bits
+from compressor.codec.quantizers import FSQ, VQ, token_bits
 
 
 @pytest.mark.parametrize("levels", [[8, 8, 8, 6, 5], [8, 8, 8, 8, 4], [3, 5], [2, 2, 2]])
@@ -70,7 +70,7 @@ def test_vq_restarts_dead_codes_on_encoder_outputs():
 
 
 def test_standardized_fsq_spreads_saturated_channels_over_their_levels():
-    from compressor.quantizers import StandardizedFSQ
+    from compressor.codec.quantizers import StandardizedFSQ
 
     torch.manual_seed(0)
     # Inputs like a drifted projection's: offsets and scales that pin plain FSQ's channels to one end.

@@ -7,8 +7,8 @@ from pytorch_lightning.cli import LightningCLI
 
 import compressor
 from compressor.data import FramesDataModule
-from compressor.losses import PatchDiscriminator, PerceptualLoss
-from compressor.module import CompressorModule
+from compressor.training.losses import PatchDiscriminator, PerceptualLoss
+from compressor.training.module import CompressorModule
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
@@ -32,6 +32,7 @@ def test_fast_dev_run_exports_a_loadable_model(tmp_path, capsys):
     assert "bytes/frame" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_checkpoint_resume_continues_the_step_count(tmp_path):
     ckpt_dir = tmp_path / "ckpt"
     common = [*TINY, "--trainer.default_root_dir", str(tmp_path), "--trainer.val_check_interval", "2",
@@ -49,6 +50,7 @@ def test_checkpoint_resume_continues_the_step_count(tmp_path):
     assert model.encode(frames).shape == (1, 128)
 
 
+@pytest.mark.slow
 def test_optional_losses_train_without_downloads(tmp_path):
     weights = tmp_path / "vgg16_features.pt"
     torch.save(torchvision.models.vgg16(weights=None).features.state_dict(), weights)
@@ -82,6 +84,7 @@ def test_perceptual_loss_is_zero_for_identical_frames(tmp_path):
     assert loss(x, -x).item() > 0
 
 
+@pytest.mark.slow
 def test_time_budget_drives_the_cosine_to_its_floor(tmp_path):
     cli = run_cli(["fit", *TINY, "--trainer.max_steps", "3", "--trainer.limit_val_batches", "0",
                    "--trainer.default_root_dir", str(tmp_path), "--model.warmup_steps", "1",

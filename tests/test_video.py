@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from compressor import preprocess
-from compressor.video import iter_frames, list_videos, read_frames, read_manifest, split_videos
+from compressor.data.video import iter_frames, list_videos, read_frames, read_manifest, split_videos
 from tests.conftest import tiny_model, write_video
 
 
@@ -52,7 +52,8 @@ def test_preprocess_rejects_bad_frames(bad):
         preprocess(bad)
 
 
-@pytest.mark.parametrize("codec,ext", [("libx264", "mp4"), ("mpeg4", "avi"), ("libx265", "mkv"), ("gif", "gif")])
+@pytest.mark.parametrize("codec,ext", [("libx264", "mp4"), ("mpeg4", "avi"),
+                                       pytest.param("libx265", "mkv", marks=pytest.mark.slow), ("gif", "gif")])
 def test_reads_generated_video(tmp_path, codec, ext):
     frames = torch.zeros(6, 3, 128, 256, dtype=torch.uint8)
     frames[:, 1] = torch.arange(6).view(6, 1, 1) * 40  # a green ramp over time
@@ -97,6 +98,7 @@ def test_manifest_decides_the_split(tmp_path, video_dir):
 
 
 # ---- real dashcam clips -----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_real_clips_decode_and_follow_the_manifest(dashcam_dir):
     manifest = read_manifest(dashcam_dir)
     paths = list_videos(dashcam_dir)
@@ -109,6 +111,7 @@ def test_real_clips_decode_and_follow_the_manifest(dashcam_dir):
         assert preprocess(frame).shape == (3, 128, 256)
 
 
+@pytest.mark.slow
 def test_codec_api_on_a_real_clip(dashcam_dir):
     import compressor
 

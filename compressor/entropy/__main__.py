@@ -22,11 +22,12 @@ from compressor.entropy.coding import digit_radices
 from compressor.entropy.fit import check_segments, fit_static, fit_temporal, load_segments, mean_bits_per_token
 from compressor.entropy.priors import KINDS, PRIORS
 from compressor.entropy.stream import decode_segment, encode_segment, load_prior, save_prior
+from compressor.utils import atomic_write
 
 
 def train(args) -> None:
-    from compressor.autoencoder import load
-    from compressor.pipeline import model_id
+    from compressor.codec.autoencoder import load
+    from compressor.codec.autoencoder import model_id
 
     model = load(args.checkpoint)
     levels = getattr(model.quantizer, "levels", None)
@@ -62,12 +63,11 @@ def code(args) -> None:
     prior = load_prior(args.prior)
     os.makedirs(args.output, exist_ok=True)
     frames = coded = 0
-    from compressor.latent_shards import expand_urls, make_sample, read_segments
+    from compressor.latents.shards import expand_urls, make_sample, read_segments
 
     for url in expand_urls(args.shards):
         name = os.path.basename(url)
-        tmp = os.path.join(args.output, name + ".tmp")
-        with wds.TarWriter(tmp, mtime=0) as sink:
+        with atomic_write(os.path.join(args.output, name)) as tmp, wds.TarWriter(tmp, mtime=0) as sink:
             for i, seg in enumerate(read_segments(url)):
                 data = encode_segment(seg["tokens"], prior)
                 if not torch.equal(decode_segment(data, prior), seg["tokens"]):  # never keep a stream that lies
@@ -77,7 +77,6 @@ def code(args) -> None:
                 sink.write(make_sample(seg["tokens"].numpy(), meta, ctok=data, plain=False))
                 frames += len(seg["tokens"])
                 coded += len(data)
-        os.replace(tmp, os.path.join(args.output, name))
     print(f"{frames} frames coded with the {prior.kind} prior: {coded / max(frames, 1):.2f} bytes/frame "
           f"(headers included), written to {args.output}")
 
@@ -91,7 +90,7 @@ def main(argv=None) -> int:
     t.add_argument("--shards", required=True, nargs="+", help="encode.py output: directories, globs or .tar files")
     t.add_argument("--val-shards", nargs="+", help="held-out shards to report bits/token on")
     t.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
-    t.add_argument("--output-dir", help="where prior-<kind>.pt go (default: beside the checkpoint)")
+    t.add_argument("--output", "--output-dir", dest="output_dir", help="where prior-<kind>.pt go (default: beside the checkpoint)")
     t.add_argument("--steps", type=int, default=1000, help="temporal prior: optimiser steps")
     t.add_argument("--minutes", type=float, default=None, help="temporal prior: stop after this long")
     t.add_argument("--batch-size", type=int, default=32)

@@ -86,11 +86,6 @@ class TableSet:
         for i, c in enumerate(cdfs):
             self._cdf[i, : len(c)] = c
 
-    @classmethod
-    def from_blocks(cls, blocks: list[np.ndarray]) -> "TableSet":
-        """Blocks of CDFs (M_k, L_k + 2) -> one table set, tables numbered block after block."""
-        return cls([row for block in blocks for row in block])
-
     def frequencies(self, indexes: np.ndarray, symbols: np.ndarray) -> np.ndarray:
         return self._cdf[indexes, symbols + 1] - self._cdf[indexes, symbols]
 

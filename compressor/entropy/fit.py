@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import random
 import sys
 import time
@@ -12,7 +11,8 @@ from tqdm import tqdm
 
 from compressor.entropy.coding import to_digits
 from compressor.entropy.priors import FactorisedPrior, Prior, StaticPrior, TemporalPrior
-from compressor.latents import expand_urls, read_segments
+from compressor.latents.shards import expand_urls, read_segments
+from compressor.utils import cosine
 
 
 def load_segments(shards, prior: Prior | None = None) -> list[dict]:
@@ -68,7 +68,7 @@ def fit_temporal(prior: TemporalPrior, segments: list[dict], val_segments: list[
     rng = random.Random(seed)
     digits = [to_digits(s["tokens"], prior.radices) for s in segments]
     opt = torch.optim.AdamW(prior.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i / steps, 1.0))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: cosine(i / steps))
     history, t0 = [], time.perf_counter()
     prior.train()
     bar = tqdm(range(steps), desc="temporal prior", file=sys.stderr, mininterval=5)

@@ -16,7 +16,7 @@ from compressor.entropy.coding import from_digits, to_digits
 from compressor.entropy.fit import load_segments
 from compressor.entropy.priors import KINDS, TemporalPrior, one_thread
 from compressor.entropy.stream import HEADER_BYTES, decode_segment, encode_segment, load_prior
-from compressor.packing import pack, unpack
+from compressor.codec.packing import pack, unpack
 
 
 def _timed(fn, *args):

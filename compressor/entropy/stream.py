@@ -8,7 +8,7 @@ A segment is a 44-byte header followed by one rANS payload (little-endian)::
     coder     u8   1 = compressai rANS with 16-bit frequencies; 0 = stored: the fixed-width packing of
                    ``compressor.pack``, used when the prior would code the segment larger than that
     reserved  u8   0
-    model_id  8s   the compressor whose tokens these are (``pipeline.model_id``)
+    model_id  8s   the compressor whose tokens these are (``compressor.codec.autoencoder.model_id``)
     prior_id  8s   the exact prior (``Prior.prior_id``)
     frames    u32  frame count
     tokens    u16  tokens per frame
@@ -38,8 +38,9 @@ from torch import Tensor
 
 from compressor.entropy.coding import SLACK_BITS, Decoder, Encoder, min_symbol_bits
 from compressor.entropy.priors import KINDS, PRIORS, Prior
-from compressor.packing import pack, tokens_crc32, unpack
-from compressor.quantizers import token_bits
+from compressor.codec.packing import pack, tokens_crc32, unpack
+from compressor.codec.quantizers import token_bits
+from compressor.utils import atomic_write
 
 MAGIC = b"CTOK"
 FORMAT_VERSION = 1
@@ -160,10 +161,9 @@ def decode_segment(data: bytes, prior: Prior, num_frames: int | None = None) -> 
 
 def save_prior(prior: Prior, path: str | os.PathLike, **extra) -> None:
     """Weights-only file: the kind, constructor arguments and tensors (loads with ``weights_only=True``)."""
-    tmp = f"{path}.tmp"
-    torch.save({"format": PRIOR_FORMAT, "kind": prior.kind, "init_args": prior.init_args,
-                "state_dict": prior.state_dict(), "prior_id": prior.prior_id(), **extra}, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        torch.save({"format": PRIOR_FORMAT, "kind": prior.kind, "init_args": prior.init_args,
+                    "state_dict": prior.state_dict(), "prior_id": prior.prior_id(), **extra}, tmp)
 
 
 def load_prior(path: str | os.PathLike) -> Prior:

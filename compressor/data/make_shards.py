@@ -1,6 +1,6 @@
 """Turn a video collection into webdataset frame shards at training resolution (the cluster data path).
 
-    python data/make_shards.py --videos ../shared/dashcam --out shards/dashcam [--stride 1] [--maxcount 1000]
+    python -m compressor.data.make_shards --input ../shared/dashcam --output shards/dashcam [--stride 1] [--maxcount 1000]
 
 Each video becomes its own shard(s), ``{split}-{video}-{k:03d}.tar``, with samples ``frame.npy`` (uint8
 (3, H, W), after ``compressor.preprocess``) and ``meta.json`` (source file, frame index). The split is by whole
@@ -19,8 +19,7 @@ import sys
 import webdataset as wds
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from compressor.video import iter_frames, list_videos, preprocess, split_videos  # noqa: E402
+from compressor.data.video import iter_frames, list_videos, preprocess, split_videos
 
 
 def write_video_shards(path: str, split: str, out: str, image_size: tuple[int, int], stride: int, maxcount: int) -> int:
@@ -51,15 +50,15 @@ def write_video_shards(path: str, split: str, out: str, image_size: tuple[int, i
     return written
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--videos", required=True, nargs="+", help="directories, globs or files")
-    ap.add_argument("--out", required=True, help="output directory for the shards")
+    ap.add_argument("--input", "--videos", dest="videos", required=True, nargs="+", help="directories, globs or files")
+    ap.add_argument("--output", "--out", dest="out", required=True, help="output directory for the shards")
     ap.add_argument("--image-size", type=int, nargs=2, default=(128, 256), metavar=("H", "W"))
     ap.add_argument("--stride", type=int, default=1, help="keep every n-th frame")
     ap.add_argument("--maxcount", type=int, default=1000, help="frames per shard")
     ap.add_argument("--val-fraction", type=float, default=0.1, help="share of videos held out without a manifest")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     train, val = split_videos(list_videos(args.videos), args.val_fraction)
     jobs = [(p, "train") for p in train] + [(p, "val") for p in val]

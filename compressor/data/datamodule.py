@@ -13,12 +13,12 @@ import random
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from compressor.frame_shards import FrameShards
-from compressor.latents import LatentDataset  # noqa: F401  (re-exported: the world-model loader)
-from compressor.synthetic import driving_scene
-from compressor.video import iter_frames, list_videos, preprocess, split_videos
+from compressor.data.frame_shards import FrameShards
+from compressor.data.synthetic import driving_scene
+from compressor.utils import rank_world, worker
+from compressor.data.video import iter_frames, list_videos, preprocess, split_videos
 
 
 class VideoFrames(IterableDataset):
@@ -43,10 +43,7 @@ class VideoFrames(IterableDataset):
         self.sample_rate, self.shuffle, self.buffer_size = sample_rate, shuffle, buffer_size
 
     def _my_videos(self) -> list[str]:
-        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-        info = get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        (rank, world), (wid, nw) = rank_world(), worker()
         videos = self.videos[rank::world] if len(self.videos) >= world else self.videos
         return videos[wid::nw]
 
@@ -125,7 +122,7 @@ class FramesDataModule(pl.LightningDataModule):
     Args:
         videos: directory, glob, file, or list of those. A ``MANIFEST.tsv`` beside the videos with a ``split``
             column decides train/val; otherwise whole videos are held out by a hash of their name.
-        shards: directory with ``train-*.tar`` and ``val-*.tar`` frame shards from ``data/make_shards.py``.
+        shards: directory with ``train-*.tar`` and ``val-*.tar`` frame shards from ``compressor.data.make_shards``.
         image_size: (H, W) of model input.
         batch_size: frames per batch per device.
         num_workers: DataLoader workers per device.
@@ -178,7 +175,7 @@ class FramesDataModule(pl.LightningDataModule):
             self.train_shards = sorted(glob.glob(os.path.join(hp.shards, "train-*.tar")))
             self.val_shards = sorted(glob.glob(os.path.join(hp.shards, "val-*.tar")))
             if not self.train_shards:
-                raise FileNotFoundError(f"no train-*.tar shards in {hp.shards}; write them with data/make_shards.py")
+                raise FileNotFoundError(f"no train-*.tar shards in {hp.shards}; write them with compressor.data.make_shards")
             self.train_frames = FrameShards(self.train_shards, hp.batch_size, hp.num_workers, shuffle=True,
                                             seed=hp.seed)
 

@@ -1,6 +1,6 @@
 """A learned continuous codec without a token bottleneck (compressai), trained as an evaluation anchor.
 
-    python -m compressor.learned_baseline --shards SHARD_DIR --output runs/bmshj2018-factorized --steps 400
+    python -m compressor.tools.learned_baseline --shards SHARD_DIR --output runs/bmshj2018-factorized --steps 400
 
 Trains compressai's ``bmshj2018-factorized`` (``FactorizedPrior``) on the same ``train-*.tar`` frame shards as our
 models, for a step budget (batches of 16, like ``configs/rd``) or a wall-clock one, and saves ``codec.pt``. The Lagrange multiplier is steered during training so the
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import math
 import os
 import time
 
@@ -21,7 +20,9 @@ import torch
 from compressai.models import FactorizedPrior
 from torch.utils.data import DataLoader
 
-from compressor.frame_shards import FrameShards
+from compressor.data.frame_shards import FrameShards
+from compressor.metrics import psnr
+from compressor.utils import cosine
 
 ARCH = "bmshj2018-factorized"
 
@@ -37,7 +38,7 @@ class LearnedCodec:
     def load(cls, path: str) -> "LearnedCodec":
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         if ckpt.get("arch") != ARCH:
-            raise ValueError(f"{path} is not a {ARCH} codec written by compressor.learned_baseline")
+            raise ValueError(f"{path} is not a {ARCH} codec written by compressor.tools.learned_baseline")
         net = FactorizedPrior.from_state_dict(ckpt["state_dict"])
         net.update(force=True)
         return cls(net, {k: v for k, v in ckpt.items() if k != "state_dict"})
@@ -62,7 +63,7 @@ def train(shards: str, output: str, minutes: float, steps: int | None = None, ta
     torch.manual_seed(seed)
     urls = sorted(glob.glob(os.path.join(shards, "train-*.tar")))
     if not urls:
-        raise FileNotFoundError(f"no train-*.tar shards in {shards}; write them with data/make_shards.py")
+        raise FileNotFoundError(f"no train-*.tar shards in {shards}; write them with compressor.data.make_shards")
     frames_ds = FrameShards(urls, batch_size, num_workers, shuffle=True, seed=seed)
     loader = DataLoader(frames_ds, batch_size=batch_size, num_workers=num_workers, drop_last=True)
     net = FactorizedPrior(N, M)
@@ -95,7 +96,7 @@ def train(shards: str, output: str, minutes: float, steps: int | None = None, ta
             loss = lam * 255**2 * mse + bpp
             # Cosine decay over the budget (steps or wall clock), as the token models use.
             for g in opt.param_groups:
-                g["lr"] = g["base_lr"] * 0.5 * (1 + math.cos(math.pi * min(progress(), 1.0)))
+                g["lr"] = g["base_lr"] * cosine(progress())
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(main, 1.0)
@@ -107,8 +108,8 @@ def train(shards: str, output: str, minutes: float, steps: int | None = None, ta
             if step % 10 == 0 and step >= 20:
                 lam *= min(max(target_bpp / bpp_ema, 0.8), 1.25)
             if step % 50 == 0:
-                psnr = -10 * math.log10(max(mse.item(), 1e-10))
-                print(f"step {step} {elapsed:.0f}s bpp {bpp_ema:.4f} psnr {psnr:.2f} lambda {lam:.5f}", flush=True)
+                db = psnr(out["x_hat"].detach(), x, peak=1.0).mean().item()
+                print(f"step {step} {elapsed:.0f}s bpp {bpp_ema:.4f} psnr {db:.2f} lambda {lam:.5f}", flush=True)
             step += 1
     net.update(force=True)
     summary = {"arch": ARCH, "N": N, "M": M, "steps": step, "train_seconds": time.perf_counter() - t0,
@@ -118,16 +119,16 @@ def train(shards: str, output: str, minutes: float, steps: int | None = None, ta
     return summary
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shards", required=True, help="directory with train-*.tar from data/make_shards.py")
+    ap.add_argument("--shards", required=True, help="directory with train-*.tar from compressor.data.make_shards")
     ap.add_argument("--output", required=True)
     ap.add_argument("--minutes", type=float, default=10.0, help="wall-clock training budget")
     ap.add_argument("--steps", type=int, default=None, help="step budget (batches); the run ends at either budget")
     ap.add_argument("--target-bpp", type=float, default=0.055)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     summary = train(args.shards, args.output, args.minutes, args.steps, args.target_bpp, args.batch_size, args.lr)
     print(f"saved {os.path.join(args.output, 'codec.pt')}: {summary}")
 

@@ -8,18 +8,23 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 
 import torch
 from torch import Tensor, nn
 
-from compressor.encoders import grid_size
-from compressor.quantizers import token_bits
+from compressor.codec.encoders import grid_size
+from compressor.utils import atomic_write
+from compressor.codec.quantizers import token_bits
 
 CHECKPOINT_FORMAT = "compressor/1"
 # Only classes from these modules may be named in a checkpoint, so loading never runs arbitrary code.
-_BUILDABLE_MODULES = ("compressor.encoders", "compressor.decoders", "compressor.quantizers")
+_BUILDABLE_MODULES = ("compressor.codec.encoders", "compressor.codec.decoders", "compressor.codec.quantizers")
+# Checkpoints written before the codec moved into compressor.codec name its modules by their old paths.
+_OLD_MODULES = {"compressor.encoders": "compressor.codec.encoders", "compressor.decoders": "compressor.codec.decoders",
+                "compressor.quantizers": "compressor.codec.quantizers"}
 
 
 class Autoencoder(nn.Module):
@@ -127,9 +132,8 @@ class Autoencoder(nn.Module):
 
     def save(self, path: str | os.PathLike) -> None:
         """Write an exported model that ``compressor.load`` reads; written atomically."""
-        tmp = f"{path}.tmp"
-        torch.save(self.export_dict(), tmp)
-        os.replace(tmp, path)
+        with atomic_write(path) as tmp:
+            torch.save(self.export_dict(), tmp)
 
     @classmethod
     def from_export(cls, export: dict, **overrides) -> "Autoencoder":
@@ -159,7 +163,7 @@ class Autoencoder(nn.Module):
     def _from_config(cls, config: dict, overrides: dict) -> "Autoencoder":
         config = {**config, **overrides}
         try:
-            parts = {name: _build(config[name]) for name in ("encoder", "quantizer", "decoder")}
+            parts = {name: build_part(config[name]) for name in ("encoder", "quantizer", "decoder")}
             return cls(**parts, image_size=tuple(config["image_size"]),
                        max_bytes_per_frame=config["max_bytes_per_frame"])
         except (KeyError, TypeError, AttributeError) as e:  # ValueErrors (budget, foreign class) say why already
@@ -188,8 +192,19 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu", **ov
     return Autoencoder.from_export(blob, **overrides)
 
 
-def _build(spec: dict) -> nn.Module:
+def model_id(model: nn.Module) -> str:
+    """A short hash of the weights: tokens from different weights must never be mixed silently."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def build_part(spec: dict) -> nn.Module:
+    """An encoder, quantizer or decoder from ``{"class_path", "init_args"}``; only classes of the codec modules."""
     module_name, _, class_name = spec["class_path"].rpartition(".")
+    module_name = _OLD_MODULES.get(module_name, module_name)
     if module_name not in _BUILDABLE_MODULES:
         raise ValueError(f"refusing to build {spec['class_path']!r}: not a compressor module")
     cls = getattr(importlib.import_module(module_name), class_name, None)

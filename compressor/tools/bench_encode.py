@@ -1,6 +1,6 @@
 """Benchmark the encode pipeline: decode-only, model-only and end-to-end frames/s, in one run on one machine.
 
-    python -m compressor.bench_encode --checkpoint runs/x/model.pt --input ../shared/dashcam
+    python -m compressor.tools.bench_encode --checkpoint runs/x/model.pt --input ../shared/dashcam
 
 The pipeline overlaps decoding (worker processes) with inference (main process), so end-to-end should approach
 the slower of the two stages rather than their sum. Peak resident memory of the end-to-end run is reported too.
@@ -16,8 +16,8 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
-from compressor.autoencoder import load
-from compressor.pipeline import DecodedChunks, encode_videos, find_videos
+from compressor.codec.autoencoder import load
+from compressor.latents.pipeline import DecodedChunks, encode_videos, find_videos
 
 
 def decode_only(videos: list[str], image_size, batch_size: int, workers: int) -> tuple[float, list[torch.Tensor]]:
@@ -43,14 +43,14 @@ def model_only(model, batches: list[torch.Tensor], device: str, repeats: int = 3
     return n / (time.perf_counter() - t0)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--input", required=True, nargs="+")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     model = load(args.checkpoint).to(args.device)
     videos, _ = find_videos(args.input)
     dec_fps, sample = decode_only(videos, model.image_size, args.batch_size, args.workers)

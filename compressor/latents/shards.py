@@ -33,6 +33,7 @@ import json
 import math
 import os
 import re
+import sys
 import tarfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -41,9 +42,11 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
-from compressor.entropy.priors import Prior
-from compressor.entropy.stream import PriorMismatchError, StreamError, decode_segment
-from compressor.packing import tokens_crc32
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the entropy coder (compressai's rANS) is imported only when a coded sample is met
+    from compressor.entropy.priors import Prior
+from compressor.codec.packing import tokens_crc32
 
 MANIFEST = "manifest.json"
 TOKEN_DTYPE = np.dtype("<u2")
@@ -239,6 +242,13 @@ def _check_tokens(tokens: np.ndarray, meta: dict, where: str) -> None:
         raise DamagedSampleError(f"{where}: first_frame is not a frame index")
 
 
+def _is_setting_error(e: Exception) -> bool:
+    """A missing or wrong prior: a wrong setting, not a damaged shard. (No PriorMismatchError can have been raised
+    if the entropy coder was never imported.)"""
+    stream = sys.modules.get("compressor.entropy.stream")
+    return isinstance(e, MissingPriorError) or (stream is not None and isinstance(e, stream.PriorMismatchError))
+
+
 def _sample(url: str, key: str, entry: dict, prior: Prior | None) -> dict:
     where = f"{url}: sample {key}"
     if "json" not in entry or not ("tokens.npy" in entry or "tokens.ctok" in entry):
@@ -248,6 +258,8 @@ def _sample(url: str, key: str, entry: dict, prior: Prior | None) -> dict:
         if prior is None:
             raise MissingPriorError(f"{where} holds only entropy-coded tokens; pass the prior file that coded them "
                                     "(LatentDataset(..., prior=...))")
+        from compressor.entropy.stream import PriorMismatchError, StreamError, decode_segment
+
         try:
             tokens = decode_segment(entry["tokens.ctok"], prior, num_frames=_meta_int(meta, "num_frames", where))
         except PriorMismatchError:
@@ -339,7 +351,7 @@ def read_segments(url: str, prior: Prior | None = None, expected: dict | None = 
                 raise DamagedShardError(f"{url}: the tar ends without its end-of-archive marker after sample {key} "
                                         f"(a damaged header, or a file cut short)")
     except (tarfile.TarError, EOFError, ValueError, OSError) as e:
-        if isinstance(e, (MissingPriorError, PriorMismatchError)):
+        if _is_setting_error(e):
             raise  # a wrong setting, not a damaged shard
         raise DamagedShardError(f"{url}: damaged latent shard after sample {key} ({type(e).__name__}: {e})") from e
     if expected is not None:

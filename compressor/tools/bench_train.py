@@ -1,7 +1,7 @@
 """One-command training benchmark: pure ViT against conv stem, at the default and at comma.ai scale.
 
-    python -m compressor.bench_train --output reports/bench-train-cpu          # CPU mode (small batches)
-    python -m compressor.bench_train --device cuda --output reports/bench-gpu  # a GPU: about 3 minutes
+    python -m compressor.tools.bench_train --output reports/bench-train-cpu          # CPU mode (small batches)
+    python -m compressor.tools.bench_train --device cuda --output reports/bench-gpu  # a GPU: about 3 minutes
 
 Per config: parameters; training FLOPs per image (forward + loss + backward, ``torch.utils.flop_counter``);
 training images/s (AdamW steps on random frames, bf16 autocast on CUDA, float32 on the CPU); MFU against the matmul
@@ -20,23 +20,13 @@ import resource
 import time
 
 import torch
-import yaml
+from compressor.tools.bench import device_name, model_from_config, rss_mb, sync
+from compressor.codec.layers import set_grad_checkpointing
+from compressor.training.losses import ReconstructionLoss
+from compressor.training.perf import matmul_peak_flops, train_flops_per_image
 
-from compressor.autoencoder import Autoencoder, _build
-from compressor.bench import _rss_mb, _sync, device_name
-from compressor.layers import set_grad_checkpointing
-from compressor.losses import ReconstructionLoss
-from compressor.perf import matmul_peak_flops, train_flops_per_image
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {"vit (default)": "vit-224B.yaml", "convstem (default)": "convstem-224B.yaml",
            "vit (comma scale)": "comma-scale.yaml", "convstem (comma scale)": "comma-scale-convstem.yaml"}
-
-
-def build_from_config(name: str) -> Autoencoder:
-    with open(os.path.join(REPO, "configs", name)) as f:
-        spec = yaml.safe_load(f)["model"]
-    return Autoencoder(_build(spec["encoder"]), _build(spec["quantizer"]), _build(spec["decoder"]))
 
 
 def _train_rate(model, batch: int, device: str, bf16: bool, min_time: float, compile_model: bool) -> float:
@@ -61,12 +51,12 @@ def _train_rate(model, batch: int, device: str, bf16: bool, min_time: float, com
 
     for _ in range(2):  # warm-up: kernel selection, compilation, optimizer state
         step()
-    _sync(device)
+    sync(device)
     n, t0 = 0, time.perf_counter()
     while n < 3 or time.perf_counter() - t0 < min_time:
         step()
         n += 1
-    _sync(device)
+    sync(device)
     return n * batch / (time.perf_counter() - t0)
 
 
@@ -77,12 +67,12 @@ def _encode_rate(model, batches, device: str, bf16: bool, min_time: float) -> tu
         frames = torch.randint(0, 256, (b, 3, *model.image_size), dtype=torch.uint8, device=device)
         with torch.autocast(device.split(":")[0], torch.bfloat16, enabled=bf16):
             model.encode(frames)
-            _sync(device)
+            sync(device)
             n, t0 = 0, time.perf_counter()
             while n < 3 or time.perf_counter() - t0 < min_time:
                 model.encode(frames)
                 n += 1
-            _sync(device)
+            sync(device)
         best = max(best, (n * b / (time.perf_counter() - t0), b))
     return best
 
@@ -90,13 +80,13 @@ def _encode_rate(model, batches, device: str, bf16: bool, min_time: float) -> tu
 def measure(label: str, config: str, device: str, batch: int, encode_batches, min_time: float, peak: float,
             grad_checkpointing: bool, compile_model: bool, with_encode: bool) -> dict:
     torch.manual_seed(0)
-    model = build_from_config(config).to(device).train()
+    model = model_from_config(config).to(device).train()
     if grad_checkpointing:
         set_grad_checkpointing(model)
     bf16 = device.startswith("cuda")
     if bf16:
         torch.cuda.reset_peak_memory_stats()
-    base = _rss_mb()
+    base = rss_mb()
     rate = _train_rate(model, batch, device, bf16, min_time, compile_model)
     peak_mb = (torch.cuda.max_memory_allocated() / 2**20 if bf16
                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base)
@@ -157,7 +147,7 @@ def to_markdown(result: dict) -> str:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--batch", type=int, default=None, help="training batch (default: 64 on CUDA, 4 on the CPU)")
+    ap.add_argument("--batch-size", "--batch", dest="batch", type=int, default=None, help="training batch (default: 64 on CUDA, 4 on the CPU)")
     ap.add_argument("--min-time", type=float, default=None, help="seconds per timing (default 3)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--compile", action="store_true", help="torch.compile the training step (eager if it fails)")

@@ -1,7 +1,7 @@
 """ViT versus convolution: speed of the three designs at three input sizes, at the same 128-token budget.
 
-    python -m compressor.bench --output reports/bench              # CPU (all cores torch sees)
-    python -m compressor.bench --device cuda --output reports/bench-gpu   # one command on a CUDA machine
+    python -m compressor.tools.bench --output reports/bench              # CPU (all cores torch sees)
+    python -m compressor.tools.bench --device cuda --output reports/bench-gpu   # one command on a CUDA machine
 
 Designs (codec API: uint8 frames -> tokens -> uint8 frames):
 
@@ -30,34 +30,49 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from compressor.autoencoder import Autoencoder
-from compressor.decoders import ConvDecoder, ConvUpsampleDecoder, ViTDecoder
-from compressor.encoders import ConvEncoder, ConvStemEncoder, ViTEncoder
-from compressor.quantizers import FSQ
+import yaml
+
+from compressor.codec.autoencoder import Autoencoder, build_part
 
 RESOLUTIONS = ((128, 256), (256, 512), (512, 1024))
-DESIGNS = ("vit", "convstem", "conv")
+CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "configs")
+DESIGNS = {"vit": "cpu-vit-224B.yaml", "convstem": "cpu-convstem-224B.yaml", "conv": "cpu-conv-224B.yaml"}
+
+
+def model_config(name: str) -> dict:
+    """The ``model`` section of ``configs/NAME``: encoder, quantizer and decoder specs (class_path, init_args)."""
+    with open(os.path.join(CONFIGS, name)) as f:
+        return yaml.safe_load(f)["model"]
+
+
+def model_from_config(name: str, image_size: tuple[int, int] = (128, 256), **widen) -> Autoencoder:
+    """The autoencoder of ``configs/NAME``; ``widen`` updates the encoder's and decoder's init_args by name."""
+    spec = model_config(name)
+    parts = {}
+    for part in ("encoder", "quantizer", "decoder"):
+        init = dict(spec[part].get("init_args", {}))
+        if part != "quantizer":
+            init.update({k: v for k, v in widen.items() if k in init}, image_size=image_size)
+        parts[part] = build_part({"class_path": spec[part]["class_path"], "init_args": init})
+    return Autoencoder(**parts, image_size=image_size)
 
 
 def build(design: str, image_size: tuple[int, int]) -> Autoencoder:
     """The design's CPU config at 128x256, with the grid stride scaled so every size gives 128 tokens."""
-    extra = {128: 0, 256: 1, 512: 2}[image_size[0]]  # extra x2 downsampling stages beyond 16 px
-    if design == "vit":
-        p = 16 * 2**extra
-        enc = ViTEncoder(image_size, patch_size=p, dim=256, depth=4, heads=4)
-        dec = ViTDecoder(image_size, patch_size=p, dim=384, depth=6, heads=6)
-    elif design == "convstem":
-        enc = ConvStemEncoder(image_size, stem_channels=[16] * extra + [32, 64, 128, 256], dim=256, depth=4, heads=4)
-        dec = ConvUpsampleDecoder(image_size, dim=384, depth=6, heads=6, head_channels=[192, 96, 48, 24] + [16] * extra)
-    elif design == "conv":
-        enc = ConvEncoder(image_size, channels=[16] * extra + [48, 96, 192, 320], depth=1)
-        dec = ConvDecoder(image_size, dim=512, depth=2, head_channels=[384, 192, 96, 48] + [16] * extra)
-    else:
+    if design not in DESIGNS:
         raise ValueError(f"unknown design {design!r}; choose from {DESIGNS}")
-    return Autoencoder(enc, FSQ([8, 8, 8, 6, 5]), dec, image_size).eval()
+    extra = {128: 0, 256: 1, 512: 2}[image_size[0]]  # extra x2 downsampling stages beyond 16 px
+    init = {part: model_config(DESIGNS[design])[part]["init_args"] for part in ("encoder", "decoder")}
+    # Larger inputs: the ViT's patch grows; the convolutional designs gain narrow (16-channel) stride-2 stages at
+    # the new high resolutions, first in the encoder and last in the decoder.
+    widen = {"patch_size": init["encoder"].get("patch_size", 16) * 2**extra,
+             "stem_channels": [16] * extra + init["encoder"].get("stem_channels", []),
+             "channels": [16] * extra + init["encoder"].get("channels", []),
+             "head_channels": init["decoder"].get("head_channels", []) + [16] * extra}
+    return model_from_config(DESIGNS[design], image_size, **widen).eval()
 
 
-def _sync(device: str) -> None:
+def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
 
@@ -69,16 +84,16 @@ def _roundtrip(model: Autoencoder, frames: torch.Tensor) -> torch.Tensor:
 def _timed(model, frames, device, min_time: float) -> float:
     """Seconds per call of encode + decode, averaged over at least ``min_time`` seconds (and 3 calls)."""
     _roundtrip(model, frames)  # warm-up
-    _sync(device)
+    sync(device)
     n, t0 = 0, time.perf_counter()
     while n < 3 or time.perf_counter() - t0 < min_time:
         _roundtrip(model, frames)
         n += 1
-    _sync(device)
+    sync(device)
     return (time.perf_counter() - t0) / n
 
 
-def _rss_mb() -> float:
+def rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
@@ -104,15 +119,15 @@ def measure(design: str, image_size: tuple[int, int], device: str, batches: tupl
         # Peak memory at batch 16 first, while the high-water mark still reflects only the loaded model.
         x16 = frames(16)
         _roundtrip(model, frames(1))
-        _sync(device)
+        sync(device)
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
             _roundtrip(model, x16)
-            _sync(device)
+            sync(device)
             peak_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
         else:
-            base = _rss_mb()
+            base = rss_mb()
             _roundtrip(model, x16)
             peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
 
@@ -176,16 +191,16 @@ def device_name(device: str, threads: int) -> str:
     return f"{model}, {threads} threads (float32)"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
-    ap.add_argument("--designs", nargs="+", default=list(DESIGNS), choices=DESIGNS)
+    ap.add_argument("--designs", nargs="+", default=list(DESIGNS), choices=list(DESIGNS))
     ap.add_argument("--resolutions", nargs="+", default=[f"{h}x{w}" for h, w in RESOLUTIONS])
     ap.add_argument("--batches", nargs="+", type=int, default=None,
                     help="batch sizes tried for throughput (default: 1 4 16 on CPU, 1 16 64 256 on CUDA)")
     ap.add_argument("--min-time", type=float, default=None, help="seconds per timing (default 2 CPU, 1 CUDA)")
     ap.add_argument("--output", default=None, help="directory for bench.json, bench.md and bench.png")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda asked for, but torch sees no CUDA device")
     cuda = args.device.startswith("cuda")
@@ -198,7 +213,7 @@ def main() -> None:
     md = to_markdown(rows, name)
     print(md)
     if args.output:
-        from compressor import figures
+        from compressor.tools import figures
 
         os.makedirs(args.output, exist_ok=True)
         with open(os.path.join(args.output, "bench.json"), "w") as f:

@@ -26,14 +26,15 @@ import av
 import numpy as np
 import torch
 import webdataset as wds
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
-from compressor.autoencoder import Autoencoder
+from compressor.codec.autoencoder import Autoencoder, model_id  # noqa: F401  (model_id: re-exported)
 from compressor.entropy.priors import Prior
 from compressor.entropy.stream import encode_segment
-from compressor.latent_shards import make_sample, read_manifest, sample_key
-from compressor.video import crop_box, list_videos, preprocess
+from compressor.latents.shards import make_sample, read_manifest, sample_key
+from compressor.data.video import crop_box, list_videos, preprocess
+from compressor.utils import atomic_write, worker
 
 
 # The write sequence of a shard, in order. ``encode_videos(step_hook=...)`` is called after each step, so tests can
@@ -55,15 +56,6 @@ def find_videos(inputs: list[str]) -> tuple[list[str], str]:
         raise FileNotFoundError(f"no videos found in {inputs}")
     root = os.path.commonpath([os.path.dirname(p) for p in paths])
     return paths, root
-
-
-def model_id(model: Autoencoder) -> str:
-    """A short hash of the weights: tokens from different weights must never be mixed silently."""
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def check_writable(output: str) -> None:
@@ -109,8 +101,7 @@ class DecodedChunks(IterableDataset):
         self.segment_seconds, self.fps = segment_seconds, fps
 
     def __iter__(self) -> Iterator[Chunk]:
-        info = get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        wid, nw = worker()
         for v in range(wid, len(self.videos), nw):
             yield from self._video_chunks(v)
 
@@ -233,10 +224,8 @@ def sha256_file(path: str) -> str:
 
 
 def _write_json(path: str, obj) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
+    with atomic_write(path) as tmp, open(tmp, "w") as f:
         json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
 
 
 def load_manifests(output: str) -> dict:

@@ -2,7 +2,7 @@
 
 It reads the shards that ``encode.py`` writes (``tokens.npy`` uint16 (T, 128) + ``json`` per video segment) and
 the public commaVQ token release (``*.npy`` int16 (1200, 8, 16), one file per segment), verified as
-``compressor.latent_shards`` describes.
+``compressor.latents.shards`` describes.
 """
 
 from __future__ import annotations
@@ -11,15 +11,18 @@ import os
 import random
 import warnings
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset
 
-from compressor.entropy.priors import Prior
-from compressor.entropy.stream import load_prior
 # The errors and readers are part of this module's API too.
-from compressor.latent_shards import (DamagedShardError, MissingPriorError, check_against_manifests,  # noqa: F401
+from compressor.latents.shards import (DamagedShardError, MissingPriorError, check_against_manifests,  # noqa: F401
                                       expand_urls, read_segments)
+from compressor.utils import buffer_shuffle, consumer
+
+if TYPE_CHECKING:  # the entropy coder is imported only when a prior is given
+    from compressor.entropy.priors import Prior
 
 
 class LatentDataset(IterableDataset):
@@ -60,7 +63,11 @@ class LatentDataset(IterableDataset):
         self.epoch = 0
         self.damaged: list[str] = []  # shards found damaged, in whole or in part
         self.skipped_samples = 0
-        self.prior = load_prior(prior) if isinstance(prior, (str, os.PathLike)) else prior
+        if isinstance(prior, (str, os.PathLike)):
+            from compressor.entropy.stream import load_prior  # only readers of coded tokens need the coder
+
+            prior = load_prior(prior)
+        self.prior = prior
         urls = expand_urls(shards)
         self.expected, problems = check_against_manifests(shards, urls)
         for url, problem in problems:
@@ -79,19 +86,11 @@ class LatentDataset(IterableDataset):
         """Call before each epoch (in the main process) to get a new shuffle."""
         self.epoch = epoch
 
-    def _consumer(self) -> tuple[int, int]:
-        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else int(os.environ.get("RANK", 0))
-        world = (torch.distributed.get_world_size() if torch.distributed.is_initialized()
-                 else int(os.environ.get("WORLD_SIZE", 1)))
-        info = get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info else (0, 1)
-        return rank * nw + wid, world * nw
-
     def _segments(self) -> Iterator[dict]:
         urls = list(self.urls)
         if self.shuffle:
             random.Random(self.seed + self.epoch).shuffle(urls)
-        me, consumers = self._consumer()
+        me, consumers = consumer()
         index = 0
         for url in urls:
 
@@ -121,22 +120,9 @@ class LatentDataset(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         windows = self._windows()
         if self.shuffle:
-            windows = buffer_shuffle(windows, self.buffer_size, random.Random(f"{self.seed}-{self.epoch}-{self._consumer()}"))
+            windows = buffer_shuffle(windows, self.buffer_size, random.Random(f"{self.seed}-{self.epoch}-{consumer()}"))
         for n, window in enumerate(windows):
             if self.epoch_length is not None and n >= self.epoch_length:
                 return
             yield window
 
-
-def buffer_shuffle(items: Iterator, buffer_size: int, rng: random.Random) -> Iterator:
-    """Yield ``items`` in a random order drawn from a buffer of ``buffer_size`` (seeded by ``rng``)."""
-    buffer: list[dict] = []
-    for item in items:
-        if len(buffer) < buffer_size:
-            buffer.append(item)
-            continue
-        j = rng.randrange(buffer_size)
-        yield buffer[j]
-        buffer[j] = item
-    rng.shuffle(buffer)
-    yield from buffer

@@ -11,9 +11,10 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from compressor.autoencoder import Autoencoder
-from compressor.layers import set_grad_checkpointing
-from compressor.losses import PatchDiscriminator, PerceptualLoss, ReconstructionLoss, hinge_d_loss, ms_ssim_01, psnr
+from compressor.codec.autoencoder import Autoencoder
+from compressor.codec.layers import set_grad_checkpointing
+from compressor.utils import cosine
+from compressor.training.losses import PatchDiscriminator, PerceptualLoss, ReconstructionLoss, hinge_d_loss, ms_ssim_01, psnr
 
 
 class CompressorModule(pl.LightningModule):
@@ -243,7 +244,7 @@ class CompressorModule(pl.LightningModule):
                 progress = min(1.0, self.train_seconds() / budget)
             else:
                 progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+            return cosine(progress, floor)
 
         return [opt], [{"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, schedule), "interval": "step"}]
 

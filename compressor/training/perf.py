@@ -10,8 +10,8 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from compressor.autoencoder import Autoencoder
-from compressor.losses import ReconstructionLoss
+from compressor.codec.autoencoder import Autoencoder
+from compressor.training.losses import ReconstructionLoss
 
 
 def train_flops_per_image(model: Autoencoder, image_size: tuple[int, int] | None = None) -> float:

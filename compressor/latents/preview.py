@@ -1,6 +1,6 @@
 """Render token latents back to video, so people can watch what the compressor keeps.
 
-    python -m compressor.decode --checkpoint CKPT --input LATENT_DIR --output preview.mp4 [--original-root VIDEOS]
+    python -m compressor.latents.preview --checkpoint CKPT --input LATENT_DIR --output preview.mp4 [--original-root VIDEOS]
 
 With ``--original-root`` (the directory ``encode.py`` was given) each frame shows the original (preprocessed the
 same way) on the left and the reconstruction on the right.
@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from compressor.autoencoder import load
-from compressor.latents import expand_urls, read_segments
-from compressor.video import iter_frames, preprocess
+from compressor.codec.autoencoder import load
+from compressor.latents.shards import expand_urls, read_segments
+from compressor.data.video import iter_frames, preprocess
 
 
 def original_frames(path: str, frame_indices: list[int], image_size: tuple[int, int]) -> dict[int, torch.Tensor]:
@@ -73,7 +73,7 @@ def render(checkpoint: str, inputs: list[str], output: str, original_root: str |
     return written
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--input", required=True, nargs="+", help="latent shards or the encode.py output directory")
@@ -81,7 +81,7 @@ def main() -> None:
     ap.add_argument("--original-root", default=None, help="input root given to encode.py: show originals side by side")
     ap.add_argument("--source", default=None, help="only this source video (path relative to the input root)")
     ap.add_argument("--max-segments", type=int, default=None)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     n = render(args.checkpoint, args.input, args.output, args.original_root, args.source, args.max_segments)
     print(f"wrote {n} frames to {args.output}")
 

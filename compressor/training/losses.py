@@ -5,31 +5,16 @@ All take and return frames in [-1, 1], (B, 3, H, W).
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
-from pytorch_msssim import ms_ssim
 from torch import Tensor, nn
 
-# A 7-pixel window keeps all five MS-SSIM scales valid at 128 px height (the standard 11 needs > 160 px).
-MS_SSIM_WINDOW = 7
-
-
-def ms_ssim_01(recon: Tensor, target: Tensor) -> Tensor:
-    """MS-SSIM per image, (B,), for frames in [-1, 1]; computed in float32."""
-    # Under bf16 autocast the Gaussian-filtered variances go negative and MS-SSIM returns NaN.
-    with torch.autocast(recon.device.type, enabled=False):
-        return ms_ssim(
-            (recon.float().clamp(-1, 1) + 1) / 2, (target.float() + 1) / 2, data_range=1.0,
-            size_average=False, win_size=MS_SSIM_WINDOW,
-        )
-
+from compressor import metrics
+from compressor.metrics import ms_ssim_01, vgg16_features, vgg_feature_pairs  # noqa: F401  (ms_ssim_01: re-exported)
 
 def psnr(recon: Tensor, target: Tensor) -> Tensor:
-    """PSNR in dB per image, (B,), on the 8-bit scale, for frames in [-1, 1]."""
-    mse = ((recon.float().clamp(-1, 1) - target.float()) / 2).pow(2).flatten(1).mean(1)
-    return -10 * torch.log10(mse.clamp_min(1e-10))
+    """PSNR in dB per image, (B,), on the 8-bit scale, for frames in [-1, 1] (the reconstruction clamped)."""
+    return metrics.psnr(recon.float().clamp(-1, 1), target, peak=2.0)
 
 
 class ReconstructionLoss(nn.Module):
@@ -57,23 +42,6 @@ class ReconstructionLoss(nn.Module):
         return terms
 
 
-def vgg16_features(weights_path: str, last_layer: int) -> nn.Sequential:
-    """Frozen torchvision VGG16 ``features[: last_layer + 1]`` from a local state dict; nothing is downloaded.
-
-    Accepts a whole torchvision ``vgg16`` state dict or just its ``features`` part; the classifier is unused.
-    """
-    import torchvision
-
-    if not os.path.exists(weights_path):
-        raise FileNotFoundError(f"VGG16 weights not found: {weights_path} (no download is attempted)")
-    state = torch.load(weights_path, map_location="cpu", weights_only=True)
-    state = {k.removeprefix("features."): v for k, v in state.items() if not k.startswith("classifier.")}
-    state = {k: v for k, v in state.items() if int(k.split(".")[0]) <= last_layer}
-    features = torchvision.models.vgg16(weights=None).features[: last_layer + 1]
-    features.load_state_dict(state)
-    return features.eval().requires_grad_(False)
-
-
 class PerceptualLoss(nn.Module):
     """Distance between VGG16 feature maps (LPIPS without its learned linear layers).
 
@@ -83,11 +51,9 @@ class PerceptualLoss(nn.Module):
         weights_path: path to a ``torch.save``-d torchvision VGG16 state dict (whole model or ``features``).
     """
 
-    _LAYERS = (3, 8, 15, 22, 29)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
-
     def __init__(self, weights_path: str):
         super().__init__()
-        self.features = vgg16_features(weights_path, self._LAYERS[-1])
+        self.features = vgg16_features(weights_path)
         self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
 
@@ -100,11 +66,8 @@ class PerceptualLoss(nn.Module):
         x = torch.cat([recon, target]).float()
         x = ((x + 1) / 2 - self.mean) / self.std
         loss = x.new_zeros(())
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            if i in self._LAYERS:
-                a, b = F.normalize(x, dim=1).chunk(2)
-                loss = loss + (a - b).pow(2).sum(1).mean()
+        for a, b in vgg_feature_pairs(self.features, x):
+            loss = loss + (a - b).pow(2).sum(1).mean()
         return loss
 
 

@@ -17,9 +17,9 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset
 
-from compressor.latents import buffer_shuffle
+from compressor.utils import buffer_shuffle, rank_world, worker
 
 
 def count_frames(url: str) -> int:
@@ -28,14 +28,8 @@ def count_frames(url: str) -> int:
         return sum(1 for m in tar if m.isfile() and m.name.endswith(".frame.npy"))
 
 
-def _rank_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 class FrameShards(IterableDataset):
-    """uint8 frames (3, H, W) from ``data/make_shards.py`` shards, split exactly across (rank x worker).
+    """uint8 frames (3, H, W) from ``compressor.data.make_shards`` shards, split exactly across (rank x worker).
 
     Args:
         urls: shard files.
@@ -68,7 +62,7 @@ class FrameShards(IterableDataset):
 
     def __len__(self) -> int:
         """Frames this rank yields per epoch (all of its workers together)."""
-        _, world = _rank_world()
+        _, world = rank_world()
         return self.frames_per_consumer(world * self.num_workers) * self.num_workers
 
     def _range_frames(self, order: list[int], start: int, stop: int) -> Iterator[torch.Tensor]:
@@ -94,14 +88,13 @@ class FrameShards(IterableDataset):
                 return
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        rank, world = _rank_world()
-        info = get_worker_info()
-        worker, nw = (info.id, info.num_workers) if info else (0, 1)
+        rank, world = rank_world()
+        worker_id, nw = worker()
         epoch, skip_batches = int(self._state[0]), int(self._state[1])
         # The DataLoader takes batch i from worker i % nw. After b batches the next one is due from stream b % nw,
         # but a new DataLoader asks worker 0 first; so worker w plays stream (w + b) % nw. Stream j has then given
         # b // nw batches, plus one if j < b % nw.
-        wid = (worker + skip_batches) % nw
+        wid = (worker_id + skip_batches) % nw
         me, consumers = rank * nw + wid, world * nw
         order = list(range(len(self.urls)))
         if self.shuffle:

@@ -1,0 +1,189 @@
+"""Decoders: quantized codes (B, N, D) -> frames (B, 3, H, W) in about [-1, 1].
+
+The decoder is a transformer over the token grid, larger than the encoder by default: reconstruction from 224
+bytes is mostly generation, and the strongest tokenizers spend their parameters there.
+"""
+
+from __future__ import annotations
+
+from einops import rearrange
+from torch import Tensor, nn
+
+from compressor.codec.layers import captured_args, ResBlock, Transformer, init_weights, sincos_2d, unpatchify
+
+
+class ViTDecoder(nn.Module):
+    """Transformer over the token grid plus a linear pixel head that unpatchifies (no convolution).
+
+    Args:
+        image_size: (H, W) the model is trained at.
+        patch_size: pixels per token side; must match the encoder.
+        dim: transformer width.
+        depth: number of transformer blocks.
+        heads: attention heads.
+        mlp_ratio: MLP hidden width over `dim`.
+    """
+
+    def __init__(
+        self,
+        image_size: tuple[int, int] = (128, 256),
+        patch_size: int = 16,
+        dim: int = 384,
+        depth: int = 6,
+        heads: int = 6,
+        mlp_ratio: float = 4.0,
+    ):
+        super().__init__()
+        self.init_args = captured_args(locals())  # lets a checkpoint rebuild the model
+        self.image_size = tuple(image_size)
+        self.patch_size = patch_size
+        self.dim = dim
+        self.transformer = Transformer(dim, depth, heads, mlp_ratio)
+        self.head = nn.Linear(dim, 3 * patch_size * patch_size)
+        init_weights(self)
+
+    def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
+        """x: (B, N, D), grid: (h, w) with h*w = N -> frames: (B, 3, h*p, w*p)."""
+        x = x + sincos_2d(*grid, self.dim, x.device).to(x.dtype)
+        return unpatchify(self.head(self.transformer(x)), self.patch_size, grid)
+
+
+class ViTRefineDecoder(nn.Module):
+    """``ViTDecoder`` plus a small full-resolution convolution that works across patch borders.
+
+    The linear head emits ``3 + features`` channels per pixel instead of 3. After unpatchifying, two 3x3
+    convolutions over all of them predict a correction that is added to the RGB channels. A linear head
+    predicts each 16-px patch on its own, which leaves visible patch edges at this bitrate; the correction is
+    cheap (about 0.2 GMAC per 128x256 frame against 1.4 for the transformer) and starts at zero, so training
+    starts from the plain linear head.
+
+    Args:
+        image_size: (H, W) the model is trained at.
+        patch_size: pixels per token side; must match the encoder.
+        dim: transformer width.
+        depth: number of transformer blocks.
+        heads: attention heads.
+        features: extra per-pixel channels the head emits for the refinement.
+        hidden: channels of the refinement's hidden layer.
+        mlp_ratio: MLP hidden width over `dim`.
+    """
+
+    def __init__(
+        self,
+        image_size: tuple[int, int] = (128, 256),
+        patch_size: int = 16,
+        dim: int = 384,
+        depth: int = 6,
+        heads: int = 6,
+        features: int = 13,
+        hidden: int = 32,
+        mlp_ratio: float = 4.0,
+    ):
+        super().__init__()
+        self.init_args = captured_args(locals())  # lets a checkpoint rebuild the model
+        self.image_size = tuple(image_size)
+        self.patch_size = patch_size
+        self.dim = dim
+        self.transformer = Transformer(dim, depth, heads, mlp_ratio)
+        self.head = nn.Linear(dim, (3 + features) * patch_size * patch_size)
+        self.refine = nn.Sequential(nn.Conv2d(3 + features, hidden, 3, padding=1), nn.GELU(),
+                                    nn.Conv2d(hidden, 3, 3, padding=1))
+        init_weights(self)
+        nn.init.zeros_(self.refine[-1].weight)
+        nn.init.zeros_(self.refine[-1].bias)
+
+    def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
+        """x: (B, N, D), grid: (h, w) with h*w = N -> frames: (B, 3, h*p, w*p)."""
+        x = x + sincos_2d(*grid, self.dim, x.device).to(x.dtype)
+        pixels = unpatchify(self.head(self.transformer(x)), self.patch_size, grid)  # (B, 3 + features, H, W)
+        return pixels[:, :3] + self.refine(pixels)
+
+
+class ConvUpsampleDecoder(nn.Module):
+    """Transformer over the token grid, then a convolutional upsampling head (the mirror of a conv stem).
+
+    Each head stage doubles the resolution with a 1x1 convolution + pixel shuffle and refines with a residual
+    3x3 convolution, so local texture across patch borders is cheap to produce.
+
+    Args:
+        image_size: (H, W) the model is trained at.
+        dim: transformer width.
+        depth: number of transformer blocks.
+        heads: attention heads.
+        head_channels: channels after each x2 upsampling stage; ``2**len`` must equal the encoder's patch size.
+        mlp_ratio: MLP hidden width over `dim`.
+    """
+
+    def __init__(
+        self,
+        image_size: tuple[int, int] = (128, 256),
+        dim: int = 384,
+        depth: int = 6,
+        heads: int = 6,
+        head_channels: list[int] = [192, 96, 48, 24],  # noqa: B006
+        mlp_ratio: float = 4.0,
+    ):
+        super().__init__()
+        self.init_args = captured_args(locals())  # lets a checkpoint rebuild the model
+        self.image_size = tuple(image_size)
+        self.patch_size = 2 ** len(head_channels)
+        self.dim = dim
+        self.transformer = Transformer(dim, depth, heads, mlp_ratio)
+        stages, c_in = [], dim
+        for c in head_channels:
+            stages.append(_UpStage(c_in, c))
+            c_in = c
+        self.head = nn.Sequential(*stages, nn.Conv2d(c_in, 3, 3, padding=1))
+        init_weights(self)
+
+    def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
+        """x: (B, N, D), grid: (h, w) with h*w = N -> frames: (B, 3, h*p, w*p)."""
+        x = x + sincos_2d(*grid, self.dim, x.device).to(x.dtype)
+        x = rearrange(self.transformer(x), "b (h w) d -> b d h w", h=grid[0], w=grid[1])
+        return self.head(x)
+
+
+class _UpStage(nn.Module):
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.up = nn.Sequential(nn.Conv2d(c_in, 4 * c_out, 1), nn.PixelShuffle(2))
+        self.refine = nn.Sequential(nn.GELU(), nn.Conv2d(c_out, c_out, 3, padding=1))
+        nn.init.zeros_(self.refine[1].weight)  # residual branch starts as identity
+        nn.init.zeros_(self.refine[1].bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.up(x)
+        return nn.functional.gelu(x + self.refine(x))
+
+
+class ConvDecoder(nn.Module):
+    """Pure convolutional decoder (no attention): residual blocks at the token grid, then x2 upsampling stages.
+
+    Args:
+        image_size: (H, W) the model is trained at.
+        dim: channels at the token grid.
+        depth: residual 3x3 blocks at the token grid (where the other decoders have their transformer).
+        head_channels: channels after each x2 upsampling stage; ``2**len`` must equal the encoder's grid size.
+    """
+
+    def __init__(
+        self,
+        image_size: tuple[int, int] = (128, 256),
+        dim: int = 512,
+        depth: int = 2,
+        head_channels: list[int] = [384, 192, 96, 48],  # noqa: B006
+    ):
+        super().__init__()
+        self.init_args = captured_args(locals())  # lets a checkpoint rebuild the model
+        self.image_size = tuple(image_size)
+        self.patch_size = 2 ** len(head_channels)
+        self.dim = dim
+        stages, c_in = [ResBlock(dim) for _ in range(depth)], dim
+        for c in head_channels:
+            stages.append(_UpStage(c_in, c))
+            c_in = c
+        self.net = nn.Sequential(*stages, nn.Conv2d(c_in, 3, 3, padding=1))
+
+    def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
+        """x: (B, N, D), grid: (h, w) with h*w = N -> frames: (B, 3, h*p, w*p)."""
+        return self.net(rearrange(x, "b (h w) d -> b d h w", h=grid[0], w=grid[1]))

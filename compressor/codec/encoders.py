@@ -1,0 +1,154 @@
+"""Encoders: frames (B, 3, H, W) in [-1, 1] -> latents (B, N, D), one latent per cell of a patch grid.
+
+At 128x256 with a 16-pixel grid both encoders give 8 x 16 = 128 tokens. The grid follows the input size, so
+256x512 gives 512 tokens (4x the bytes); the fixed sincos position embedding makes that run without retraining.
+"""
+
+from __future__ import annotations
+
+
+from einops import rearrange
+from torch import Tensor, nn
+
+from compressor.codec.layers import captured_args, ResBlock, Transformer, init_weights, patchify, sincos_2d
+
+
+class ViTEncoder(nn.Module):
+    """Pure Vision Transformer encoder: patchify, linear embedding, transformer. No convolution anywhere.
+
+    Args:
+        image_size: (H, W) the model is trained at.
+        patch_size: side of the square patch; one token per patch.
+        dim: transformer width.
+        depth: number of transformer blocks.
+        heads: attention heads.
+        mlp_ratio: MLP hidden width over `dim`.
+    """
+
+    def __init__(
+        self,
+        image_size: tuple[int, int] = (128, 256),
+        patch_size: int = 16,
+        dim: int = 256,
+        depth: int = 4,
+        heads: int = 4,
+        mlp_ratio: float = 4.0,
+    ):
+        super().__init__()
+        self.init_args = captured_args(locals())  # lets a checkpoint rebuild the model
+        self.image_size = tuple(image_size)
+        self.patch_size = patch_size
+        self.dim = dim
+        self.embed = nn.Linear(3 * patch_size * patch_size, dim)
+        self.transformer = Transformer(dim, depth, heads, mlp_ratio)
+        init_weights(self)
+
+    def forward(self, frames: Tensor) -> Tensor:
+        """frames: (B, 3, H, W) -> latents: (B, H/p * W/p, D)."""
+        H, W = frames.shape[-2:]
+        x = self.embed(patchify(frames, self.patch_size))  # (B, N, D)
+        x = x + sincos_2d(H // self.patch_size, W // self.patch_size, self.dim, frames.device).to(x.dtype)
+        return self.transformer(x)
+
+
+class ConvStemEncoder(nn.Module):
+    """Convolutional stem down to a coarse grid, then transformer blocks (conv at low levels, attention high).
+
+    Each stem stage halves the resolution with a strided 3x3 convolution and refines with a residual 3x3
+    convolution, so ``len(stem_channels)`` stages give a ``2**len`` pixel grid (4 stages -> 16 px, 128 tokens).
+
+    Args:
+        image_size: (H, W) the model is trained at.
+        stem_channels: output channels of each stride-2 stage.
+        dim: transformer width.
+        depth: number of transformer blocks.
+        heads: attention heads.
+        mlp_ratio: MLP hidden width over `dim`.
+    """
+
+    def __init__(
+        self,
+        image_size: tuple[int, int] = (128, 256),
+        stem_channels: list[int] = [32, 64, 128, 256],  # noqa: B006
+        dim: int = 256,
+        depth: int = 4,
+        heads: int = 4,
+        mlp_ratio: float = 4.0,
+    ):
+        super().__init__()
+        self.init_args = captured_args(locals())  # lets a checkpoint rebuild the model
+        self.image_size = tuple(image_size)
+        self.patch_size = 2 ** len(stem_channels)
+        self.dim = dim
+        stages, c_in = [], 3
+        for c in stem_channels:
+            stages.append(_DownStage(c_in, c))
+            c_in = c
+        self.stem = nn.Sequential(*stages)
+        self.embed = nn.Linear(c_in, dim)
+        self.transformer = Transformer(dim, depth, heads, mlp_ratio)
+        init_weights(self)
+
+    def forward(self, frames: Tensor) -> Tensor:
+        """frames: (B, 3, H, W) -> latents: (B, H/p * W/p, D)."""
+        x = self.stem(frames)  # (B, C, H/p, W/p)
+        h, w = x.shape[-2:]
+        x = self.embed(rearrange(x, "b c h w -> b (h w) c"))
+        x = x + sincos_2d(h, w, self.dim, frames.device).to(x.dtype)
+        return self.transformer(x)
+
+
+class _DownStage(nn.Module):
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.down = nn.Conv2d(c_in, c_out, 3, stride=2, padding=1)
+        self.refine = nn.Sequential(nn.GELU(), nn.Conv2d(c_out, c_out, 3, padding=1))
+        nn.init.kaiming_normal_(self.down.weight, nonlinearity="linear")
+        nn.init.zeros_(self.refine[1].weight)  # residual branch starts as identity
+        nn.init.zeros_(self.refine[1].bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.down(x)
+        return nn.functional.gelu(x + self.refine(x))
+
+
+def grid_size(image_size: tuple[int, int], patch_size: int) -> tuple[int, int]:
+    H, W = image_size
+    if H % patch_size or W % patch_size:
+        raise ValueError(f"image_size {image_size} is not divisible by the {patch_size}-pixel token grid")
+    return H // patch_size, W // patch_size
+
+
+class ConvEncoder(nn.Module):
+    """Pure convolutional encoder (no attention): stride-2 stages down to the token grid, residual blocks there.
+
+    The third corner of the ViT-versus-convolution comparison: the same grid and token budget as the other two
+    encoders, with every layer a convolution.
+
+    Args:
+        image_size: (H, W) the model is trained at.
+        channels: output channels of each stride-2 stage; ``2**len`` is the token grid's pixel size.
+        depth: residual 3x3 blocks at the token grid (where the conv-stem encoder has its transformer).
+    """
+
+    def __init__(
+        self,
+        image_size: tuple[int, int] = (128, 256),
+        channels: list[int] = [64, 128, 256, 384],  # noqa: B006
+        depth: int = 2,
+    ):
+        super().__init__()
+        self.init_args = captured_args(locals())  # lets a checkpoint rebuild the model
+        self.image_size = tuple(image_size)
+        self.patch_size = 2 ** len(channels)
+        self.dim = channels[-1]
+        stages, c_in = [], 3
+        for c in channels:
+            stages.append(_DownStage(c_in, c))
+            c_in = c
+        self.net = nn.Sequential(*stages, *[ResBlock(c_in) for _ in range(depth)])
+
+    def forward(self, frames: Tensor) -> Tensor:
+        """frames: (B, 3, H, W) -> latents: (B, H/p * W/p, C)."""
+        return rearrange(self.net(frames), "b c h w -> b (h w) c")
+

@@ -1,0 +1,13 @@
+"""Token latents: the encode pipeline that writes them, the shards that hold them, and ``LatentDataset``.
+
+- ``pipeline``: ``encode_videos`` (what ``encode.py`` runs): videos -> verified token shards + ``manifest.json``.
+- ``shards``: the shard format, its checks (CRCs, manifests, tar end markers) and ``read_segments``.
+- ``dataset``: ``LatentDataset``, windows of tokens for world models; the entropy coder is imported only when a
+  coded sample is met.
+- ``preview``: ``python -m compressor.latents.preview`` decodes latents back to a side-by-side video.
+"""
+
+from compressor.latents.dataset import LatentDataset
+from compressor.latents.shards import DamagedShardError, MissingPriorError, expand_urls, read_segments
+
+__all__ = ["LatentDataset", "DamagedShardError", "MissingPriorError", "expand_urls", "read_segments"]

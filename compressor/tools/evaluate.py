@@ -1,0 +1,361 @@
+"""Evaluate trained compressors against classical and learned codecs at matched bytes per frame.
+
+    python -m compressor.tools.evaluate --checkpoint runs/x/model.pt [more.pt ...] --input ../shared/dashcam --split val \\
+        --output reports/eval [--learned runs/bmshj2018-factorized/codec.pt] [--lpips-weights vgg.pth vgg16.pth]
+
+Every method sees the same frames after the same ``compressor.preprocess``:
+
+- ours: ``preprocess -> encode -> pack -> unpack -> decode`` (the numbers a user of the checkpoint gets), for each
+  checkpoint, on every frame (``report.json`` -> ``checkpoints``) and on the comparison frames;
+- JPEG / WebP / AVIF through Pillow, at full size and downscaled + bicubic upsampling, searched per frame for
+  the best PSNR within the budget (``compressor.tools.baselines``);
+- HEVC (x265) over whole clips at the QP whose average bytes per frame fit the budget;
+- optionally compressai's ``bmshj2018-factorized`` trained by ``compressor.tools.learned_baseline``.
+
+Image codecs are searched on every ``--frame-stride``-th frame (the comparison frames); the video codec encodes
+every frame, as it must, and is scored on the same comparison frames. Writes ``report.json``, ``report.md``,
+``rd.png`` (PSNR against bytes per frame) and ``gallery.png`` (the same frames from every method).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import time
+
+import av
+import torch
+
+from compressor.tools import baselines
+from compressor.codec.autoencoder import Autoencoder, load
+from compressor.metrics import LPIPS, frame_ms_ssim, frame_psnr
+from compressor.codec.packing import pack, unpack
+from compressor.data.video import list_videos, read_frames, read_manifest
+
+RD_BUDGETS = (48, 64, 96, 128, 160, 224, 320, 448, 640, 896, 1280)
+
+
+# ---- our codec, every frame --------------------------------------------------------------------------------------
+def codec_roundtrip(model: Autoencoder, frames: torch.Tensor, batch_size: int = 32) -> dict:
+    """uint8 (T, 3, H, W) through encode -> pack -> unpack -> decode, in batches; returns recon and timings."""
+    recon, tokens, n_bytes, enc_s, dec_s = [], [], 0, 0.0, 0.0
+    for i in range(0, len(frames), batch_size):
+        batch = frames[i : i + batch_size]
+        t0 = time.perf_counter()
+        tok = model.encode(batch)
+        t1 = time.perf_counter()
+        data = pack(tok, bits=model.bits_per_token)
+        recon.append(model.decode(unpack(data, len(batch), model.num_tokens, model.bits_per_token)))
+        enc_s, dec_s = enc_s + t1 - t0, dec_s + time.perf_counter() - t1
+        n_bytes += len(data)
+        tokens.append(tok)
+    return {"recon": torch.cat(recon), "tokens": torch.cat(tokens), "bytes_per_frame": n_bytes / len(frames),
+            "encode_s": enc_s, "decode_s": dec_s}
+
+
+def evaluate_clip(model: Autoencoder, path: str, batch_size: int = 32) -> dict:
+    """Per-clip metrics of one checkpoint on every frame, plus token counts for codebook statistics."""
+    frames = read_frames(path, model.image_size)
+    r = codec_roundtrip(model, frames, batch_size)
+    psnr = _batched(frame_psnr, r["recon"], frames)
+    ssim = _batched(frame_ms_ssim, r["recon"], frames)
+    counts = torch.bincount(r["tokens"].flatten(), minlength=model.codebook_size).double()
+    return {"clip": os.path.basename(path), "frames": len(frames), "psnr": psnr.mean().item(),
+            "ms_ssim": ssim.mean().item(), "bytes_per_frame": r["bytes_per_frame"],
+            "encode_fps": len(frames) / r["encode_s"], "decode_fps": len(frames) / r["decode_s"], "_counts": counts}
+
+
+def token_stats(counts: torch.Tensor) -> dict:
+    p = counts / counts.sum()
+    nz = p[p > 0]
+    return {"codebook_usage": (counts > 0).double().mean().item(), "token_entropy_bits": -(nz * nz.log2()).sum().item()}
+
+
+def evaluate(model: Autoencoder, videos: list[str], batch_size: int = 32) -> dict:
+    """One checkpoint on every frame of ``videos``: per clip and overall."""
+    clips = [evaluate_clip(model, v, batch_size) for v in videos]
+    total = sum(c["frames"] for c in clips)
+    counts = sum(c.pop("_counts") for c in clips)
+    overall = {
+        "frames": total,
+        # Frame-weighted means, and the unweighted clip mean, since clips differ a lot in length.
+        "psnr": sum(c["psnr"] * c["frames"] for c in clips) / total,
+        "psnr_clip_mean": sum(c["psnr"] for c in clips) / len(clips),
+        "ms_ssim": sum(c["ms_ssim"] * c["frames"] for c in clips) / total,
+        "bytes_per_frame": sum(c["bytes_per_frame"] * c["frames"] for c in clips) / total,
+        **token_stats(counts),
+        "encode_fps": total / sum(c["frames"] / c["encode_fps"] for c in clips),
+        "decode_fps": total / sum(c["frames"] / c["decode_fps"] for c in clips),
+    }
+    return {"clips": clips, "overall": overall}
+
+
+def _batched(fn, recon: torch.Tensor, frames: torch.Tensor, size: int = 64) -> torch.Tensor:
+    return torch.cat([fn(recon[i : i + size], frames[i : i + size]) for i in range(0, len(frames), size)])
+
+
+# ---- comparison at matched bytes ---------------------------------------------------------------------------------
+class Scores:
+    """Per-frame results of one method on the comparison frames, per clip."""
+
+    def __init__(self):
+        self.clips: dict[str, dict[str, list]] = collections.defaultdict(lambda: collections.defaultdict(list))
+
+    def add(self, clip: str, nbytes, recon: torch.Tensor, frames: torch.Tensor, lpips: LPIPS | None, fits=True,
+            setting: str = "") -> None:
+        c = self.clips[clip]
+        c["bytes"] += [float(b) for b in (nbytes if isinstance(nbytes, (list, tuple)) else [nbytes] * len(frames))]
+        c["psnr"] += _batched(frame_psnr, recon, frames).tolist()
+        c["ms_ssim"] += _batched(frame_ms_ssim, recon, frames).tolist()
+        if lpips is not None:
+            c["lpips"] += _batched(lpips, recon, frames, 16).tolist()
+        c["fits"] += list(fits) if isinstance(fits, (list, tuple)) else [bool(fits)] * len(frames)
+        c["setting"] += list(setting) if isinstance(setting, (list, tuple)) else [setting] * len(frames)
+
+    def summary(self) -> dict:
+        def stats(d):
+            out = {k: sum(d[k]) / len(d[k]) for k in ("bytes", "psnr", "ms_ssim", "lpips") if d.get(k)}
+            out["frames"], out["fits"] = len(d["psnr"]), sum(d["fits"]) / len(d["fits"])
+            out["bytes_per_frame"] = out.pop("bytes")
+            out["setting"] = collections.Counter(d["setting"]).most_common(1)[0][0]
+            return out
+
+        merged = collections.defaultdict(list)
+        for d in self.clips.values():
+            for k, v in d.items():
+                merged[k] += v
+        return {"overall": stats(merged), "clips": {name: stats(d) for name, d in self.clips.items()},
+                "per_frame": {name: {k: d[k] for k in ("bytes", "psnr", "ms_ssim")} for name, d in self.clips.items()}}
+
+
+def compare(models: dict[str, Autoencoder], videos: list[str], budget: int = 224, frame_stride: int = 10,
+            codecs=("jpeg", "webp", "avif"), hevc: bool = True, learned=None, lpips: LPIPS | None = None,
+            gallery_frames: int = 3, batch_size: int = 32, log=print) -> dict:
+    """All methods on the same comparison frames: scores at ``budget`` bytes, RD points and gallery tiles."""
+    first_name = next(iter(models))
+    image_size = models[first_name].image_size
+    scores: dict[str, Scores] = collections.defaultdict(Scores)
+    rd: dict[str, list] = collections.defaultdict(list)
+    image_rd = collections.defaultdict(lambda: collections.defaultdict(list))  # method -> budget -> [Candidate]
+    hevc_rd = collections.defaultdict(lambda: [0, 0.0, 0.0])  # qp -> [frames, bytes sum, psnr sum]
+    gallery = collections.defaultdict(list)  # method -> [(uint8 (3, H, W), label)]
+    for path in videos:
+        clip = os.path.basename(path)
+        frames = read_frames(path, image_size)
+        idx = list(range(0, len(frames), frame_stride))
+        sub = frames[idx]
+        picks = _spread(len(sub), gallery_frames)  # sorted, distinct
+        if picks:
+            gallery["original"] += [(sub[i], clip) for i in picks]
+        t0 = time.perf_counter()
+        for name, model in models.items():
+            r = codec_roundtrip(model, sub, batch_size)
+            scores[name].add(clip, r["bytes_per_frame"], r["recon"], sub, lpips, True, f"{model.bytes_per_frame} B")
+            if name == first_name:
+                gallery[name] += _tiles(r["recon"], sub, picks, [r["bytes_per_frame"]] * len(sub))
+        for codec in codecs:
+            for downscale in (False, True):
+                method = f"{codec} ({'downscaled' if downscale else 'full size'})"
+                chosen = []
+                for frame in sub:
+                    cands = baselines.image_candidates(frame, codec, downscale)
+                    for b in RD_BUDGETS:
+                        image_rd[method][b].append(baselines.best_within(cands, b))
+                    chosen.append(baselines.best_within(cands, budget))
+                recon = torch.stack([baselines.image_roundtrip(f, codec, c.quality, c.size)[1]
+                                     for f, (c, _) in zip(sub, chosen)])
+                scores[method].add(clip, [c.nbytes for c, _ in chosen], recon, sub, lpips, [ok for _, ok in chosen],
+                                   [f"q{c.quality} at {c.size[0]}x{c.size[1]}" for c, _ in chosen])
+                gallery[method] += _tiles(recon, sub, picks, [c.nbytes for c, _ in chosen])
+        if hevc:
+            fps = clip_fps(path)
+            points = baselines.hevc_sweep(frames, fps, keep_frames=idx)
+            for p in points:  # frame-weighted over clips, at one QP for all clips
+                hevc_rd[p.qp][0] += len(idx)
+                hevc_rd[p.qp][1] += p.bytes_per_frame * len(idx)
+                hevc_rd[p.qp][2] += p.psnr[idx].sum().item()
+            best, ok = baselines.best_video_point(points, budget)
+            scores["hevc (x265, inter)"].add(clip, best.bytes_per_frame, best.kept, sub, lpips, ok, f"qp {best.qp}")
+            gallery["hevc (x265, inter)"] += _tiles(best.kept, sub, picks, [best.bytes_per_frame] * len(sub))
+        if learned is not None:
+            strings = [s for i in range(0, len(sub), 16) for s in learned.compress(sub[i : i + 16])]
+            recon = torch.cat([learned.decompress(strings[i : i + 16], image_size) for i in range(0, len(sub), 16)])
+            sizes = [len(s) for s in strings]
+            trained = f"{learned.info.get('steps')} steps, aimed at {learned.info.get('target_bpp')} bpp"
+            scores["bmshj2018-factorized (compressai)"].add(clip, sizes, recon, sub, lpips, [s <= budget for s in sizes],
+                                                             trained)
+            gallery["bmshj2018-factorized (compressai)"] += _tiles(recon, sub, picks, sizes)
+        log(f"{clip}: {len(sub)} comparison frames of {len(frames)} in {time.perf_counter() - t0:.0f} s")
+
+    summaries = {m: s.summary() for m, s in scores.items()}
+    for name in models:
+        o = summaries[name]["overall"]
+        rd[name].append((o["bytes_per_frame"], o["psnr"]))
+    for method, by_budget in image_rd.items():
+        for b, picked in sorted(by_budget.items()):
+            if all(ok for _, ok in picked):  # a point only where every frame fits the budget
+                rd[method].append((sum(c.nbytes for c, _ in picked) / len(picked),
+                                   sum(c.psnr for c, _ in picked) / len(picked)))
+    for qp, (n, b, p) in sorted(hevc_rd.items()):
+        rd["hevc (x265, inter)"].append((b / n, p / n))
+    if learned is not None:
+        o = summaries["bmshj2018-factorized (compressai)"]["overall"]
+        rd["bmshj2018-factorized (compressai)"].append((o["bytes_per_frame"], o["psnr"]))
+    return {"budget": budget, "frame_stride": frame_stride, "image_size": list(image_size), "methods": summaries,
+            "learned_training": learned.info if learned is not None else None,
+            "rd": {m: sorted(v) for m, v in rd.items()}, "_gallery": gallery}
+
+
+def _spread(n: int, k: int) -> list[int]:
+    """k evenly spread indices into range(n), sorted and distinct (all of them when k >= n)."""
+    k = min(k, n)
+    return [round((i + 0.5) * n / k - 0.5) for i in range(k)]
+
+
+def _tiles(recon, frames, picks, nbytes) -> list:
+    return [(recon[i], f"{nbytes[i]:.0f} B, {frame_psnr(recon[i][None], frames[i][None]).item():.1f} dB") for i in picks]
+
+
+def clip_fps(path: str) -> float:
+    with av.open(path) as c:
+        rate = c.streams.video[0].average_rate
+        return float(rate) if rate else 25.0
+
+
+# ---- reports -----------------------------------------------------------------------------------------------------
+def to_markdown(report: dict, title: str) -> str:
+    """Markdown for one checkpoint's every-frame report."""
+    rows = [f"## {title}", "", "| clip | frames | PSNR (dB) | MS-SSIM | bytes/frame |", "|---|---:|---:|---:|---:|"]
+    for c in report["clips"]:
+        rows.append(f"| {c['clip']} | {c['frames']} | {c['psnr']:.2f} | {c['ms_ssim']:.4f} | {c['bytes_per_frame']:.0f} |")
+    o = report["overall"]
+    rows.append(f"| **all (frame-weighted)** | {o['frames']} | {o['psnr']:.2f} | {o['ms_ssim']:.4f} | "
+                f"{o['bytes_per_frame']:.0f} |")
+    rows += ["", f"codebook usage {o['codebook_usage']:.1%}, token entropy {o['token_entropy_bits']:.2f} bits/token, "
+             f"encode {o['encode_fps']:.1f} frames/s, decode {o['decode_fps']:.1f} frames/s "
+             f"(batch {report.get('batch_size')}, {report.get('device')}, {report.get('threads')} threads)", ""]
+    return "\n".join(rows)
+
+
+def comparison_markdown(comp: dict) -> str:
+    """Markdown for the matched-bytes comparison: overall table, per-clip PSNR, and the RD points."""
+    methods = comp["methods"]
+    has_lpips = any("lpips" in m["overall"] for m in methods.values())
+    budget = comp["budget"]
+    rows = [f"## All methods at <= {budget} bytes per frame", "",
+            f"Same frames for every method: every {comp['frame_stride']}th frame of each clip "
+            f"({next(iter(methods.values()))['overall']['frames']} frames). 'fits' is the share of frames within "
+            f"{budget} B; where a codec cannot get that small, its smallest output is scored instead.", "",
+            "| method | bytes/frame | fits | PSNR (dB) | MS-SSIM |" + (" LPIPS |" if has_lpips else "") + " typical setting |",
+            "|---|---:|---:|---:|---:|" + ("---:|" if has_lpips else "") + "---|"]
+    for name, m in methods.items():
+        o = m["overall"]
+        lp = f" {o['lpips']:.4f} |" if has_lpips else ""
+        rows.append(f"| {name} | {o['bytes_per_frame']:.0f} | {o['fits']:.0%} | {o['psnr']:.2f} | {o['ms_ssim']:.4f} |"
+                    f"{lp} {o['setting']} |")
+    clips = list(next(iter(methods.values()))["clips"])
+    pixels = comp["image_size"][0] * comp["image_size"][1]
+    for name, m in methods.items():
+        if "compressai" in name:
+            rows += ["", f"{name}: {8 * m['overall']['bytes_per_frame'] / pixels:.3f} bpp actual (entropy-coded bytes "
+                     f"x 8 / {pixels} pixels)."]
+    rows += ["", "PSNR (dB) per clip:", "", "| method | " + " | ".join(clips) + " |",
+             "|---|" + "---:|" * len(clips)]
+    for name, m in methods.items():
+        rows.append(f"| {name} | " + " | ".join(f"{m['clips'][c]['psnr']:.2f}" for c in clips) + " |")
+    rows += ["", "## Rate-distortion points (bytes/frame, PSNR dB)", ""]
+    for name, points in comp["rd"].items():
+        rows.append(f"- {name}: " + ", ".join(f"({b:.0f}, {p:.2f})" for b, p in points))
+    if not has_lpips:
+        rows += ["", "LPIPS skipped: no local weights given (--lpips-weights LIN VGG16); nothing is downloaded."]
+    return "\n".join(rows) + "\n"
+
+
+def select_videos(inputs: list[str], split: str | None) -> list[str]:
+    videos = list_videos(inputs)
+    if split:
+        videos = [v for v in videos
+                  if read_manifest(os.path.dirname(os.path.abspath(v))).get(os.path.basename(v)) == split]
+        if not videos:
+            raise SystemExit(f"no videos with split {split!r} in a MANIFEST.tsv under {inputs}")
+    return videos
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True, nargs="+",
+                    help="model.pt or train.py .ckpt files; several give several points of our RD curve")
+    ap.add_argument("--input", required=True, nargs="+", help="video directories, globs or files")
+    ap.add_argument("--split", default=None, help="keep only videos with this split in MANIFEST.tsv (e.g. val)")
+    ap.add_argument("--output", default=None, help="directory for report.json, report.md, rd.png, gallery.png")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--budget", type=int, default=224, help="bytes per frame every baseline is matched to")
+    ap.add_argument("--frame-stride", type=int, default=10, help="compare on every n-th frame of each clip")
+    ap.add_argument("--codecs", nargs="*", default=["jpeg", "webp", "avif"], choices=list(baselines.IMAGE_CODECS))
+    ap.add_argument("--no-hevc", action="store_true", help="skip the inter-frame video codec")
+    ap.add_argument("--learned", default=None, help="codec.pt from compressor.tools.learned_baseline")
+    ap.add_argument("--lpips-weights", nargs=2, metavar=("LIN", "VGG16"), default=None,
+                    help="local LPIPS linear weights (lpips' vgg.pth) and a torchvision VGG16 state dict")
+    ap.add_argument("--gallery-frames", type=int, default=2, help="gallery frames per clip")
+    ap.add_argument("--checkpoints-only", action="store_true", help="only the every-frame report of each checkpoint")
+    args = ap.parse_args(argv)
+
+    videos = select_videos(args.input, args.split)
+    models = {_name(c): load(c) for c in args.checkpoint}
+    report: dict = {"split": args.split, "batch_size": args.batch_size, "device": "cpu",
+                    "threads": torch.get_num_threads(), "checkpoints": {}}
+    md = []
+    for (name, model), path in zip(models.items(), args.checkpoint):
+        r = evaluate(model, videos, args.batch_size)
+        r.update(checkpoint=path, batch_size=args.batch_size, device="cpu", threads=torch.get_num_threads(),
+                 params={"encoder": _count(model.encoder), "decoder": _count(model.decoder), "total": _count(model)})
+        report["checkpoints"][name] = r
+        md.append(to_markdown(r, f"{name} ({path}) on {args.split or 'all'} clips, every frame"))
+        print(md[-1], flush=True)
+    if not args.checkpoints_only:
+        lpips = None
+        if args.lpips_weights:
+            lpips = LPIPS(*args.lpips_weights)
+        else:
+            print("LPIPS skipped: no local weights given (--lpips-weights LIN VGG16); nothing is downloaded.")
+        learned = None
+        if args.learned:
+            from compressor.tools.learned_baseline import LearnedCodec
+
+            learned = LearnedCodec.load(args.learned)
+        comp = compare(models, videos, args.budget, args.frame_stride, args.codecs, not args.no_hevc, learned, lpips,
+                       args.gallery_frames, args.batch_size)
+        gallery_tiles = comp.pop("_gallery")
+        report["comparison"] = comp
+        md.append(comparison_markdown(comp))
+        print(md[-1])
+    if args.output:
+        os.makedirs(args.output, exist_ok=True)
+        with open(os.path.join(args.output, "report.json"), "w") as f:
+            json.dump(report, f, indent=1)
+        with open(os.path.join(args.output, "report.md"), "w") as f:
+            f.write("\n".join(md))
+        if "comparison" in report:
+            from compressor.tools import figures
+
+            figures.rd_plot(report["comparison"]["rd"], os.path.join(args.output, "rd.png"), args.budget,
+                            f"{args.split or 'all'} clips, every {args.frame_stride}th frame")
+            figures.gallery(gallery_tiles, os.path.join(args.output, "gallery.png"))
+        print(f"wrote {args.output}/report.json, report.md" + (", rd.png, gallery.png" if "comparison" in report else ""))
+
+
+def _name(checkpoint: str) -> str:
+    """A readable method name: the run directory of ``runs/<name>/model.pt``, else the file stem."""
+    stem = os.path.splitext(os.path.basename(checkpoint))[0]
+    parent = os.path.basename(os.path.dirname(os.path.abspath(checkpoint)))
+    return f"ours: {parent}" if stem == "model" and parent else f"ours: {stem}"
+
+
+def _count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+if __name__ == "__main__":
+    main()

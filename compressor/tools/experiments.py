@@ -1,0 +1,304 @@
+"""Experiment protocol: train to a budget counted in images, evaluate every val clip, keep the record as JSON.
+
+    python -m compressor.tools.experiments run NAME --config configs/cpu-vit-224B-aug.yaml configs/experiments/proxy.yaml \\
+        --images 16000 --shards SHARD_DIR [--set model.mse_weight=1 ...]
+    python -m compressor.tools.experiments table          # reports/experiments/table.md and curves.png
+
+A budget is images seen (steps x batch), never wall-clock, so that a run's result does not depend on what else
+shared the machine; training seconds are recorded beside it for throughput. ``run`` trains with ``train.py fit`` in
+a subprocess (resumed from ``last.ckpt`` when the run directory has one), then evaluates the exported model on
+every frame of every ``val`` clip with ``compressor.tools.evaluate``. ``reports/experiments/NAME/`` receives
+``config.yaml`` (the resolved LightningCLI config), ``curve.json`` (validation metrics against images seen) and
+``result.json`` (per-clip PSNR, clip mean, codebook use, throughput, provenance). Weights stay in ``runs/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+
+import yaml
+
+REPORTS = "reports/experiments"
+RUNS = "runs/experiments"
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
+
+
+def _merged(configs: list[str], overrides: list[str]) -> dict:
+    """The YAML files merged in order (later keys win), then ``key.path=value`` overrides."""
+    merged: dict = {}
+
+    def merge(dst: dict, src: dict) -> None:
+        for k, v in src.items():
+            if isinstance(v, dict) and isinstance(dst.get(k), dict):
+                merge(dst[k], v)
+            else:
+                dst[k] = v
+
+    for path in configs:
+        with open(path) as f:
+            merge(merged, yaml.safe_load(f) or {})
+    for item in overrides:
+        key, _, value = item.partition("=")
+        node = merged
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = _scalar(value)
+    return merged
+
+
+def _scalar(text: str):
+    """A command-line value as YAML reads it, except that '2e-3' is a number (YAML 1.1 wants '2.0e-3')."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def run(name: str, configs: list[str], images: int, shards: str, videos: list[str], overrides: list[str],
+        force: bool = False) -> dict:
+    """Train NAME to ``images`` images seen and evaluate it; returns the result record."""
+    out_dir, run_dir = os.path.join(REPORTS, name), os.path.join(RUNS, name)
+    result_path = os.path.join(out_dir, "result.json")
+    if os.path.exists(result_path) and not force:
+        print(f"{name}: {result_path} exists, skipping (--force re-runs)")
+        with open(result_path) as f:
+            return json.load(f)
+    config = _merged(configs, overrides)
+    batch_size = int(config.get("data", {}).get("batch_size", 16))
+    devices = config.get("trainer", {}).get("devices", 1)
+    devices = devices if isinstance(devices, int) else 1
+    steps = math.ceil(images / (batch_size * devices))
+    os.makedirs(out_dir, exist_ok=True)
+    os.makedirs(run_dir, exist_ok=True)
+
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "fit"]
+    for c in configs:
+        cmd += ["--config", c]
+    cmd += [f"--trainer.max_steps={steps}", f"--trainer.default_root_dir={run_dir}", f"--data.shards={shards}"]
+    cmd += [f"--{o}" for o in overrides]
+    last = os.path.join(run_dir, "checkpoints", "last.ckpt")
+    if os.path.exists(last):
+        cmd += [f"--ckpt_path={last}"]
+        print(f"{name}: resuming from {last}")
+    model_path = os.path.join(run_dir, "model.pt")
+    if not os.path.exists(last):  # a fresh start: drop what an earlier configuration of this name left
+        for stale in (model_path, os.path.join(run_dir, "curve.json")):
+            if os.path.exists(stale):
+                os.remove(stale)
+    print(f"{name}: {steps} steps x {batch_size} x {devices} = {steps * batch_size * devices} images", flush=True)
+    with open(os.path.join(run_dir, "train.log"), "a") as log:
+        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                       env={**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "disabled")})
+    for fname in ("config.yaml", "curve.json"):
+        if os.path.exists(os.path.join(run_dir, fname)):
+            shutil.copy(os.path.join(run_dir, fname), os.path.join(out_dir, fname))
+
+    from compressor.codec.autoencoder import load
+    from compressor.tools.evaluate import evaluate
+
+    model = load(model_path)
+    t0 = time.perf_counter()
+    ev = evaluate(model, videos)
+    curve = _read_json(os.path.join(out_dir, "curve.json")) or []
+    train_seconds = curve[-1].get("train_seconds") if curve else None
+    seen = steps * batch_size * devices
+    result = {
+        "name": name,
+        "configs": configs,
+        "overrides": overrides,
+        "images": seen,
+        "steps": steps,
+        "batch_size": batch_size * devices,
+        "train_seconds": train_seconds,
+        "train_images_per_s": seen / train_seconds if train_seconds else None,
+        "params": sum(p.numel() for p in model.parameters()),
+        "clips": {c["clip"]: c["psnr"] for c in ev["clips"]},
+        "psnr_clip_mean": ev["overall"]["psnr_clip_mean"],
+        "psnr_frame_weighted": ev["overall"]["psnr"],
+        "ms_ssim": ev["overall"]["ms_ssim"],
+        "codebook_usage": ev["overall"]["codebook_usage"],
+        "token_entropy_bits": ev["overall"]["token_entropy_bits"],
+        "decode_fps": ev["overall"]["decode_fps"],
+        "eval_seconds": time.perf_counter() - t0,
+        "commit": _git_commit(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
+    with open(result_path, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"{name}: clip-mean PSNR {result['psnr_clip_mean']:.2f} dB, codebook use {result['codebook_usage']:.1%}")
+    return result
+
+
+def _read_json(path: str):
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_results(root: str = REPORTS) -> list[dict]:
+    return [r for r in (_read_json(p) for p in sorted(glob.glob(os.path.join(root, "*", "result.json")))) if r]
+
+
+def table(root: str = REPORTS, baseline: str | None = None) -> str:
+    """A markdown table of every result (per clip and clip mean), with the difference to ``baseline``."""
+    results = load_results(root)
+    if not results:
+        raise SystemExit(f"no result.json under {root}")
+    clips = sorted({c for r in results for c in r["clips"]})
+    short = [c.split("__")[-1].removesuffix(".mp4") for c in clips]
+    base = next((r for r in results if r["name"] == baseline), None)
+    lines = ["| run | images | " + " | ".join(short) + " | clip mean | vs base | codebook use | img/s | changes |",
+             "|---|---:|" + "---:|" * len(clips) + "---:|---:|---:|---:|---|"]
+    for r in sorted(results, key=lambda r: (r["images"], -r["psnr_clip_mean"])):
+        delta = f"{r['psnr_clip_mean'] - base['psnr_clip_mean']:+.2f}" if base and r["images"] == base["images"] else ""
+        ips = f"{r['train_images_per_s']:.1f}" if r.get("train_images_per_s") else ""
+        cells = " | ".join(f"{r['clips'][c]:.2f}" if c in r["clips"] else "" for c in clips)
+        changes = ", ".join([os.path.basename(c) for c in r["configs"][2:]] + r["overrides"]) or "-"
+        lines.append(f"| {r['name']} | {r['images']:,} | {cells} | **{r['psnr_clip_mean']:.2f}** | {delta} | "
+                     f"{r['codebook_usage']:.1%} | {ips} | {changes} |")
+    return "\n".join(lines)
+
+
+def plot_curves(root: str, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for r in load_results(root):
+        curve = _read_json(os.path.join(root, r["name"], "curve.json")) or []
+        pts = [(p["images"], p["val/psnr"]) for p in curve if p.get("images") and "val/psnr" in p]
+        if pts:
+            ax.plot(*zip(*pts), marker=".", label=r["name"])
+    ax.set_xlabel("images seen")
+    ax.set_ylabel("val PSNR (dB, validation batches)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def bar(report_path: str, method: str = "webp (downscaled)") -> dict:
+    """The classical bar per clip and as the clip mean, from a ``compressor.tools.evaluate`` report.json."""
+    report = _read_json(report_path)
+    if not report or "comparison" not in report:
+        raise SystemExit(f"{report_path} is not a compressor.tools.evaluate report with a comparison")
+    clips = {c: v["psnr"] for c, v in report["comparison"]["methods"][method]["clips"].items()}
+    return {"method": method, "clips": clips, "clip_mean": sum(clips.values()) / len(clips)}
+
+
+def scaling(series: dict[str, list[str]], root: str, bar_psnr: float, output: str) -> dict:
+    """Fit clip-mean PSNR = a + b * log10(images) per series; predict the images for the bar + 1 dB and + 3 dB.
+
+    A log-linear fit is the simplest trend that matches how these curves bend; with three budgets it is a rough
+    guide for planning compute, not a law, and the JSON keeps the points so that a better fit can be made later.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    results = {r["name"]: r for r in load_results(root)}
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    out: dict = {"bar_clip_mean": bar_psnr, "series": {}}
+    for label, names in series.items():
+        missing = [n for n in names if n not in results]
+        if missing:
+            raise SystemExit(f"no result.json for {missing} under {root}")
+        pts = sorted((results[n]["images"], results[n]["psnr_clip_mean"]) for n in names)
+        x, y = np.log10([p[0] for p in pts]), np.array([p[1] for p in pts])
+        entry: dict = {"runs": names, "points": pts}
+        line = ax.plot(10**x, y, "o", label=label)[0]
+        if len(pts) >= 2:
+            b, a = np.polyfit(x, y, 1)
+            entry.update(fit={"a": a, "b_per_decade": b})
+            for gain in (1, 3):
+                target = bar_psnr + gain
+                entry[f"images_for_bar_plus_{gain}dB"] = float(10 ** ((target - a) / b)) if b > 0 else None
+            xs = np.linspace(x.min(), max(x.max(), np.log10(entry["images_for_bar_plus_3dB"] or 1)) + 0.1, 50)
+            ax.plot(10**xs, a + b * xs, "--", color=line.get_color(), alpha=0.6,
+                    label=f"{label}: {b:+.2f} dB per 10x images")
+        out["series"][label] = entry
+    for gain, style in ((0, "-"), (1, ":"), (3, "-.")):
+        ax.axhline(bar_psnr + gain, color="grey", ls=style, lw=1, label=f"WebP thumbnail bar + {gain} dB" if gain
+                   else "WebP thumbnail bar (224 B)")
+    ax.set_xscale("log")
+    ax.set_xlabel("training images seen")
+    ax.set_ylabel("val PSNR, mean over clips (dB)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(output, dpi=120)
+    plt.close(fig)
+    with open(os.path.splitext(output)[0] + ".json", "w") as f:
+        json.dump(out, f, indent=1)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="train to a budget in images, then evaluate on the val clips")
+    r.add_argument("name")
+    r.add_argument("--config", nargs="+", required=True, help="LightningCLI YAML files, base first, overlays after")
+    r.add_argument("--images", type=int, required=True, help="training budget in images seen")
+    r.add_argument("--shards", required=True, help="frame shards from compressor.data.make_shards")
+    r.add_argument("--input", nargs="+", default=["../shared/dashcam"], help="video directories with MANIFEST.tsv")
+    r.add_argument("--split", default="val")
+    r.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="LightningCLI overrides, e.g. model.lr=2e-3")
+    r.add_argument("--force", action="store_true", help="re-run even if result.json exists")
+    t = sub.add_parser("table", help="tabulate and plot every result")
+    t.add_argument("--input", default=REPORTS)
+    t.add_argument("--baseline", default="baseline", help="run the 'vs base' column compares with")
+    s = sub.add_parser("scaling", help="clip-mean PSNR against images seen, with a log-linear fit per series")
+    s.add_argument("--series", nargs="+", required=True, metavar="LABEL=RUN,RUN,...")
+    s.add_argument("--bar", required=True, help="compressor.tools.evaluate report.json whose WebP thumbnail is the bar")
+    s.add_argument("--input", default=REPORTS)
+    s.add_argument("--output", default="reports/scaling.png")
+    args = ap.parse_args(argv)
+    if args.command == "scaling":
+        series = {label: names.split(",") for label, names in (item.split("=", 1) for item in args.series)}
+        out = scaling(series, args.input, bar(args.bar)["clip_mean"], args.output)
+        print(json.dumps(out, indent=1))
+    elif args.command == "run":
+        from compressor.tools.evaluate import select_videos
+
+        run(args.name, args.config, args.images, args.shards, select_videos(args.input, args.split), args.set,
+            args.force)
+    else:
+        md = table(args.input, args.baseline)
+        with open(os.path.join(args.input, "table.md"), "w") as f:
+            f.write(md + "\n")
+        plot_curves(args.input, os.path.join(args.input, "curves.png"))
+        print(md)
+        print(f"wrote {args.input}/table.md and curves.png")
+
+
+if __name__ == "__main__":
+    main()

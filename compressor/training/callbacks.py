@@ -1,0 +1,151 @@
+"""Callbacks: the exported model and a reconstruction check at the end of fit; throughput and MFU during it."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytorch_lightning as pl
+import torch
+import torchvision
+
+from compressor.metrics import frame_psnr
+from compressor.training.perf import matmul_peak_flops, train_flops_per_image
+from compressor.utils import atomic_write
+from compressor.codec.packing import pack, unpack
+
+
+class ExportCallback(pl.Callback):
+    """At the end of fit, on rank 0: export the EMA model, save a reconstruction image, print PSNR and bytes.
+
+    The reconstruction goes through the codec API and the bit packer (encode -> pack -> unpack -> decode), so
+    the printed numbers are what a user of ``model.pt`` gets.
+
+    Args:
+        out_dir: where ``model.pt`` and ``recon.png`` go; defaults to the trainer's ``default_root_dir``.
+        num_frames: validation frames in the check.
+    """
+
+    def __init__(self, out_dir: str | None = None, num_frames: int = 8):
+        self.out_dir = out_dir
+        self.num_frames = num_frames
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_rank != 0:
+            return
+        out_dir = self.out_dir or trainer.default_root_dir
+        os.makedirs(out_dir, exist_ok=True)
+        model = pl_module.ema.eval()
+        model_path = os.path.join(out_dir, "model.pt")
+        model.save(model_path)
+
+        loaders = trainer.datamodule.val_dataloader() if trainer.datamodule else []
+        frames = _take(loaders, self.num_frames)
+        if frames is None:
+            print(f"saved {model_path} (no validation frames for a reconstruction check)")
+            return
+        frames = frames.to(pl_module.device)
+        data = pack(model.encode(frames), bits=model.bits_per_token)
+        recon = model.decode(unpack(data, len(frames), model.num_tokens, model.bits_per_token))
+        psnr = frame_psnr(recon, frames).mean().item()
+        image_path = os.path.join(out_dir, "recon.png")
+        # Each column: original above, reconstruction below.
+        grid = torch.cat([frames, recon], dim=2).cpu().float() / 255
+        torchvision.utils.save_image(grid, image_path, nrow=min(4, len(frames)), padding=2)
+        print(f"saved {model_path} and {image_path}")
+        print(f"PSNR {psnr:.2f} dB on {len(frames)} validation frames at {len(data) // len(frames)} bytes/frame "
+              f"({model.num_tokens} tokens x {model.bits_per_token} bits)")
+
+
+def _take(loaders, n: int) -> torch.Tensor | None:
+    if isinstance(loaders, (list, tuple)):
+        loaders = loaders[0] if loaders else None
+    if loaders is None:
+        return None
+    batches, count = [], 0
+    for batch in loaders:
+        batches.append(batch)
+        count += len(batch)
+        if count >= n:
+            break
+    return torch.cat(batches)[:n] if batches else None
+
+
+class ThroughputMonitor(pl.Callback):
+    """Logs training images/s, achieved TFLOP/s and model FLOPs utilisation (``perf/mfu``).
+
+    MFU = images/s x training FLOPs per image / (peak FLOP/s per device x devices). FLOPs per image are counted once
+    with ``torch.utils.flop_counter`` at the start of fit.
+
+    Args:
+        peak_tflops: the card's peak in the training precision; if None, measured once with a matmul
+            (bf16 on GPUs, float32 on CPUs).
+        log_every_n_steps: how often to log.
+    """
+
+    def __init__(self, peak_tflops: float | None = None, log_every_n_steps: int = 50):
+        self.peak_tflops, self.log_every_n_steps = peak_tflops, log_every_n_steps
+        self.flops_per_image = self.peak_flops = 0.0
+        self._t0: float | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.flops_per_image = train_flops_per_image(pl_module.autoencoder)
+        if self.peak_tflops:
+            self.peak_flops = self.peak_tflops * 1e12
+        else:
+            dtype = torch.bfloat16 if pl_module.device.type == "cuda" else torch.float32
+            self.peak_flops = matmul_peak_flops(pl_module.device, dtype, min_time=0.5)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._t0 is None or trainer.global_step % self.log_every_n_steps:
+            return
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize()
+        images_per_s = len(batch) * trainer.world_size / (time.perf_counter() - self._t0)
+        flops = images_per_s * self.flops_per_image
+        pl_module.log_dict({"perf/images_per_s": images_per_s, "perf/tflops": flops / 1e12,
+                            "perf/mfu": flops / (self.peak_flops * trainer.world_size)}, on_step=True)
+
+
+class ValCurve(pl.Callback):
+    """Appends the validation metrics, with the images seen so far, to a JSON list after every validation.
+
+    Budgets are counted in images (steps x batch x devices), not seconds, so curves from runs that shared the
+    machine with other work stay comparable; training seconds ride along to give throughput.
+
+    Args:
+        path: the JSON file; defaults to ``<default_root_dir>/curve.json``. An existing file is continued on resume
+            (points at or beyond the resumed step are dropped first).
+    """
+
+    def __init__(self, path: str | None = None):
+        self.path = path
+        self.points: list[dict] | None = None  # read from the file at the first validation (the step is known then)
+
+    def _path(self, trainer: pl.Trainer) -> str:
+        return self.path or os.path.join(trainer.default_root_dir, "curve.json")
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_rank != 0 or trainer.sanity_checking:
+            return
+        batch_size = trainer.datamodule.hparams.batch_size if trainer.datamodule else None
+        point = {"step": trainer.global_step,
+                 "images": trainer.global_step * batch_size * trainer.world_size if batch_size else None,
+                 "train_seconds": pl_module.train_seconds() if hasattr(pl_module, "train_seconds") else None}
+        for name, value in trainer.callback_metrics.items():
+            if name.startswith("val/"):
+                point[name] = float(value)
+        path = self._path(trainer)
+        if self.points is None:
+            self.points = []
+            if os.path.exists(path):
+                with open(path) as f:
+                    self.points = json.load(f)
+        self.points = [p for p in self.points if p["step"] < point["step"]] + [point]
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with atomic_write(path) as tmp, open(tmp, "w") as f:
+            json.dump(self.points, f, indent=1)

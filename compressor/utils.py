@@ -1,0 +1,72 @@
+"""Small helpers shared across the package, each defined once. Imports only the standard library and torch.
+
+- ``rank_world`` / ``consumer``: which slice of the data this process (DDP rank x DataLoader worker) reads.
+- ``buffer_shuffle``: a seeded streaming shuffle for iterable datasets.
+- ``atomic_write``: write to a temporary name, then rename, so a killed job never leaves half a file.
+- ``cosine``: the half-cosine decay that every learning-rate schedule here uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import get_worker_info
+
+
+def rank_world() -> tuple[int, int]:
+    """(rank, world size): from ``torch.distributed`` when it is initialised, else torchrun's ``RANK`` and
+    ``WORLD_SIZE`` (set before a process group exists, e.g. in DataLoader workers or ``encode.py``), else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def worker() -> tuple[int, int]:
+    """(worker id, number of workers) of the current DataLoader worker; (0, 1) in the main process."""
+    info = get_worker_info()
+    return (info.id, info.num_workers) if info else (0, 1)
+
+
+def consumer() -> tuple[int, int]:
+    """This reader's index among all (rank x worker) readers, and their number."""
+    (rank, world), (wid, nw) = rank_world(), worker()
+    return rank * nw + wid, world * nw
+
+
+def buffer_shuffle(items: Iterator, buffer_size: int, rng: random.Random) -> Iterator:
+    """Yield ``items`` in a random order drawn from a buffer of ``buffer_size`` (seeded by ``rng``)."""
+    buffer: list = []
+    for item in items:
+        if len(buffer) < buffer_size:
+            buffer.append(item)
+            continue
+        j = rng.randrange(buffer_size)
+        yield buffer[j]
+        buffer[j] = item
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[str]:
+    """``with atomic_write(path) as tmp: write(tmp)``: ``tmp`` is renamed to ``path`` only if the block succeeds,
+    so readers never see half a file and a re-run after a kill finds either the old file or the new one."""
+    tmp = f"{os.fspath(path)}{suffix}"
+    try:
+        yield tmp
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+    os.replace(tmp, path)
+
+
+def cosine(progress: float, floor: float = 0.0) -> float:
+    """Half-cosine decay from 1 at ``progress`` 0 to ``floor`` at 1 (progress is clamped to [0, 1])."""
+    progress = min(max(progress, 0.0), 1.0)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
