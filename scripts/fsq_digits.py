@@ -18,13 +18,12 @@ import torch
 from einops import rearrange
 
 import compressor
-from compressor.tools.evaluate import select_videos
+from compressor.tools.evaluate import select_videos, token_stats
 from compressor.data.video import read_frames
 
 
 def _entropy(counts: torch.Tensor) -> float:
-    p = counts[counts > 0].double() / counts.sum()
-    return float(-(p * p.log2()).sum())
+    return token_stats(counts.double())["token_entropy_bits"]
 
 
 @torch.no_grad()

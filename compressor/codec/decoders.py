@@ -48,7 +48,7 @@ class ViTDecoder(nn.Module):
         return unpatchify(self.head(self.transformer(x)), self.patch_size, grid)
 
 
-class ViTRefineDecoder(nn.Module):
+class ViTRefineDecoder(ViTDecoder):
     """``ViTDecoder`` plus a small full-resolution convolution that works across patch borders.
 
     The linear head emits ``3 + features`` channels per pixel instead of 3. After unpatchifying, two 3x3
@@ -79,23 +79,18 @@ class ViTRefineDecoder(nn.Module):
         hidden: int = 32,
         mlp_ratio: float = 4.0,
     ):
-        super().__init__()
+        super().__init__(image_size, patch_size, dim, depth, heads, mlp_ratio)
         self.init_args = captured_args(locals())  # lets a checkpoint rebuild the model
-        self.image_size = tuple(image_size)
-        self.patch_size = patch_size
-        self.dim = dim
-        self.transformer = Transformer(dim, depth, heads, mlp_ratio)
-        self.head = nn.Linear(dim, (3 + features) * patch_size * patch_size)
+        self.head = nn.Linear(dim, (3 + features) * patch_size * patch_size)  # RGB plus features per pixel
         self.refine = nn.Sequential(nn.Conv2d(3 + features, hidden, 3, padding=1), nn.GELU(),
                                     nn.Conv2d(hidden, 3, 3, padding=1))
-        init_weights(self)
+        init_weights(self.head)
         nn.init.zeros_(self.refine[-1].weight)
         nn.init.zeros_(self.refine[-1].bias)
 
     def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
         """x: (B, N, D), grid: (h, w) with h*w = N -> frames: (B, 3, h*p, w*p)."""
-        x = x + sincos_2d(*grid, self.dim, x.device).to(x.dtype)
-        pixels = unpatchify(self.head(self.transformer(x)), self.patch_size, grid)  # (B, 3 + features, H, W)
+        pixels = super().forward(x, grid)  # (B, 3 + features, H, W): unpatchify keeps every channel
         return pixels[:, :3] + self.refine(pixels)
 
 

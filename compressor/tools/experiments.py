@@ -27,6 +27,8 @@ import time
 
 import yaml
 
+from compressor.utils import atomic_write
+
 REPORTS = "reports/experiments"
 RUNS = "runs/experiments"
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
@@ -145,7 +147,7 @@ def run(name: str, configs: list[str], images: int, shards: str, videos: list[st
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
-    with open(result_path, "w") as f:
+    with atomic_write(result_path) as tmp, open(tmp, "w") as f:  # its presence marks the run as done
         json.dump(result, f, indent=1)
     print(f"{name}: clip-mean PSNR {result['psnr_clip_mean']:.2f} dB, codebook use {result['codebook_usage']:.1%}")
     return result
