@@ -91,3 +91,24 @@ def test_time_budget_drives_the_cosine_to_its_floor(tmp_path):
                    "--model.time_budget_s", "0.001", "--model.lr", "1e-3", "--model.min_lr_ratio", "0.1"])
     lr = cli.trainer.lr_scheduler_configs[0].scheduler.get_last_lr()[0]
     assert lr == pytest.approx(1e-4)
+
+
+def test_calibrate_ema_fits_normalization_statistics_to_the_ema_weights():
+    from compressor.codec.decoders import ViTDecoder
+    from compressor.codec.encoders import ViTEncoder
+    from compressor.codec.quantizers import StandardizedFSQ
+
+    torch.manual_seed(0)
+    module = CompressorModule(ViTEncoder(dim=32, depth=1, heads=2), StandardizedFSQ(), ViTDecoder(dim=48, depth=1, heads=2))
+    ema = module.ema.eval()
+    with torch.no_grad():  # EMA weights that trail the live ones: their outputs sit elsewhere
+        ema.pre_quant.bias += torch.tensor([3.0, -2.0, 0.5, 0.0, 1.0])
+    norm = ema.quantizer.norm
+    frames = [torch.randint(0, 256, (2, 3, 128, 256), dtype=torch.uint8) for _ in range(3)]
+    module._recent_frames.extend(frames)
+    module.calibrate_ema()
+    with torch.no_grad():
+        z = torch.cat([ema.pre_quant(ema.encoder(f.float() / 127.5 - 1)).flatten(0, 1) for f in frames])
+    torch.testing.assert_close(norm.running_mean, z.mean(0), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(norm.running_var, z.var(0), atol=1e-3, rtol=1e-3)
+    assert norm.momentum == 0.01 and not norm.training and not ema.training  # settings restored

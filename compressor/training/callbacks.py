@@ -36,6 +36,7 @@ class ExportCallback(pl.Callback):
             return
         out_dir = self.out_dir or trainer.default_root_dir
         os.makedirs(out_dir, exist_ok=True)
+        pl_module.calibrate_ema()  # the last steps may have come after the last validation
         model = pl_module.ema.eval()
         model_path = os.path.join(out_dir, "model.pt")
         model.save(model_path)
