@@ -3,51 +3,90 @@ import os
 import re
 
 import pytest
-from pytorch_lightning.cli import LightningCLI
+import yaml
 
 from compressor.codec.encoders import ConvEncoder, ConvStemEncoder, ViTEncoder
-from compressor.codec.quantizers import VQ
-from compressor.data import FramesDataModule
-from compressor.training.module import CompressorModule
+from compressor.codec.quantizers import VQ, StandardizedFSQ
+from compressor.tools.bench import model_from_config
+from compressor.training.cli import BASE_CONFIG, cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "*.yaml")))
+GPU_MODELS = ["vit-224B.yaml", "convstem-224B.yaml", "vq-224B.yaml", "comma-scale.yaml", "comma-scale-convstem.yaml"]
 
 
 def count(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def parse(*configs: str, extra: tuple[str, ...] = ()):
+    args = [a for c in configs for a in ("--config", os.path.join(REPO, "configs", c))]
+    return cli([*args, "--trainer.accelerator", "cpu", "--trainer.logger", "false", *extra], run=False)
+
+
+def chain(name: str) -> list[str]:
+    """The overlays a config is documented to go with: GPU models sit on gpu.yaml."""
+    return ["gpu.yaml", name] if name in GPU_MODELS else [name]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("config", CONFIGS, ids=os.path.basename)
+@pytest.mark.parametrize("config", [os.path.basename(c) for c in CONFIGS if not c.endswith("base.yaml")])
 def test_config_builds_a_224_byte_model(config):
-    cli = LightningCLI(CompressorModule, FramesDataModule, run=False,
-                       args=["--config", config, "--trainer.accelerator", "cpu", "--trainer.logger", "false"])
-    model = cli.model.autoencoder
+    model = parse(*chain(config)).model.autoencoder
     assert model.num_tokens == 128 and model.bytes_per_frame <= 224
     # The file name says the design; the model must be that design.
-    name = os.path.basename(config)
-    design = ConvStemEncoder if "convstem" in name else ConvEncoder if "conv-" in name else ViTEncoder
-    assert type(model.encoder) is design, (name, type(model.encoder))
-    assert isinstance(model.quantizer, VQ) == name.startswith("vq-")
+    design = ConvStemEncoder if "convstem" in config else ConvEncoder if "conv-" in config else ViTEncoder
+    assert type(model.encoder) is design, (config, type(model.encoder))
+    assert isinstance(model.quantizer, VQ) == config.startswith("vq-")
     assert count(model.decoder) > count(model.encoder)  # the decoder is the larger half
-    if os.path.basename(config) == "comma-scale.yaml":
+    # The benchmarks read the same model from the YAML without Lightning.
+    assert count(model_from_config(config)) == count(model)
+    if config == "comma-scale.yaml":
         assert 40e6 < count(model.encoder) < 60e6 and 85e6 < count(model.decoder) < 115e6
+
+
+def test_no_config_trains_the_recommended_recipe():
+    bare, named = parse(), parse("cpu-best-224B.yaml")
+    assert isinstance(bare.model.autoencoder.quantizer, StandardizedFSQ) and bare.datamodule.hparams.augment
+    assert bare.trainer.max_steps == named.trainer.max_steps == 11250  # 180k images of 16
+    assert count(bare.model) == count(named.model)
+
+
+def test_overlays_hold_only_their_differences_from_the_base():
+    # A copied trainer block is how the configs drifted apart before: only the base and gpu.yaml carry one.
+    for path in CONFIGS:
+        with open(path) as f:
+            trainer = yaml.safe_load(f).get("trainer", {})
+        if os.path.basename(path) not in ("base.yaml", "gpu.yaml", "demo.yaml"):
+            assert "callbacks" not in trainer and "precision" not in trainer, path
+
+
+def test_gpu_models_inherit_the_recipe_and_the_gpu_plumbing():
+    cfg = parse("gpu.yaml", "vit-224B.yaml")
+    assert isinstance(cfg.model.autoencoder.quantizer, StandardizedFSQ) and cfg.datamodule.hparams.augment
+    assert cfg.datamodule.hparams.batch_size == 64 and cfg.trainer.max_steps == 200000
+
+
+def test_image_size_is_given_once_and_the_model_follows_it():
+    with pytest.raises(ValueError, match="512 tokens"):  # 256x512 is 512 tokens: over the 224-byte budget
+        parse(extra=("--data.image_size", "[256, 512]"))
+    cfg = parse(extra=("--data.image_size", "[256, 512]", "--model.max_bytes_per_frame", "896"))
+    assert cfg.model.autoencoder.image_size == (256, 512) and cfg.model.autoencoder.num_tokens == 512
+    with pytest.raises(SystemExit):  # a linked target cannot be set on its own
+        parse(extra=("--model.image_size", "[256, 512]"))
 
 
 def test_every_config_in_the_readme_table_exists():
     with open(os.path.join(REPO, "README.md")) as f:
         listed = set(re.findall(r"^\| `([\w./-]+\.yaml)` \|", f.read(), flags=re.M))
     names = {os.path.relpath(c, os.path.join(REPO, "configs")) for c in CONFIGS}
-    assert {"demo.yaml", "vit-224B.yaml", "convstem-224B.yaml", "vq-224B.yaml", "comma-scale.yaml"} <= listed
+    assert {"base.yaml", "demo.yaml", "vit-224B.yaml", "convstem-224B.yaml", "vq-224B.yaml", "comma-scale.yaml"} <= listed
     assert listed <= names, listed - names
+    assert os.path.exists(BASE_CONFIG)
 
 
 @pytest.mark.parametrize("budget", [96, 128, 160, 224])
 def test_rate_distortion_overlays_set_the_byte_budget(budget):
-    overlay = os.path.join(REPO, "configs", "rd", f"{budget}B.yaml")
-    cli = LightningCLI(CompressorModule, FramesDataModule, run=False,
-                       args=["--config", os.path.join(REPO, "configs", "cpu-vit-224B-aug.yaml"), "--config", overlay,
-                             "--trainer.accelerator", "cpu", "--trainer.logger", "false"])
-    assert cli.model.autoencoder.bytes_per_frame == budget and cli.model.autoencoder.num_tokens == 128
-    assert cli.trainer.max_steps == 1000 and cli.model.hparams.time_budget_s is None  # equal step budget
+    cfg = parse("cpu-vit-224B-aug.yaml", f"rd/{budget}B.yaml")
+    assert cfg.model.autoencoder.bytes_per_frame == budget and cfg.model.autoencoder.num_tokens == 128
+    assert cfg.trainer.max_steps == 1000 and cfg.model.hparams.time_budget_s is None  # equal step budget

@@ -3,11 +3,11 @@ import os
 import pytest
 import torch
 import torchvision
-from pytorch_lightning.cli import LightningCLI
 
 import compressor
 from compressor.data import FramesDataModule
-from compressor.training.losses import PatchDiscriminator, PerceptualLoss
+from compressor.training.losses import CompressionLoss, PatchDiscriminator, PerceptualLoss
+from compressor.training.cli import cli
 from compressor.training.module import CompressorModule
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,7 +21,7 @@ TINY = [
 
 
 def run_cli(args):
-    return LightningCLI(CompressorModule, FramesDataModule, args=args, save_config_kwargs={"overwrite": True})
+    return cli(args)
 
 
 def test_fast_dev_run_exports_a_loadable_model(tmp_path, capsys):
@@ -55,10 +55,11 @@ def test_optional_losses_train_without_downloads(tmp_path):
     weights = tmp_path / "vgg16_features.pt"
     torch.save(torchvision.models.vgg16(weights=None).features.state_dict(), weights)
     cli = run_cli(["fit", *TINY, "--trainer.fast_dev_run", "2", "--trainer.default_root_dir", str(tmp_path),
-                   "--model.perceptual_weight", "0.1", "--model.perceptual_weights_path", str(weights),
-                   "--model.gan_weight", "0.1", "--model.gan_start_step", "1"])
+                   "--model.loss.perceptual_weight", "0.1", "--model.loss.perceptual_weights_path", str(weights),
+                   "--model.loss.gan_weight", "0.1", "--model.loss.gan_start_step", "1"])
     module = cli.model
-    assert isinstance(module.perceptual, PerceptualLoss) and isinstance(module.discriminator, PatchDiscriminator)
+    loss = module.loss
+    assert isinstance(loss.perceptual, PerceptualLoss) and isinstance(loss.discriminator, PatchDiscriminator)
     assert cli.trainer.global_step == 2  # one optimizer step per batch even with the discriminator on
     assert all(torch.isfinite(p).all() for p in module.parameters())
     metrics = cli.trainer.callback_metrics
@@ -70,9 +71,7 @@ def test_perceptual_loss_needs_local_weights(tmp_path):
     with pytest.raises(FileNotFoundError, match="no download"):
         PerceptualLoss(str(tmp_path / "missing.pt"))
     with pytest.raises(ValueError, match="perceptual_weights_path"):
-        from tests.conftest import DECODERS, ENCODERS, QUANTIZERS
-
-        CompressorModule(ENCODERS["vit"](), QUANTIZERS["fsq"](), DECODERS["vit"](), perceptual_weight=1.0)
+        CompressionLoss(perceptual_weight=1.0)
 
 
 def test_perceptual_loss_is_zero_for_identical_frames(tmp_path):

@@ -40,9 +40,22 @@ DESIGNS = {"vit": "cpu-vit-224B.yaml", "convstem": "cpu-convstem-224B.yaml", "co
 
 
 def model_config(name: str) -> dict:
-    """The ``model`` section of ``configs/NAME``: encoder, quantizer and decoder specs (class_path, init_args)."""
-    with open(os.path.join(CONFIGS, name)) as f:
-        return yaml.safe_load(f)["model"]
+    """The ``model`` section that ``train.py --config configs/NAME`` trains: ``configs/base.yaml`` with the overlay.
+
+    Read as YAML, without Lightning (the GPU benchmark runs on a stock PyTorch image): a part (encoder, quantizer,
+    decoder) that the overlay gives a new ``class_path`` is replaced whole, otherwise its ``init_args`` are updated,
+    as LightningCLI does.
+    """
+    model: dict = {}
+    for path in ("base.yaml", name):
+        with open(os.path.join(CONFIGS, path)) as f:
+            overlay = yaml.safe_load(f).get("model", {})
+        for key, value in overlay.items():
+            old = model.get(key)
+            if isinstance(value, dict) and isinstance(old, dict) and value.get("class_path", old["class_path"]) == old["class_path"]:
+                value = {"class_path": old["class_path"], "init_args": {**old.get("init_args", {}), **value.get("init_args", {})}}
+            model[key] = value
+    return model
 
 
 def model_from_config(name: str, image_size: tuple[int, int] = (128, 256), **widen) -> Autoencoder:

@@ -1,7 +1,7 @@
 """Experiment protocol: train to a budget counted in images, evaluate every val clip, keep the record as JSON.
 
     python -m compressor.tools.experiments run NAME --config configs/cpu-vit-224B-aug.yaml configs/experiments/proxy.yaml \\
-        --images 16000 --shards SHARD_DIR [--set model.mse_weight=1 ...]
+        --images 16000 --shards SHARD_DIR [--set model.loss.mse_weight=0.5 ...]
     python -m compressor.tools.experiments table          # reports/experiments/table.md and curves.png
 
 A budget is images seen (steps x batch), never wall-clock, so that a run's result does not depend on what else

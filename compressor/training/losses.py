@@ -1,6 +1,7 @@
-"""Losses: pixel + MS-SSIM reconstruction, an optional perceptual loss and an optional patch discriminator.
+"""The training objective: pixel + MS-SSIM reconstruction, an optional perceptual term and an optional patch
+discriminator, composed in ``CompressionLoss`` (chosen in YAML as ``model.loss``).
 
-All take and return frames in [-1, 1], (B, 3, H, W).
+All take frames in [-1, 1], (B, 3, H, W).
 """
 
 from __future__ import annotations
@@ -96,3 +97,63 @@ class PatchDiscriminator(nn.Module):
 
 def hinge_d_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
     return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
+
+
+class CompressionLoss(nn.Module):
+    """Everything the autoencoder is trained against, composed in one place so the LightningModule stays generic.
+
+    ``forward`` returns the named terms and their weighted sum under ``"loss"``. The adversarial term joins from
+    ``gan_start_step`` on (a discriminator trained against a blurry early model only teaches it noise); the
+    discriminator's own loss is ``discriminator_loss``, and its parameters are this module's ``discriminator``.
+
+    Args:
+        l1_weight, mse_weight, ms_ssim_weight: reconstruction weights (``ReconstructionLoss``).
+        quant_weight: weight of the quantizer's own loss (VQ commitment; 0 for FSQ).
+        perceptual_weight: weight of the VGG16 feature distance; > 0 needs ``perceptual_weights_path``.
+        perceptual_weights_path: a local torchvision VGG16 state dict (nothing is downloaded).
+        gan_weight: weight of the PatchGAN generator term; > 0 adds a discriminator.
+        gan_start_step: the training step from which the adversarial terms are on.
+    """
+
+    def __init__(
+        self,
+        l1_weight: float = 1.0,
+        mse_weight: float = 1.0,
+        ms_ssim_weight: float = 0.2,
+        quant_weight: float = 1.0,
+        perceptual_weight: float = 0.0,
+        perceptual_weights_path: str | None = None,
+        gan_weight: float = 0.0,
+        gan_start_step: int = 20000,
+    ):
+        super().__init__()
+        self.reconstruction = ReconstructionLoss(l1_weight, mse_weight, ms_ssim_weight)
+        self.quant_weight, self.perceptual_weight = quant_weight, perceptual_weight
+        self.gan_weight, self.gan_start_step = gan_weight, gan_start_step
+        self.perceptual = None
+        if perceptual_weight > 0:
+            if not perceptual_weights_path:
+                raise ValueError("perceptual_weight > 0 needs perceptual_weights_path (a local VGG16 state dict)")
+            self.perceptual = PerceptualLoss(perceptual_weights_path)
+        self.discriminator = PatchDiscriminator() if gan_weight > 0 else None
+
+    def gan_active(self, step: int | None) -> bool:
+        return self.discriminator is not None and step is not None and step >= self.gan_start_step
+
+    def forward(self, recon: Tensor, target: Tensor, quant_loss: Tensor, step: int | None = None) -> dict[str, Tensor]:
+        """recon, target: (B, 3, H, W); ``step`` is None outside training (no adversarial term)."""
+        terms = self.reconstruction(recon, target)
+        terms["quant"] = quant_loss
+        terms["loss"] = terms["loss"] + self.quant_weight * quant_loss
+        if self.perceptual is not None:
+            terms["perceptual"] = self.perceptual(recon, target)
+            terms["loss"] = terms["loss"] + self.perceptual_weight * terms["perceptual"]
+        if self.gan_active(step):
+            terms["gan_g"] = -self.discriminator(recon).mean()
+            terms["loss"] = terms["loss"] + self.gan_weight * terms["gan_g"]
+        return terms
+
+    def discriminator_loss(self, target: Tensor, recon: Tensor) -> Tensor:
+        """The weighted hinge loss of the discriminator; ``recon`` is detached here."""
+        d = self.discriminator
+        return self.gan_weight * hinge_d_loss(d(target), d(recon.detach()))

@@ -1,22 +1,26 @@
-"""LightningModule that trains an Autoencoder: losses, AdamW + warm-up/cosine, clipping, EMA, logging."""
+"""LightningModule that trains an Autoencoder: AdamW + warm-up/cosine, clipping, EMA, logging.
+
+What it is trained against is ``model.loss`` (``losses.CompressionLoss``); how fast it runs (compile,
+channels-last, gradient checkpointing) is the ``speed.SpeedOptions`` callback's business.
+"""
 
 from __future__ import annotations
 
 import copy
 import math
 import time
-import warnings
 from collections import deque
+from collections.abc import Callable
 from contextlib import nullcontext
 
 import pytorch_lightning as pl
 import torch
+from jsonargparse import lazy_instance
 from torch import Tensor, nn
 
 from compressor.codec.autoencoder import Autoencoder
-from compressor.codec.layers import set_grad_checkpointing
+from compressor.training.losses import CompressionLoss, ms_ssim_01, psnr
 from compressor.utils import cosine
-from compressor.training.losses import PatchDiscriminator, PerceptualLoss, ReconstructionLoss, hinge_d_loss, ms_ssim_01, psnr
 
 
 class CompressorModule(pl.LightningModule):
@@ -26,17 +30,12 @@ class CompressorModule(pl.LightningModule):
     discriminator can be updated in the same step without doubling ``global_step``.
 
     Args:
-        encoder: ``ViTEncoder`` or ``ConvStemEncoder``.
-        quantizer: ``FSQ`` or ``VQ``.
-        decoder: ``ViTDecoder`` or ``ConvUpsampleDecoder``.
-        image_size: (H, W) of training frames.
+        encoder: ``ViTEncoder``, ``ConvStemEncoder`` or ``ConvEncoder``.
+        quantizer: ``FSQ``, ``StandardizedFSQ`` or ``VQ``.
+        decoder: ``ViTDecoder``, ``ViTRefineDecoder``, ``ConvStemDecoder`` or ``ConvDecoder``.
+        loss: the objective; ``CompressionLoss()`` (L1 + MSE + 0.2 (1 - MS-SSIM)) when not given.
+        image_size: (H, W) of training frames (linked to ``data.image_size`` by ``train.py``).
         max_bytes_per_frame: token budget asserted by the autoencoder.
-        l1_weight, mse_weight, ms_ssim_weight: reconstruction loss weights.
-        quant_weight: weight of the quantizer's own loss (VQ codebook + commitment; FSQ has none).
-        perceptual_weight: weight of the VGG perceptual loss; 0 disables it.
-        perceptual_weights_path: local torchvision VGG16 state dict, required when ``perceptual_weight > 0``.
-        gan_weight: weight of the generator's adversarial term; 0 disables the discriminator.
-        gan_start_step: the discriminator and its loss switch on at this step (reconstruction settles first).
         lr: peak learning rate.
         weight_decay: AdamW decay on matrices (not on norms, biases or codebooks).
         betas: AdamW betas.
@@ -46,10 +45,6 @@ class CompressorModule(pl.LightningModule):
         ema_decay: EMA decay; an early-step ramp keeps the EMA from lagging behind a fresh model.
         time_budget_s: when set, the cosine follows training wall-clock time instead of steps, reaching its floor
             at this many seconds. For equal-compute comparisons; pair it with ``trainer.max_time``.
-        compile: run the training forward through ``torch.compile``; if compiling fails, training warns and
-            continues in eager mode.
-        channels_last: keep conv weights and input frames in channels-last layout (faster convolutions on GPUs).
-        grad_checkpointing: recompute transformer blocks in the backward pass (less memory, more compute).
         calibration_batches: recent training batches on which the EMA model's normalization statistics are
             re-estimated before validation and export (see ``calibrate_ema``).
     """
@@ -59,16 +54,9 @@ class CompressorModule(pl.LightningModule):
         encoder: nn.Module,
         quantizer: nn.Module,
         decoder: nn.Module,
+        loss: CompressionLoss = lazy_instance(CompressionLoss),
         image_size: tuple[int, int] = (128, 256),
         max_bytes_per_frame: int = 224,
-        l1_weight: float = 1.0,
-        mse_weight: float = 1.0,
-        ms_ssim_weight: float = 0.2,
-        quant_weight: float = 1.0,
-        perceptual_weight: float = 0.0,
-        perceptual_weights_path: str | None = None,
-        gan_weight: float = 0.0,
-        gan_start_step: int = 20000,
         lr: float = 1e-3,
         weight_decay: float = 0.05,
         betas: tuple[float, float] = (0.9, 0.95),
@@ -77,32 +65,20 @@ class CompressorModule(pl.LightningModule):
         grad_clip: float = 1.0,
         ema_decay: float = 0.999,
         time_budget_s: float | None = None,
-        compile: bool = False,
-        channels_last: bool = False,
-        grad_checkpointing: bool = False,
         calibration_batches: int = 8,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["encoder", "quantizer", "decoder"])
+        self.save_hyperparameters(ignore=["encoder", "quantizer", "decoder", "loss"])
         self.automatic_optimization = False
         self.autoencoder = Autoencoder(encoder, quantizer, decoder, image_size, max_bytes_per_frame)
         self.ema = copy.deepcopy(self.autoencoder).requires_grad_(False)  # no grads, so DDP ignores it
-        if channels_last:
-            self.autoencoder.to(memory_format=torch.channels_last)
-            self.ema.to(memory_format=torch.channels_last)
-        if grad_checkpointing:
-            set_grad_checkpointing(self.autoencoder)
-        self.__dict__["_compiled"] = None  # not a submodule: its weights are the autoencoder's
-        self.recon_loss = ReconstructionLoss(l1_weight, mse_weight, ms_ssim_weight)
-        self.perceptual = None
-        if perceptual_weight > 0:
-            if not perceptual_weights_path:
-                raise ValueError("perceptual_weight > 0 needs perceptual_weights_path (a local VGG16 state dict)")
-            self.perceptual = PerceptualLoss(perceptual_weights_path)
-        self.discriminator = PatchDiscriminator() if gan_weight > 0 else None
+        self.loss = loss
+        # Set by speed.SpeedOptions: a compiled forward (a plain object, so its weights, the autoencoder's, are
+        # not registered twice) and the memory format of input batches.
+        self.train_forward: Callable[[Tensor], dict[str, Tensor]] | None = None
+        self.channels_last = False
         self._val_counts: Tensor | None = None
         self._recent_frames: deque[Tensor] = deque(maxlen=calibration_batches)
-        self._t_last: float | None = None
         self._train_seconds = 0.0  # training time before this process started (restored on resume)
         self._t_start: float | None = None
 
@@ -110,18 +86,13 @@ class CompressorModule(pl.LightningModule):
     def _common_step(self, frames: Tensor, stage: str) -> dict[str, Tensor]:
         """frames: uint8 (B, 3, H, W). Returns the loss terms and outputs; logs ``{stage}/{name}``."""
         x = frames.float() / 127.5 - 1
-        if self.hparams.channels_last:
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        out = self._train_forward(x) if stage == "train" else self.ema(x)
-        terms = self.recon_loss(out["recon"], x)
-        terms["quant"] = out["quant_loss"]
-        terms["loss"] = terms["loss"] + self.hparams.quant_weight * terms["quant"]
-        if self.perceptual is not None:
-            terms["perceptual"] = self.perceptual(out["recon"], x)
-            terms["loss"] = terms["loss"] + self.hparams.perceptual_weight * terms["perceptual"]
-        if self._gan_active() and stage == "train":
-            terms["gan_g"] = -self.discriminator(out["recon"]).mean()
-            terms["loss"] = terms["loss"] + self.hparams.gan_weight * terms["gan_g"]
+        if stage == "train":
+            out = (self.train_forward or self.autoencoder)(x)
+        else:
+            out = self.ema(x)
+        terms = self.loss(out["recon"], x, out["quant_loss"], self.global_step if stage == "train" else None)
         with torch.no_grad():
             terms["psnr"] = psnr(out["recon"], x).mean()
         on_step = stage == "train"
@@ -130,20 +101,6 @@ class CompressorModule(pl.LightningModule):
                      prog_bar=name in ("loss", "psnr"), sync_dist=not on_step, batch_size=len(frames))
         return {**terms, "recon": out["recon"], "tokens": out["tokens"], "x": x}
 
-    def _train_forward(self, x: Tensor) -> dict[str, Tensor]:
-        if self.hparams.compile and self._compiled is None:
-            self.__dict__["_compiled"] = torch.compile(self.autoencoder)
-        if self._compiled is not None and self._compiled is not False:
-            try:
-                return self._compiled(x)
-            except Exception as e:  # a backend or graph-break failure: eager is slower, not wrong
-                warnings.warn(f"torch.compile failed ({type(e).__name__}: {str(e)[:200]}); continuing in eager mode")
-                self.__dict__["_compiled"] = False
-        return self.autoencoder(x)
-
-    def _gan_active(self) -> bool:
-        return self.discriminator is not None and self.global_step >= self.hparams.gan_start_step
-
     def training_step(self, frames: Tensor, batch_idx: int) -> Tensor:
         opt = self.optimizers()
         sched = self.lr_schedulers()
@@ -151,13 +108,14 @@ class CompressorModule(pl.LightningModule):
         self._recent_frames.append(frames.detach())
         opt.zero_grad(set_to_none=True)
         self.manual_backward(out["loss"])
-        if self._gan_active():
+        if self.loss.gan_active(self.global_step):
+            discriminator = self.loss.discriminator
             # The generator's adversarial term also reaches the discriminator; drop that before its own loss.
-            for p in self.discriminator.parameters():
+            for p in discriminator.parameters():
                 p.grad = None
-            d_loss = hinge_d_loss(self.discriminator(out["x"]), self.discriminator(out["recon"].detach()))
-            self.manual_backward(self.hparams.gan_weight * d_loss)
-            torch.nn.utils.clip_grad_norm_(self.discriminator.parameters(), self.hparams.grad_clip)
+            d_loss = self.loss.discriminator_loss(out["x"], out["recon"])
+            self.manual_backward(d_loss)
+            torch.nn.utils.clip_grad_norm_(discriminator.parameters(), self.hparams.grad_clip)
             self.log("train/gan_d", d_loss.detach(), on_step=True)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.autoencoder.parameters(), self.hparams.grad_clip)
         opt.step()
@@ -179,13 +137,6 @@ class CompressorModule(pl.LightningModule):
     def train_seconds(self) -> float:
         """Wall-clock training time so far, across resumes."""
         return self._train_seconds + (time.perf_counter() - self._t_start if self._t_start else 0.0)
-
-    def on_train_batch_end(self, outputs, batch: Tensor, batch_idx: int) -> None:
-        now = time.perf_counter()
-        if self._t_last is not None:
-            images = len(batch) * self.trainer.world_size
-            self.log("train/images_per_s", images / (now - self._t_last), on_step=True, prog_bar=True)
-        self._t_last = now
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -262,8 +213,8 @@ class CompressorModule(pl.LightningModule):
             (decay if p.ndim >= 2 and "codebook" not in name else no_decay).append(p)
         groups = [{"params": decay, "weight_decay": self.hparams.weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
-        if self.discriminator is not None:
-            groups.append({"params": list(self.discriminator.parameters()), "weight_decay": 0.0})
+        if self.loss.discriminator is not None:
+            groups.append({"params": list(self.loss.discriminator.parameters()), "weight_decay": 0.0})
         opt = torch.optim.AdamW(groups, lr=self.hparams.lr, betas=tuple(self.hparams.betas))
         total = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
         if not math.isfinite(total):
@@ -292,3 +243,7 @@ class CompressorModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._train_seconds = checkpoint.get("train_seconds", 0.0)
+        # Before the loss was a module of its own, its parts sat at the top level of the checkpoint.
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith(("perceptual.", "discriminator."))]:
+            state[f"loss.{key}"] = state.pop(key)

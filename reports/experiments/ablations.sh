@@ -10,7 +10,7 @@ IMAGES="${IMAGES:-12000}"
 BASE="configs/cpu-vit-224B-aug.yaml configs/experiments/proxy.yaml"
 run() { python -m compressor.experiments run "$1" --images "$IMAGES" --shards "${SHARDS_OVERRIDE:-$SHARDS}" --config $BASE "${@:2}"; }
 run baseline
-run loss-mse --set model.l1_weight=0 model.ms_ssim_weight=0
+run loss-mse --set model.loss.l1_weight=0 model.loss.ms_ssim_weight=0
 run fsq-standardized --set model.quantizer.class_path=compressor.quantizers.StandardizedFSQ
 run head-refine --set model.decoder.class_path=compressor.decoders.ViTRefineDecoder
 # fsq-standardized won (+0.84 dB), so the next changes are made on top of it.
