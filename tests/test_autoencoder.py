@@ -146,3 +146,14 @@ def test_refine_decoder_starts_as_the_linear_head_and_learns_a_correction():
     assert torch.allclose(refine(x, (8, 16)), linear(x, (8, 16)), atol=1e-6)  # the correction starts at zero
     refine(x, (8, 16)).square().mean().backward()
     assert refine.refine[-1].weight.grad.abs().sum() > 0  # and it trains
+
+
+def test_exports_whose_parts_still_carry_image_size_load(tmp_path):
+    # Encoders and decoders took an unused image_size until 2026-11; models exported then must keep loading.
+    model = tiny_model().eval()
+    export = model.export_dict()
+    for part in ("encoder", "decoder"):
+        export["config"][part]["init_args"]["image_size"] = [128, 256]
+    torch.save(export, tmp_path / "old.pt")
+    frames = torch.randint(0, 256, (2, 3, 128, 256), dtype=torch.uint8)
+    assert torch.equal(compressor.load(tmp_path / "old.pt").encode(frames), model.encode(frames))

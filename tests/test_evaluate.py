@@ -6,11 +6,11 @@ import pytest
 import torch
 import webdataset as wds
 
-from compressor.tools.evaluate import evaluate, token_stats
+from compressor.tools.evaluate import evaluate, main, resolve_device, token_stats
 from compressor.tools.learned_baseline import LearnedCodec, train
 from compressor.data.synthetic import driving_clip
 from compressor.data.video import list_videos
-from tests.conftest import tiny_model
+from tests.conftest import tiny_model, write_video
 
 
 def test_token_stats():
@@ -99,3 +99,39 @@ def test_gallery_picks_are_distinct_even_for_short_clips():
         for k in range(8):
             picks = _spread(n, k)
             assert picks == sorted(set(picks)) and len(picks) == min(n, k) and all(0 <= i < n for i in picks)
+
+
+def _checkpoints_only(tmp_path, device: str) -> dict:
+    """evaluate's CLI on one 3-frame clip, our model only; returns report.json."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    clip = tmp_path / "clip.mp4"
+    write_video(str(clip), driving_clip(seed=0, num_frames=3, image_size=(128, 256)))
+    tiny_model().save(tmp_path / "m.pt")
+    main(["--checkpoint", str(tmp_path / "m.pt"), "--input", str(clip), "--output", str(tmp_path / "out"),
+          "--checkpoints-only", "--batch-size", "2", "--device", device])
+    return json.loads((tmp_path / "out" / "report.json").read_text())
+
+
+def test_report_records_the_device(tmp_path):
+    report = _checkpoints_only(tmp_path, "cpu")
+    assert report["device"] == "cpu" and "device_name" not in report
+    assert report["checkpoints"]["ours: m"]["device"] == "cpu"
+    assert report["checkpoints"]["ours: m"]["overall"]["frames"] == 3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_report_records_the_cuda_device_and_matches_the_cpu(tmp_path):
+    report = _checkpoints_only(tmp_path, "cuda")
+    assert report["device"] == "cuda" and report["device_name"] == torch.cuda.get_device_name()
+    cpu = _checkpoints_only(tmp_path / "cpu", "cpu")["checkpoints"]["ours: m"]["overall"]
+    # Kernels differ between devices, so a token may flip at a rounding boundary: close, not equal.
+    assert report["checkpoints"]["ours: m"]["overall"]["psnr"] == pytest.approx(cpu["psnr"], abs=0.2)
+
+
+def test_cuda_asked_for_without_cuda_is_a_clear_error(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(SystemExit) as e:  # refused before any file is read
+        main(["--checkpoint", "missing.pt", "--input", "nowhere", "--device", "cuda"])
+    assert e.value.code == 2
+    assert "--device cuda was asked for, but CUDA is not available" in capsys.readouterr().err

@@ -4,15 +4,22 @@
   ``quant_loss``).
 - Codec API: ``encode(frames) -> tokens`` and ``decode(tokens) -> frames`` on uint8, under ``no_grad``, with
   input checks. ``encode.py``, evaluation and the latent loader only use this API.
+- Checkpoints: ``save``/``load`` of one ``.pt`` file, and the Hugging Face Hub folder (``save_pretrained`` /
+  ``from_pretrained``: ``config.json`` + ``model.safetensors`` + ``README.md``). Both rebuild the parts from class
+  paths that must lie in the codec modules, so loading never runs code from the file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 import os
+from pathlib import Path
 
+import safetensors.torch
 import torch
+from huggingface_hub import ModelCard, PyTorchModelHubMixin, constants, hf_hub_download
 from torch import Tensor, nn
 
 from compressor.codec.encoders import grid_size
@@ -27,7 +34,10 @@ _OLD_MODULES = {"compressor.encoders": "compressor.codec.encoders", "compressor.
                 "compressor.quantizers": "compressor.codec.quantizers"}
 
 
-class Autoencoder(nn.Module):
+# The mixin gives save_pretrained / from_pretrained / push_to_hub (file layout, config.json, Hub download and upload);
+# the tags and library name go into the model card's YAML front matter.
+class Autoencoder(nn.Module, PyTorchModelHubMixin, library_name="compressor",
+                  tags=["image-compression", "image-tokenizer", "dashcam"]):
     """Frames -> ``num_tokens`` discrete tokens -> frames.
 
     Args:
@@ -120,15 +130,19 @@ class Autoencoder(nn.Module):
         return tokens
 
     # ---- checkpoints --------------------------------------------------------------------------------------
-    def export_dict(self) -> dict:
-        """Everything needed to rebuild the model: class paths, constructor arguments and weights."""
+    def export_config(self) -> dict:
+        """Class paths and constructor arguments of the parts, plus the frame size and byte budget: plain JSON."""
         config = {"image_size": list(self.image_size), "max_bytes_per_frame": self.max_bytes_per_frame}
         for name in ("encoder", "quantizer", "decoder"):
             module = getattr(self, name)
             config[name] = {"class_path": f"{type(module).__module__}.{type(module).__name__}",
                             "init_args": _plain(module.init_args)}
+        return config
+
+    def export_dict(self) -> dict:
+        """Everything needed to rebuild the model: class paths, constructor arguments and weights (buffers too)."""
         state = {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}
-        return {"format": CHECKPOINT_FORMAT, "config": config, "state_dict": state}
+        return {"format": CHECKPOINT_FORMAT, "config": self.export_config(), "state_dict": state}
 
     def save(self, path: str | os.PathLike) -> None:
         """Write an exported model that ``compressor.load`` reads; written atomically."""
@@ -159,6 +173,59 @@ class Autoencoder(nn.Module):
         model.load_state_dict(state)
         return model.eval()
 
+    # ---- Hugging Face Hub folder ---------------------------------------------------------------------------
+    def save_pretrained(self, save_directory: str | Path, *, config: dict | None = None, **kwargs) -> str | None:
+        """Write ``config.json``, ``model.safetensors`` and a ``README.md`` card (kept if one exists) to a folder
+        that ``compressor.load`` and ``Autoencoder.from_pretrained`` read. ``push_to_hub`` uploads the same files.
+        Other keyword arguments go to ``PyTorchModelHubMixin.save_pretrained`` (``model_card_kwargs`` reach
+        ``generate_model_card``)."""
+        if config is not None:  # push_to_hub passes config=None; anything else would not describe these weights
+            raise ValueError("the config of an Autoencoder is derived from its parts; do not pass one")
+        # The format tag lets a reader tell our config.json from any other library's.
+        return super().save_pretrained(save_directory, config={"format": CHECKPOINT_FORMAT, **self.export_config()},
+                                       **kwargs)
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        # The state dict of export_dict, not safetensors.save_model: its cloned tensors share no storage, so every
+        # name (buffers such as BatchNorm running stats and VQ usage included) is written and read back as is.
+        state = {k: v.contiguous() for k, v in self.export_dict()["state_dict"].items()}
+        safetensors.torch.save_file(state, str(save_directory / constants.SAFETENSORS_SINGLE_FILE),
+                                    metadata={"format": CHECKPOINT_FORMAT})
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir: str | Path | None,
+                         force_download: bool, local_files_only: bool, token: str | bool | None,
+                         config: dict | None = None, map_location: str | torch.device = "cpu",
+                         **overrides) -> "Autoencoder":
+        """Called by ``from_pretrained`` with the parsed ``config.json``. ``overrides`` holds the config's own
+        constructor entries, replaced by any the caller gave (``image_size=...``); the parts are rebuilt through
+        ``from_export``, so the allow-list and the shape check apply exactly as for a ``.pt`` file."""
+        if not (isinstance(config, dict) and config.get("format") == CHECKPOINT_FORMAT):
+            raise ValueError(f"{model_id} is not a compressor model folder: no config.json of format "
+                             f"{CHECKPOINT_FORMAT!r}")
+        if os.path.isdir(model_id):
+            weights = os.path.join(model_id, constants.SAFETENSORS_SINGLE_FILE)
+            if not os.path.isfile(weights):
+                raise ValueError(f"{model_id} is not a compressor model folder: no {constants.SAFETENSORS_SINGLE_FILE}")
+        else:  # a Hub repo id; hf_hub_download serves it from the local cache when offline
+            weights = hf_hub_download(repo_id=model_id, filename=constants.SAFETENSORS_SINGLE_FILE, revision=revision,
+                                      cache_dir=cache_dir, force_download=force_download, token=token,
+                                      local_files_only=local_files_only)
+        try:
+            state = safetensors.torch.load_file(weights, device="cpu")
+        except Exception as e:  # SafetensorError, OSError from a truncated or foreign file
+            raise ValueError(f"{model_id} is not a compressor model folder: {weights} does not load as safetensors "
+                             f"({type(e).__name__})") from None
+        return cls.from_export({"format": CHECKPOINT_FORMAT, "config": config, "state_dict": state},
+                               **overrides).to(map_location)
+
+    def generate_model_card(self, sections: dict[str, str] | None = None, image: str | None = None) -> ModelCard:
+        """The ``README.md`` of a saved folder: architecture and token budget, plus ``sections`` (title -> markdown,
+        e.g. training data and measured quality) and an ``image`` file name inside the folder."""
+        from compressor.codec.hub import model_card  # the card's text lives with the other Hub helpers
+
+        return model_card(self, self._hub_mixin_info.model_card_data, sections, image)
+
     @classmethod
     def _from_config(cls, config: dict, overrides: dict) -> "Autoencoder":
         config = {**config, **overrides}
@@ -172,14 +239,17 @@ class Autoencoder(nn.Module):
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu", **overrides) -> Autoencoder:
-    """Load a model from an exported ``.pt`` or a Lightning ``.ckpt`` written by ``train.py``.
+    """Load a model from an exported ``.pt``, a Lightning ``.ckpt`` written by ``train.py``, or a Hub folder
+    written by ``save_pretrained`` (``config.json`` + ``model.safetensors``), onto ``map_location``.
 
-    Loading is weights-only (``torch.load(weights_only=True)``): no pickled code runs. Overrides such as
+    Loading is weights-only (``torch.load(weights_only=True)``, safetensors): no pickled code runs. Overrides such as
     ``image_size=(256, 512), max_bytes_per_frame=896`` run the same weights on another token grid. Any other file
     raises ``ValueError`` ("not a compressor checkpoint"); a missing one ``FileNotFoundError``.
     """
+    if os.path.isdir(path):
+        return Autoencoder.from_pretrained(path, map_location=map_location, **overrides)
     try:
-        blob = torch.load(path, map_location=map_location, weights_only=True)
+        blob = torch.load(path, map_location="cpu", weights_only=True)
     except OSError:
         raise  # missing or unreadable: that error is already clear
     except Exception as e:  # torch raises UnpicklingError, EOFError, RuntimeError, ... for anything else
@@ -189,7 +259,8 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu", **ov
                          "write") from None
     if isinstance(blob, dict) and isinstance(blob.get("compressor"), dict):
         blob = blob["compressor"]  # a Lightning checkpoint carries the EMA export under this key
-    return Autoencoder.from_export(blob, **overrides)
+    # from_export copies the weights into a model built on the CPU, so the device is set here, as for a folder.
+    return Autoencoder.from_export(blob, **overrides).to(map_location)
 
 
 def model_id(model: nn.Module) -> str:
@@ -210,7 +281,10 @@ def build_part(spec: dict) -> nn.Module:
     cls = getattr(importlib.import_module(module_name), class_name, None)
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):  # not any callable those modules import
         raise ValueError(f"refusing to build {spec['class_path']!r}: not a module class")
-    return cls(**spec["init_args"])
+    init_args = dict(spec["init_args"])
+    if "image_size" not in inspect.signature(cls).parameters:
+        init_args.pop("image_size", None)  # encoders and decoders stored it until 2026-11, without reading it
+    return cls(**init_args)
 
 
 def _plain(value):

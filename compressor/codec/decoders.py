@@ -16,7 +16,6 @@ class ViTDecoder(nn.Module):
     """Transformer over the token grid plus a linear pixel head that unpatchifies (no convolution).
 
     Args:
-        image_size: (H, W) the model is trained at.
         patch_size: pixels per token side; must match the encoder.
         dim: transformer width.
         depth: number of transformer blocks.
@@ -26,7 +25,6 @@ class ViTDecoder(nn.Module):
 
     def __init__(
         self,
-        image_size: tuple[int, int] = (128, 256),
         patch_size: int = 16,
         dim: int = 384,
         depth: int = 6,
@@ -35,7 +33,6 @@ class ViTDecoder(nn.Module):
     ):
         super().__init__()
         self.init_args = captured_args(locals())  # lets a checkpoint rebuild the model
-        self.image_size = tuple(image_size)
         self.patch_size = patch_size
         self.dim = dim
         self.transformer = Transformer(dim, depth, heads, mlp_ratio)
@@ -58,7 +55,6 @@ class ViTRefineDecoder(ViTDecoder):
     starts from the plain linear head.
 
     Args:
-        image_size: (H, W) the model is trained at.
         patch_size: pixels per token side; must match the encoder.
         dim: transformer width.
         depth: number of transformer blocks.
@@ -70,7 +66,6 @@ class ViTRefineDecoder(ViTDecoder):
 
     def __init__(
         self,
-        image_size: tuple[int, int] = (128, 256),
         patch_size: int = 16,
         dim: int = 384,
         depth: int = 6,
@@ -79,7 +74,7 @@ class ViTRefineDecoder(ViTDecoder):
         hidden: int = 32,
         mlp_ratio: float = 4.0,
     ):
-        super().__init__(image_size, patch_size, dim, depth, heads, mlp_ratio)
+        super().__init__(patch_size, dim, depth, heads, mlp_ratio)
         self.init_args = captured_args(locals())  # lets a checkpoint rebuild the model
         self.head = nn.Linear(dim, (3 + features) * patch_size * patch_size)  # RGB plus features per pixel
         self.refine = nn.Sequential(nn.Conv2d(3 + features, hidden, 3, padding=1), nn.GELU(),
@@ -101,7 +96,6 @@ class ConvUpsampleDecoder(nn.Module):
     3x3 convolution, so local texture across patch borders is cheap to produce.
 
     Args:
-        image_size: (H, W) the model is trained at.
         dim: transformer width.
         depth: number of transformer blocks.
         heads: attention heads.
@@ -111,7 +105,6 @@ class ConvUpsampleDecoder(nn.Module):
 
     def __init__(
         self,
-        image_size: tuple[int, int] = (128, 256),
         dim: int = 384,
         depth: int = 6,
         heads: int = 6,
@@ -120,7 +113,6 @@ class ConvUpsampleDecoder(nn.Module):
     ):
         super().__init__()
         self.init_args = captured_args(locals())  # lets a checkpoint rebuild the model
-        self.image_size = tuple(image_size)
         self.patch_size = 2 ** len(head_channels)
         self.dim = dim
         self.transformer = Transformer(dim, depth, heads, mlp_ratio)
@@ -155,7 +147,6 @@ class ConvDecoder(nn.Module):
     """Pure convolutional decoder (no attention): residual blocks at the token grid, then x2 upsampling stages.
 
     Args:
-        image_size: (H, W) the model is trained at.
         dim: channels at the token grid.
         depth: residual 3x3 blocks at the token grid (where the other decoders have their transformer).
         head_channels: channels after each x2 upsampling stage; ``2**len`` must equal the encoder's grid size.
@@ -163,14 +154,12 @@ class ConvDecoder(nn.Module):
 
     def __init__(
         self,
-        image_size: tuple[int, int] = (128, 256),
         dim: int = 512,
         depth: int = 2,
         head_channels: list[int] = [384, 192, 96, 48],  # noqa: B006
     ):
         super().__init__()
         self.init_args = captured_args(locals())  # lets a checkpoint rebuild the model
-        self.image_size = tuple(image_size)
         self.patch_size = 2 ** len(head_channels)
         self.dim = dim
         stages, c_in = [ResBlock(dim) for _ in range(depth)], dim

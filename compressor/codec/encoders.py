@@ -17,7 +17,6 @@ class ViTEncoder(nn.Module):
     """Pure Vision Transformer encoder: patchify, linear embedding, transformer. No convolution anywhere.
 
     Args:
-        image_size: (H, W) the model is trained at.
         patch_size: side of the square patch; one token per patch.
         dim: transformer width.
         depth: number of transformer blocks.
@@ -27,7 +26,6 @@ class ViTEncoder(nn.Module):
 
     def __init__(
         self,
-        image_size: tuple[int, int] = (128, 256),
         patch_size: int = 16,
         dim: int = 256,
         depth: int = 4,
@@ -36,7 +34,6 @@ class ViTEncoder(nn.Module):
     ):
         super().__init__()
         self.init_args = captured_args(locals())  # lets a checkpoint rebuild the model
-        self.image_size = tuple(image_size)
         self.patch_size = patch_size
         self.dim = dim
         self.embed = nn.Linear(3 * patch_size * patch_size, dim)
@@ -58,7 +55,6 @@ class ConvStemEncoder(nn.Module):
     convolution, so ``len(stem_channels)`` stages give a ``2**len`` pixel grid (4 stages -> 16 px, 128 tokens).
 
     Args:
-        image_size: (H, W) the model is trained at.
         stem_channels: output channels of each stride-2 stage.
         dim: transformer width.
         depth: number of transformer blocks.
@@ -68,7 +64,6 @@ class ConvStemEncoder(nn.Module):
 
     def __init__(
         self,
-        image_size: tuple[int, int] = (128, 256),
         stem_channels: list[int] = [32, 64, 128, 256],  # noqa: B006
         dim: int = 256,
         depth: int = 4,
@@ -77,7 +72,6 @@ class ConvStemEncoder(nn.Module):
     ):
         super().__init__()
         self.init_args = captured_args(locals())  # lets a checkpoint rebuild the model
-        self.image_size = tuple(image_size)
         self.patch_size = 2 ** len(stem_channels)
         self.dim = dim
         stages, c_in = [], 3
@@ -126,20 +120,17 @@ class ConvEncoder(nn.Module):
     encoders, with every layer a convolution.
 
     Args:
-        image_size: (H, W) the model is trained at.
         channels: output channels of each stride-2 stage; ``2**len`` is the token grid's pixel size.
         depth: residual 3x3 blocks at the token grid (where the conv-stem encoder has its transformer).
     """
 
     def __init__(
         self,
-        image_size: tuple[int, int] = (128, 256),
         channels: list[int] = [64, 128, 256, 384],  # noqa: B006
         depth: int = 2,
     ):
         super().__init__()
         self.init_args = captured_args(locals())  # lets a checkpoint rebuild the model
-        self.image_size = tuple(image_size)
         self.patch_size = 2 ** len(channels)
         self.dim = channels[-1]
         stages, c_in = [], 3

@@ -65,7 +65,7 @@ def model_from_config(name: str, image_size: tuple[int, int] = (128, 256), **wid
     for part in ("encoder", "quantizer", "decoder"):
         init = dict(spec[part].get("init_args", {}))
         if part != "quantizer":
-            init.update({k: v for k, v in widen.items() if k in init}, image_size=image_size)
+            init.update({k: v for k, v in widen.items() if k in init})
         parts[part] = build_part({"class_path": spec[part]["class_path"], "init_args": init})
     return Autoencoder(**parts, image_size=image_size)
 

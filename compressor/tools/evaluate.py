@@ -1,7 +1,11 @@
 """Evaluate trained compressors against classical and learned codecs at matched bytes per frame.
 
     python -m compressor.tools.evaluate --checkpoint runs/x/model.pt [more.pt ...] --input ../shared/dashcam --split val \\
-        --output reports/eval [--learned runs/bmshj2018-factorized/codec.pt] [--lpips-weights vgg.pth vgg16.pth]
+        --output reports/eval [--learned runs/bmshj2018-factorized/codec.pt] [--lpips-weights vgg.pth vgg16.pth] \\
+        [--device auto|cuda|cpu]
+
+``--checkpoint`` takes ``model.pt``, a ``train.py`` ``.ckpt`` or a Hub folder (``save_pretrained``). Our models and the
+learned baseline run on ``--device`` (``auto``: CUDA when available); the classical codecs and metrics run on the CPU.
 
 Every method sees the same frames after the same ``compressor.preprocess``:
 
@@ -27,6 +31,7 @@ import time
 
 import av
 import torch
+from tqdm import tqdm
 
 from compressor.tools import baselines
 from compressor.codec.autoencoder import Autoencoder, load
@@ -39,18 +44,21 @@ RD_BUDGETS = (48, 64, 96, 128, 160, 224, 320, 448, 640, 896, 1280)
 
 # ---- our codec, every frame --------------------------------------------------------------------------------------
 def codec_roundtrip(model: Autoencoder, frames: torch.Tensor, batch_size: int = 32) -> dict:
-    """uint8 (T, 3, H, W) through encode -> pack -> unpack -> decode, in batches; returns recon and timings."""
+    """uint8 (T, 3, H, W) on the CPU through encode -> pack -> unpack -> decode on the model's device, in batches;
+    returns recon uint8 (T, 3, H, W) and tokens (T, N) on the CPU, and timings."""
     recon, tokens, n_bytes, enc_s, dec_s = [], [], 0, 0.0, 0.0
+    device = model.pre_quant.weight.device
     for i in range(0, len(frames), batch_size):
         batch = frames[i : i + batch_size]
         t0 = time.perf_counter()
         tok = model.encode(batch)
+        _sync(device)  # CUDA runs asynchronously: without this, encode time would be counted as decode time
         t1 = time.perf_counter()
         data = pack(tok, bits=model.bits_per_token)
-        recon.append(model.decode(unpack(data, len(batch), model.num_tokens, model.bits_per_token)))
+        recon.append(model.decode(unpack(data, len(batch), model.num_tokens, model.bits_per_token)).cpu())
         enc_s, dec_s = enc_s + t1 - t0, dec_s + time.perf_counter() - t1
         n_bytes += len(data)
-        tokens.append(tok)
+        tokens.append(tok.cpu())
     return {"recon": torch.cat(recon), "tokens": torch.cat(tokens), "bytes_per_frame": n_bytes / len(frames),
             "encode_s": enc_s, "decode_s": dec_s}
 
@@ -73,9 +81,10 @@ def token_stats(counts: torch.Tensor) -> dict:
     return {"codebook_usage": (counts > 0).double().mean().item(), "token_entropy_bits": -(nz * nz.log2()).sum().item()}
 
 
-def evaluate(model: Autoencoder, videos: list[str], batch_size: int = 32) -> dict:
+def evaluate(model: Autoencoder, videos: list[str], batch_size: int = 32, progress: bool = True) -> dict:
     """One checkpoint on every frame of ``videos``: per clip and overall."""
-    clips = [evaluate_clip(model, v, batch_size) for v in videos]
+    clips = [evaluate_clip(model, v, batch_size)
+             for v in tqdm(videos, desc="every frame", unit="clip", disable=not progress)]
     total = sum(c["frames"] for c in clips)
     counts = sum(c.pop("_counts") for c in clips)
     overall = {
@@ -90,6 +99,31 @@ def evaluate(model: Autoencoder, videos: list[str], batch_size: int = 32) -> dic
         "decode_fps": total / sum(c["frames"] / c["decode_fps"] for c in clips),
     }
     return {"clips": clips, "overall": overall}
+
+
+def resolve_device(choice: str) -> torch.device:
+    """``cuda``, ``cpu`` or ``auto`` (CUDA when available, else the CPU) -> the device our models run on."""
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device cuda was asked for, but CUDA is not available to torch {torch.__version__} "
+                         f"(CUDA build: {torch.version.cuda or 'none'}); use --device cpu or auto")
+    if choice not in ("cuda", "cpu"):
+        raise ValueError(f"unknown device {choice!r}; use cuda, cpu or auto")
+    return torch.device(choice)
+
+
+def device_info(device: torch.device) -> dict:
+    """What the report records about the device: its type, and the card's name on CUDA."""
+    info: dict = {"device": device.type}
+    if device.type == "cuda":
+        info["device_name"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _batched(fn, recon: torch.Tensor, frames: torch.Tensor, size: int = 64) -> torch.Tensor:
@@ -132,9 +166,16 @@ class Scores:
 
 def compare(models: dict[str, Autoencoder], videos: list[str], budget: int = 224, frame_stride: int = 10,
             codecs=("jpeg", "webp", "avif"), hevc: bool = True, learned=None, lpips: LPIPS | None = None,
-            gallery_frames: int = 3, batch_size: int = 32, log=print) -> dict:
+            gallery_frames: int = 3, batch_size: int = 32, log=tqdm.write, progress: bool = True) -> dict:
     """All methods on the same comparison frames: scores at ``budget`` bytes, RD points and gallery tiles."""
     first_name = next(iter(models))
+    methods_per_clip = len(models) + 2 * len(codecs) + bool(hevc) + (learned is not None)
+    bar = tqdm(total=len(videos) * methods_per_clip, desc="comparison", unit="method", disable=not progress)
+
+    def done(clip: str, method: str) -> None:
+        bar.set_postfix_str(f"{clip}: {method}", refresh=False)
+        bar.update()
+
     image_size = models[first_name].image_size
     scores: dict[str, Scores] = collections.defaultdict(Scores)
     rd: dict[str, list] = collections.defaultdict(list)
@@ -155,6 +196,7 @@ def compare(models: dict[str, Autoencoder], videos: list[str], budget: int = 224
             scores[name].add(clip, r["bytes_per_frame"], r["recon"], sub, lpips, True, f"{model.bytes_per_frame} B")
             if name == first_name:
                 gallery[name] += _tiles(r["recon"], sub, picks, [r["bytes_per_frame"]] * len(sub))
+            done(clip, name)
         for codec in codecs:
             for downscale in (False, True):
                 method = f"{codec} ({'downscaled' if downscale else 'full size'})"
@@ -169,6 +211,7 @@ def compare(models: dict[str, Autoencoder], videos: list[str], budget: int = 224
                 scores[method].add(clip, [c.nbytes for c, _ in chosen], recon, sub, lpips, [ok for _, ok in chosen],
                                    [f"q{c.quality} at {c.size[0]}x{c.size[1]}" for c, _ in chosen])
                 gallery[method] += _tiles(recon, sub, picks, [c.nbytes for c, _ in chosen])
+                done(clip, method)
         if hevc:
             fps = clip_fps(path)
             points = baselines.hevc_sweep(frames, fps, keep_frames=idx)
@@ -179,6 +222,7 @@ def compare(models: dict[str, Autoencoder], videos: list[str], budget: int = 224
             best, ok = baselines.best_video_point(points, budget)
             scores["hevc (x265, inter)"].add(clip, best.bytes_per_frame, best.kept, sub, lpips, ok, f"qp {best.qp}")
             gallery["hevc (x265, inter)"] += _tiles(best.kept, sub, picks, [best.bytes_per_frame] * len(sub))
+            done(clip, "hevc")
         if learned is not None:
             strings = [s for i in range(0, len(sub), 16) for s in learned.compress(sub[i : i + 16])]
             recon = torch.cat([learned.decompress(strings[i : i + 16], image_size) for i in range(0, len(sub), 16)])
@@ -187,7 +231,9 @@ def compare(models: dict[str, Autoencoder], videos: list[str], budget: int = 224
             scores["bmshj2018-factorized (compressai)"].add(clip, sizes, recon, sub, lpips, [s <= budget for s in sizes],
                                                              trained)
             gallery["bmshj2018-factorized (compressai)"] += _tiles(recon, sub, picks, sizes)
+            done(clip, "learned")
         log(f"{clip}: {len(sub)} comparison frames of {len(frames)} in {time.perf_counter() - t0:.0f} s")
+    bar.close()
 
     summaries = {m: s.summary() for m, s in scores.items()}
     for name in models:
@@ -235,7 +281,8 @@ def to_markdown(report: dict, title: str) -> str:
                 f"{o['bytes_per_frame']:.0f} |")
     rows += ["", f"codebook usage {o['codebook_usage']:.1%}, token entropy {o['token_entropy_bits']:.2f} bits/token, "
              f"encode {o['encode_fps']:.1f} frames/s, decode {o['decode_fps']:.1f} frames/s "
-             f"(batch {report.get('batch_size')}, {report.get('device')}, {report.get('threads')} threads)", ""]
+             f"(batch {report.get('batch_size')}, {report.get('device_name') or report.get('device')}, "
+             f"{report.get('threads')} threads)", ""]
     return "\n".join(rows)
 
 
@@ -286,11 +333,13 @@ def select_videos(inputs: list[str], split: str | None) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True, nargs="+",
-                    help="model.pt or train.py .ckpt files; several give several points of our RD curve")
+                    help="model.pt, train.py .ckpt files or Hub folders; several give several points of our RD curve")
     ap.add_argument("--input", required=True, nargs="+", help="video directories, globs or files")
     ap.add_argument("--split", default=None, help="keep only videos with this split in MANIFEST.tsv (e.g. val)")
     ap.add_argument("--output", default=None, help="directory for report.json, report.md, rd.png, gallery.png")
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"],
+                    help="where our models and the learned baseline run (auto: cuda when available)")
     ap.add_argument("--budget", type=int, default=224, help="bytes per frame every baseline is matched to")
     ap.add_argument("--frame-stride", type=int, default=10, help="compare on every n-th frame of each clip")
     ap.add_argument("--codecs", nargs="*", default=["jpeg", "webp", "avif"], choices=list(baselines.IMAGE_CODECS))
@@ -301,15 +350,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--gallery-frames", type=int, default=2, help="gallery frames per clip")
     ap.add_argument("--checkpoints-only", action="store_true", help="only the every-frame report of each checkpoint")
     args = ap.parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        ap.error(str(e))  # before any video is decoded or model loaded
 
     videos = select_videos(args.input, args.split)
-    models = {_name(c): load(c) for c in args.checkpoint}
-    report: dict = {"split": args.split, "batch_size": args.batch_size, "device": "cpu",
+    models = {_name(c): load(c, map_location=device) for c in args.checkpoint}
+    on = device_info(device)
+    report: dict = {"split": args.split, "batch_size": args.batch_size, **on,
                     "threads": torch.get_num_threads(), "checkpoints": {}}
     md = []
     for (name, model), path in zip(models.items(), args.checkpoint):
         r = evaluate(model, videos, args.batch_size)
-        r.update(checkpoint=path, batch_size=args.batch_size, device="cpu", threads=torch.get_num_threads(),
+        r.update(checkpoint=path, batch_size=args.batch_size, **on, threads=torch.get_num_threads(),
                  params={"encoder": _count(model.encoder), "decoder": _count(model.decoder), "total": _count(model)})
         report["checkpoints"][name] = r
         md.append(to_markdown(r, f"{name} ({path}) on {args.split or 'all'} clips, every frame"))
@@ -324,7 +378,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.learned:
             from compressor.tools.learned_baseline import LearnedCodec
 
-            learned = LearnedCodec.load(args.learned)
+            learned = LearnedCodec.load(args.learned).to(device)
         comp = compare(models, videos, args.budget, args.frame_stride, args.codecs, not args.no_hevc, learned, lpips,
                        args.gallery_frames, args.batch_size)
         gallery_tiles = comp.pop("_gallery")
@@ -347,8 +401,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _name(checkpoint: str) -> str:
-    """A readable method name: the run directory of ``runs/<name>/model.pt``, else the file stem."""
-    stem = os.path.splitext(os.path.basename(checkpoint))[0]
+    """A readable method name: the run directory of ``runs/<name>/model.pt`` or ``runs/<name>/hub``, else the file
+    stem."""
+    if os.path.isdir(checkpoint) and os.path.basename(os.path.normpath(checkpoint)) == "hub":
+        checkpoint = os.path.join(os.path.dirname(os.path.normpath(checkpoint)), "model.pt")
+    stem = os.path.splitext(os.path.basename(os.path.normpath(checkpoint)))[0]
     parent = os.path.basename(os.path.dirname(os.path.abspath(checkpoint)))
     return f"ours: {parent}" if stem == "model" and parent else f"ours: {stem}"
 

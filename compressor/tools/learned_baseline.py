@@ -43,17 +43,23 @@ class LearnedCodec:
         net.update(force=True)
         return cls(net, {k: v for k, v in ckpt.items() if k != "state_dict"})
 
+    def to(self, device: str | torch.device) -> "LearnedCodec":
+        """Run the transforms on ``device``; the rANS coder stays on the CPU, as compressai does it."""
+        self.net.to(device)
+        return self
+
     @torch.no_grad()
     def compress(self, frames: torch.Tensor) -> list[bytes]:
-        """frames: uint8 (B, 3, H, W), H and W multiples of 16 -> B byte strings."""
-        return self.net.compress(frames.float() / 255)["strings"][0]
+        """frames: uint8 (B, 3, H, W), H and W multiples of 16, on any device -> B byte strings."""
+        device = next(self.net.parameters()).device
+        return self.net.compress(frames.to(device).float() / 255)["strings"][0]
 
     @torch.no_grad()
     def decompress(self, strings: list[bytes], image_size: tuple[int, int]) -> torch.Tensor:
-        """B byte strings -> uint8 (B, 3, H, W)."""
+        """B byte strings -> uint8 (B, 3, H, W) on the CPU."""
         shape = (image_size[0] // 16, image_size[1] // 16)  # the analysis transform downsamples 16x
         x = self.net.decompress([strings], shape)["x_hat"]
-        return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+        return (x.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
 
 
 def train(shards: str, output: str, minutes: float, steps: int | None = None, target_bpp: float = 0.055,

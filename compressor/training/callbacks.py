@@ -11,6 +11,7 @@ import torch
 import torchvision
 
 from compressor.metrics import frame_psnr
+from compressor.training.model_card import save_hub_folder, training_sections
 from compressor.training.perf import matmul_peak_flops, train_flops_per_image
 from compressor.utils import atomic_write
 from compressor.codec.packing import pack, unpack
@@ -20,10 +21,12 @@ class ExportCallback(pl.Callback):
     """At the end of fit, on rank 0: export the EMA model, save a reconstruction image, print PSNR and bytes.
 
     The reconstruction goes through the codec API and the bit packer (encode -> pack -> unpack -> decode), so
-    the printed numbers are what a user of ``model.pt`` gets.
+    the printed numbers are what a user of ``model.pt`` gets. The same model is also written as a Hugging Face Hub
+    folder, ``hub/`` (``config.json``, ``model.safetensors``, ``recon.png`` and a ``README.md`` card with the
+    training data, steps and these numbers), ready for ``huggingface_hub.upload_folder``.
 
     Args:
-        out_dir: where ``model.pt`` and ``recon.png`` go; defaults to the trainer's ``default_root_dir``.
+        out_dir: where ``model.pt``, ``recon.png`` and ``hub/`` go; defaults to the trainer's ``default_root_dir``.
         num_frames: validation frames in the check.
     """
 
@@ -43,8 +46,10 @@ class ExportCallback(pl.Callback):
 
         loaders = trainer.datamodule.val_dataloader() if trainer.datamodule else []
         frames = _take(loaders, self.num_frames)
+        hub_dir = os.path.join(out_dir, "hub")
         if frames is None:
-            print(f"saved {model_path} (no validation frames for a reconstruction check)")
+            save_hub_folder(model, hub_dir, training_sections(trainer, pl_module, None))
+            print(f"saved {model_path} and {hub_dir} (no validation frames for a reconstruction check)")
             return
         frames = frames.to(pl_module.device)
         data = pack(model.encode(frames), bits=model.bits_per_token)
@@ -54,7 +59,9 @@ class ExportCallback(pl.Callback):
         # Each column: original above, reconstruction below.
         grid = torch.cat([frames, recon], dim=2).cpu().float() / 255
         torchvision.utils.save_image(grid, image_path, nrow=min(4, len(frames)), padding=2)
-        print(f"saved {model_path} and {image_path}")
+        evaluation = {"psnr": psnr, "frames": len(frames), "bytes_per_frame": len(data) // len(frames)}
+        save_hub_folder(model, hub_dir, training_sections(trainer, pl_module, evaluation), image_path)
+        print(f"saved {model_path}, {image_path} and {hub_dir}")
         print(f"PSNR {psnr:.2f} dB on {len(frames)} validation frames at {len(data) // len(frames)} bytes/frame "
               f"({model.num_tokens} tokens x {model.bits_per_token} bits)")
 

@@ -1,0 +1,65 @@
+"""The model card (``README.md``) of a Hub folder written by ``Autoencoder.save_pretrained``.
+
+The card states what a user of the folder must know before trusting its tokens: the parts and their arguments, and
+the token budget. Training and evaluation sections come from the caller (``compressor.training.model_card``), so
+this module needs no Lightning.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from huggingface_hub import ModelCard, ModelCardData
+
+if TYPE_CHECKING:
+    from compressor.codec.autoencoder import Autoencoder
+
+
+def model_card(model: Autoencoder, card_data: ModelCardData, sections: dict[str, str] | None = None,
+               image: str | None = None) -> ModelCard:
+    """A card with YAML front matter from ``card_data`` (library name, tags; no license is claimed), a usage
+    snippet, the token budget, the architecture, then ``sections`` (title -> markdown) in order, and ``image``
+    (a file name inside the folder) at the end."""
+    H, W = model.image_size
+    gh, gw = model.grid
+    lines = [
+        "# compressor: dashcam frames to discrete tokens", "",
+        f"A learned image codec: an RGB frame of {H}x{W} becomes {model.num_tokens} discrete tokens of "
+        f"{model.bits_per_token} bits ({model.bytes_per_frame} bytes), and back.", "",
+        "## Usage", "",
+        "```python",
+        "import torch",
+        "import compressor  # the package that wrote this folder",
+        "",
+        "model = compressor.load(\"path/to/this/folder\")  # or compressor.Autoencoder.from_pretrained(\"user/repo\")",
+        "# The training preprocessing (crop, resize, colour) of each decoded RGB frame: uint8 (3, H, W).",
+        f"frames = torch.stack([compressor.preprocess(f, ({H}, {W})) for f in video_frames])",
+        f"tokens = model.encode(frames)      # uint8 (B, 3, {H}, {W}) -> int64 (B, {model.num_tokens})",
+        f"data = compressor.pack(tokens, bits={model.bits_per_token})  # {model.bytes_per_frame} bytes per frame",
+        f"recon = model.decode(compressor.unpack(data, len(tokens), {model.num_tokens}, {model.bits_per_token}))",
+        "```", "",
+        "Loading rebuilds the parts from the class paths in `config.json`; only classes of the `compressor` codec "
+        "modules are accepted, and the weights are read from `model.safetensors`, so no code from the folder runs.",
+        "",
+        "## Token budget", "",
+        "| tokens | grid (H x W) | bits/token | bytes/frame | codebook size | budget |",
+        "|---:|---:|---:|---:|---:|---:|",
+        f"| {model.num_tokens} | {gh} x {gw} | {model.bits_per_token} | {model.bytes_per_frame} | "
+        f"{model.codebook_size} | {model.max_bytes_per_frame} B |", "",
+        "## Architecture", "",
+        "| part | class | arguments | parameters |", "|---|---|---|---:|",
+    ]
+    for name in ("encoder", "quantizer", "decoder"):
+        part = getattr(model, name)
+        args = ", ".join(f"{k}={v}" for k, v in part.init_args.items())
+        lines.append(f"| {name} | `{type(part).__module__}.{type(part).__name__}` | {args} | {_count(part):,} |")
+    lines += [f"| total (with the linear maps around the quantizer) | | | {_count(model):,} |", ""]
+    for title, body in (sections or {}).items():
+        lines += [f"## {title}", "", body.rstrip(), ""]
+    if image:
+        lines += [f"![Originals above, reconstructions below]({image})", ""]
+    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(lines))
+
+
+def _count(module) -> int:
+    return sum(p.numel() for p in module.parameters())

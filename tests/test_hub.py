@@ -1,0 +1,121 @@
+"""The Hugging Face Hub folder: save_pretrained -> compressor.load / from_pretrained, offline, and the training export."""
+
+import json
+
+import pytest
+import torch
+
+import compressor
+from compressor.codec.autoencoder import Autoencoder
+from compressor.data.synthetic import driving_clip
+from tests.conftest import ENCODERS, QUANTIZERS, tiny_model
+
+FRAMES = driving_clip(seed=3, num_frames=4, image_size=(128, 256))
+
+
+def _trained_buffers(model: Autoencoder) -> Autoencoder:
+    """Move every buffer away from its initial value (BatchNorm running stats, VQ usage) with a few training
+    forwards, so a folder that dropped or re-initialised buffers gives different tokens."""
+    model.train()
+    with torch.no_grad():
+        for seed in range(3):
+            model(driving_clip(seed=seed, num_frames=4, image_size=(128, 256)).float() / 127.5 - 1)
+    return model.eval()
+
+
+@pytest.mark.parametrize("design", list(ENCODERS))
+@pytest.mark.parametrize("quantizer", list(QUANTIZERS))
+def test_folder_gives_the_tokens_of_the_pt_export(tmp_path, design, quantizer):
+    model = _trained_buffers(tiny_model(design, quantizer))
+    model.save(tmp_path / "model.pt")
+    model.save_pretrained(tmp_path / "hub")
+    assert {p.name for p in (tmp_path / "hub").iterdir()} == {"config.json", "model.safetensors", "README.md"}
+
+    expected = compressor.load(tmp_path / "model.pt").encode(FRAMES)
+    for loaded in (compressor.load(tmp_path / "hub"), Autoencoder.from_pretrained(tmp_path / "hub")):
+        assert torch.equal(loaded.encode(FRAMES), expected)
+        assert loaded.state_dict().keys() == model.state_dict().keys()
+        for k, v in model.state_dict().items():
+            assert torch.equal(loaded.state_dict()[k], v), k
+        assert not loaded.training
+
+
+def test_standardized_fsq_running_stats_round_trip(tmp_path):
+    model = _trained_buffers(tiny_model("vit", "fsq-std"))
+    norm = model.quantizer.norm
+    assert not torch.equal(norm.running_mean, torch.zeros_like(norm.running_mean))  # the stats did move
+    model.save_pretrained(tmp_path)
+    loaded = compressor.load(tmp_path)
+    assert torch.equal(loaded.quantizer.norm.running_mean, norm.running_mean)
+    assert torch.equal(loaded.quantizer.norm.running_var, norm.running_var)
+    assert torch.equal(loaded.encode(FRAMES), model.encode(FRAMES))
+
+
+def test_config_names_the_parts_and_overrides_apply(tmp_path):
+    tiny_model().save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["format"] == "compressor/1" and config["image_size"] == [128, 256]
+    assert config["encoder"]["class_path"] == "compressor.codec.encoders.ViTEncoder"
+    big = compressor.load(tmp_path, image_size=(256, 512), max_bytes_per_frame=896)  # same weights, larger grid
+    assert big.num_tokens == 512 and big.bytes_per_frame == 896
+
+
+def test_card_states_the_budget(tmp_path):
+    tiny_model().save_pretrained(tmp_path)
+    card = (tmp_path / "README.md").read_text()
+    assert card.startswith("---\n") and "library_name: compressor" in card
+    assert "| 128 | 8 x 16 | 14 | 224 | 15360 | 224 B |" in card
+    assert "compressor.codec.encoders.ViTEncoder" in card
+
+
+@pytest.mark.parametrize("class_path", ["os.system", "torch.nn.Identity"])
+def test_folder_naming_a_foreign_class_is_refused(tmp_path, class_path):
+    tiny_model().save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["encoder"] = {"class_path": class_path, "init_args": {"command": f"touch {tmp_path / 'pwned'}"}}
+    if class_path == "torch.nn.Identity":  # a module class, but not ours: refused by module, not by type
+        config["encoder"]["init_args"] = {}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    for loader in (compressor.load, Autoencoder.from_pretrained):
+        with pytest.raises(ValueError, match=f"refusing to build '{class_path}'"):
+            loader(tmp_path)
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("damage", ["no config", "other format", "no weights", "bad weights", "wrong shapes"])
+def test_damaged_folder_is_not_a_checkpoint(tmp_path, damage):
+    tiny_model().save_pretrained(tmp_path)
+    if damage == "no config":
+        (tmp_path / "config.json").unlink()
+    elif damage == "other format":
+        (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 4}))
+    elif damage == "no weights":
+        (tmp_path / "model.safetensors").unlink()
+    elif damage == "bad weights":
+        (tmp_path / "model.safetensors").write_bytes(b"not safetensors")
+    else:  # a config asking for a wider encoder than the weights in the folder
+        config = json.loads((tmp_path / "config.json").read_text())
+        config["encoder"]["init_args"]["dim"] = 64
+        (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="not a compressor"):
+        compressor.load(tmp_path)
+
+
+def test_save_pretrained_refuses_a_foreign_config(tmp_path):
+    with pytest.raises(ValueError, match="derived from its parts"):
+        tiny_model().save_pretrained(tmp_path, config={"image_size": [1, 1]})
+
+
+def test_training_exports_a_hub_folder_with_a_card(tmp_path, capsys):
+    from tests.test_train import TINY, run_cli
+
+    run_cli(["fit", *TINY, "--trainer.fast_dev_run", "2", "--trainer.default_root_dir", str(tmp_path)])
+    hub = tmp_path / "hub"
+    assert {p.name for p in hub.iterdir()} == {"config.json", "model.safetensors", "README.md", "recon.png"}
+    pt, folder = compressor.load(tmp_path / "model.pt"), compressor.load(hub)
+    assert torch.equal(folder.encode(FRAMES), pt.encode(FRAMES))
+    card = (hub / "README.md").read_text()
+    assert "224 bytes/frame" in card and "PSNR" in card and "validation frames" in card
+    assert "procedural driving-like scenes" in card and "Steps: 2" in card and "![" in card and "(recon.png)" in card
+    assert (hub / "recon.png").read_bytes() == (tmp_path / "recon.png").read_bytes()
+    assert not (tmp_path / "hub.tmp").exists() and "saved" in capsys.readouterr().out
