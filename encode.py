@@ -4,7 +4,8 @@
     torchrun --nproc_per_node 8 encode.py --checkpoint ... --input ... --output ...    # one rank per GPU/process
     python encode.py ... --entropy-code    # also store each segment entropy-coded with runs/x/prior-temporal.pt
 
-Re-running the same command resumes: finished videos are skipped, partial shards are redone.
+Re-running the same command resumes: finished videos are skipped, partial shards are redone. The output folder
+gets manifest.json and a dataset card, README.md (model, preprocessing, token layout, counts, how to read it).
 """
 
 import argparse
@@ -16,6 +17,7 @@ import torch
 from compressor.codec.autoencoder import load
 from compressor.entropy.stream import load_prior
 from compressor.utils import rank_world
+from compressor.latents.card import write_card
 from compressor.latents.pipeline import check_writable, encode_videos, find_videos, model_id, write_merged_manifest
 
 
@@ -85,6 +87,7 @@ def main(argv=None) -> int:
     status = 0
     if rank == 0:
         merged = write_merged_manifest(args.output, args.input)
+        write_card(args.output, model, merged, args.segment_seconds)  # README.md: what the folder holds, how to read it
         counts: dict[str, int] = {}
         for entry in merged["videos"].values():
             counts[entry["status"]] = counts.get(entry["status"], 0) + 1

@@ -2,9 +2,11 @@
 
     # fit all three priors on encode.py's shards; they are saved beside the checkpoint as prior-<kind>.pt
     python -m compressor.entropy train --checkpoint runs/x/model.pt --shards latents/train --val-shards latents/val
+    # or on commaVQ-layout .npy files (any codebook size; no checkpoint: the format comes from the files)
+    python -m compressor.entropy train --shards npy/train --val-shards npy/val --output priors/
     # write entropy-coded copies of token shards (each segment decoded back and compared before it is kept)
     python -m compressor.entropy code --prior runs/x/prior-temporal.pt --shards latents/val --output latents-coded
-    # bits per token, bytes per frame and speed of every prior against lzma and zstd over packed tokens
+    # bits per token, bytes per frame and speed of every prior against lzma and zstd (commaVQ's baseline layout too)
     python -m compressor.entropy report --prior runs/x/prior-*.pt --shards latents/val --output reports/entropy
 """
 
@@ -19,26 +21,33 @@ import torch
 import webdataset as wds
 
 from compressor.entropy.coding import digit_radices
-from compressor.entropy.fit import check_segments, fit_static, fit_temporal, load_segments, mean_bits_per_token
+from compressor.entropy.fit import (check_segments, fit_static, fit_temporal, load_segments, mean_bits_per_token,
+                                   token_format)
 from compressor.entropy.priors import KINDS, PRIORS
 from compressor.entropy.stream import decode_segment, encode_segment, load_prior, save_prior
 from compressor.utils import atomic_write
 
 
 def train(args) -> None:
-    from compressor.codec.autoencoder import load
-    from compressor.codec.autoencoder import model_id
-
-    model = load(args.checkpoint)
-    levels = getattr(model.quantizer, "levels", None)
-    common = {"codebook_size": model.codebook_size, "radices": digit_radices(model.codebook_size, levels),
-              "grid": model.grid, "model_id": model_id(model)}
     segments = load_segments(args.shards)
-    check_segments(segments, common["model_id"], model.num_tokens, model.codebook_size)
+    if args.checkpoint:
+        from compressor.codec.autoencoder import load, model_id
+
+        model = load(args.checkpoint)
+        levels = getattr(model.quantizer, "levels", None)
+        common = {"codebook_size": model.codebook_size, "grid": model.grid, "model_id": model_id(model)}
+        out_dir = args.output_dir or os.path.dirname(os.path.abspath(args.checkpoint))
+    else:  # tokens of another tokenizer (commaVQ): the format comes from the segments' metadata
+        if not args.output_dir:
+            raise ValueError("without --checkpoint, give --output: the folder for the prior files")
+        levels, common, out_dir = None, token_format(segments), args.output_dir
+    common["radices"] = digit_radices(common["codebook_size"], levels)
+    num_tokens = common["grid"][0] * common["grid"][1]
+    check_segments(segments, common["model_id"], num_tokens, common["codebook_size"])
     val = load_segments(args.val_shards) if args.val_shards else None
     if val:
-        check_segments(val, common["model_id"], model.num_tokens, model.codebook_size)
-    out_dir = args.output_dir or os.path.dirname(os.path.abspath(args.checkpoint))
+        check_segments(val, common["model_id"], num_tokens, common["codebook_size"])
+    os.makedirs(out_dir, exist_ok=True)
     frames = sum(len(s["tokens"]) for s in segments)
     print(f"{frames} training frames in {len(segments)} segments; model {common['model_id']}, digits "
           f"{common['radices']}")
@@ -86,8 +95,10 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="fit priors on token shards")
-    t.add_argument("--checkpoint", required=True, help="the compressor that made the tokens (model.pt or .ckpt)")
-    t.add_argument("--shards", required=True, nargs="+", help="encode.py output: directories, globs or .tar files")
+    t.add_argument("--checkpoint", help="the compressor that made the tokens (model.pt or .ckpt); without it, the "
+                   "codebook and grid come from the tokens' metadata (commaVQ .npy files, our exports)")
+    t.add_argument("--shards", required=True, nargs="+",
+                   help="encode.py output or commaVQ-layout .npy files: directories, globs, .tar or .npy files")
     t.add_argument("--val-shards", nargs="+", help="held-out shards to report bits/token on")
     t.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
     t.add_argument("--output", "--output-dir", dest="output_dir", help="where prior-<kind>.pt go (default: beside the checkpoint)")

@@ -1,9 +1,9 @@
 """Symbols and integer CDFs for compressai's rANS coder.
 
-A token is split into mixed-radix *digits* (for FSQ: one digit per channel, the quantizer's own levels), so every
-coded alphabet has at most 8 symbols. Probabilities become integer CDFs here, deterministically, by integer
-arithmetic on the float64 image of the float32 probabilities: the same probabilities give the same CDFs, and so
-the same bits, on every machine.
+A token is split into mixed-radix *digits* (for FSQ: one digit per channel, the quantizer's own levels; for any
+other codebook size its small factors, see ``digit_radices``), so every coded alphabet has at most 8 symbols.
+Probabilities become integer CDFs here, deterministically, by integer arithmetic on the float64 image of the float32
+probabilities: the same probabilities give the same CDFs, and so the same bits, on every machine.
 """
 
 from __future__ import annotations
@@ -20,14 +20,27 @@ TOTAL = 1 << PRECISION
 
 
 def digit_radices(codebook_size: int, levels: list[int] | None = None) -> list[int]:
-    """The alphabets a token splits into: FSQ levels when known, otherwise base-8 digits (e.g. VQ 16384 -> 8^4 x 4)."""
+    """The alphabets (radices, least significant first) a token splits into, none over 8 symbols, for any codebook.
+
+    FSQ levels when known: a digit is then a quantizer channel. Otherwise the codebook's factors from 8 down to 2
+    first, so that the digits cover it exactly (1000 -> 8 x 5 x 5 x 5, 15360 -> 8 x 8 x 8 x 6 x 5, a 1024-code VQ
+    -> 8 x 8 x 8 x 2, 16384 -> 8^4 x 4); what no such factor divides (a prime over 7, e.g. 1009) becomes base-8
+    digits that cover it (1009 -> 8 x 8 x 8 x 2 = 1024). Digit combinations beyond the codebook never occur: they
+    only hold a little probability that real tokens could have had, and coding stays lossless.
+    """
     if levels is not None:
         if math.prod(levels) != codebook_size:
             raise ValueError(f"levels {levels} multiply to {math.prod(levels)}, not codebook {codebook_size}")
         return list(levels)
-    radices, size = [], 1
-    while size < codebook_size:
-        r = min(8, -(-codebook_size // size))
+    if codebook_size < 2:
+        raise ValueError(f"a codebook needs at least 2 codes, got {codebook_size}")
+    radices, rest = [], codebook_size
+    while (factor := next((f for f in range(8, 1, -1) if rest % f == 0), None)) is not None:
+        radices.append(factor)
+        rest //= factor
+    size = 1
+    while size < rest:  # the part with no factor <= 8: covering base-8 digits, the last one just large enough
+        r = min(8, -(-rest // size))
         radices.append(r)
         size *= r
     return radices

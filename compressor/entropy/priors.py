@@ -1,7 +1,8 @@
 """Priors over a segment's tokens, from simple to strong, and how each one drives the rANS coder.
 
 - ``StaticPrior`` (a): one distribution per token position over the whole codebook, counted on training tokens.
-- ``FactorisedPrior`` (b): per position, an independent distribution per digit (FSQ channel, <= 8 symbols).
+- ``FactorisedPrior`` (b): per position, an independent distribution per digit (FSQ channel, <= 8 symbols; any
+  other codebook size is split into digits by ``coding.digit_radices``).
 - ``TemporalPrior`` (c): a small convolutional network that predicts the whole frame's digit distributions from
   the previous ``context`` frames, channel by channel (channel c also sees the frame's channels < c).
 
@@ -42,6 +43,10 @@ class Prior(nn.Module):
 
     def __init__(self, codebook_size: int, radices: list[int], grid: tuple[int, int], model_id: str):
         super().__init__()
+        # Every token must have digits: a codebook larger than the digits cover would code wrong tokens.
+        if math.prod(radices) < codebook_size or min(radices, default=0) < 2:
+            raise ValueError(f"radices {list(radices)} do not cover a codebook of {codebook_size} codes "
+                             "(see compressor.entropy.coding.digit_radices)")
         self.codebook_size, self.radices, self.grid = codebook_size, list(radices), tuple(grid)
         self.num_tokens = self.grid[0] * self.grid[1]
         self.model_id = model_id

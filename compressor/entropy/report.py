@@ -1,4 +1,5 @@
-"""Measure every prior on token shards: ideal and real bits, bytes per frame, speed, exactness; lzma/zstd baselines."""
+"""Measure every prior on token shards or commaVQ-layout .npy files: ideal and real bits, bytes per frame, speed,
+exactness; against lzma and zstd over packed tokens and over commaVQ's baseline layout (int16, position-major)."""
 
 from __future__ import annotations
 
@@ -25,17 +26,32 @@ def _timed(fn, *args):
     return out, time.perf_counter() - t0
 
 
-def _general_purpose(name: str, compress, decompress, segments: list[dict], bits: int) -> dict:
-    """A byte compressor over each segment's packed tokens (the fixed 14-bit form)."""
+def _general_purpose(name: str, compress, decompress, segments: list[dict], to_bytes, from_bytes) -> dict:
+    """A byte compressor over each segment's tokens, serialised by ``to_bytes(tokens (T, N)) -> bytes`` and back by
+    ``from_bytes(bytes, T, N) -> tokens``."""
     size = enc_s = dec_s = 0.0
     exact = True
     for seg in segments:
-        raw = pack(seg["tokens"], bits)
+        raw = to_bytes(seg["tokens"])
         data, t_enc = _timed(compress, raw)
         back, t_dec = _timed(decompress, data)
-        exact &= torch.equal(unpack(back, len(seg["tokens"]), seg["tokens"].shape[1], bits), seg["tokens"])
+        exact &= torch.equal(from_bytes(back, *seg["tokens"].shape), seg["tokens"])
         size, enc_s, dec_s = size + len(data), enc_s + t_enc, dec_s + t_dec
     return {"method": name, "bytes": size, "encode_s": enc_s, "decode_s": dec_s, "exact": bool(exact)}
+
+
+def position_major_int16(tokens: torch.Tensor) -> bytes:
+    """tokens (T, N) -> int16 little-endian bytes (N, T): all frames of position 0, then position 1, ...
+
+    The layout of commaVQ's lzma baseline (its compression challenge's ``compress.py``): a position's token
+    repeats from frame to frame, so transposed the repeats sit next to each other for the byte compressor.
+    """
+    return np.ascontiguousarray(tokens.numpy().astype("<i2").T).tobytes()
+
+
+def from_position_major_int16(data: bytes, num_frames: int, num_tokens: int) -> torch.Tensor:
+    """The inverse of ``position_major_int16``: bytes -> int64 (T, N)."""
+    return torch.from_numpy(np.frombuffer(data, "<i2").reshape(num_tokens, num_frames).T.astype(np.int64))
 
 
 def _prior_row(prior, segments: list[dict]) -> dict:
@@ -110,12 +126,21 @@ def report(prior_paths: list[str], shards: list[str], output: str | None, with_c
                                  f"tokens of model {seg['meta']['model_id']}")
     frames = sum(len(s["tokens"]) for s in segments)
     num_tokens = segments[0]["tokens"].shape[1]
-    bits = int(segments[0]["meta"].get("bits_per_token", 14))
+    bits = int(segments[0]["meta"].get("bits_per_token", 14))  # 10 for commaVQ's 1024 codes
+    packed = (lambda t: pack(t, bits), lambda b, T, N: unpack(b, T, N, bits))
     rows = [{"method": f"fixed {bits}-bit packing", "bytes": frames * -(-num_tokens * bits // 8), "exact": True},
             _general_purpose("lzma (preset 9e) over packed tokens", lambda b: lzma.compress(b, preset=9 | lzma.PRESET_EXTREME),
-                             lzma.decompress, segments, bits),
+                             lzma.decompress, segments, *packed),
             _general_purpose("zstd (level 19) over packed tokens", zstandard.ZstdCompressor(level=19).compress,
-                             zstandard.ZstdDecompressor().decompress, segments, bits)]
+                             zstandard.ZstdDecompressor().decompress, segments, *packed)]
+    if max((int(s["tokens"].max()) for s in segments if s["tokens"].numel()), default=0) < 1 << 15:  # fits int16
+        # commaVQ's baseline exactly (lzma's default preset over int16, position-major), and zstd on the same bytes
+        int16 = (position_major_int16, from_position_major_int16)
+        rows += [_general_purpose("lzma (default preset) over int16, position-major (commaVQ's baseline)",
+                                  lzma.compress, lzma.decompress, segments, *int16),
+                 _general_purpose("zstd (level 19) over int16, position-major",
+                                  zstandard.ZstdCompressor(level=19).compress, zstandard.ZstdDecompressor().decompress,
+                                  segments, *int16)]
     for prior in priors:
         rows.append(_prior_row(prior, segments))
         if with_constriction and isinstance(prior, TemporalPrior):
@@ -123,6 +148,8 @@ def report(prior_paths: list[str], shards: list[str], output: str | None, with_c
     for row in rows:
         row["bytes_per_frame"] = round(row["bytes"] / frames, 2)
         row["bits_per_token"] = round(8 * row["bytes"] / (frames * num_tokens), 3)
+        # commaVQ's "compression rate": fixed-width bits over these bits (for its 1024 codes, 10 bits / bits/token)
+        row["rate"] = round(bits / max(row["bits_per_token"], 1e-9), 3)
         if "ideal_bits" in row:
             row["ideal_bits_per_token"] = round(row.pop("ideal_bits") / (frames * num_tokens), 3)
         for k in ("encode", "decode"):
@@ -146,13 +173,14 @@ def report(prior_paths: list[str], shards: list[str], output: str | None, with_c
 def _markdown(result: dict) -> str:
     lines = [f"{result['frames']} frames in {result['segments']} segments ({', '.join(result['sources'])}); "
              f"{result['tokens_per_frame']} tokens per frame; {result['machine']}.", "",
-             "| method | coder | bits/token (ideal) | bits/token | bytes/frame | encode frames/s | decode frames/s | exact |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| method | coder | bits/token (ideal) | bits/token | rate | bytes/frame | encode frames/s | decode frames/s "
+             "| exact |",
+             "|---|---|---|---|---|---|---|---|---|"]
     by_source = ["", "Bytes per frame by clip (headers included):", ""]
     for r in result["rows"]:
         if "bytes_per_frame_by_source" in r:
             by_source.append(f"- {r['method']}: " + ", ".join(f"{k} {v}" for k, v in r["bytes_per_frame_by_source"].items()))
         lines.append(f"| {r['method']} | {r.get('coder', '')} | {r.get('ideal_bits_per_token', '')} | "
-                     f"{r['bits_per_token']} | {r['bytes_per_frame']} | {r.get('encode_fps', '')} | "
+                     f"{r['bits_per_token']} | {r['rate']} | {r['bytes_per_frame']} | {r.get('encode_fps', '')} | "
                      f"{r.get('decode_fps', '')} | {'yes' if r['exact'] else 'NO'} |")
     return "\n".join(lines + by_source) + "\n"

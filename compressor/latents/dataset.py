@@ -1,8 +1,8 @@
 """Token latents for world models: ``LatentDataset`` streams fixed-length windows of frame tokens.
 
 It reads the shards that ``encode.py`` writes (``tokens.npy`` uint16 (T, 128) + ``json`` per video segment) and
-the public commaVQ token release (``*.npy`` int16 (1200, 8, 16), one file per segment), verified as
-``compressor.latents.shards`` describes.
+commaVQ-layout ``*.npy`` files, one per segment: commaVQ's own (int16 (1200, 8, 16) or int64 (1200, 128)) and our
+exports (``compressor.latents.commavq``), verified as ``compressor.latents.shards`` describes.
 """
 
 from __future__ import annotations

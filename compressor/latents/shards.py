@@ -50,7 +50,6 @@ from compressor.codec.packing import tokens_crc32
 
 MANIFEST = "manifest.json"
 TOKEN_DTYPE = np.dtype("<u2")
-COMMAVQ_DTYPES = (np.dtype("<i2"), np.dtype("<u2"))
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 _TAIL_BYTES = 1 << 16  # more than tarfile reads ahead of the member it parses (one 10 KiB record)
 
@@ -315,7 +314,9 @@ def read_segments(url: str, prior: Prior | None = None, expected: dict | None = 
     and reading goes on; without it, and for damage to the shard itself, ``DamagedShardError`` is raised.
     """
     if url.endswith(".npy") and not url.startswith("pipe:"):
-        yield _commavq_segment(url)
+        from compressor.latents.commavq import read_commavq  # imports this module: imported here, on use
+
+        yield read_commavq(url)
         return
     key, count = None, 0
     try:
@@ -371,18 +372,3 @@ def _checked(url: str, key: str, entry: dict, prior: Prior | None,
         on_damaged(e)
         return
     yield segment
-
-
-def _commavq_segment(path: str) -> dict:
-    try:
-        with open(path, "rb") as f:
-            tokens = read_npy(f, os.path.getsize(path), COMMAVQ_DTYPES)
-    except (ValueError, OSError, EOFError) as e:
-        raise DamagedShardError(f"{path}: damaged commaVQ token file ({e})") from e
-    if tokens.ndim != 3 or tokens.shape[1:] != (8, 16):
-        raise DamagedShardError(f"{path}: expected commaVQ tokens shaped (T, 8, 16), got {tokens.shape}")
-    if tokens.size and (tokens.min() < 0 or tokens.max() >= 1024):
-        raise DamagedShardError(f"{path}: commaVQ tokens outside [0, 1024)")
-    meta = {"source": os.path.basename(path), "segment": 0, "first_frame": 0, "fps": 20.0,
-            "codebook_size": 1024, "token_layout": "8x16 row-major", "format": "commavq"}
-    return {"tokens": torch.from_numpy(tokens.reshape(len(tokens), -1).astype(np.int64)), "meta": meta}
