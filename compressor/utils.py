@@ -70,3 +70,8 @@ def cosine(progress: float, floor: float = 0.0) -> float:
     """Half-cosine decay from 1 at ``progress`` 0 to ``floor`` at 1 (progress is clamped to [0, 1])."""
     progress = min(max(progress, 0.0), 1.0)
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def num_params(module) -> int:
+    """Parameters of an ``nn.Module`` (buffers not counted)."""
+    return sum(p.numel() for p in module.parameters())

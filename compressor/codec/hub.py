@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from compressor.utils import num_params
+
 if TYPE_CHECKING:
     from compressor.codec.autoencoder import Autoencoder
 
@@ -52,14 +54,10 @@ def model_card(model: Autoencoder, card_data: ModelCardData, sections: dict[str,
     for name in ("encoder", "quantizer", "decoder"):
         part = getattr(model, name)
         args = ", ".join(f"{k}={v}" for k, v in part.init_args.items())
-        lines.append(f"| {name} | `{type(part).__module__}.{type(part).__name__}` | {args} | {_count(part):,} |")
-    lines += [f"| total (with the linear maps around the quantizer) | | | {_count(model):,} |", ""]
+        lines.append(f"| {name} | `{type(part).__module__}.{type(part).__name__}` | {args} | {num_params(part):,} |")
+    lines += [f"| total (with the linear maps around the quantizer) | | | {num_params(model):,} |", ""]
     for title, body in (sections or {}).items():
         lines += [f"## {title}", "", body.rstrip(), ""]
     if image:
         lines += [f"![Originals above, reconstructions below]({image})", ""]
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(lines))
-
-
-def _count(module) -> int:
-    return sum(p.numel() for p in module.parameters())

@@ -32,6 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import yaml
 
+from compressor.utils import num_params
 from compressor.codec.autoencoder import Autoencoder, build_part
 
 RESOLUTIONS = ((128, 256), (256, 512), (512, 1024))
@@ -152,8 +153,8 @@ def measure(design: str, image_size: tuple[int, int], device: str, batches: tupl
                 best_fps, best_batch = fps, b
     return {
         "design": design, "resolution": f"{H}x{W}", "tokens": model.num_tokens, "bytes_per_frame": model.bytes_per_frame,
-        "params_encoder_m": sum(p.numel() for p in model.encoder.parameters()) / 1e6,
-        "params_decoder_m": sum(p.numel() for p in model.decoder.parameters()) / 1e6,
+        "params_encoder_m": num_params(model.encoder) / 1e6,
+        "params_decoder_m": num_params(model.decoder) / 1e6,
         "gflops_encode": enc_flops / 1e9, "gflops_decode": dec_flops / 1e9,
         "latency_ms": latency * 1e3, "throughput_fps": best_fps, "best_batch": best_batch, "peak_memory_mb": peak_mb,
     }

@@ -20,6 +20,7 @@ import resource
 import time
 
 import torch
+from compressor.utils import num_params
 from compressor.tools.bench import device_name, model_from_config, rss_mb, sync
 from compressor.codec.layers import set_grad_checkpointing
 from compressor.training.losses import ReconstructionLoss
@@ -92,7 +93,7 @@ def measure(label: str, config: str, device: str, batch: int, encode_batches, mi
                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base)
     flops = train_flops_per_image(model)  # after the memory reading: counting builds a copy of the model
     row = {"config": label, "file": config, "grad_checkpointing": grad_checkpointing, "batch": batch,
-           "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "train_gflops_per_image": flops / 1e9,
+           "params_m": num_params(model) / 1e6, "train_gflops_per_image": flops / 1e9,
            "train_images_per_s": rate, "mfu": rate * flops / peak, "peak_memory_mb": peak_mb}
     if with_encode:
         row["encode_fps"], row["encode_batch"] = _encode_rate(model.eval(), encode_batches, device, bf16, min_time)

@@ -38,6 +38,7 @@ from compressor.codec.autoencoder import Autoencoder, load
 from compressor.metrics import LPIPS, frame_ms_ssim, frame_psnr
 from compressor.codec.packing import pack, unpack
 from compressor.data.video import list_videos, read_frames, read_manifest
+from compressor.utils import num_params
 
 RD_BUDGETS = (48, 64, 96, 128, 160, 224, 320, 448, 640, 896, 1280)
 
@@ -364,7 +365,7 @@ def main(argv: list[str] | None = None) -> None:
     for (name, model), path in zip(models.items(), args.checkpoint):
         r = evaluate(model, videos, args.batch_size)
         r.update(checkpoint=path, batch_size=args.batch_size, **on, threads=torch.get_num_threads(),
-                 params={"encoder": _count(model.encoder), "decoder": _count(model.decoder), "total": _count(model)})
+                 params={"encoder": num_params(model.encoder), "decoder": num_params(model.decoder), "total": num_params(model)})
         report["checkpoints"][name] = r
         md.append(to_markdown(r, f"{name} ({path}) on {args.split or 'all'} clips, every frame"))
         print(md[-1], flush=True)
@@ -408,10 +409,6 @@ def _name(checkpoint: str) -> str:
     stem = os.path.splitext(os.path.basename(os.path.normpath(checkpoint)))[0]
     parent = os.path.basename(os.path.dirname(os.path.abspath(checkpoint)))
     return f"ours: {parent}" if stem == "model" and parent else f"ours: {stem}"
-
-
-def _count(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 if __name__ == "__main__":

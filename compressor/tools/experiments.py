@@ -27,6 +27,7 @@ import time
 
 import yaml
 
+from compressor.utils import num_params
 from compressor.utils import atomic_write
 
 REPORTS = "reports/experiments"
@@ -134,7 +135,7 @@ def run(name: str, configs: list[str], images: int, shards: str, videos: list[st
         "batch_size": batch_size * devices,
         "train_seconds": train_seconds,
         "train_images_per_s": seen / train_seconds if train_seconds else None,
-        "params": sum(p.numel() for p in model.parameters()),
+        "params": num_params(model),
         "clips": {c["clip"]: c["psnr"] for c in ev["clips"]},
         "psnr_clip_mean": ev["overall"]["psnr_clip_mean"],
         "psnr_frame_weighted": ev["overall"]["psnr"],
