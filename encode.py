@@ -18,7 +18,9 @@ from compressor.codec.autoencoder import load
 from compressor.entropy.stream import load_prior
 from compressor.utils import rank_world
 from compressor.latents.card import write_card
-from compressor.latents.pipeline import check_writable, encode_videos, find_videos, model_id, write_merged_manifest
+from compressor.latents.pipeline import (check_same_model, check_writable, encode_videos, find_videos, model_id,
+                                         write_merged_manifest)
+from compressor.latents.shards import DamagedShardError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -69,7 +71,8 @@ def main(argv=None) -> int:
         sys.exit(f"error: {e}")
     try:
         check_writable(args.output)
-    except PermissionError as e:
+        check_same_model(args.output, model)
+    except (PermissionError, ValueError, DamagedShardError) as e:
         sys.exit(f"error: {e}")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if device == "cuda" and world > 1:

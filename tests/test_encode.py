@@ -14,7 +14,7 @@ import webdataset as wds
 
 from compressor import load, preprocess
 from compressor.latents import read_segments
-from compressor.latents.pipeline import WRITE_STEPS, encode_videos, write_merged_manifest
+from compressor.latents.pipeline import WRITE_STEPS, encode_videos, model_id, write_merged_manifest
 from compressor.data.synthetic import driving_clip
 from compressor.data.video import iter_frames
 from tests.conftest import tiny_model, write_video
@@ -330,6 +330,35 @@ def test_frames_too_small_to_crop_are_a_failed_video_with_a_reason(tmp_path):
     assert manifest["thin.mkv"]["status"] == "failed" and "too small" in manifest["thin.mkv"]["reason"]
     assert manifest["fine.mp4"]["status"] == "ok"
     assert {source for source, _ in read_all(tmp_path / "out")} == {"fine.mp4"}
+
+
+def test_a_folder_of_another_models_tokens_is_refused(tmp_path, three_videos):
+    out = tmp_path / "out"
+    manifest = encode_in_process([three_videos], out, maxcount=1)
+    assert manifest["model_id"] == model_id(tiny_model())
+    before = shard_digests(out)
+    other = tiny_model()
+    with torch.no_grad():
+        next(other.parameters()).add_(0.5)  # any change of weights is another model
+    for legacy in (False, True):  # True: a folder written before manifests named their model
+        if legacy:
+            for path in out.glob("manifest*.json"):
+                path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "model_id"}))
+        with pytest.raises(ValueError, match=f"holds tokens of model {manifest['model_id']}"):
+            encode_videos(other, [three_videos], str(out), segment_seconds=1, num_workers=0, progress=False)
+        assert shard_digests(out) == before
+    encode_in_process([three_videos], out, maxcount=1)  # the same model resumes as before
+    assert shard_digests(out) == before
+
+
+def test_encode_py_refuses_another_model_before_any_work(tmp_path, checkpoint, good_videos):
+    run_encode([good_videos], tmp_path, checkpoint)
+    other = load(checkpoint)
+    with torch.no_grad():
+        next(other.parameters()).add_(0.5)
+    other.save(str(tmp_path / "other.pt"))
+    r = run_encode([good_videos], tmp_path, str(tmp_path / "other.pt"), check=False)
+    assert r.returncode != 0 and "holds tokens of model" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def test_an_unwritable_output_fails_before_any_work(tmp_path, checkpoint, good_videos):

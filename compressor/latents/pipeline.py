@@ -32,7 +32,7 @@ from tqdm import tqdm
 from compressor.codec.autoencoder import Autoencoder, model_id  # noqa: F401  (model_id: re-exported)
 from compressor.entropy.priors import Prior
 from compressor.entropy.stream import encode_segment
-from compressor.latents.shards import make_sample, read_manifest, sample_key
+from compressor.latents.shards import make_sample, read_manifest, read_segments, sample_key
 from compressor.data.video import crop_box, list_videos, preprocess
 from compressor.utils import atomic_write, worker
 
@@ -238,6 +238,28 @@ def load_manifests(output: str) -> dict:
     return merged
 
 
+def recorded_model_id(output: str, recorded: dict) -> str | None:
+    """The model whose tokens ``output`` already holds: from the manifests, or, for folders written before manifests
+    named it, from the first sample of a recorded shard. None for an empty folder."""
+    if recorded.get("model_id"):
+        return recorded["model_id"]
+    for name in sorted(recorded["shards"]):
+        for segment in read_segments(os.path.join(output, name)):
+            return segment["meta"].get("model_id")
+    return None
+
+
+def check_same_model(output: str, model: Autoencoder, recorded: dict | None = None) -> str:
+    """Refuse to add ``model``'s tokens to a folder that holds another model's: a resumed job with a different
+    checkpoint would otherwise leave a dataset whose shards disagree. Returns the model's id."""
+    this_model = model_id(model)
+    held = recorded_model_id(output, load_manifests(output) if recorded is None else recorded)
+    if held not in (None, this_model):
+        raise ValueError(f"{output} holds tokens of model {held}, and this checkpoint is model {this_model}: "
+                         "encode into a new --output (or delete the folder to start over)")
+    return this_model
+
+
 def remove_unrecorded(output: str, rank: int, world_size: int, recorded: dict) -> None:
     """Delete this rank's shards that no manifest records: partial ones (``.tmp``) and finished ones that a kill
     between rename and manifest write left behind. Their videos are not marked done, so they are redone."""
@@ -262,6 +284,7 @@ def encode_videos(model: Autoencoder, inputs: list[str], output: str, *, segment
     check_unique_keys([rel(p) for p in videos])
     check_writable(output)
     recorded = load_manifests(output)
+    this_model = check_same_model(output, model, recorded)
     remove_unrecorded(output, rank, world_size, recorded["shards"])
     done = recorded["videos"]
     mine = [p for i, p in enumerate(videos) if i % world_size == rank and rel(p) not in done]
@@ -270,12 +293,13 @@ def encode_videos(model: Autoencoder, inputs: list[str], output: str, *, segment
     if os.path.exists(manifest_path):
         with open(manifest_path) as f:
             manifest = json.load(f)
+    manifest["model_id"] = this_model
 
     model = model.to(device).eval()
-    if prior is not None and prior.model_id != model_id(model):
+    if prior is not None and prior.model_id != this_model:
         raise ValueError(f"the {prior.kind} prior was trained on tokens of model {prior.model_id}, not of this "
-                         f"checkpoint ({model_id(model)}); train one with python -m compressor.entropy train")
-    common = {"model_id": model_id(model), "codebook_size": model.codebook_size, "num_tokens": model.num_tokens,
+                         f"checkpoint ({this_model}); train one with python -m compressor.entropy train")
+    common = {"model_id": this_model, "codebook_size": model.codebook_size, "num_tokens": model.num_tokens,
               "token_layout": f"{model.grid[0]}x{model.grid[1]} row-major", "bits_per_token": model.bits_per_token,
               "bytes_per_frame": model.bytes_per_frame, "image_size": list(model.image_size)}
     workers = min(num_workers, len(mine))

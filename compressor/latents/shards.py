@@ -102,16 +102,23 @@ def make_sample(tokens: np.ndarray, meta: dict, ctok: bytes | None = None, plain
 def read_manifest(directory: str) -> dict | None:
     """``manifest.json`` merged with the per-rank manifests of a job still running or killed; None if none."""
     paths = [os.path.join(directory, MANIFEST), *sorted(glob.glob(os.path.join(directory, "manifest.rank-*.json")))]
-    merged, found = {"videos": {}, "shards": {}}, False
+    merged, found, models = {"videos": {}, "shards": {}}, False, {}
     for path in filter(os.path.exists, paths):
         try:
             with open(path) as f:
                 part = json.load(f)
             merged["videos"].update(part["videos"])
             merged["shards"].update(part["shards"])
+            if part.get("model_id"):
+                models[part["model_id"]] = path
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise DamagedShardError(f"{path}: unreadable manifest ({type(e).__name__}: {e})") from e
         found = True
+    if len(models) > 1:
+        raise DamagedShardError(f"{directory}: manifests of different models: "
+                                + ", ".join(f"{m} in {os.path.basename(p)}" for m, p in models.items()))
+    if models:
+        merged["model_id"] = next(iter(models))
     return merged if found else None
 
 
