@@ -1,3 +1,4 @@
+import json
 import time
 import warnings
 
@@ -5,6 +6,7 @@ import pytest
 
 import torch
 
+from compressor.tools.bench_train import main as bench_train_main
 from compressor.tools.bench_train import measure, to_markdown
 from compressor.codec.layers import set_grad_checkpointing
 from compressor.training.losses import ReconstructionLoss
@@ -88,6 +90,16 @@ def test_training_benchmark_row_on_the_cpu():
     md = to_markdown({"device": "cpu", "batch": 2, "precision": "float32", "matmul_tflops": 0.1, "compile": False,
                       "rows": [row]})
     assert "| demo | on |" in md
+
+
+@pytest.mark.slow
+def test_training_benchmark_of_chosen_configs_in_bf16(tmp_path):
+    bench_train_main(["--config", "demo.yaml", "--batch-size", "2", "--min-time", "0.05", "--precision", "bf16",
+                      "--output", str(tmp_path)])
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert result["precision"] == "torch.bfloat16"
+    assert [(r["config"], r["file"], r["batch"], r["grad_checkpointing"]) for r in result["rows"]] == [
+        ("demo", "demo.yaml", 2, False)]
 
 
 @pytest.mark.slow

@@ -193,16 +193,17 @@ def to_markdown(rows: list[dict], device_name: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def device_name(device: str, threads: int) -> str:
+def device_name(device: str, threads: int, precision: str | None = None) -> str:
+    """The device in words, with the precision measured in (default: bf16 on CUDA, float32 on the CPU)."""
     if device.startswith("cuda"):
-        return f"{torch.cuda.get_device_name(device)} (bf16)"
+        return f"{torch.cuda.get_device_name(device)} ({precision or 'bf16'})"
     model = "CPU"
     try:
         with open("/proc/cpuinfo") as f:
             model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{model}, {threads} threads (float32)"
+    return f"{model}, {threads} threads ({precision or 'float32'})"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,11 +2,13 @@
 
     python -m compressor.tools.bench_train --output reports/bench-train-cpu          # CPU mode (small batches)
     python -m compressor.tools.bench_train --device cuda --output reports/bench-gpu  # a GPU: about 3 minutes
+    python -m compressor.tools.bench_train --config cpu-best-224B.yaml cpu-convstem-224B.yaml --batch-size 16 \
+        --precision bf16 --output reports/bench-train-cpu-recipe                    # any configs, as they train
 
 Per config: parameters; training FLOPs per image (forward + loss + backward, ``torch.utils.flop_counter``);
-training images/s (AdamW steps on random frames, bf16 autocast on CUDA, float32 on the CPU); MFU against the matmul
-ceiling measured on the same device in the same precision; encode frames/s at the best batch size; peak memory of
-the training step. Also the gradient-checkpointing trade-off (images/s and peak memory, on and off).
+training images/s (AdamW steps on random frames; bf16 autocast on CUDA, float32 on the CPU unless ``--precision``
+says otherwise); MFU against the matmul ceiling measured on the same device in the same precision; encode frames/s
+at the best batch size; peak memory of the training step. Also the gradient-checkpointing trade-off (images/s and peak memory, on and off).
 Each measurement runs in a fresh process, so peak memory is its own. It needs torch, einops and PyYAML only.
 """
 
@@ -79,17 +81,17 @@ def _encode_rate(model, batches, device: str, bf16: bool, min_time: float) -> tu
 
 
 def measure(label: str, config: str, device: str, batch: int, encode_batches, min_time: float, peak: float,
-            grad_checkpointing: bool, compile_model: bool, with_encode: bool) -> dict:
+            grad_checkpointing: bool, compile_model: bool, with_encode: bool, bf16: bool | None = None) -> dict:
     torch.manual_seed(0)
+    bf16 = device.startswith("cuda") if bf16 is None else bf16
     model = model_from_config(config).to(device).train()
     if grad_checkpointing:
         set_grad_checkpointing(model)
-    bf16 = device.startswith("cuda")
-    if bf16:
+    if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     base = rss_mb()
     rate = _train_rate(model, batch, device, bf16, min_time, compile_model)
-    peak_mb = (torch.cuda.max_memory_allocated() / 2**20 if bf16
+    peak_mb = (torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda")
                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base)
     flops = train_flops_per_image(model)  # after the memory reading: counting builds a copy of the model
     row = {"config": label, "file": config, "grad_checkpointing": grad_checkpointing, "batch": batch,
@@ -106,20 +108,22 @@ def _worker(kwargs, threads, queue) -> None:
 
 
 def run_all(device: str, batch: int, encode_batches, min_time: float, threads: int, compile_model: bool,
-            checkpointing_configs, log=print) -> dict:
+            checkpointing_configs, configs: dict[str, str] = CONFIGS, bf16: bool | None = None, log=print) -> dict:
+    """Benchmark ``configs`` (label -> file in configs/); ``bf16`` autocast defaults to on for CUDA only."""
     ctx = mp.get_context("spawn")
     torch.set_num_threads(threads)
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    bf16 = device.startswith("cuda") if bf16 is None else bf16
+    dtype = torch.bfloat16 if bf16 else torch.float32
     peak = matmul_peak_flops(device, dtype, size=8192 if device.startswith("cuda") else 2048)
     log(f"matmul ceiling: {peak / 1e12:.2f} TFLOP/s ({dtype})")
     rows = []
-    jobs = [(label, cfg, False, True) for label, cfg in CONFIGS.items()]
-    jobs += [(label, CONFIGS[label], True, False) for label in checkpointing_configs]
+    jobs = [(label, cfg, False, True) for label, cfg in configs.items()]
+    jobs += [(label, configs[label], True, False) for label in checkpointing_configs]
     for label, cfg, gc, with_encode in jobs:
         queue = ctx.Queue()
         kwargs = dict(label=label, config=cfg, device=device, batch=batch, encode_batches=encode_batches,
                       min_time=min_time, peak=peak, grad_checkpointing=gc, compile_model=compile_model,
-                      with_encode=with_encode)
+                      with_encode=with_encode, bf16=bf16)
         proc = ctx.Process(target=_worker, args=(kwargs, threads, queue))
         proc.start()
         row = queue.get()
@@ -128,7 +132,7 @@ def run_all(device: str, batch: int, encode_batches, min_time: float, threads: i
         log(f"{label:24s} gc={gc!s:5s} {row['train_images_per_s']:8.2f} img/s  MFU {100 * row['mfu']:5.1f}%  "
             f"peak {row['peak_memory_mb']:8.0f} MB" + (f"  encode {row['encode_fps']:.1f} fps @ {row['encode_batch']}"
                                                      if with_encode else ""))
-    return {"device": device_name(device, threads), "matmul_tflops": peak / 1e12, "precision": str(dtype),
+    return {"device": device_name(device, threads, "bf16" if bf16 else "float32"), "matmul_tflops": peak / 1e12, "precision": str(dtype),
             "batch": batch, "compile": compile_model, "rows": rows}
 
 
@@ -152,13 +156,20 @@ def main(argv=None) -> None:
     ap.add_argument("--min-time", type=float, default=None, help="seconds per timing (default 3)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--compile", action="store_true", help="torch.compile the training step (eager if it fails)")
+    ap.add_argument("--config", nargs="+", default=None, metavar="NAME.yaml",
+                    help="configs/ overlays to measure instead of the four default designs")
+    ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                    help="autocast for the timed steps (auto: bf16 on CUDA, float32 on the CPU)")
     ap.add_argument("--output", default=None, help="directory for bench.json and bench.md")
     args = ap.parse_args(argv)
     cuda = args.device.startswith("cuda")
+    configs = {os.path.splitext(c)[0]: c for c in args.config} if args.config else CONFIGS
+    checkpointing = [] if args.config else (["vit (comma scale)", "convstem (comma scale)"] if cuda
+                                            else ["vit (comma scale)"])
     result = run_all(args.device, args.batch or (64 if cuda else 4),
                      (128, 256, 512, 1024) if cuda else (1, 4, 16), args.min_time or 3.0,
-                     args.threads, args.compile, ["vit (comma scale)", "convstem (comma scale)"] if cuda
-                     else ["vit (comma scale)"])
+                     args.threads, args.compile, checkpointing, configs,
+                     None if args.precision == "auto" else args.precision == "bf16")
     md = to_markdown(result)
     print(md)
     if args.output:
