@@ -16,9 +16,10 @@ def test_merged_applies_overlays_then_overrides(tmp_path):
     assert config["model"]["encoder"]["init_args"]["depth"] == 2 and config["model"]["lr"] == 2e-3
 
 
-def _result(root, name, images, clips, overrides=()):
+def _result(root, name, images, clips, overrides=(), overlays=()):
     os.makedirs(root / name)
-    record = {"name": name, "configs": ["a.yaml", "proxy.yaml"], "overrides": list(overrides), "images": images,
+    configs = ["configs/a.yaml", *overlays, "configs/experiments/proxy.yaml"]
+    record = {"name": name, "configs": configs, "overrides": list(overrides), "images": images,
               "train_images_per_s": 20.0, "clips": clips, "psnr_clip_mean": sum(clips.values()) / len(clips),
               "codebook_usage": 0.5}
     (root / name / "result.json").write_text(json.dumps(record))
@@ -29,11 +30,13 @@ def test_table_compares_each_run_with_the_baseline_at_its_budget(tmp_path):
     _result(tmp_path, "baseline", 100, {"x__a.mp4": 20.0, "x__b.mp4": 22.0})
     _result(tmp_path, "better", 100, {"x__a.mp4": 21.0, "x__b.mp4": 22.5}, ["model.lr=2e-3"])
     _result(tmp_path, "longer", 400, {"x__a.mp4": 23.0, "x__b.mp4": 23.0})
+    _result(tmp_path, "conv", 100, {"x__a.mp4": 19.0, "x__b.mp4": 21.0}, ["data.augment=true"], ["configs/conv.yaml"])
     md = experiments.table(str(tmp_path), "baseline")
     rows = {line.split(" | ")[0].strip("| "): line for line in md.splitlines()[2:]}
     assert "| a | b |" in md.splitlines()[0]
     assert "**21.75** | +0.75 |" in rows["better"] and "model.lr=2e-3" in rows["better"]
     assert "**23.00** |  |" in rows["longer"]  # another budget: no difference is claimed
+    assert rows["baseline"].endswith("| - |") and rows["conv"].endswith("| conv.yaml, data.augment=true |")
     experiments.plot_curves(str(tmp_path), str(tmp_path / "curves.png"))
     assert (tmp_path / "curves.png").stat().st_size > 0
 
@@ -67,6 +70,7 @@ def test_scaling_fits_a_log_linear_trend_and_predicts_the_images_for_the_bar(tmp
     out = experiments.scaling({"best": ["a1", "a2", "a3"]}, str(tmp_path), 21.0, str(tmp_path / "scaling.png"))
     best = out["series"]["best"]
     assert best["fit"]["b_per_decade"] == pytest.approx(1.0)
+    assert best["images_for_bar_plus_0dB"] == pytest.approx(1e4, rel=1e-6)
     assert best["images_for_bar_plus_1dB"] == pytest.approx(1e5, rel=1e-6)
     assert best["images_for_bar_plus_3dB"] == pytest.approx(1e7, rel=1e-6)
     assert (tmp_path / "scaling.png").stat().st_size > 0 and (tmp_path / "scaling.json").exists()

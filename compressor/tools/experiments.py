@@ -179,7 +179,8 @@ def table(root: str = REPORTS, baseline: str | None = None) -> str:
         delta = f"{r['psnr_clip_mean'] - base['psnr_clip_mean']:+.2f}" if base and r["images"] == base["images"] else ""
         ips = f"{r['train_images_per_s']:.1f}" if r.get("train_images_per_s") else ""
         cells = " | ".join(f"{r['clips'][c]:.2f}" if c in r["clips"] else "" for c in clips)
-        changes = ", ".join([os.path.basename(c) for c in r["configs"][2:]] + r["overrides"]) or "-"
+        overlays = [os.path.basename(c) for c in r["configs"][1:] if "experiments" not in os.path.dirname(c)]
+        changes = ", ".join(overlays + r["overrides"]) or "-"
         lines.append(f"| {r['name']} | {r['images']:,} | {cells} | **{r['psnr_clip_mean']:.2f}** | {delta} | "
                      f"{r['codebook_usage']:.1%} | {ips} | {changes} |")
     return "\n".join(lines)
@@ -241,10 +242,13 @@ def scaling(series: dict[str, list[str]], root: str, bar_psnr: float, output: st
         if len(pts) >= 2:
             b, a = np.polyfit(x, y, 1)
             entry.update(fit={"a": a, "b_per_decade": b})
-            for gain in (1, 3):
+            for gain in (0, 1, 3):
                 target = bar_psnr + gain
                 entry[f"images_for_bar_plus_{gain}dB"] = float(10 ** ((target - a) / b)) if b > 0 else None
-            xs = np.linspace(x.min(), max(x.max(), np.log10(entry["images_for_bar_plus_3dB"] or 1)) + 0.1, 50)
+            # The trend is drawn up to the +3 dB prediction, but no further than 100x the largest budget: beyond
+            # that a fit through a few points is no guide (the JSON keeps the prediction).
+            reach = np.log10(entry["images_for_bar_plus_3dB"] or 1)
+            xs = np.linspace(x.min(), min(max(x.max(), reach) + 0.1, x.max() + 2), 50)
             ax.plot(10**xs, a + b * xs, "--", color=line.get_color(), alpha=0.6,
                     label=f"{label}: {b:+.2f} dB per 10x images")
         out["series"][label] = entry
