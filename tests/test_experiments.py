@@ -31,12 +31,16 @@ def test_table_compares_each_run_with_the_baseline_at_its_budget(tmp_path):
     _result(tmp_path, "better", 100, {"x__a.mp4": 21.0, "x__b.mp4": 22.5}, ["model.lr=2e-3"])
     _result(tmp_path, "longer", 400, {"x__a.mp4": 23.0, "x__b.mp4": 23.0})
     _result(tmp_path, "conv", 100, {"x__a.mp4": 19.0, "x__b.mp4": 21.0}, ["data.augment=true"], ["configs/conv.yaml"])
+    _result(tmp_path, "recipe", 100, {"x__a.mp4": 19.0, "x__b.mp4": 21.0})
+    record = json.loads((tmp_path / "recipe" / "result.json").read_text())
+    (tmp_path / "recipe" / "result.json").write_text(json.dumps({**record, "configs": ["configs/r.yaml"]}))
     md = experiments.table(str(tmp_path), "baseline")
     rows = {line.split(" | ")[0].strip("| "): line for line in md.splitlines()[2:]}
     assert "| a | b |" in md.splitlines()[0]
     assert "**21.75** | +0.75 |" in rows["better"] and "model.lr=2e-3" in rows["better"]
     assert "**23.00** |  |" in rows["longer"]  # another budget: no difference is claimed
     assert rows["baseline"].endswith("| - |") and rows["conv"].endswith("| conv.yaml, data.augment=true |")
+    assert rows["recipe"].endswith("| r.yaml |")  # another base config is a change
     experiments.plot_curves(str(tmp_path), str(tmp_path / "curves.png"))
     assert (tmp_path / "curves.png").stat().st_size > 0
 

@@ -179,7 +179,8 @@ def table(root: str = REPORTS, baseline: str | None = None) -> str:
         delta = f"{r['psnr_clip_mean'] - base['psnr_clip_mean']:+.2f}" if base and r["images"] == base["images"] else ""
         ips = f"{r['train_images_per_s']:.1f}" if r.get("train_images_per_s") else ""
         cells = " | ".join(f"{r['clips'][c]:.2f}" if c in r["clips"] else "" for c in clips)
-        overlays = [os.path.basename(c) for c in r["configs"][1:] if "experiments" not in os.path.dirname(c)]
+        first = 1 if base and r["configs"][:1] == base["configs"][:1] else 0  # the baseline's own config is no change
+        overlays = [os.path.basename(c) for c in r["configs"][first:] if "experiments" not in os.path.dirname(c)]
         changes = ", ".join(overlays + r["overrides"]) or "-"
         lines.append(f"| {r['name']} | {r['images']:,} | {cells} | **{r['psnr_clip_mean']:.2f}** | {delta} | "
                      f"{r['codebook_usage']:.1%} | {ips} | {changes} |")
