@@ -13,13 +13,9 @@ from compressor.latents import read_segments
 from compressor.latents.card import write_card
 from compressor.latents.pipeline import encode_videos, model_id, write_merged_manifest
 from compressor.data.synthetic import driving_clip
-from tests.conftest import tiny_model, write_video
+from tests.conftest import Killed, tiny_model, write_video
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-class Killed(BaseException):
-    """Stands in for kill -9: nothing in the pipeline catches a BaseException."""
 
 
 @pytest.fixture(scope="module")

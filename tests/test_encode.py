@@ -17,7 +17,7 @@ from compressor.latents import read_segments
 from compressor.latents.pipeline import WRITE_STEPS, encode_videos, model_id, write_merged_manifest
 from compressor.data.synthetic import driving_clip
 from compressor.data.video import iter_frames
-from tests.conftest import tiny_model, write_video
+from tests.conftest import Killed, tiny_model, write_video
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENCODE = [sys.executable, os.path.join(REPO, "encode.py")]
@@ -268,10 +268,6 @@ def test_colliding_names_get_distinct_keys_that_plain_webdataset_reads(tmp_path)
     samples = list(wds.WebDataset(sorted(str(p) for p in (tmp_path / "out").glob("*.tar")), shardshuffle=False))
     assert len(samples) == 4 and all("." not in s["__key__"] for s in samples)
     assert sorted(json.loads(s["json"])["source"] for s in samples) == sorted(names)
-
-
-class Killed(BaseException):
-    """Stands in for kill -9: nothing in the pipeline catches a BaseException, so no cleanup code runs."""
 
 
 @pytest.fixture(scope="module")
