@@ -3,7 +3,7 @@
 - ``rank_world`` / ``consumer``: which slice of the data this process (DDP rank x DataLoader worker) reads.
 - ``buffer_shuffle``: a seeded streaming shuffle for iterable datasets.
 - ``atomic_write``: write to a temporary name, then rename, so a killed job never leaves half a file.
-- ``cosine``: the half-cosine decay that every learning-rate schedule here uses.
+- ``cosine`` / ``wsd``: the learning-rate multipliers of the two schedules (half-cosine; warm-up, stable, decay).
 """
 
 from __future__ import annotations
@@ -70,6 +70,20 @@ def cosine(progress: float, floor: float = 0.0) -> float:
     """Half-cosine decay from 1 at ``progress`` 0 to ``floor`` at 1 (progress is clamped to [0, 1])."""
     progress = min(max(progress, 0.0), 1.0)
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def wsd(progress: float, cooldown_fraction: float, floor: float = 0.0) -> float:
+    """Warm-up-stable-decay's multiplier after warm-up: 1 until the last ``cooldown_fraction`` of training, then a
+    straight line down to ``floor`` at ``progress`` 1 (clamped to [0, 1]).
+
+    The stable phase does not depend on the run's length, so a checkpoint taken in it is also the start of the
+    cool-down of any shorter run: one long run plus short cool-downs gives a whole quality-against-images curve.
+    """
+    progress = min(max(progress, 0.0), 1.0)
+    start = 1.0 - cooldown_fraction
+    if progress <= start or cooldown_fraction <= 0:
+        return 1.0
+    return 1.0 - (1.0 - floor) * (progress - start) / cooldown_fraction
 
 
 def num_params(module) -> int:

@@ -227,6 +227,30 @@ class FramesDataModule(pl.LightningDataModule):
             return self._loader(self.train_frames, drop_last=True)
         return self._loader(ProceduralFrames(hp.frames_per_epoch, self.image_size), shuffle=True)
 
+    def train_probe(self, num_frames: int) -> torch.Tensor | None:
+        """A fixed set of training frames, uint8 (N, 3, H, W), spread evenly over the training shards (or the first
+        procedural scenes); the same frames at every call and in every run on the same shards. None for videos.
+
+        Scored beside validation (``ValCurve``), they show the train-val gap: a large gap says data limits the model,
+        train and val flattening together say capacity or schedule does.
+        """
+        hp = self.hparams
+        if hp.shards is not None:
+            if self.train_frames is None:
+                self.setup("fit")
+            total = sum(self.train_frames.counts)
+            if total == 0:
+                return None
+            keep = {round(i * total / min(num_frames, total)) for i in range(min(num_frames, total))}
+            source = FrameShards(self.train_frames.urls, batch_size=1, shuffle=False)
+            frames = [f for i, f in enumerate(source._range_frames(list(range(len(source.urls))), 0, total))
+                      if i in keep]
+            return torch.stack(frames) if frames else None
+        if hp.videos is None:
+            data = ProceduralFrames(num_frames, self.image_size)
+            return torch.stack([data[i] for i in range(num_frames)])
+        return None
+
     def val_dataloader(self) -> DataLoader | list:
         hp = self.hparams
         if hp.videos is not None:

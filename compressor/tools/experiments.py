@@ -79,8 +79,12 @@ def _git_commit() -> str | None:
 
 
 def run(name: str, configs: list[str], images: int, shards: str, videos: list[str], overrides: list[str],
-        force: bool = False) -> dict:
-    """Train NAME to ``images`` images seen and evaluate it; returns the result record."""
+        force: bool = False, branch_from: str | None = None) -> dict:
+    """Train NAME to ``images`` images seen and evaluate it; returns the result record.
+
+    ``branch_from``: a training checkpoint of another run that a fresh start of NAME resumes from (its step, weights,
+    optimizer and data position), e.g. a WSD constant-phase checkpoint whose cool-down NAME is.
+    """
     out_dir, run_dir = os.path.join(REPORTS, name), os.path.join(RUNS, name)
     result_path = os.path.join(out_dir, "result.json")
     if os.path.exists(result_path) and not force:
@@ -104,6 +108,11 @@ def run(name: str, configs: list[str], images: int, shards: str, videos: list[st
     if os.path.exists(last):
         cmd += [f"--ckpt_path={last}"]
         print(f"{name}: resuming from {last}")
+    elif branch_from:
+        if not os.path.isfile(branch_from):
+            raise SystemExit(f"--branch-from {branch_from}: no such checkpoint")
+        cmd += [f"--ckpt_path={branch_from}"]
+        print(f"{name}: branching from {branch_from}")
     model_path = os.path.join(run_dir, "model.pt")
     if not os.path.exists(last):  # a fresh start: drop what an earlier configuration of this name left
         for stale in (model_path, os.path.join(run_dir, "curve.json")):
@@ -130,6 +139,7 @@ def run(name: str, configs: list[str], images: int, shards: str, videos: list[st
         "name": name,
         "configs": configs,
         "overrides": overrides,
+        "branch_from": branch_from,
         "images": seen,
         "steps": steps,
         "batch_size": batch_size * devices,
@@ -281,6 +291,8 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--split", default="val")
     r.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="LightningCLI overrides, e.g. model.lr=2e-3")
     r.add_argument("--force", action="store_true", help="re-run even if result.json exists")
+    r.add_argument("--branch-from", default=None, metavar="CKPT",
+                   help="start from another run's training checkpoint (a WSD cool-down from its constant phase)")
     t = sub.add_parser("table", help="tabulate and plot every result")
     t.add_argument("--input", default=REPORTS)
     t.add_argument("--baseline", default="baseline", help="run the 'vs base' column compares with")
@@ -298,7 +310,7 @@ def main(argv: list[str] | None = None) -> None:
         from compressor.tools.evaluate import select_videos
 
         run(args.name, args.config, args.images, args.shards, select_videos(args.input, args.split), args.set,
-            args.force)
+            args.force, args.branch_from)
     else:
         md = table(args.input, args.baseline)
         with open(os.path.join(args.input, "table.md"), "w") as f:

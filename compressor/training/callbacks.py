@@ -12,6 +12,7 @@ import torchvision
 
 from compressor.metrics import frame_psnr
 from compressor.training.model_card import save_hub_folder, training_sections
+from compressor.training.losses import psnr
 from compressor.training.perf import matmul_peak_flops, train_flops_per_image
 from compressor.utils import atomic_write
 from compressor.codec.packing import pack, unpack
@@ -125,14 +126,37 @@ class ValCurve(pl.Callback):
     Budgets are counted in images (steps x batch x devices), not seconds, so curves from runs that shared the
     machine with other work stay comparable; training seconds ride along to give throughput.
 
+    Each point also holds ``train/psnr``: the EMA model's PSNR on a fixed, evenly spread set of ``train_frames``
+    training frames (the datamodule's ``train_probe``), so every curve shows the train-val gap.
+
     Args:
         path: the JSON file; defaults to ``<default_root_dir>/curve.json``. An existing file is continued on resume
             (points at or beyond the resumed step are dropped first).
+        train_frames: training frames scored at each validation (0: none).
     """
 
-    def __init__(self, path: str | None = None):
+    def __init__(self, path: str | None = None, train_frames: int = 320):
         self.path = path
+        self.train_frames = train_frames
         self.points: list[dict] | None = None  # read from the file at the first validation (the step is known then)
+        self._probe: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def _train_psnr(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> float | None:
+        if not self.train_frames or trainer.datamodule is None or not hasattr(trainer.datamodule, "train_probe"):
+            return None
+        if self._probe is None:
+            self._probe = trainer.datamodule.train_probe(self.train_frames)
+            if self._probe is None:
+                self.train_frames = 0
+                return None
+        model = pl_module.ema.eval()
+        scores = []
+        with trainer.precision_plugin.forward_context():
+            for frames in self._probe.split(trainer.datamodule.hparams.batch_size):
+                x = frames.to(pl_module.device).float() / 127.5 - 1
+                scores.append(psnr(model(x)["recon"], x))  # as val/psnr is computed
+        return float(torch.cat(scores).mean())
 
     def _path(self, trainer: pl.Trainer) -> str:
         return self.path or os.path.join(trainer.default_root_dir, "curve.json")
@@ -147,6 +171,9 @@ class ValCurve(pl.Callback):
         for name, value in trainer.callback_metrics.items():
             if name.startswith("val/"):
                 point[name] = float(value)
+        train_psnr = self._train_psnr(trainer, pl_module)
+        if train_psnr is not None:
+            point["train/psnr"] = train_psnr
         path = self._path(trainer)
         if self.points is None:
             self.points = []

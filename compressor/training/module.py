@@ -1,4 +1,4 @@
-"""LightningModule that trains an Autoencoder: AdamW + warm-up/cosine, clipping, EMA, logging.
+"""LightningModule that trains an Autoencoder: AdamW + warm-up then cosine or WSD, clipping, EMA, logging.
 
 What it is trained against is ``model.loss`` (``losses.CompressionLoss``); how fast it runs (compile,
 channels-last, gradient checkpointing) is the ``speed.SpeedOptions`` callback's business.
@@ -11,6 +11,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Literal
 from contextlib import nullcontext
 
 import pytorch_lightning as pl
@@ -20,7 +21,7 @@ from torch import Tensor, nn
 
 from compressor.codec.autoencoder import Autoencoder
 from compressor.training.losses import CompressionLoss, ms_ssim_01, psnr
-from compressor.utils import cosine
+from compressor.utils import cosine, wsd
 
 
 class CompressorModule(pl.LightningModule):
@@ -40,7 +41,11 @@ class CompressorModule(pl.LightningModule):
         weight_decay: AdamW decay on matrices (not on norms, biases or codebooks).
         betas: AdamW betas.
         warmup_steps: linear warm-up length.
-        min_lr_ratio: the cosine decays to ``lr * min_lr_ratio``.
+        min_lr_ratio: the schedule decays to ``lr * min_lr_ratio``.
+        schedule: after warm-up, ``"cosine"`` (half-cosine over the run) or ``"wsd"`` (constant, then a linear
+            cool-down over the last ``cooldown_fraction`` of the steps). A WSD checkpoint from the constant phase
+            resumed with a smaller ``trainer.max_steps`` is the cool-down of that shorter run.
+        cooldown_fraction: share of the steps in WSD's cool-down.
         grad_clip: max gradient norm.
         ema_decay: EMA decay; an early-step ramp keeps the EMA from lagging behind a fresh model.
         time_budget_s: when set, the cosine follows training wall-clock time instead of steps, reaching its floor
@@ -62,6 +67,8 @@ class CompressorModule(pl.LightningModule):
         betas: tuple[float, float] = (0.9, 0.95),
         warmup_steps: int = 200,
         min_lr_ratio: float = 0.05,
+        schedule: Literal["cosine", "wsd"] = "cosine",
+        cooldown_fraction: float = 0.2,
         grad_clip: float = 1.0,
         ema_decay: float = 0.999,
         time_budget_s: float | None = None,
@@ -218,8 +225,14 @@ class CompressorModule(pl.LightningModule):
         opt = torch.optim.AdamW(groups, lr=self.hparams.lr, betas=tuple(self.hparams.betas))
         total = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
         if not math.isfinite(total):
-            raise ValueError("set trainer.max_steps: the cosine schedule needs a known length")
+            raise ValueError("set trainer.max_steps: the learning-rate schedule needs a known length")
+        if self.hparams.schedule not in ("cosine", "wsd"):
+            raise ValueError(f"schedule must be 'cosine' or 'wsd', not {self.hparams.schedule!r}")
+        if not 0 <= self.hparams.cooldown_fraction <= 1:
+            raise ValueError(f"cooldown_fraction must be in [0, 1], not {self.hparams.cooldown_fraction}")
         warmup, floor = self.hparams.warmup_steps, self.hparams.min_lr_ratio
+        decay = ((lambda p: wsd(p, self.hparams.cooldown_fraction, floor)) if self.hparams.schedule == "wsd"
+                 else (lambda p: cosine(p, floor)))
 
         budget = self.hparams.time_budget_s
 
@@ -229,8 +242,10 @@ class CompressorModule(pl.LightningModule):
             if budget:
                 progress = min(1.0, self.train_seconds() / budget)
             else:
-                progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return cosine(progress, floor)
+                # WSD counts from step 0, so its cool-down starts at a round step: (1 - cooldown_fraction) x total.
+                start = 0 if self.hparams.schedule == "wsd" else warmup
+                progress = min(1.0, (step - start) / max(1, total - start))
+            return decay(progress)
 
         return [opt], [{"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, schedule), "interval": "step"}]
 
