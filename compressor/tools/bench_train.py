@@ -25,42 +25,10 @@ import torch
 from compressor.utils import num_params
 from compressor.tools.bench import device_name, model_from_config, rss_mb, sync
 from compressor.codec.layers import set_grad_checkpointing
-from compressor.training.losses import ReconstructionLoss
-from compressor.training.perf import matmul_peak_flops, train_flops_per_image
+from compressor.training.perf import matmul_peak_flops, train_flops_per_image, train_images_per_s
 
 CONFIGS = {"vit (default)": "vit-224B.yaml", "convstem (default)": "convstem-224B.yaml",
            "vit (comma scale)": "comma-scale.yaml", "convstem (comma scale)": "comma-scale-convstem.yaml"}
-
-
-def _train_rate(model, batch: int, device: str, bf16: bool, min_time: float, compile_model: bool) -> float:
-    """Training images/s: full steps (forward, loss, backward, AdamW) on random frames."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    loss_fn = ReconstructionLoss()
-    forward = model
-    if compile_model:
-        try:
-            forward = torch.compile(model)
-        except Exception:  # noqa: BLE001 - the eager model is the fallback
-            forward = model
-    x = torch.rand(batch, 3, *model.image_size, device=device) * 2 - 1
-
-    def step():
-        with torch.autocast(device.split(":")[0], torch.bfloat16, enabled=bf16):
-            out = forward(x)
-            loss = loss_fn(out["recon"].float(), x)["loss"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    for _ in range(2):  # warm-up: kernel selection, compilation, optimizer state
-        step()
-    sync(device)
-    n, t0 = 0, time.perf_counter()
-    while n < 3 or time.perf_counter() - t0 < min_time:
-        step()
-        n += 1
-    sync(device)
-    return n * batch / (time.perf_counter() - t0)
 
 
 @torch.no_grad()
@@ -90,7 +58,7 @@ def measure(label: str, config: str, device: str, batch: int, encode_batches, mi
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     base = rss_mb()
-    rate = _train_rate(model, batch, device, bf16, min_time, compile_model)
+    rate = train_images_per_s(model, batch, device, bf16, min_time, compile_model)
     peak_mb = (torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda")
                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base)
     flops = train_flops_per_image(model)  # after the memory reading: counting builds a copy of the model
@@ -158,19 +126,21 @@ def main(argv=None) -> None:
     ap.add_argument("--compile", action="store_true", help="torch.compile the training step (eager if it fails)")
     ap.add_argument("--config", nargs="+", default=None, metavar="NAME.yaml",
                     help="configs/ overlays to measure instead of the four default designs")
-    ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
-                    help="autocast for the timed steps (auto: bf16 on CUDA, float32 on the CPU)")
+    ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32", "both"],
+                    help="autocast for the timed steps (auto: bf16 on CUDA, float32 on the CPU; both: one table each, "
+                         "what train.py's auto_precision chooses between on a CPU)")
     ap.add_argument("--output", default=None, help="directory for bench.json and bench.md")
     args = ap.parse_args(argv)
     cuda = args.device.startswith("cuda")
     configs = {os.path.splitext(c)[0]: c for c in args.config} if args.config else CONFIGS
     checkpointing = [] if args.config else (["vit (comma scale)", "convstem (comma scale)"] if cuda
                                             else ["vit (comma scale)"])
-    result = run_all(args.device, args.batch or (64 if cuda else 4),
-                     (128, 256, 512, 1024) if cuda else (1, 4, 16), args.min_time or 3.0,
-                     args.threads, args.compile, checkpointing, configs,
-                     None if args.precision == "auto" else args.precision == "bf16")
-    md = to_markdown(result)
+    precisions = {"auto": [None], "bf16": [True], "fp32": [False], "both": [True, False]}[args.precision]
+    results = [run_all(args.device, args.batch or (64 if cuda else 4),
+                       (128, 256, 512, 1024) if cuda else (1, 4, 16), args.min_time or 3.0,
+                       args.threads, args.compile, checkpointing, configs, bf16) for bf16 in precisions]
+    result = results[0] if len(results) == 1 else {"precisions": results}
+    md = "\n".join(to_markdown(r) for r in results)
     print(md)
     if args.output:
         os.makedirs(args.output, exist_ok=True)
