@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from compressor.data import FramesDataModule, ProceduralFrames
+from compressor.data.datamodule import FramesDataModule, ProceduralFrames
 from compressor.data.video import read_frames
 
 
@@ -88,7 +88,7 @@ def test_make_shards_round_trip_and_resume(tmp_path, video_dir):
 
 
 def test_augment_keeps_shape_dtype_and_content_range():
-    from compressor.data import augment_frames
+    from compressor.data.datamodule import augment_frames
 
     torch.manual_seed(0)
     frames = torch.zeros(8, 3, 128, 256, dtype=torch.uint8)

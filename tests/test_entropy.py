@@ -11,7 +11,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader
 
-from compressor.data import LatentDataset
+from compressor.latents import LatentDataset
 from compressor.entropy.coding import Decoder, Encoder, digit_radices, from_digits, quantized_cdfs, to_digits
 from compressor.entropy.fit import fit_temporal
 from compressor.entropy.priors import FactorisedPrior, StaticPrior, TemporalPrior
@@ -265,7 +265,7 @@ def test_latent_dataset_reads_either_form(priors, tmp_path):
 @pytest.mark.slow
 def test_cli_train_code_report(priors, tmp_path):
     """The three commands on shards with a real (tiny) checkpoint's model id."""
-    from compressor.latents.pipeline import model_id
+    from compressor.codec.autoencoder import model_id
     from tests.conftest import tiny_model
 
     model = tiny_model()

@@ -9,7 +9,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader
 
-from compressor.data import LatentDataset
+from compressor.latents import LatentDataset
 from compressor.latents import DamagedShardError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

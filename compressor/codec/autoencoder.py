@@ -23,8 +23,9 @@ from huggingface_hub import ModelCard, PyTorchModelHubMixin, constants, hf_hub_d
 from torch import Tensor, nn
 
 from compressor.codec.encoders import grid_size
+from compressor.codec.hub import model_card
 from compressor.utils import atomic_write
-from compressor.codec.quantizers import token_bits
+from compressor.codec.packing import token_bits
 
 CHECKPOINT_FORMAT = "compressor/1"
 # Only classes from these modules may be named in a checkpoint, so loading never runs arbitrary code.
@@ -222,8 +223,6 @@ class Autoencoder(nn.Module, PyTorchModelHubMixin, library_name="compressor",
     def generate_model_card(self, sections: dict[str, str] | None = None, image: str | None = None) -> ModelCard:
         """The ``README.md`` of a saved folder: architecture and token budget, plus ``sections`` (title -> markdown,
         e.g. training data and measured quality) and an ``image`` file name inside the folder."""
-        from compressor.codec.hub import model_card  # the card's text lives with the other Hub helpers
-
         return model_card(self, self._hub_mixin_info.model_card_data, sections, image)
 
     @classmethod

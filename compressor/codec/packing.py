@@ -1,12 +1,20 @@
-"""Bit packing of tokens: the on-the-wire size of a frame is exactly ceil(num_tokens * bits / 8) bytes."""
+"""The token storage format: bit packing (the on-the-wire size of a frame is exactly ceil(num_tokens * bits / 8)
+bytes) and the CRC that samples and coded segments carry. A leaf: it imports only numpy and torch, so the latent
+readers and the entropy coder use it without loading any model code."""
 
 from __future__ import annotations
 
+import math
 import zlib
 
 import numpy as np
 import torch
 from torch import Tensor
+
+
+def token_bits(codebook_size: int) -> int:
+    """Bits needed to store one token of a codebook of this size."""
+    return max(1, math.ceil(math.log2(codebook_size)))
 
 
 def pack(tokens: Tensor | np.ndarray, bits: int = 14) -> bytes:

@@ -21,11 +21,6 @@ from compressor.codec.layers import captured_args
 MAX_CODEBOOK_SIZE = 2**14
 
 
-def token_bits(codebook_size: int) -> int:
-    """Bits needed to store one token of a codebook of this size."""
-    return max(1, math.ceil(math.log2(codebook_size)))
-
-
 class FSQ(nn.Module):
     """Finite scalar quantization (Mentzer et al., 2023): each channel is bounded and rounded to a few levels.
 

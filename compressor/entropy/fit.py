@@ -23,7 +23,7 @@ def load_segments(shards, prior: Prior | None = None) -> list[dict]:
 def token_format(segments: list[dict]) -> dict:
     """The codebook size, grid and model id that every segment's metadata share: what a prior is built for when no
     checkpoint says it (commaVQ files, exports of ours, encode.py shards). ``ValueError`` if they differ or lack one."""
-    from compressor.latents.commavq import grid_of
+    from compressor.latents.shards import grid_of
 
     if not segments:
         raise ValueError("no token segments found")

@@ -29,7 +29,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
-from compressor.codec.autoencoder import Autoencoder, model_id  # noqa: F401  (model_id: re-exported)
+from compressor.codec.autoencoder import Autoencoder, model_id
 from compressor.entropy.priors import Prior
 from compressor.entropy.stream import encode_segment
 from compressor.latents.shards import make_sample, read_manifest, read_segments, sample_key

@@ -11,7 +11,7 @@ import os
 
 from pytorch_lightning.cli import LightningCLI
 
-from compressor.data import FramesDataModule
+from compressor.data.datamodule import FramesDataModule
 from compressor.training.module import CompressorModule
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")

@@ -20,7 +20,8 @@ from jsonargparse import lazy_instance
 from torch import Tensor, nn
 
 from compressor.codec.autoencoder import Autoencoder
-from compressor.training.losses import CompressionLoss, ms_ssim_01, psnr
+from compressor.metrics import model_psnr, ms_ssim_01
+from compressor.training.losses import CompressionLoss
 from compressor.utils import cosine, wsd
 
 
@@ -101,7 +102,7 @@ class CompressorModule(pl.LightningModule):
             out = self.ema(x)
         terms = self.loss(out["recon"], x, out["quant_loss"], self.global_step if stage == "train" else None)
         with torch.no_grad():
-            terms["psnr"] = psnr(out["recon"], x).mean()
+            terms["psnr"] = model_psnr(out["recon"], x).mean()
         on_step = stage == "train"
         for name, value in terms.items():
             self.log(f"{stage}/{name}", value.detach(), on_step=on_step, on_epoch=not on_step,
