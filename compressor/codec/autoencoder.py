@@ -82,9 +82,16 @@ class Autoencoder(nn.Module, PyTorchModelHubMixin, library_name="compressor",
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """x: (B, 3, H, W) float in [-1, 1] -> recon (B, 3, H, W), codes (B, N, C), tokens (B, N), quant_loss."""
         grid = grid_size(tuple(x.shape[-2:]), self.encoder.patch_size)
-        q = self.quantizer(self.pre_quant(self.encoder(x)))
+        q = self.encode_to_codes(x)
         recon = self.decoder(self.post_quant(q["codes"].to(x.dtype)), grid)
         return {"recon": recon, "codes": q["codes"], "tokens": q["tokens"], "quant_loss": q["loss"]}
+
+    def encode_to_codes(self, x: Tensor) -> dict[str, Tensor]:
+        """x: (B, 3, H, W) float in [-1, 1] -> the quantizer's output: codes (B, N, C), tokens (B, N), loss.
+
+        The one encode step (encoder -> pre_quant -> quantizer) that training, ``encode`` and the EMA calibration
+        share."""
+        return self.quantizer(self.pre_quant(self.encoder(x)))
 
     # ---- codec API ----------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -92,7 +99,7 @@ class Autoencoder(nn.Module, PyTorchModelHubMixin, library_name="compressor",
         """frames: uint8 (B, 3, H, W) RGB at ``image_size`` -> tokens: int64 (B, num_tokens)."""
         self._check_frames(frames)
         x = frames.to(self.pre_quant.weight.device, torch.float32) / 127.5 - 1
-        return self.quantizer(self.pre_quant(self.encoder(x)))["tokens"]
+        return self.encode_to_codes(x)["tokens"]
 
     @torch.no_grad()
     def decode(self, tokens: Tensor) -> Tensor:

@@ -1,6 +1,5 @@
-"""commaVQ's token layout, both ways: read commaVQ ``.npy`` files, and export our latents to that layout.
-
-    python -m compressor.latents.commavq --input latents/ --output latents-commavq/
+"""commaVQ's token layout: export our latents to it (``python -m compressor.tools.commavq``). Reading commaVQ
+``.npy`` files is ``compressor.latents.shards.read_commavq``, so ``read_segments`` takes them beside our shards.
 
 commaVQ (github.com/commaai/commavq) keeps one ``.npy`` per one-minute segment of driving: tokens of a 1024-code
 VQ on an 8x16 grid, int16 (1200, 8, 16) in its dataset release and int64 (1200, 128) in its example
@@ -15,17 +14,14 @@ that are not commaVQ's; without one, commaVQ's (1024 codes, 8x16, 20 fps) are as
 
 from __future__ import annotations
 
-import argparse
 import os
-import re
-import sys
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
 from compressor.latents.shards import check_against_manifests, expand_urls, grid_of, read_segments, sample_key, seal_meta
 from compressor.utils import atomic_write
+
 
 def commavq_dtype(codebook_size: int) -> np.dtype:
     """The narrowest signed little-endian integer type that holds tokens in [0, codebook_size).
@@ -83,30 +79,3 @@ def export(shards: str | Sequence[str], output: str, grid: tuple[int, int] | Non
                 np.save(f, tokens.reshape(len(tokens), h, w).astype(dtype))  # (T, N) -> (T, H, W)
             segments, frames = segments + 1, frames + len(tokens)
     return {"segments": segments, "frames": frames, "dtype": str(dtype), "grid": layout[:2] if layout else None}
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m compressor.latents.commavq", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--input", required=True, nargs="+", help="latent shards: encode.py's output folder, globs, .tar")
-    ap.add_argument("--output", required=True, help="folder for <key>.npy (T, H, W) and <key>.json")
-    ap.add_argument("--grid", type=int, nargs=2, metavar=("H", "W"), default=None,
-                    help="token grid, for shards whose metadata lack token_layout")
-    ap.add_argument("--codebook-size", type=int, default=None,
-                    help="codebook size, for shards whose metadata lack codebook_size")
-    ap.add_argument("--prior", default=None, help="prior file, for shards that hold only entropy-coded tokens")
-    args = ap.parse_args(argv)
-    try:
-        counts = export(args.input, args.output, tuple(args.grid) if args.grid else None, args.codebook_size,
-                        args.prior)
-    except (FileNotFoundError, ValueError, DamagedShardError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    grid = counts["grid"] or ("?", "?")
-    print(f"{counts['segments']} segments, {counts['frames']} frames -> {args.output} "
-          f"({counts['dtype']} (T, {grid[0]}, {grid[1]}) per segment)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,15 +1,12 @@
-"""FLOPs of a training step and the measured matmul ceiling (for ``callbacks.ThroughputMonitor`` and ``bench_train``).
-
-Needs torch, einops and pytorch-msssim only, so the GPU benchmark runs on a stock CUDA PyTorch image.
-"""
+"""FLOPs of a training step (Lightning's ``measure_flops``) and the measured matmul ceiling, for
+``callbacks.ThroughputMonitor`` and ``bench_train``."""
 
 from __future__ import annotations
 
-import time
-
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from lightning_fabric.utilities.throughput import measure_flops
 
+from compressor.benchmark import seconds_per_call
 from compressor.codec.autoencoder import Autoencoder
 from compressor.training.losses import ReconstructionLoss
 
@@ -23,10 +20,7 @@ def train_flops_per_image(model: Autoencoder, image_size: tuple[int, int] | None
     probe = type(model).from_export(model.export_dict()).cpu().train()
     x = torch.rand(1, 3, h, w) * 2 - 1
     loss_fn = ReconstructionLoss()
-    with FlopCounterMode(display=False) as counter:
-        out = probe(x)
-        loss_fn(out["recon"], x)["loss"].backward()
-    return float(counter.get_total_flops())
+    return float(measure_flops(probe, lambda: probe(x), lambda out: loss_fn(out["recon"], x)["loss"]))
 
 
 def matmul_peak_flops(device: str | torch.device, dtype: torch.dtype, size: int = 4096, min_time: float = 1.0) -> float:
@@ -34,12 +28,4 @@ def matmul_peak_flops(device: str | torch.device, dtype: torch.dtype, size: int 
     device = torch.device(device)
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    a @ b  # warm-up (kernel selection)
-    sync()
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < min_time:
-        a @ b
-        n += 1
-        sync()
-    return 2 * size**3 * n / (time.perf_counter() - t0)
+    return 2 * size**3 / seconds_per_call(lambda: a @ b, min_time)  # after a warm-up call (kernel selection)
