@@ -210,7 +210,7 @@ def test_two_processes_with_torchrun(tmp_path, checkpoint, good_videos):
 def test_decode_preview_side_by_side(tmp_path, checkpoint, good_videos):
     run_encode([good_videos], tmp_path / "lat", checkpoint)
     out = tmp_path / "preview.mp4"
-    subprocess.run([sys.executable, "-m", "compressor.latents.preview", "--checkpoint", checkpoint, "--input",
+    subprocess.run([sys.executable, "-m", "compressor.tools.preview", "--checkpoint", checkpoint, "--input",
                     str(tmp_path / "lat"), "--output", str(out), "--original-root", good_videos, "--source",
                     "a.mp4"], check=True, capture_output=True, cwd=REPO)
     with av.open(str(out)) as c:
