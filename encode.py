@@ -39,6 +39,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--prior", default=None,
                     help="prior file for --entropy-code (default: prior-temporal.pt beside the checkpoint)")
     ap.add_argument("--strict", action="store_true", help="exit non-zero if any video failed or was truncated")
+    ap.add_argument("--search-steps", type=int, default=0,
+                    help="encode-time token search (FSQ models): tokens this model's decoder reconstructs better, same "
+                         "format and bytes, about 2x the decoder's cost per step; 0: plain encode")
     return ap.parse_args(argv)
 
 
@@ -82,7 +85,7 @@ def main(argv=None) -> int:
 
     summary = encode_videos(model, args.input, args.output, segment_seconds=args.segment_seconds, fps=args.fps,
                             batch_size=args.batch_size, num_workers=args.workers, maxcount=args.maxcount,
-                            rank=rank, world_size=world, device=device, prior=prior)
+                            rank=rank, world_size=world, device=device, prior=prior, search_steps=args.search_steps)
     print(f"rank {rank}: {summary['frames']} frames from {summary['videos']} videos in {summary['seconds']:.1f} s "
           f"({summary['frames_per_s']:.1f} frames/s)", file=sys.stderr)
     if world > 1:

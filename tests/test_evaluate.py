@@ -136,3 +136,17 @@ def test_cuda_asked_for_without_cuda_is_a_clear_error(monkeypatch, capsys):
         main(["--checkpoint", "missing.pt", "--input", "nowhere", "--device", "cuda"])
     assert e.value.code == 2
     assert "--device cuda was asked for, but CUDA is not available" in capsys.readouterr().err
+
+
+def test_search_gain_reports_plain_and_searched_encoding_on_the_same_frames(video_dir, tmp_path):
+    from compressor.tools.search_gain import main as search_gain
+
+    tiny_model().save(tmp_path / "m.pt")
+    search_gain(["--checkpoint", str(tmp_path / "m.pt"), "--input", *list_videos(video_dir)[:2], "--steps", "3", "--lr", "0.3",
+                 "--frame-stride", "4", "--output", str(tmp_path / "out")])
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["frames"] == 6 and [r["steps"] for r in report["rows"]] == [0, 3]  # plain encode always measured
+    plain, searched = report["rows"]
+    assert plain["gain_db"] == 0 and searched["gain_db"] > 0 and searched["encode_fps"] > 0
+    assert set(searched["clips"]) == {"clip0.mp4", "clip1.mp4"}
+    assert "| 3 |" in (tmp_path / "out" / "report.md").read_text()

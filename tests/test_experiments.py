@@ -2,6 +2,7 @@ import json
 import os
 
 import pytest
+import torch
 
 from compressor.tools import experiments
 from tests.test_train import TINY, run_cli
@@ -59,13 +60,13 @@ def test_val_curve_records_images_seen_and_continues_on_resume(tmp_path):
     ckpt = tmp_path / "ckpt"
     common = [*TINY, "--trainer.default_root_dir", str(tmp_path), "--trainer.val_check_interval", "2",
               "--trainer.limit_val_batches", "1", "--trainer.enable_checkpointing", "true",
-              "--trainer.callbacks+=compressor.training.callbacks.ValCurve",
+              "--trainer.callbacks+=compressor.training.callbacks.ValCurve", "--trainer.callbacks.train_frames=3",
               "--trainer.callbacks+=pytorch_lightning.callbacks.ModelCheckpoint",
               f"--trainer.callbacks.dirpath={ckpt}", "--trainer.callbacks.save_last=true"]
     run_cli(["fit", *common, "--trainer.max_steps", "4"])
     curve = json.loads((tmp_path / "curve.json").read_text())
     assert [(p["step"], p["images"]) for p in curve] == [(2, 4), (4, 8)]  # batch 2
-    assert all(p["val/psnr"] > 0 and p["train_seconds"] > 0 for p in curve)
+    assert all(p["val/psnr"] > 0 and p["train/psnr"] > 0 and p["train_seconds"] > 0 for p in curve)
     run_cli(["fit", *common, "--trainer.max_steps", "6", "--ckpt_path", str(ckpt / "last.ckpt")])
     curve = json.loads((tmp_path / "curve.json").read_text())
     assert [p["step"] for p in curve] == [2, 4, 6]
@@ -88,3 +89,15 @@ def test_scaling_fits_a_log_linear_trend_and_predicts_the_images_for_the_bar(tmp
     assert best["images_for_bar_plus_1dB"] == pytest.approx(1e5, rel=1e-6)
     assert best["images_for_bar_plus_3dB"] == pytest.approx(1e7, rel=1e-6)
     assert (tmp_path / "scaling.png").stat().st_size > 0 and (tmp_path / "scaling.json").exists()
+
+
+def test_train_probe_is_the_same_evenly_spread_frames_every_time(tmp_path):
+    from compressor.data.datamodule import FramesDataModule
+    from tests.test_distributed import write_frame_shards
+
+    write_frame_shards(tmp_path, [10, 5])  # frame k carries k in its first pixel
+    data = FramesDataModule(shards=str(tmp_path), batch_size=2, num_workers=0)
+    probe = data.train_probe(5)
+    assert probe.shape == (5, 3, 128, 256) and probe.dtype == torch.uint8
+    assert torch.equal(probe, data.train_probe(5))
+    assert [int(f[0, 0, 0]) for f in probe] == [0, 3, 6, 9, 12]

@@ -95,11 +95,52 @@ class Autoencoder(nn.Module, PyTorchModelHubMixin, library_name="compressor",
 
     # ---- codec API ----------------------------------------------------------------------------------------
     @torch.no_grad()
-    def encode(self, frames: Tensor) -> Tensor:
-        """frames: uint8 (B, 3, H, W) RGB at ``image_size`` -> tokens: int64 (B, num_tokens)."""
+    def encode(self, frames: Tensor, search_steps: int = 0, search_lr: float = 0.15) -> Tensor:
+        """frames: uint8 (B, 3, H, W) RGB at ``image_size`` -> tokens: int64 (B, num_tokens).
+
+        ``search_steps > 0`` (FSQ quantizers only) then searches, frame by frame, for tokens that this model's
+        decoder reconstructs better than the encoder's (``search_tokens``): same format, same bytes, same decoder,
+        at the cost of ``search_steps`` decoder forward and backward passes.
+        """
         self._check_frames(frames)
         x = frames.to(self.pre_quant.weight.device, torch.float32) / 127.5 - 1
-        return self.encode_to_codes(x)["tokens"]
+        tokens = self.encode_to_codes(x)["tokens"]
+        if search_steps > 0:
+            tokens = self.search_tokens(x, tokens, search_steps, search_lr)
+        return tokens
+
+    def search_tokens(self, x: Tensor, tokens: Tensor, steps: int, lr: float = 0.15) -> Tensor:
+        """Tokens chosen for the frozen decoder: x float (B, 3, H, W) in [-1, 1], tokens (B, N) to start from ->
+        tokens (B, N) whose decoded frames have the lowest squared error seen, per frame.
+
+        The FSQ digits become free variables in level units; each step decodes their rounded values (a straight-
+        through estimator carries the gradient through the rounding) and takes an Adam step on the squared error.
+        Every step's forward pass decodes real tokens, so the best per frame is kept, and the start (the encoder's
+        tokens) is among the candidates: the search never returns a frame worse than plain ``encode``.
+        """
+        q = self.quantizer
+        if not hasattr(q, "_levels"):
+            raise ValueError(f"token search needs an FSQ quantizer, not {type(q).__name__}")
+        half = q._levels // 2
+        low, high = -half, q._levels - 1 - half  # centred digits of each channel
+        digits = (q.tokens_to_codes(tokens) * half).detach().requires_grad_(True)  # (B, N, C) in level units
+        opt = torch.optim.Adam([digits], lr=lr)
+        best, best_err = tokens.clone(), torch.full((len(x),), float("inf"), device=x.device)
+        with torch.enable_grad():
+            for step in range(steps + 1):
+                bounded = torch.maximum(torch.minimum(digits, high), low)
+                codes = (bounded + (bounded.round() - bounded).detach()) / half
+                recon = self.decoder(self.post_quant(codes), self.grid)
+                err = (recon.clamp(-1, 1) - x).pow(2).flatten(1).mean(1)  # (B,)
+                better = err.detach() < best_err
+                best[better] = q.codes_to_tokens(codes.detach()[better])
+                best_err = torch.where(better, err.detach(), best_err)
+                if step == steps:
+                    break
+                # Only the digits get gradients: the model's parameters stay untouched.
+                (digits.grad,) = torch.autograd.grad(err.sum(), [digits])
+                opt.step()
+        return best
 
     @torch.no_grad()
     def decode(self, tokens: Tensor) -> Tensor:

@@ -273,8 +273,10 @@ def encode_videos(model: Autoencoder, inputs: list[str], output: str, *, segment
                   fps: float | None = None, batch_size: int = 32, num_workers: int = 2, maxcount: int = 64,
                   rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu",
                   progress: bool = True, prior: Prior | None = None,
-                  step_hook: Callable[[str], None] | None = None) -> dict:
+                  step_hook: Callable[[str], None] | None = None, search_steps: int = 0) -> dict:
     """Encode every video under ``inputs`` into ``output``; returns this rank's summary.
+
+    ``search_steps > 0`` searches each frame's tokens for the decoder (``Autoencoder.encode``): the same format.
 
     With a ``prior``, each sample also carries its segment entropy-coded (``tokens.ctok``, see
     ``compressor.entropy``).
@@ -333,7 +335,7 @@ def encode_videos(model: Autoencoder, inputs: list[str], output: str, *, segment
         path = mine[chunk.video]
         if len(chunk.frames):
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-                tokens = model.encode(chunk.frames.to(device))
+                tokens = model.encode(chunk.frames.to(device), search_steps=search_steps)
             seg_tokens.setdefault(chunk.video, []).append(tokens.cpu().numpy().astype(np.uint16))
             meta = seg_meta.setdefault(chunk.video, {"frame_indices": [], "timestamps": []})
             meta["frame_indices"] += chunk.frame_indices

@@ -24,31 +24,11 @@ from compressor.benchmark import (device_name, peak_rss_mb, rss_mb, run_isolated
                                   write_report)
 from compressor.codec.layers import set_grad_checkpointing
 from compressor.training.cli import CONFIGS, autoencoder_from, resolve
-from compressor.training.losses import ReconstructionLoss
-from compressor.training.perf import matmul_peak_flops, train_flops_per_image
-from compressor.training.speed import EagerFallback
+from compressor.training.perf import matmul_peak_flops, train_flops_per_image, train_images_per_s
 from compressor.utils import num_params, resolve_device
 
 DEFAULT_CONFIGS = {"vit (default)": "vit-224B.yaml", "convstem (default)": "convstem-224B.yaml",
            "vit (comma scale)": "comma-scale.yaml", "convstem (comma scale)": "comma-scale-convstem.yaml"}
-
-
-def _train_rate(model, batch: int, device: str, bf16: bool, min_time: float, compile_model: bool) -> float:
-    """Training images/s: full steps (forward, loss, backward, AdamW) on random frames."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    loss_fn = ReconstructionLoss()
-    forward = EagerFallback(model) if compile_model else model  # torch.compile fails at the first call, if at all
-    x = torch.rand(batch, 3, *model.image_size, device=device) * 2 - 1
-
-    def step():
-        with torch.autocast(device.split(":")[0], torch.bfloat16, enabled=bf16):
-            out = forward(x)
-            loss = loss_fn(out["recon"].float(), x)["loss"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return batch / seconds_per_call(step, min_time, warmup=2)  # warm-up: kernel selection, compilation, optimizer
 
 
 @torch.no_grad()
@@ -76,7 +56,7 @@ def measure(label: str, config: str, device: str, batch: int, encode_batches, mi
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     base = rss_mb()
-    rate = _train_rate(model, batch, device, bf16, min_time, compile_model)
+    rate = train_images_per_s(model, batch, device, bf16, min_time, compile_model)
     sync(device)
     peak_mb = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else peak_rss_mb() - base
     flops = train_flops_per_image(model)  # after the memory reading: counting builds a copy of the model
@@ -132,8 +112,9 @@ def main(argv=None) -> None:
     ap.add_argument("--compile", action="store_true", help="torch.compile the training step (eager if it fails)")
     ap.add_argument("--config", nargs="+", default=None, metavar="NAME.yaml",
                     help="configs/ overlays to measure instead of the four default designs")
-    ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
-                    help="autocast for the timed steps (auto: bf16 on CUDA, float32 on the CPU)")
+    ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32", "both"],
+                    help="autocast for the timed steps (auto: bf16 on CUDA, float32 on the CPU; both: one table each, "
+                         "what train.py's auto_precision chooses between on a CPU)")
     ap.add_argument("--output", default=None, help="directory for bench.json and bench.md")
     args = ap.parse_args(argv)
     args.device = resolve_device(args.device)
@@ -141,11 +122,12 @@ def main(argv=None) -> None:
     configs = {os.path.splitext(c)[0]: c for c in args.config} if args.config else DEFAULT_CONFIGS
     checkpointing = [] if args.config else (["vit (comma scale)", "convstem (comma scale)"] if cuda
                                             else ["vit (comma scale)"])
-    result = run_all(args.device, args.batch_size or (64 if cuda else 4),
-                     (128, 256, 512, 1024) if cuda else (1, 4, 16), args.min_time or 3.0,
-                     args.threads, args.compile, checkpointing, configs,
-                     None if args.precision == "auto" else args.precision == "bf16")
-    md = to_markdown(result)
+    precisions = {"auto": [None], "bf16": [True], "fp32": [False], "both": [True, False]}[args.precision]
+    results = [run_all(args.device, args.batch_size or (64 if cuda else 4),
+                       (128, 256, 512, 1024) if cuda else (1, 4, 16), args.min_time or 3.0,
+                       args.threads, args.compile, checkpointing, configs, bf16) for bf16 in precisions]
+    result = results[0] if len(results) == 1 else {"precisions": results}
+    md = "\n".join(to_markdown(r) for r in results)
     print(md)
     if args.output:
         write_report(args.output, "bench", result, md)

@@ -20,6 +20,7 @@ from jsonargparse import lazy_instance
 from torch import Tensor, nn
 
 from compressor.codec.autoencoder import Autoencoder
+from compressor.codec.quantizers import Whitening
 from compressor.metrics import model_psnr, ms_ssim_01
 from compressor.training.losses import CompressionLoss
 from compressor.utils import cosine, token_entropy_bits, wsd
@@ -164,7 +165,7 @@ class CompressorModule(pl.LightningModule):
         recomputes them as a plain average over the last ``calibration_batches`` training batches, and only for
         the normalization layers (a forward in train mode would also restart the EMA copy's dead VQ codes).
         """
-        norms = [m for m in self.ema.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        norms = [m for m in self.ema.modules() if isinstance(m, (torch.nn.modules.batchnorm._BatchNorm, Whitening))]
         if not norms or not self._recent_frames:
             return
         saved = [(m.momentum, m.training) for m in norms]
