@@ -14,11 +14,11 @@ import sys
 
 import torch
 
-from compressor.codec.autoencoder import load
+from compressor.codec.autoencoder import load, model_id
 from compressor.entropy.stream import load_prior
 from compressor.utils import rank_world
 from compressor.latents.card import write_card
-from compressor.latents.pipeline import (check_same_model, check_writable, encode_videos, find_videos, model_id,
+from compressor.latents.pipeline import (check_same_model, check_writable, encode_videos, find_videos,
                                          write_merged_manifest)
 from compressor.latents.shards import DamagedShardError
 

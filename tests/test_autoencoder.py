@@ -159,6 +159,22 @@ def test_exports_whose_parts_still_carry_image_size_load(tmp_path):
     assert torch.equal(compressor.load(tmp_path / "old.pt").encode(frames), model.encode(frames))
 
 
+@pytest.mark.parametrize("part", ["encoder", "quantizer", "decoder"])
+def test_exports_naming_the_old_module_paths_load(tmp_path, part):
+    # Checkpoints written before the codec moved into compressor.codec name compressor.quantizers.FSQ and so on.
+    # Those alias modules are gone; the loader maps the old names, and only onto the codec modules.
+    model = tiny_model().eval()
+    export = model.export_dict()
+    new = export["config"][part]["class_path"]
+    export["config"][part]["class_path"] = new.replace("compressor.codec.", "compressor.")
+    assert export["config"][part]["class_path"].count(".") == 2  # e.g. compressor.quantizers.FSQ
+    torch.save(export, tmp_path / "old.pt")
+    frames = torch.randint(0, 256, (2, 3, 128, 256), dtype=torch.uint8)
+    loaded = compressor.load(tmp_path / "old.pt")
+    assert f"{type(getattr(loaded, part)).__module__}.{type(getattr(loaded, part)).__name__}" == new
+    assert torch.equal(loaded.encode(frames), model.encode(frames))
+
+
 @pytest.mark.parametrize("quantizer", ["fsq", "fsq-std", "fsq-white"])
 def test_token_search_never_loses_to_the_encoder_and_leaves_the_model_alone(quantizer):
     model = tiny_model("vit", quantizer)

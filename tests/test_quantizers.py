@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from compressor.codec.quantizers import FSQ, VQ, token_bits
+from compressor.codec.packing import token_bits
+from compressor.codec.quantizers import FSQ, VQ
 
 
 @pytest.mark.parametrize("levels", [[8, 8, 8, 6, 5], [8, 8, 8, 8, 4], [3, 5], [2, 2, 2]])

@@ -5,7 +5,7 @@ import torch
 import torchvision
 
 import compressor
-from compressor.data import FramesDataModule
+from compressor.data.datamodule import FramesDataModule
 from compressor.training.losses import CompressionLoss, PatchDiscriminator, PerceptualLoss
 from compressor.training.cli import cli
 from compressor.training.module import CompressorModule

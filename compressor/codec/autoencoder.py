@@ -23,8 +23,9 @@ from huggingface_hub import ModelCard, PyTorchModelHubMixin, constants, hf_hub_d
 from torch import Tensor, nn
 
 from compressor.codec.encoders import grid_size
+from compressor.codec.hub import model_card
 from compressor.utils import atomic_write
-from compressor.codec.quantizers import token_bits
+from compressor.codec.packing import token_bits
 
 CHECKPOINT_FORMAT = "compressor/1"
 # Only classes from these modules may be named in a checkpoint, so loading never runs arbitrary code.
@@ -81,9 +82,16 @@ class Autoencoder(nn.Module, PyTorchModelHubMixin, library_name="compressor",
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """x: (B, 3, H, W) float in [-1, 1] -> recon (B, 3, H, W), codes (B, N, C), tokens (B, N), quant_loss."""
         grid = grid_size(tuple(x.shape[-2:]), self.encoder.patch_size)
-        q = self.quantizer(self.pre_quant(self.encoder(x)))
+        q = self.encode_to_codes(x)
         recon = self.decoder(self.post_quant(q["codes"].to(x.dtype)), grid)
         return {"recon": recon, "codes": q["codes"], "tokens": q["tokens"], "quant_loss": q["loss"]}
+
+    def encode_to_codes(self, x: Tensor) -> dict[str, Tensor]:
+        """x: (B, 3, H, W) float in [-1, 1] -> the quantizer's output: codes (B, N, C), tokens (B, N), loss.
+
+        The one encode step (encoder -> pre_quant -> quantizer) that training, ``encode`` and the EMA calibration
+        share."""
+        return self.quantizer(self.pre_quant(self.encoder(x)))
 
     # ---- codec API ----------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -96,7 +104,7 @@ class Autoencoder(nn.Module, PyTorchModelHubMixin, library_name="compressor",
         """
         self._check_frames(frames)
         x = frames.to(self.pre_quant.weight.device, torch.float32) / 127.5 - 1
-        tokens = self.quantizer(self.pre_quant(self.encoder(x)))["tokens"]
+        tokens = self.encode_to_codes(x)["tokens"]
         if search_steps > 0:
             tokens = self.search_tokens(x, tokens, search_steps, search_lr)
         return tokens
@@ -263,8 +271,6 @@ class Autoencoder(nn.Module, PyTorchModelHubMixin, library_name="compressor",
     def generate_model_card(self, sections: dict[str, str] | None = None, image: str | None = None) -> ModelCard:
         """The ``README.md`` of a saved folder: architecture and token budget, plus ``sections`` (title -> markdown,
         e.g. training data and measured quality) and an ``image`` file name inside the folder."""
-        from compressor.codec.hub import model_card  # the card's text lives with the other Hub helpers
-
         return model_card(self, self._hub_mixin_info.model_card_data, sections, image)
 
     @classmethod

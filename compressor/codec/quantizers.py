@@ -15,15 +15,11 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from compressor.codec.layers import captured_args
+from compressor.codec.packing import from_digits, to_digits
 
 # A world model wants a frame in a few hundred bytes: 128 tokens x 14 bits = 1792 bits = 224 bytes.
 # 14 bits also keeps every token inside a uint16, which is how tokens are stored on disk.
 MAX_CODEBOOK_SIZE = 2**14
-
-
-def token_bits(codebook_size: int) -> int:
-    """Bits needed to store one token of a codebook of this size."""
-    return max(1, math.ceil(math.log2(codebook_size)))
 
 
 class FSQ(nn.Module):
@@ -45,9 +41,7 @@ class FSQ(nn.Module):
         self.codebook_size = math.prod(levels)
         if self.codebook_size > MAX_CODEBOOK_SIZE:
             raise ValueError(f"FSQ codebook {self.codebook_size} exceeds {MAX_CODEBOOK_SIZE} (14-bit tokens)")
-        basis = torch.cumprod(torch.tensor([1] + self.levels[:-1]), dim=0)
         self.register_buffer("_levels", torch.tensor(self.levels), persistent=False)
-        self.register_buffer("_basis", basis, persistent=False)
 
     def _bound(self, z: Tensor) -> Tensor:
         # Odd levels round symmetrically around 0; even levels need a half-step offset so that tanh's
@@ -69,11 +63,11 @@ class FSQ(nn.Module):
     def codes_to_tokens(self, codes: Tensor) -> Tensor:
         """codes: (..., C) on the level grid -> tokens: (...) int64, a mixed-radix number."""
         digits = (codes * (self._levels // 2) + self._levels // 2).round().long()
-        return (digits * self._basis).sum(dim=-1)
+        return from_digits(digits, self.levels)
 
     def tokens_to_codes(self, tokens: Tensor) -> Tensor:
         """tokens: (...) -> codes: (..., C) float32."""
-        digits = (tokens.long().unsqueeze(-1) // self._basis) % self._levels
+        digits = to_digits(tokens, self.levels)
         return (digits - self._levels // 2).float() / (self._levels // 2)
 
 

@@ -29,7 +29,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
-from compressor.codec.autoencoder import Autoencoder, model_id  # noqa: F401  (model_id: re-exported)
+from compressor.codec.autoencoder import Autoencoder, model_id
 from compressor.entropy.priors import Prior
 from compressor.entropy.stream import encode_segment
 from compressor.latents.shards import make_sample, read_manifest, read_segments, sample_key
@@ -300,7 +300,7 @@ def encode_videos(model: Autoencoder, inputs: list[str], output: str, *, segment
     model = model.to(device).eval()
     if prior is not None and prior.model_id != this_model:
         raise ValueError(f"the {prior.kind} prior was trained on tokens of model {prior.model_id}, not of this "
-                         f"checkpoint ({this_model}); train one with python -m compressor.entropy train")
+                         f"checkpoint ({this_model}); train one with python -m compressor.tools.entropy train")
     common = {"model_id": this_model, "codebook_size": model.codebook_size, "num_tokens": model.num_tokens,
               "token_layout": f"{model.grid[0]}x{model.grid[1]} row-major", "bits_per_token": model.bits_per_token,
               "bytes_per_frame": model.bytes_per_frame, "image_size": list(model.image_size)}

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import time
 
@@ -38,7 +37,8 @@ from compressor.codec.autoencoder import Autoencoder, load
 from compressor.metrics import LPIPS, frame_ms_ssim, frame_psnr
 from compressor.codec.packing import pack, unpack
 from compressor.data.video import list_videos, read_frames, read_manifest
-from compressor.utils import num_params
+from compressor.benchmark import sync, write_report
+from compressor.utils import num_params, resolve_device, token_entropy_bits
 
 RD_BUDGETS = (48, 64, 96, 128, 160, 224, 320, 448, 640, 896, 1280)
 
@@ -53,7 +53,7 @@ def codec_roundtrip(model: Autoencoder, frames: torch.Tensor, batch_size: int = 
         batch = frames[i : i + batch_size]
         t0 = time.perf_counter()
         tok = model.encode(batch, search_steps=search_steps)
-        _sync(device)  # CUDA runs asynchronously: without this, encode time would be counted as decode time
+        sync(device)  # CUDA runs asynchronously: without this, encode time would be counted as decode time
         t1 = time.perf_counter()
         data = pack(tok, bits=model.bits_per_token)
         recon.append(model.decode(unpack(data, len(batch), model.num_tokens, model.bits_per_token)).cpu())
@@ -77,9 +77,7 @@ def evaluate_clip(model: Autoencoder, path: str, batch_size: int = 32, search_st
 
 
 def token_stats(counts: torch.Tensor) -> dict:
-    p = counts / counts.sum()
-    nz = p[p > 0]
-    return {"codebook_usage": (counts > 0).double().mean().item(), "token_entropy_bits": -(nz * nz.log2()).sum().item()}
+    return {"codebook_usage": (counts > 0).double().mean().item(), "token_entropy_bits": token_entropy_bits(counts).item()}
 
 
 def evaluate(model: Autoencoder, videos: list[str], batch_size: int = 32, progress: bool = True,
@@ -103,29 +101,12 @@ def evaluate(model: Autoencoder, videos: list[str], batch_size: int = 32, progre
     return {"clips": clips, "overall": overall}
 
 
-def resolve_device(choice: str) -> torch.device:
-    """``cuda``, ``cpu`` or ``auto`` (CUDA when available, else the CPU) -> the device our models run on."""
-    if choice == "auto":
-        choice = "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device cuda was asked for, but CUDA is not available to torch {torch.__version__} "
-                         f"(CUDA build: {torch.version.cuda or 'none'}); use --device cpu or auto")
-    if choice not in ("cuda", "cpu"):
-        raise ValueError(f"unknown device {choice!r}; use cuda, cpu or auto")
-    return torch.device(choice)
-
-
 def device_info(device: torch.device) -> dict:
     """What the report records about the device: its type, and the card's name on CUDA."""
     info: dict = {"device": device.type}
     if device.type == "cuda":
         info["device_name"] = torch.cuda.get_device_name(device)
     return info
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _batched(fn, recon: torch.Tensor, frames: torch.Tensor, size: int = 64) -> torch.Tensor:
@@ -356,7 +337,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="encode-time token search for our FSQ models (Autoencoder.encode); 0: plain encode")
     args = ap.parse_args(argv)
     try:
-        device = resolve_device(args.device)
+        device = torch.device(resolve_device(args.device))
     except ValueError as e:
         ap.error(str(e))  # before any video is decoded or model loaded
 
@@ -391,11 +372,7 @@ def main(argv: list[str] | None = None) -> None:
         md.append(comparison_markdown(comp))
         print(md[-1])
     if args.output:
-        os.makedirs(args.output, exist_ok=True)
-        with open(os.path.join(args.output, "report.json"), "w") as f:
-            json.dump(report, f, indent=1)
-        with open(os.path.join(args.output, "report.md"), "w") as f:
-            f.write("\n".join(md))
+        write_report(args.output, "report", report, "\n".join(md))
         if "comparison" in report:
             from compressor.tools import figures
 

@@ -11,7 +11,6 @@ each S in ``--steps`` (0 is plain ``encode``): the same frames, model, format an
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -19,11 +18,12 @@ import time
 import torch
 from tqdm import tqdm
 
+from compressor.benchmark import sync, write_report
 from compressor.codec.autoencoder import load
 from compressor.data.video import read_frames
 from compressor.metrics import frame_psnr
-from compressor.tools.evaluate import resolve_device, select_videos
-from compressor.utils import atomic_write
+from compressor.tools.evaluate import select_videos
+from compressor.utils import resolve_device
 
 
 def measure(model, clips: dict[str, torch.Tensor], steps: list[int], lr: float, batch_size: int) -> list[dict]:
@@ -38,6 +38,7 @@ def measure(model, clips: dict[str, torch.Tensor], steps: list[int], lr: float, 
                 batch = frames[i : i + batch_size].to(device)
                 t0 = time.perf_counter()
                 tokens = model.encode(batch, search_steps=s, search_lr=lr)
+                sync(device)
                 seconds += time.perf_counter() - t0
                 scores.append(frame_psnr(model.decode(tokens), batch).cpu())
             psnr[name] = torch.cat(scores).mean().item()
@@ -64,7 +65,8 @@ def to_markdown(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m compressor.tools.search_gain", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True, help="model.pt, a train.py .ckpt or a Hub folder (FSQ models)")
     ap.add_argument("--input", required=True, nargs="+", help="video directories, globs or files")
     ap.add_argument("--split", default=None, help="keep only videos with this split in MANIFEST.tsv (e.g. val)")
@@ -72,24 +74,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, default=0.15, help="Adam step on the FSQ digits, in levels")
     ap.add_argument("--frame-stride", type=int, default=10, help="every n-th frame of each clip")
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    ap.add_argument("--device", default="auto", help="cuda, cpu or auto")
     ap.add_argument("--output", default=None, help="directory for report.json and report.md")
     args = ap.parse_args(argv)
     steps = sorted(set(args.steps) | {0})
-    model = load(args.checkpoint, map_location=resolve_device(args.device))
+    device = resolve_device(args.device)
+    model = load(args.checkpoint, map_location=device)
     clips = {os.path.basename(v): read_frames(v, model.image_size, args.frame_stride)
              for v in select_videos(args.input, args.split)}
     report = {"checkpoint": args.checkpoint, "frame_stride": args.frame_stride, "lr": args.lr,
               "frames": sum(len(f) for f in clips.values()), "batch_size": args.batch_size,
-              "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, {resolve_device(args.device).type}",
+              "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, {device}",
               "rows": measure(model, clips, steps, args.lr, args.batch_size)}
     md = to_markdown(report)
     print(md)
     if args.output:
-        os.makedirs(args.output, exist_ok=True)
-        for name, text in (("report.json", json.dumps(report, indent=1)), ("report.md", md)):
-            with atomic_write(os.path.join(args.output, name)) as tmp, open(tmp, "w") as f:
-                f.write(text)
+        write_report(args.output, "report", report, md)
 
 
 if __name__ == "__main__":

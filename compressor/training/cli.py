@@ -15,9 +15,11 @@ from __future__ import annotations
 import os
 
 import torch
+from jsonargparse import Namespace
 from pytorch_lightning.cli import LightningCLI
 
-from compressor.data import FramesDataModule
+from compressor.codec.autoencoder import Autoencoder, build_part
+from compressor.data.datamodule import FramesDataModule
 from compressor.training.module import CompressorModule
 from compressor.training.perf import fastest_cpu_precision
 
@@ -49,10 +51,33 @@ def _single_cpu_process(trainer) -> bool:
     return on_cpu and str(trainer.get("devices", "auto")) in ("auto", "1") and int(trainer.get("num_nodes", 1)) == 1
 
 
-def cli(args: list[str] | None = None, run: bool = True) -> CompressorCLI:
+def cli(args: list[str] | None = None, run: bool = True, cli_class: type[CompressorCLI] = CompressorCLI) -> CompressorCLI:
     """Parse ``args`` (``sys.argv`` when None) on top of ``configs/base.yaml``, then run the subcommand."""
     defaults = {"default_config_files": [BASE_CONFIG]} if os.path.exists(BASE_CONFIG) else {}
     if run:
         defaults = {sub: defaults for sub in ("fit", "validate", "test", "predict")}
-    return CompressorCLI(CompressorModule, FramesDataModule, args=args, run=run, parser_kwargs=defaults,
-                         save_config_kwargs={"overwrite": True})
+    return cli_class(CompressorModule, FramesDataModule, args=args, run=run, parser_kwargs=defaults,
+                     save_config_kwargs={"overwrite": True})
+
+
+class _ParseOnly(CompressorCLI):
+    def instantiate_classes(self) -> None:  # the parsed config is all that is wanted
+        pass
+
+
+def resolve(args: list[str]) -> Namespace:
+    """The config that ``train.py fit ARGS`` runs (``configs/base.yaml``, then the ``--config`` overlays and
+    ``--key value`` overrides in ARGS, links applied), parsed by the same parser, with nothing built.
+
+    Benchmarks and experiments read their models and budgets from it, so base + overlays mean the same everywhere.
+    """
+    return cli(args, run=False, cli_class=_ParseOnly).config
+
+
+def autoencoder_from(config: Namespace) -> Autoencoder:
+    """The ``Autoencoder`` of a resolved config's ``model`` section, as ``CompressorModule`` builds it, without the
+    training module around it (no EMA copy, no loss)."""
+    model = config.model
+    parts = {name: build_part({"class_path": model[name].class_path, "init_args": model[name].init_args.as_dict()})
+             for name in ("encoder", "quantizer", "decoder")}
+    return Autoencoder(**parts, image_size=tuple(model.image_size), max_bytes_per_frame=model.max_bytes_per_frame)

@@ -1,18 +1,15 @@
-"""FLOPs of a training step, its measured speed in each precision, and the matmul ceiling (for
-``callbacks.ThroughputMonitor``, the CLI's ``auto_precision`` and ``bench_train``).
-
-Needs torch, einops and pytorch-msssim only, so the GPU benchmark runs on a stock CUDA PyTorch image.
-"""
+"""FLOPs of a training step (Lightning's ``measure_flops``), its measured speed in each precision, and the matmul
+ceiling (for ``callbacks.ThroughputMonitor``, the CLI's ``auto_precision`` and ``bench_train``)."""
 
 from __future__ import annotations
 
-import time
-
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from lightning_fabric.utilities.throughput import measure_flops
 
+from compressor.benchmark import seconds_per_call
 from compressor.codec.autoencoder import Autoencoder
 from compressor.training.losses import ReconstructionLoss
+from compressor.training.speed import EagerFallback
 
 
 def train_flops_per_image(model: Autoencoder, image_size: tuple[int, int] | None = None) -> float:
@@ -24,10 +21,7 @@ def train_flops_per_image(model: Autoencoder, image_size: tuple[int, int] | None
     probe = type(model).from_export(model.export_dict()).cpu().train()
     x = torch.rand(1, 3, h, w) * 2 - 1
     loss_fn = ReconstructionLoss()
-    with FlopCounterMode(display=False) as counter:
-        out = probe(x)
-        loss_fn(out["recon"], x)["loss"].backward()
-    return float(counter.get_total_flops())
+    return float(measure_flops(probe, lambda: probe(x), lambda out: loss_fn(out["recon"], x)["loss"]))
 
 
 def matmul_peak_flops(device: str | torch.device, dtype: torch.dtype, size: int = 4096, min_time: float = 1.0) -> float:
@@ -35,15 +29,7 @@ def matmul_peak_flops(device: str | torch.device, dtype: torch.dtype, size: int 
     device = torch.device(device)
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    a @ b  # warm-up (kernel selection)
-    sync()
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < min_time:
-        a @ b
-        n += 1
-        sync()
-    return 2 * size**3 * n / (time.perf_counter() - t0)
+    return 2 * size**3 / seconds_per_call(lambda: a @ b, min_time)  # after a warm-up call (kernel selection)
 
 
 def train_images_per_s(model: Autoencoder, batch: int, device: str, bf16: bool, min_time: float = 3.0,
@@ -54,14 +40,8 @@ def train_images_per_s(model: Autoencoder, batch: int, device: str, bf16: bool, 
     """
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     loss_fn = ReconstructionLoss()
-    forward = model
-    if compile_model:
-        try:
-            forward = torch.compile(model)
-        except Exception:  # noqa: BLE001 - the eager model is the fallback
-            forward = model
+    forward = EagerFallback(model) if compile_model else model  # torch.compile fails at the first call, if at all
     x = torch.rand(batch, 3, *model.image_size, device=device) * 2 - 1
-    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
 
     def step():
         with torch.autocast(str(device).split(":")[0], torch.bfloat16, enabled=bf16):
@@ -71,15 +51,7 @@ def train_images_per_s(model: Autoencoder, batch: int, device: str, bf16: bool, 
         loss.backward()
         opt.step()
 
-    for _ in range(warmup):  # kernel selection, compilation, optimizer state
-        step()
-    sync()
-    n, t0 = 0, time.perf_counter()
-    while n < 2 or time.perf_counter() - t0 < min_time:
-        step()
-        n += 1
-    sync()
-    return n * batch / (time.perf_counter() - t0)
+    return batch / seconds_per_call(step, min_time, warmup)  # warm-up: kernel selection, compilation, optimizer
 
 
 def fastest_cpu_precision(model: Autoencoder, batch: int, min_time: float = 1.0) -> tuple[str, dict[str, float]]:
