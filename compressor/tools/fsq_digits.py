@@ -36,9 +36,10 @@ def fsq_digits(model, frames: torch.Tensor, batch_size: int = 32) -> dict:
     for i in range(0, len(frames), batch_size):
         x = frames[i : i + batch_size].to(q._levels.device).float() / 127.5 - 1
         z = model.pre_quant(model.encoder(x))  # (B, N, C)
-        if hasattr(q, "norm"):  # StandardizedFSQ: the bound sees standardized values
-            z = rearrange(q.norm(rearrange(z, "b n c -> b c n")), "b c n -> b n c")
-        zs.append(rearrange(z, "b n c -> (b n) c"))
+        z = rearrange(z, "b n c -> (b n) c")
+        if hasattr(q, "norm"):  # Standardized/WhitenedFSQ: the bound sees the normalized (M, C) values
+            z = q.norm(z)
+        zs.append(z)
     z = torch.cat(zs)  # (M, C)
     digits = (q._bound(z).round() + q._levels // 2).long()  # (M, C) in [0, level)
     channels = []
