@@ -146,10 +146,15 @@ class Autoencoder(nn.Module, PyTorchModelHubMixin, library_name="compressor",
     def decode(self, tokens: Tensor) -> Tensor:
         """tokens: integer (B, num_tokens) in [0, codebook_size), any integer dtype (``tokens.npy`` holds uint16)
         -> frames: uint8 (B, 3, H, W)."""
+        return to_uint8(self.reconstruct(tokens))
+
+    @torch.no_grad()
+    def reconstruct(self, tokens: Tensor) -> Tensor:
+        """tokens: integer (B, num_tokens) -> float (B, 3, H, W) in [-1, 1], before ``decode`` rounds it to uint8
+        (the reference a conditional frame of ``compressor.codec.video`` is coded against)."""
         tokens = self._check_tokens(tokens)
         codes = self.quantizer.tokens_to_codes(tokens.to(self.pre_quant.weight.device))
-        recon = self.decoder(self.post_quant(codes), self.grid)
-        return ((recon.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return self.decoder(self.post_quant(codes), self.grid).clamp(-1, 1)
 
     def _check_frames(self, frames: Tensor) -> None:
         if not isinstance(frames, Tensor):
@@ -283,6 +288,11 @@ class Autoencoder(nn.Module, PyTorchModelHubMixin, library_name="compressor",
         except (KeyError, TypeError, AttributeError) as e:  # ValueErrors (budget, foreign class) say why already
             raise ValueError(f"not a compressor checkpoint: its config does not build a model "
                              f"({type(e).__name__}: {e})") from e
+
+
+def to_uint8(x: Tensor) -> Tensor:
+    """float (..., 3, H, W) in [-1, 1] -> uint8 frames."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu", **overrides) -> Autoencoder:

@@ -16,6 +16,7 @@ import os
 
 import torch
 from jsonargparse import Namespace
+import yaml
 from pytorch_lightning.cli import LightningCLI
 
 from compressor.codec.autoencoder import Autoencoder, build_part
@@ -58,6 +59,30 @@ def cli(args: list[str] | None = None, run: bool = True, cli_class: type[Compres
         defaults = {sub: defaults for sub in ("fit", "validate", "test", "predict")}
     return cli_class(CompressorModule, FramesDataModule, args=args, run=run, parser_kwargs=defaults,
                      save_config_kwargs={"overwrite": True})
+
+
+def is_video_config(args: list[str]) -> bool:
+    """Whether ``train.py ARGS`` trains video tokens: a ``--config`` file whose ``model`` names an ``intra`` model."""
+    for flag, path in zip(args, args[1:]):
+        if flag == "--config" and os.path.isfile(path):
+            with open(path) as f:
+                config = yaml.safe_load(f) or {}
+            if isinstance(config.get("model"), dict) and "intra" in config["model"]:
+                return True
+    return False
+
+
+class VideoCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("data.image_size", "model.image_size")
+
+
+def video_cli(args: list[str] | None = None, run: bool = True) -> VideoCLI:
+    """LightningCLI over ``VideoModule`` and ``ClipsDataModule`` (no base config: a video config is complete)."""
+    from compressor.data.clips import ClipsDataModule
+    from compressor.training.video import VideoModule
+
+    return VideoCLI(VideoModule, ClipsDataModule, args=args, run=run, save_config_kwargs={"overwrite": True})
 
 
 class _ParseOnly(CompressorCLI):

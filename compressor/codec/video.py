@@ -1,0 +1,177 @@
+"""Video tokens: a frame coded given the previous reconstruction (a causal "P-frame" codec).
+
+A group of frames starts with an intra frame, coded by a per-frame ``Autoencoder`` on its own; every later frame of
+the group is coded by ``ConditionalCodec`` given the reconstruction of the frame before it, which the decoder has
+too. The encoder sees what the decoder will already know, so its tokens only need to say what changed; the decoder
+adds its output to the previous reconstruction, so a static scene keeps the detail it already had and each
+conditional frame can add more.
+
+A conditional frame may spend fewer tokens than an intra frame: ``merge`` adjacent tokens of the patch grid share
+one code (1: 128 tokens, 2: 64, 4: 32 at 128x256 with 16-px patches).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from compressor.codec.autoencoder import Autoencoder, build_part, to_uint8
+from compressor.codec.layers import Transformer, captured_args, init_weights, patchify, sincos_2d, unpatchify
+from compressor.codec.packing import token_bits
+
+
+class ConditionalCodec(nn.Module):
+    """Frame t -> tokens given the reconstruction of frame t-1 -> frame t.
+
+    Args:
+        quantizer: an FSQ-family quantizer (``dim``, ``codebook_size``, ``tokens_to_codes``).
+        image_size: (H, W) of the frames.
+        patch_size: pixels per grid cell side.
+        merge: horizontally adjacent grid cells that share one token (divides the grid width).
+        enc_dim, enc_depth, enc_heads: encoder transformer (it reads the frame and the reference, 6 channels).
+        dec_dim, dec_depth, dec_heads: decoder transformer (it reads the tokens and the reference).
+    """
+
+    def __init__(self, quantizer: nn.Module, image_size: tuple[int, int] = (128, 256), patch_size: int = 16,
+                 merge: int = 1, enc_dim: int = 256, enc_depth: int = 4, enc_heads: int = 4, dec_dim: int = 384,
+                 dec_depth: int = 6, dec_heads: int = 6):
+        super().__init__()
+        self.init_args = captured_args({k: v for k, v in locals().items() if k != "quantizer"})
+        h, w = image_size
+        if h % patch_size or w % patch_size or (w // patch_size) % merge:
+            raise ValueError(f"image {image_size} must tile into {patch_size}-px cells, {merge} to a token across")
+        self.image_size, self.patch_size, self.merge = tuple(image_size), patch_size, merge
+        self.grid = (h // patch_size, w // patch_size)
+        self.num_tokens = self.grid[0] * self.grid[1] // merge
+        self.quantizer = quantizer
+        self.codebook_size = quantizer.codebook_size
+        self.bits_per_token = token_bits(self.codebook_size)
+        self.bytes_per_frame = -(-self.num_tokens * self.bits_per_token // 8)
+        p2 = patch_size * patch_size
+        self.enc_dim, self.dec_dim = enc_dim, dec_dim
+        self.enc_embed = nn.Linear(6 * p2, enc_dim)
+        self.encoder = Transformer(enc_dim, enc_depth, enc_heads)
+        self.pre_quant = nn.Linear(merge * enc_dim, quantizer.dim)
+        self.post_quant = nn.Linear(quantizer.dim, merge * dec_dim)
+        self.ref_embed = nn.Linear(3 * p2, dec_dim)
+        self.decoder = Transformer(dec_dim, dec_depth, dec_heads)
+        self.head = nn.Linear(dec_dim, 3 * p2)
+        init_weights(self)
+        # A fresh model reproduces the reference: "nothing changed" is where training starts.
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    # ---- training API -------------------------------------------------------------------------------------
+    def forward(self, x: Tensor, ref: Tensor) -> dict[str, Tensor]:
+        """x, ref: (B, 3, H, W) float in [-1, 1] -> recon (B, 3, H, W), codes (B, n, C), tokens (B, n), quant_loss."""
+        q = self.encode_to_codes(x, ref)
+        return {"recon": self.decode_codes(q["codes"].to(x.dtype), ref), "codes": q["codes"],
+                "tokens": q["tokens"], "quant_loss": q["loss"]}
+
+    def encode_to_codes(self, x: Tensor, ref: Tensor) -> dict[str, Tensor]:
+        """x, ref: (B, 3, H, W) -> the quantizer's output for (B, n) tokens."""
+        pos = sincos_2d(*self.grid, self.enc_dim, x.device)
+        z = self.encoder(self.enc_embed(patchify(torch.cat([x, ref], 1), self.patch_size)) + pos.to(x.dtype))
+        z = rearrange(z, "b (h w m) d -> b (h w) (m d)", h=self.grid[0], m=self.merge)  # (B, N, D) -> (B, n, mD)
+        return self.quantizer(self.pre_quant(z))
+
+    def decode_codes(self, codes: Tensor, ref: Tensor) -> Tensor:
+        """codes: (B, n, C), ref: (B, 3, H, W) -> recon (B, 3, H, W) = ref + the decoded change."""
+        y = rearrange(self.post_quant(codes), "b n (m d) -> b (n m) d", m=self.merge)  # (B, n, mD) -> (B, N, D)
+        y = y + self.ref_embed(patchify(ref, self.patch_size)) + sincos_2d(*self.grid, self.dec_dim,
+                                                                            ref.device).to(y.dtype)
+        return ref + unpatchify(self.head(self.decoder(y)), self.patch_size, self.grid)
+
+    def export_dict(self) -> dict:
+        q = self.quantizer
+        return {"init_args": dict(self.init_args),
+                "quantizer": {"class_path": f"{type(q).__module__}.{type(q).__name__}", "init_args": dict(q.init_args)},
+                "state_dict": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}}
+
+    @classmethod
+    def from_export(cls, export: dict) -> "ConditionalCodec":
+        args = {k: tuple(v) if k == "image_size" else v for k, v in export["init_args"].items()}
+        codec = cls(build_part(export["quantizer"]), **args)
+        codec.load_state_dict(export["state_dict"])
+        return codec.eval()
+
+    # ---- codec API ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, frames: Tensor, ref: Tensor) -> Tensor:
+        """frames: uint8 (B, 3, H, W); ref: float (B, 3, H, W), the previous reconstruction -> int64 (B, n)."""
+        tokens = self.encode_to_codes(frames.to(ref.dtype) / 127.5 - 1, ref)["tokens"]
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.codebook_size):
+            raise ValueError(f"the model gave tokens outside [0, {self.codebook_size}): a diverged model?")
+        return tokens
+
+    @torch.no_grad()
+    def decode(self, tokens: Tensor, ref: Tensor) -> Tensor:
+        """tokens: (B, n); ref: float (B, 3, H, W) -> the reconstruction, float (B, 3, H, W) in [-1, 1]."""
+        return self.decode_codes(self.quantizer.tokens_to_codes(tokens).to(ref.dtype), ref).clamp(-1, 1)
+
+
+class VideoCodec(nn.Module):
+    """Groups of ``gop`` frames: an intra frame (``intra``, a per-frame ``Autoencoder``), then conditional frames.
+
+    The reference of a conditional frame is the previous frame's decoded reconstruction in float, the same values on
+    both sides, so encoder and decoder never disagree about it.
+    """
+
+    def __init__(self, intra: nn.Module, inter: ConditionalCodec, gop: int = 8):
+        super().__init__()
+        if gop < 1:
+            raise ValueError(f"gop must be >= 1, got {gop}")
+        if tuple(intra.image_size) != inter.image_size:
+            raise ValueError(f"intra model frames {intra.image_size} != conditional model frames {inter.image_size}")
+        self.intra, self.inter, self.gop = intra, inter, gop
+
+    @torch.no_grad()
+    def encode_clip(self, frames: Tensor) -> tuple[list[Tensor], Tensor]:
+        """frames: uint8 (T, 3, H, W) of one clip in order -> (tokens of each frame, int64 (N) or (n); the
+        reconstruction the decoder will produce, uint8 (T, 3, H, W)). Frame t is intra when t % gop == 0."""
+        tokens, recons, ref = [], [], None
+        for t in range(len(frames)):
+            if t % self.gop == 0:
+                tok = self.intra.encode(frames[t : t + 1])
+                ref = self.intra.reconstruct(tok)
+            else:
+                tok = self.inter.encode(frames[t : t + 1], ref)
+                ref = self.inter.decode(tok, ref)
+            tokens.append(tok[0])
+            recons.append(to_uint8(ref[0]))
+        return tokens, torch.stack(recons)
+
+    @torch.no_grad()
+    def decode_clip(self, tokens: list[Tensor]) -> Tensor:
+        """Tokens of a clip that starts at an intra frame, as ``encode_clip`` gives -> uint8 (T, 3, H, W)."""
+        out, ref = [], None
+        for t, tok in enumerate(tokens):
+            tok = tok.unsqueeze(0)
+            if t % self.gop == 0:
+                ref = self.intra.reconstruct(tok)
+            else:
+                ref = self.inter.decode(tok, ref)
+            out.append(to_uint8(ref[0]))
+        return torch.stack(out)
+
+    def export_dict(self) -> dict:
+        return {"format": VIDEO_FORMAT, "gop": self.gop, "intra": self.intra.export_dict(),
+                "inter": self.inter.export_dict()}
+
+    def save(self, path: str | os.PathLike) -> None:
+        torch.save(self.export_dict(), path)
+
+
+VIDEO_FORMAT = "compressor-video/1"
+
+
+def load_video(path: str | os.PathLike, gop: int | None = None) -> VideoCodec:
+    """A ``VideoCodec`` from ``VideoCodec.save``'s file (weights-only load); ``gop`` overrides the saved group."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or blob.get("format") != VIDEO_FORMAT:
+        raise ValueError(f"{path} is not a video codec file (format {VIDEO_FORMAT!r})")
+    intra = Autoencoder.from_export(blob["intra"]).eval()
+    return VideoCodec(intra, ConditionalCodec.from_export(blob["inter"]), gop or blob["gop"]).eval()
