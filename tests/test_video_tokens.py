@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from compressor.codec.quantizers import FSQ
-from compressor.codec.video import ConditionalCodec, VideoCodec, load_video
+from compressor.codec.video import ConditionalCodec, RememberingDecoder, VideoCodec, load_remembering, load_video
 from compressor.data.clips import FrameClips, read_videos
 from compressor.data.synthetic import driving_clip
 from compressor.training.cli import is_video_config
@@ -88,6 +88,25 @@ def test_clip_shorter_than_a_group_and_gop_one_is_per_frame():
     assert torch.equal(recon, codec.intra.decode(codec.intra.encode(frames)))
 
 
+def test_remembering_decoder_reads_earlier_tokens_and_starts_as_the_per_frame_decoder(tmp_path):
+    intra = tiny_model()
+    frames = driving_clip(seed=7, num_frames=6)
+    tokens = intra.encode(frames)
+    decoder = RememberingDecoder(intra, history=2).eval()
+    assert torch.equal(decoder.decode_clip(tokens), intra.decode(tokens))  # untrained: exactly the per-frame decode
+    torch.nn.init.normal_(decoder.past[0].weight, std=0.5)
+    torch.nn.init.normal_(decoder.missing, std=0.5)
+    memory = decoder.decode_clip(tokens)
+    assert not torch.equal(memory[1:], intra.decode(tokens)[1:])  # frame t reads frame t-1's tokens
+    # Frame t depends on frames t-1 and t-2 only where they exist: the first frame decodes alone, and a clip
+    # that starts later decodes its first frame as if nothing came before.
+    assert torch.equal(decoder.decode_clip(tokens[3:])[0], decoder.decode_clip(tokens[3:4])[0])
+    assert torch.equal(decoder.decode_clip(tokens[2:])[2:], memory[4:])
+    decoder.save(tmp_path / "remembering.pt")
+    intra2, again = load_remembering(tmp_path / "remembering.pt")
+    assert torch.equal(intra2.encode(frames), tokens) and torch.equal(again.decode_clip(tokens), memory)
+
+
 def test_clips_are_consecutive_frames_of_one_video(tmp_path):
     write_frame_shards(tmp_path, [5, 3, 2], size=(8, 8))  # frame k carries k in its first two pixels
     videos = read_videos(sorted(str(p) for p in tmp_path.glob("*.tar")))
@@ -111,9 +130,10 @@ def test_train_py_trains_a_video_model(tmp_path):
     intra = tmp_path / "intra.pt"
     tiny_model().save(intra)
     cmd = [sys.executable, "train.py", "fit", "--config", "configs/video-224B.yaml", "--data.shards",
-           str(tmp_path / "shards"), "--model.intra", str(intra), "--trainer.max_steps", "2",
-           "--trainer.default_root_dir", str(tmp_path / "run"), "--model.enc_depth", "1", "--model.dec_depth", "1",
-           "--model.enc_dim", "32", "--model.dec_dim", "32", "--model.enc_heads", "2", "--model.dec_heads", "2",
+           str(tmp_path / "shards"), "--model.init_args.intra", str(intra), "--trainer.max_steps", "2",
+           "--trainer.default_root_dir", str(tmp_path / "run"), "--model.init_args.enc_depth", "1", "--model.init_args.dec_depth", "1",
+           "--model.init_args.enc_dim", "32", "--model.init_args.dec_dim", "32", "--model.init_args.enc_heads", "2",
+           "--model.init_args.dec_heads", "2",
            "--data.batch_size", "2", "--trainer.val_check_interval", "1", "--trainer.limit_val_batches", "1",
            "--trainer.precision", "32-true", "--trainer.enable_progress_bar", "false"]
     subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "WANDB_MODE": "disabled"}, timeout=600)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from compressor.codec.autoencoder import load
-from compressor.codec.video import ConditionalCodec, VideoCodec
+from compressor.codec.video import ConditionalCodec, RememberingDecoder, VideoCodec
 from compressor.metrics import model_psnr
 from compressor.training.losses import ReconstructionLoss
 from compressor.utils import cosine
@@ -157,3 +157,71 @@ class VideoModule(pl.LightningModule):
     def video_codec(self, gop: int = 8) -> VideoCodec:
         """The codec a user runs: the intra model and the EMA conditional model (a copy)."""
         return VideoCodec(copy.deepcopy(self.intra), copy.deepcopy(self.ema).eval(), gop)
+
+
+class RememberModule(pl.LightningModule):
+    """Trains a ``RememberingDecoder`` on clips (B, 1 + K, 3, H, W) whose last frame is decoded; the per-frame
+    model's encoder is frozen, so its tokens, and every stored latent, stay valid.
+
+    Args:
+        intra: path of the per-frame model whose tokens are decoded.
+        history: K, earlier frames read (``data.clip_len`` must be K + 1).
+        keep_history: chance that a sample sees all K earlier frames; otherwise it sees a random shorter prefix
+            (0 .. K-1 of them), as the first frames of a clip do. 0 trains the same decoder without memory: the
+            control that tells memory from extra training.
+        image_size, loss, lr, warmup_steps, min_lr_ratio, weight_decay, grad_clip, ema_decay: as ``VideoModule``.
+    """
+
+    def __init__(self, intra: str, history: int = 2, keep_history: float = 0.7,
+                 image_size: tuple[int, int] = (128, 256), loss: ReconstructionLoss | None = None, lr: float = 3e-4,
+                 warmup_steps: int = 50, min_lr_ratio: float = 0.05, weight_decay: float = 0.05,
+                 grad_clip: float = 1.0, ema_decay: float = 0.999):
+        super().__init__()
+        self.save_hyperparameters(ignore=["loss"])
+        self.intra = load(intra).eval().requires_grad_(False)
+        self.codec = RememberingDecoder(self.intra, history)
+        self.ema = copy.deepcopy(self.codec).requires_grad_(False)
+        self.loss = loss or ReconstructionLoss()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.intra.eval()
+        return self
+
+    def _batch(self, clips: Tensor, keep: float) -> tuple[Tensor, Tensor, Tensor]:
+        """clips uint8 (B, 1 + K, 3, H, W), oldest first -> tokens (B, 1 + K, N) newest first, available (B, K),
+        the target x (B, 3, H, W) in [-1, 1]."""
+        B, L = clips.shape[:2]
+        with torch.no_grad(), torch.autocast(clips.device.type, enabled=False):
+            tokens = self.intra.encode(clips.flatten(0, 1)).view(B, L, -1).flip(1)
+        K = L - 1
+        seen = torch.where(torch.rand(B, device=clips.device) < keep, K,
+                           torch.randint(0, max(K, 1), (B,), device=clips.device))
+        available = torch.arange(K, device=clips.device)[None] < seen[:, None]
+        return tokens, available, clips[:, -1].float() / 127.5 - 1
+
+    def training_step(self, clips: Tensor, batch_idx: int) -> Tensor:
+        tokens, available, x = self._batch(clips, self.hparams.keep_history)
+        recon = self.codec(tokens, available)
+        terms = self.loss(recon, x)
+        self.log("train/loss", terms["loss"].detach(), prog_bar=True, batch_size=len(clips))
+        self.log("train/psnr", model_psnr(recon.detach().float(), x).mean(), prog_bar=True, batch_size=len(clips))
+        return terms["loss"]
+
+    def on_before_zero_grad(self, optimizer) -> None:
+        with torch.no_grad():
+            step = self.global_step
+            decay = min(self.hparams.ema_decay, (1 + step) / (10 + step))
+            torch._foreach_lerp_(list(self.ema.parameters()), list(self.codec.parameters()), 1 - decay)
+
+    def validation_step(self, clips: Tensor, batch_idx: int) -> None:
+        tokens, available, x = self._batch(clips, 1.0 if self.hparams.keep_history > 0 else 0.0)
+        self.log("val/psnr", model_psnr(self.ema(tokens, available).float(), x).mean(), prog_bar=True,
+                 batch_size=len(clips), sync_dist=True)
+
+    configure_optimizers = VideoModule.configure_optimizers
+    configure_gradient_clipping = VideoModule.configure_gradient_clipping
+
+    def on_train_end(self) -> None:
+        if self.global_rank == 0:
+            self.ema.save(os.path.join(self.trainer.default_root_dir, "remembering.pt"))
