@@ -15,12 +15,12 @@ import sys
 
 import torch
 
-from compressor.codec.autoencoder import load
+from compressor.codec.autoencoder import load, model_id
 from compressor.entropy.stream import load_prior
 from compressor.utils import rank_world
 from compressor.latents.card import write_card
 from compressor.latents.pipeline import (DiskFullError, OutputLockedError, check_same_model, check_writable,
-                                         encode_videos, find_videos, lock_output, model_id, reporting_full_disk,
+                                         encode_videos, find_videos, lock_output, reporting_full_disk,
                                          write_merged_manifest)
 from compressor.latents.shards import DamagedShardError
 
@@ -41,6 +41,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--prior", default=None,
                     help="prior file for --entropy-code (default: prior-temporal.pt beside the checkpoint)")
     ap.add_argument("--strict", action="store_true", help="exit non-zero if any video failed or was truncated")
+    ap.add_argument("--search-steps", type=int, default=0,
+                    help="encode-time token search (FSQ models): tokens this model's decoder reconstructs better, same "
+                         "format and bytes, about 2x the decoder's cost per step; 0: plain encode")
     return ap.parse_args(argv)
 
 
@@ -108,7 +111,8 @@ def encode_locked(args: argparse.Namespace, model, prior, rank: int, world: int,
     try:
         summary = encode_videos(model, args.input, args.output, segment_seconds=args.segment_seconds, fps=args.fps,
                                 batch_size=args.batch_size, num_workers=args.workers, maxcount=args.maxcount,
-                                rank=rank, world_size=world, device=device, prior=prior)
+                                rank=rank, world_size=world, device=device, prior=prior,
+                                search_steps=args.search_steps)
     except DiskFullError as e:
         sys.exit(f"error: {e}")
     print(f"rank {rank}: {summary['frames']} frames from {summary['videos']} videos in {summary['seconds']:.1f} s "

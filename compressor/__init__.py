@@ -6,18 +6,29 @@ Codec API::
     tokens = model.encode(frames)        # uint8 (B, 3, 128, 256) -> int64 (B, 128)
     data = compressor.pack(tokens)       # 224 bytes per frame
     frames = model.decode(compressor.unpack(data, num_frames=len(tokens)))
-"""
 
-from compressor.codec.autoencoder import Autoencoder, load
-from compressor.codec.packing import pack, unpack
+The names are imported on first use, so ``import compressor.latents`` (a world-model trainer reading tokens) loads
+neither the codec nor PyAV.
+"""
 
 __all__ = ["Autoencoder", "load", "pack", "unpack", "preprocess"]
 
 
 def __getattr__(name: str):
-    # PyAV is imported on first use of preprocess, so the model code (and the GPU benchmark) runs without it.
-    if name == "preprocess":
-        from compressor.data.video import preprocess
+    if name in ("Autoencoder", "load"):
+        from compressor.codec import autoencoder
 
-        return preprocess
+        return getattr(autoencoder, name)
+    if name in ("pack", "unpack"):
+        from compressor.codec import packing
+
+        return getattr(packing, name)
+    if name == "preprocess":
+        from compressor.data import video
+
+        return video.preprocess
     raise AttributeError(f"module 'compressor' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -27,6 +27,12 @@ def psnr(recon: Tensor, target: Tensor, peak: float) -> Tensor:
     return -10 * torch.log10(mse.clamp_min(1e-10))
 
 
+def model_psnr(recon: Tensor, x: Tensor) -> Tensor:
+    """PSNR in dB per image, (B,), for model-space frames in [-1, 1] (the reconstruction clamped): what training
+    logs, equal to ``frame_psnr`` on the same frames up to the 8-bit rounding."""
+    return psnr(recon.float().clamp(-1, 1), x, peak=2.0)
+
+
 def frame_psnr(recon: Tensor, frames: Tensor) -> Tensor:
     """uint8 (B, 3, H, W) pair -> PSNR in dB per frame, (B,), on the 8-bit scale."""
     return psnr(recon, frames, 255.0)

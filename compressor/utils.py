@@ -5,6 +5,8 @@
 - ``atomic_write``: write to a temporary name, then rename, so a killed job never leaves half a file.
 - ``open_checked``: open a file only if it is a regular file of a bounded size (never a device or a FIFO).
 - ``cosine`` / ``wsd``: the learning-rate multipliers of the two schedules (half-cosine; warm-up, stable, decay).
+- ``token_entropy_bits``: the entropy of a token histogram (training, evaluation, the world-model example).
+- ``resolve_device``: what ``--device auto`` (every command's default) means.
 """
 
 from __future__ import annotations
@@ -99,6 +101,27 @@ def wsd(progress: float, cooldown_fraction: float, floor: float = 0.0) -> float:
     if progress <= start or cooldown_fraction <= 0:
         return 1.0
     return 1.0 - (1.0 - floor) * (progress - start) / cooldown_fraction
+
+
+def token_entropy_bits(counts: torch.Tensor) -> torch.Tensor:
+    """counts: (codebook_size,) token histogram -> its entropy in bits, a 0-dim tensor (0 for an empty one)."""
+    p = counts.double() / counts.sum().clamp_min(1)
+    p = p[p > 0]
+    return -(p * p.log2()).sum()
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda[:i]`` and ``cpu`` are checked and returned.
+
+    ``ValueError`` for CUDA without a GPU, or any other name."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.split(":")[0] == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device} was asked for, but CUDA is not available to torch {torch.__version__} "
+                         f"(CUDA build: {torch.version.cuda or 'none'}); use --device cpu or auto")
+    if device.split(":")[0] not in ("cuda", "cpu"):
+        raise ValueError(f"unknown device {device!r}; use cuda, cpu or auto")
+    return device
 
 
 def num_params(module) -> int:

@@ -1,6 +1,6 @@
 """A tiny next-frame token model trained on LatentDataset: proof that the loader is usable, not a product.
 
-    python examples/world_model.py --latents /latents --steps 300
+    python examples/world_model.py --input data/latents --steps 300
 
 Each window of T frames x N tokens is flattened in raster order and a small causal transformer predicts every
 token of frames 2..T from everything before it. It prints its cross-entropy next to the unigram baseline (the
@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from compressor.codec.layers import Block
 from compressor.latents import LatentDataset
+from compressor.utils import token_entropy_bits
 
 
 class TinyWorldModel(nn.Module):
@@ -44,13 +45,12 @@ def unigram_bits(dataset: LatentDataset, vocab: int, max_windows: int = 2000) ->
         counts += torch.bincount(item["tokens"][1:].flatten(), minlength=vocab)[:vocab].float()
         if i >= max_windows:
             break
-    p = counts / counts.sum()
-    return -(p[p > 0] * p[p > 0].log2()).sum().item()
+    return token_entropy_bits(counts).item()
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--latents", required=True, nargs="+")
+    ap.add_argument("--input", required=True, nargs="+", help="latent shards: encode.py's output folder, globs, .tar, commaVQ .npy")
     ap.add_argument("--seq-len", type=int, default=2, help="frames per window")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch-size", type=int, default=8)
@@ -59,11 +59,11 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     torch.manual_seed(0)
 
-    dataset = LatentDataset(args.latents, seq_len=args.seq_len, stride=1, shuffle=True, seed=0)
+    dataset = LatentDataset(args.input, seq_len=args.seq_len, stride=1, shuffle=True, seed=0)
     first = next(iter(dataset))
     n_tokens = first["tokens"].shape[1]
     vocab = args.vocab
-    baseline = unigram_bits(LatentDataset(args.latents, seq_len=args.seq_len), vocab)
+    baseline = unigram_bits(LatentDataset(args.input, seq_len=args.seq_len), vocab)
     model = TinyWorldModel(vocab, args.seq_len * n_tokens)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
     step, losses = 0, []

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from compressor.codec.autoencoder import Autoencoder
-from compressor.codec.decoders import ConvDecoder, ConvUpsampleDecoder, ViTDecoder, ViTRefineDecoder
+from compressor.codec.decoders import ConvDecoder, ConvUpsampleDecoder, ViTDecoder, ViTOverlapDecoder, ViTRefineDecoder
 from compressor.codec.encoders import ConvEncoder, ConvStemEncoder, ViTEncoder
-from compressor.codec.quantizers import FSQ, VQ, StandardizedFSQ
+from compressor.codec.quantizers import FSQ, VQ, StandardizedFSQ, WhitenedFSQ
 from compressor.data.synthetic import driving_clip
 from compressor.data.video import DEFAULT_DASHCAM_DIR
 
@@ -22,16 +22,19 @@ ENCODERS = {
     "convstem": lambda: ConvStemEncoder(stem_channels=[8, 8, 16, 16], dim=32, depth=1, heads=2),
     "vit-refine": lambda: ViTEncoder(patch_size=16, dim=32, depth=1, heads=2),
     "conv": lambda: ConvEncoder(channels=[8, 8, 16, 32], depth=1),
+    "vit-overlap": lambda: ViTEncoder(patch_size=16, dim=32, depth=1, heads=2),
 }
 DECODERS = {
     "vit": lambda: ViTDecoder(patch_size=16, dim=48, depth=1, heads=2),
     "convstem": lambda: ConvUpsampleDecoder(dim=48, depth=1, heads=2, head_channels=[16, 16, 8, 8]),
     "vit-refine": lambda: ViTRefineDecoder(patch_size=16, dim=48, depth=1, heads=2, features=5, hidden=8),
     "conv": lambda: ConvDecoder(dim=48, depth=1, head_channels=[16, 16, 8, 8]),
+    "vit-overlap": lambda: ViTOverlapDecoder(patch_size=16, dim=48, depth=1, heads=2),
 }
 QUANTIZERS = {
     "fsq": lambda: FSQ([8, 8, 8, 6, 5]),
     "fsq-std": lambda: StandardizedFSQ([8, 8, 8, 6, 5]),
+    "fsq-white": lambda: WhitenedFSQ([8, 8, 8, 6, 5]),
     "vq": lambda: VQ(codebook_size=16384, dim=8),
 }
 

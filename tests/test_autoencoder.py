@@ -157,3 +157,59 @@ def test_exports_whose_parts_still_carry_image_size_load(tmp_path):
     torch.save(export, tmp_path / "old.pt")
     frames = torch.randint(0, 256, (2, 3, 128, 256), dtype=torch.uint8)
     assert torch.equal(compressor.load(tmp_path / "old.pt").encode(frames), model.encode(frames))
+
+
+@pytest.mark.parametrize("part", ["encoder", "quantizer", "decoder"])
+def test_exports_naming_the_old_module_paths_load(tmp_path, part):
+    # Checkpoints written before the codec moved into compressor.codec name compressor.quantizers.FSQ and so on.
+    # Those alias modules are gone; the loader maps the old names, and only onto the codec modules.
+    model = tiny_model().eval()
+    export = model.export_dict()
+    new = export["config"][part]["class_path"]
+    export["config"][part]["class_path"] = new.replace("compressor.codec.", "compressor.")
+    assert export["config"][part]["class_path"].count(".") == 2  # e.g. compressor.quantizers.FSQ
+    torch.save(export, tmp_path / "old.pt")
+    frames = torch.randint(0, 256, (2, 3, 128, 256), dtype=torch.uint8)
+    loaded = compressor.load(tmp_path / "old.pt")
+    assert f"{type(getattr(loaded, part)).__module__}.{type(getattr(loaded, part)).__name__}" == new
+    assert torch.equal(loaded.encode(frames), model.encode(frames))
+
+
+@pytest.mark.parametrize("quantizer", ["fsq", "fsq-std", "fsq-white"])
+def test_token_search_never_loses_to_the_encoder_and_leaves_the_model_alone(quantizer):
+    model = tiny_model("vit", quantizer)
+    frames = torch.randint(0, 256, (3, 3, 128, 256), dtype=torch.uint8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    plain, searched = model.encode(frames), model.encode(frames, search_steps=8)
+    assert searched.shape == plain.shape and searched.dtype == torch.int64
+    assert int(searched.min()) >= 0 and int(searched.max()) < model.codebook_size
+    error = lambda tokens: (model.decode(tokens).float() - frames.float()).pow(2).flatten(1).mean(1)  # noqa: E731
+    assert (error(searched) <= error(plain) + 1e-3).all() and error(searched).mean() < error(plain).mean()
+    assert torch.equal(model.encode(frames, search_steps=8), searched)  # deterministic
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_token_search_needs_fsq():
+    with pytest.raises(ValueError, match="FSQ"):
+        tiny_model("vit", "vq").encode(torch.zeros(1, 3, 128, 256, dtype=torch.uint8), search_steps=1)
+
+
+def test_overlap_decoder_is_continuous_across_patch_borders():
+    from compressor.codec.decoders import ViTOverlapDecoder
+
+    decoder = ViTOverlapDecoder(patch_size=16, dim=48, depth=1, heads=2)
+    with torch.no_grad():  # every tile paints its own flat colour: a linear head would give 16-px blocks
+        decoder.head.weight.zero_()
+        decoder.head.bias.zero_()
+        decoder.transformer = torch.nn.Identity()
+        out_flat = decoder(torch.zeros(1, 128, 48), (8, 16))
+        assert out_flat.abs().max() < 1e-6
+        decoder.head.bias.fill_(0.5)
+        assert (decoder(torch.zeros(1, 128, 48), (8, 16)) - 0.5).abs().max() < 1e-5  # tiles sum to one everywhere
+        decoder.head.weight.normal_(0, 0.02)
+        frames = decoder(torch.randn(1, 128, 48), (8, 16))
+    # Steps across a patch border (column 15 -> 16) are no larger than steps inside a patch.
+    across = (frames[..., 16::16] - frames[..., 15:-1:16]).abs().mean()
+    inside = (frames[..., 8::16] - frames[..., 7:-1:16]).abs().mean()
+    assert across < 2 * inside

@@ -7,7 +7,7 @@ import yaml
 
 from compressor.codec.encoders import ConvEncoder, ConvStemEncoder, ViTEncoder
 from compressor.codec.quantizers import VQ, StandardizedFSQ
-from compressor.tools.bench import model_from_config
+from compressor.tools.bench_train import model_from_config
 from compressor.training.cli import BASE_CONFIG, cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,7 +39,7 @@ def test_config_builds_a_224_byte_model(config):
     assert type(model.encoder) is design, (config, type(model.encoder))
     assert isinstance(model.quantizer, VQ) == config.startswith("vq-")
     assert count(model.decoder) > count(model.encoder)  # the decoder is the larger half
-    # The benchmarks read the same model from the YAML without Lightning.
+    # The benchmarks build the same model from the same parser, without the training module around it.
     assert count(model_from_config(config)) == count(model)
     if config == "comma-scale.yaml":
         assert 40e6 < count(model.encoder) < 60e6 and 85e6 < count(model.decoder) < 115e6

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from compressor.data import FramesDataModule, ProceduralFrames
+from compressor.data.datamodule import FramesDataModule, ProceduralFrames
 from compressor.data.video import read_frames
 
 
@@ -59,7 +59,7 @@ def test_training_frames_change_each_epoch(video_dir):
 @pytest.mark.slow
 def test_make_shards_round_trip_and_resume(tmp_path, video_dir):
     out = tmp_path / "shards"
-    cmd = [sys.executable, "-m", "compressor.data.make_shards", "--input", video_dir, "--output", str(out),
+    cmd = [sys.executable, "-m", "compressor.tools.make_shards", "--input", video_dir, "--output", str(out),
            "--val-fraction", "0.4", "--maxcount", "5"]
     subprocess.run(cmd, check=True, capture_output=True)
     shards = sorted(glob.glob(str(out / "*.tar")))
@@ -88,7 +88,7 @@ def test_make_shards_round_trip_and_resume(tmp_path, video_dir):
 
 
 def test_augment_keeps_shape_dtype_and_content_range():
-    from compressor.data import augment_frames
+    from compressor.data.datamodule import augment_frames
 
     torch.manual_seed(0)
     frames = torch.zeros(8, 3, 128, 256, dtype=torch.uint8)

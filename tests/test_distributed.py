@@ -121,7 +121,7 @@ def test_two_process_ddp_fit_kill_and_resume(tmp_path):
 
 
 def test_too_few_frames_for_one_batch_per_worker_is_a_clear_error(tmp_path):
-    from compressor.data import FramesDataModule
+    from compressor.data.datamodule import FramesDataModule
 
     write_frame_shards(tmp_path, [5], size=(8, 8))
     dm = FramesDataModule(shards=str(tmp_path), batch_size=4, num_workers=2)

@@ -14,7 +14,8 @@ import webdataset as wds
 
 from compressor import load, preprocess
 from compressor.latents import read_segments
-from compressor.latents.pipeline import WRITE_STEPS, encode_videos, model_id, write_merged_manifest
+from compressor.codec.autoencoder import model_id
+from compressor.latents.pipeline import WRITE_STEPS, encode_videos, write_merged_manifest
 from compressor.data.synthetic import driving_clip
 from compressor.data.video import iter_frames
 from tests.conftest import Killed, tiny_model, write_video
@@ -209,7 +210,7 @@ def test_two_processes_with_torchrun(tmp_path, checkpoint, good_videos):
 def test_decode_preview_side_by_side(tmp_path, checkpoint, good_videos):
     run_encode([good_videos], tmp_path / "lat", checkpoint)
     out = tmp_path / "preview.mp4"
-    subprocess.run([sys.executable, "-m", "compressor.latents.preview", "--checkpoint", checkpoint, "--input",
+    subprocess.run([sys.executable, "-m", "compressor.tools.preview", "--checkpoint", checkpoint, "--input",
                     str(tmp_path / "lat"), "--output", str(out), "--original-root", good_videos, "--source",
                     "a.mp4"], check=True, capture_output=True, cwd=REPO)
     with av.open(str(out)) as c:
@@ -222,7 +223,6 @@ def test_entropy_code_stores_a_coded_stream_that_decodes_to_the_tokens(tmp_path,
     from compressor.entropy.coding import digit_radices
     from compressor.entropy.priors import TemporalPrior
     from compressor.entropy.stream import save_prior
-    from compressor.latents.pipeline import model_id
 
     model = load(checkpoint)
     prior = TemporalPrior(model.codebook_size, digit_radices(model.codebook_size, model.quantizer.levels),

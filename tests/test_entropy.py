@@ -11,8 +11,9 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader
 
-from compressor.data import LatentDataset
-from compressor.entropy.coding import Decoder, Encoder, digit_radices, from_digits, quantized_cdfs, to_digits
+from compressor.latents import LatentDataset
+from compressor.codec.packing import from_digits, to_digits
+from compressor.entropy.coding import Decoder, Encoder, digit_radices, quantized_cdfs
 from compressor.entropy.fit import fit_temporal
 from compressor.entropy.priors import FactorisedPrior, StaticPrior, TemporalPrior
 from compressor.entropy.stream import (HEADER_BYTES, PriorMismatchError, StreamError, decode_segment, encode_segment,
@@ -96,19 +97,19 @@ def test_any_codebook_size_round_trips_under_every_prior(codebook):
 
 def test_priors_train_and_report_on_commavq_files_without_a_checkpoint(tmp_path):
     """commaVQ-layout .npy files (1024 codes, int16 (T, 8, 16)): train and report need no checkpoint."""
-    from compressor.entropy.__main__ import main
+    from compressor.tools.entropy import main
 
     for split, seeds in {"train": range(3), "val": range(10, 12)}.items():
         os.makedirs(tmp_path / split)
         for s in seeds:
             tokens = moving_tokens(20, seed=s, codebook=1024).numpy().reshape(20, 8, 16).astype(np.int16)
             np.save(tmp_path / split / f"segment{s}.npy", tokens)
-    assert main(["train", "--shards", str(tmp_path / "train"), "--val-shards", str(tmp_path / "val"), "--output",
+    assert main(["train", "--input", str(tmp_path / "train"), "--val-input", str(tmp_path / "val"), "--output",
                  str(tmp_path / "priors"), "--steps", "20", "--dim", "16", "--depth", "1"]) == 0
     paths = [str(tmp_path / "priors" / f"prior-{kind}.pt") for kind in ("static", "factorised", "temporal")]
     prior = load_prior(paths[2])
     assert (prior.codebook_size, prior.radices, prior.grid, prior.model_id) == (1024, [8, 8, 8, 2], (8, 16), "")
-    assert main(["report", "--prior", *paths, "--shards", str(tmp_path / "val"), "--output",
+    assert main(["report", "--prior", *paths, "--input", str(tmp_path / "val"), "--output",
                  str(tmp_path / "report")]) == 0
     rows = {r["method"]: r for r in json.load(open(tmp_path / "report" / "report.json"))["rows"]}
     assert len(rows) == 8 and all(r["exact"] for r in rows.values())
@@ -116,7 +117,7 @@ def test_priors_train_and_report_on_commavq_files_without_a_checkpoint(tmp_path)
     baseline = rows["lzma (default preset) over int16, position-major (commaVQ's baseline)"]
     assert 0 < baseline["bits_per_token"] < 10
     assert baseline["rate"] == pytest.approx(10 / baseline["bits_per_token"], rel=1e-3)
-    assert main(["train", "--shards", str(tmp_path / "train")]) == 2  # no checkpoint and nowhere to save
+    assert main(["train", "--input", str(tmp_path / "train")]) == 2  # no checkpoint and nowhere to save
 
 
 def test_quantized_cdfs_are_valid_and_deterministic():
@@ -265,7 +266,7 @@ def test_latent_dataset_reads_either_form(priors, tmp_path):
 @pytest.mark.slow
 def test_cli_train_code_report(priors, tmp_path):
     """The three commands on shards with a real (tiny) checkpoint's model id."""
-    from compressor.latents.pipeline import model_id
+    from compressor.codec.autoencoder import model_id
     from tests.conftest import tiny_model
 
     model = tiny_model()
@@ -279,20 +280,20 @@ def test_cli_train_code_report(priors, tmp_path):
             for s in seeds:
                 tar.write({"__key__": f"v{s}__0000", "tokens.npy": moving_tokens(20, seed=s).numpy().astype(np.uint16),
                            "json": json.dumps({"source": f"v{s}.mp4", "segment": 0, "model_id": mid}).encode()})
-    run = lambda *a: subprocess.run([sys.executable, "-m", "compressor.entropy", *map(str, a)],  # noqa: E731
+    run = lambda *a: subprocess.run([sys.executable, "-m", "compressor.tools.entropy", *map(str, a)],  # noqa: E731
                                     capture_output=True, text=True, cwd=REPO)
-    r = run("train", "--checkpoint", ckpt, "--shards", tmp_path / "train", "--val-shards", tmp_path / "val",
+    r = run("train", "--checkpoint", ckpt, "--input", tmp_path / "train", "--val-input", tmp_path / "val",
             "--steps", 20)
     assert r.returncode == 0, r.stderr
     assert sorted(os.listdir(ckpt.parent)) == ["model.pt", "prior-factorised.pt", "prior-static.pt",
                                                "prior-temporal.pt"]
-    r = run("code", "--prior", ckpt.parent / "prior-temporal.pt", "--shards", tmp_path / "val", "--output",
+    r = run("code", "--prior", ckpt.parent / "prior-temporal.pt", "--input", tmp_path / "val", "--output",
             tmp_path / "coded")
     assert r.returncode == 0, r.stderr
     coded = list(LatentDataset(str(tmp_path / "coded"), seq_len=20, prior=str(ckpt.parent / "prior-temporal.pt")))
     assert [torch.equal(w["tokens"], moving_tokens(20, seed=s)) for w, s in zip(coded, (10, 11))] == [True, True]
     r = run("report", "--prior", *[ckpt.parent / f"prior-{k}.pt" for k in ("static", "factorised", "temporal")],
-            "--shards", tmp_path / "val", "--output", tmp_path / "report")
+            "--input", tmp_path / "val", "--output", tmp_path / "report")
     assert r.returncode == 0, r.stderr
     rows = json.load(open(tmp_path / "report" / "report.json"))["rows"]
     assert [r["exact"] for r in rows] == [True] * 8 and rows[0]["bytes_per_frame"] == 224
@@ -302,7 +303,7 @@ def test_cli_train_code_report(priors, tmp_path):
     with wds.TarWriter(str(bad / "latents-000000.tar")) as tar:
         tar.write({"__key__": "a", "tokens.npy": moving_tokens(3).numpy().astype(np.uint16),
                    "json": json.dumps({"model_id": "ffffffffffffffff"}).encode()})
-    r = run("train", "--checkpoint", ckpt, "--shards", bad, "--kinds", "static")
+    r = run("train", "--checkpoint", ckpt, "--input", bad, "--kinds", "static")
     assert r.returncode == 2 and "not of the checkpoint's model" in r.stderr
 
 

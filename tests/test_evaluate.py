@@ -6,7 +6,8 @@ import pytest
 import torch
 import webdataset as wds
 
-from compressor.tools.evaluate import evaluate, main, resolve_device, token_stats
+from compressor.tools.evaluate import evaluate, main, token_stats
+from compressor.utils import resolve_device
 from compressor.tools.learned_baseline import LearnedCodec, train
 from compressor.data.synthetic import driving_clip
 from compressor.data.video import list_videos
@@ -27,7 +28,7 @@ def test_evaluate_on_generated_clips(video_dir):
 
 @pytest.fixture(scope="module")
 def learned_codec(tmp_path_factory):
-    """A compressai codec trained for 2 steps on frame shards in the compressor.data.make_shards format."""
+    """A compressai codec trained for 2 steps on frame shards in the compressor.tools.make_shards format."""
     d = tmp_path_factory.mktemp("learned")
     with wds.TarWriter(str(d / "train-clip-000.tar")) as sink:
         for i, f in enumerate(driving_clip(seed=1, num_frames=8, image_size=(128, 256))):
@@ -130,8 +131,22 @@ def test_report_records_the_cuda_device_and_matches_the_cpu(tmp_path):
 
 def test_cuda_asked_for_without_cuda_is_a_clear_error(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("auto") == "cpu"
     with pytest.raises(SystemExit) as e:  # refused before any file is read
         main(["--checkpoint", "missing.pt", "--input", "nowhere", "--device", "cuda"])
     assert e.value.code == 2
     assert "--device cuda was asked for, but CUDA is not available" in capsys.readouterr().err
+
+
+def test_search_gain_reports_plain_and_searched_encoding_on_the_same_frames(video_dir, tmp_path):
+    from compressor.tools.search_gain import main as search_gain
+
+    tiny_model().save(tmp_path / "m.pt")
+    search_gain(["--checkpoint", str(tmp_path / "m.pt"), "--input", *list_videos(video_dir)[:2], "--steps", "3", "--lr", "0.3",
+                 "--frame-stride", "4", "--output", str(tmp_path / "out")])
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["frames"] == 6 and [r["steps"] for r in report["rows"]] == [0, 3]  # plain encode always measured
+    plain, searched = report["rows"]
+    assert plain["gain_db"] == 0 and searched["gain_db"] > 0 and searched["encode_fps"] > 0
+    assert set(searched["clips"]) == {"clip0.mp4", "clip1.mp4"}
+    assert "| 3 |" in (tmp_path / "out" / "report.md").read_text()

@@ -2,18 +2,29 @@ import json
 import os
 
 import pytest
+import torch
 
 from compressor.tools import experiments
 from tests.test_train import TINY, run_cli
 
 
-def test_merged_applies_overlays_then_overrides(tmp_path):
-    base, overlay = tmp_path / "base.yaml", tmp_path / "overlay.yaml"
-    base.write_text("data: {batch_size: 16, augment: true}\nmodel: {lr: 1.0e-3, encoder: {init_args: {depth: 4}}}\n")
+def test_budget_follows_the_base_batch_the_overlays_and_the_overrides(tmp_path, monkeypatch):
+    """The images budget comes from the batch size and device count that train.py resolves: configs/base.yaml,
+    then the overlays, then the overrides. Change the base and every budget follows."""
+    from compressor.training import cli
+
+    proxy = os.path.join(cli.CONFIGS, "experiments", "proxy.yaml")
+    steps, batch, devices = experiments.budget([proxy], [], 1600)
+    assert (batch, devices) == (16, 1) and steps == 100  # the base's batch of 16
+    base = tmp_path / "base.yaml"
+    base.write_text(open(cli.BASE_CONFIG).read().replace("batch_size: 16", "batch_size: 8"))
+    monkeypatch.setattr(cli, "BASE_CONFIG", str(base))
+    assert experiments.budget([proxy], [], 1600) == (200, 8, 1)
+    overlay = tmp_path / "overlay.yaml"
     overlay.write_text("data: {batch_size: 32}\n")
-    config = experiments._merged([str(base), str(overlay)], ["model.encoder.init_args.depth=2", "model.lr=2e-3"])
-    assert config["data"] == {"batch_size": 32, "augment": True}
-    assert config["model"]["encoder"]["init_args"]["depth"] == 2 and config["model"]["lr"] == 2e-3
+    assert experiments.budget([proxy, str(overlay)], [], 1600) == (50, 32, 1)
+    assert experiments.budget([proxy, str(overlay)], ["data.batch_size=20"], 1600) == (80, 20, 1)
+    assert experiments.budget([proxy], ["trainer.devices=2", "trainer.accelerator=cpu"], 1600) == (100, 8, 2)
 
 
 def _result(root, name, images, clips, overrides=(), overlays=()):
@@ -49,13 +60,13 @@ def test_val_curve_records_images_seen_and_continues_on_resume(tmp_path):
     ckpt = tmp_path / "ckpt"
     common = [*TINY, "--trainer.default_root_dir", str(tmp_path), "--trainer.val_check_interval", "2",
               "--trainer.limit_val_batches", "1", "--trainer.enable_checkpointing", "true",
-              "--trainer.callbacks+=compressor.training.callbacks.ValCurve",
+              "--trainer.callbacks+=compressor.training.callbacks.ValCurve", "--trainer.callbacks.train_frames=3",
               "--trainer.callbacks+=pytorch_lightning.callbacks.ModelCheckpoint",
               f"--trainer.callbacks.dirpath={ckpt}", "--trainer.callbacks.save_last=true"]
     run_cli(["fit", *common, "--trainer.max_steps", "4"])
     curve = json.loads((tmp_path / "curve.json").read_text())
     assert [(p["step"], p["images"]) for p in curve] == [(2, 4), (4, 8)]  # batch 2
-    assert all(p["val/psnr"] > 0 and p["train_seconds"] > 0 for p in curve)
+    assert all(p["val/psnr"] > 0 and p["train/psnr"] > 0 and p["train_seconds"] > 0 for p in curve)
     run_cli(["fit", *common, "--trainer.max_steps", "6", "--ckpt_path", str(ckpt / "last.ckpt")])
     curve = json.loads((tmp_path / "curve.json").read_text())
     assert [p["step"] for p in curve] == [2, 4, 6]
@@ -78,3 +89,15 @@ def test_scaling_fits_a_log_linear_trend_and_predicts_the_images_for_the_bar(tmp
     assert best["images_for_bar_plus_1dB"] == pytest.approx(1e5, rel=1e-6)
     assert best["images_for_bar_plus_3dB"] == pytest.approx(1e7, rel=1e-6)
     assert (tmp_path / "scaling.png").stat().st_size > 0 and (tmp_path / "scaling.json").exists()
+
+
+def test_train_probe_is_the_same_evenly_spread_frames_every_time(tmp_path):
+    from compressor.data.datamodule import FramesDataModule
+    from tests.test_distributed import write_frame_shards
+
+    write_frame_shards(tmp_path, [10, 5])  # frame k carries k in its first pixel
+    data = FramesDataModule(shards=str(tmp_path), batch_size=2, num_workers=0)
+    probe = data.train_probe(5)
+    assert probe.shape == (5, 3, 128, 256) and probe.dtype == torch.uint8
+    assert torch.equal(probe, data.train_probe(5))
+    assert [int(f[0, 0, 0]) for f in probe] == [0, 3, 6, 9, 12]

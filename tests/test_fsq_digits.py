@@ -1,14 +1,7 @@
-import importlib.util
-import os
-
 import torch
 
+from compressor.tools import fsq_digits
 from tests.conftest import tiny_model
-
-_SPEC = importlib.util.spec_from_file_location(
-    "fsq_digits", os.path.join(os.path.dirname(os.path.dirname(__file__)), "scripts", "fsq_digits.py"))
-fsq_digits = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(fsq_digits)
 
 
 def test_a_channel_pinned_to_one_end_shows_as_saturated_and_empty():

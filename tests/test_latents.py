@@ -9,7 +9,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader
 
-from compressor.data import LatentDataset
+from compressor.latents import LatentDataset
 from compressor.latents import DamagedShardError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -125,7 +125,7 @@ def test_world_model_example_beats_the_unigram_baseline(tmp_path):
     spec = importlib.util.spec_from_file_location("world_model", os.path.join(REPO, "examples", "world_model.py"))
     world_model = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(world_model)
-    result = world_model.main(["--latents", str(tmp_path), "--steps", "150", "--vocab", "64"])
+    result = world_model.main(["--input", str(tmp_path), "--steps", "150", "--vocab", "64"])
     # About 6 bits/token without context; with it, about 0.1 x 6 bits for the changed tokens plus their positions.
     assert result["final_bits"] < result["unigram_bits"] - 1, result
 

@@ -5,7 +5,7 @@ import torch
 import torchvision
 
 import compressor
-from compressor.data import FramesDataModule
+from compressor.data.datamodule import FramesDataModule
 from compressor.training.losses import CompressionLoss, PatchDiscriminator, PerceptualLoss
 from compressor.training.cli import cli
 from compressor.training.module import CompressorModule
@@ -111,3 +111,65 @@ def test_calibrate_ema_fits_normalization_statistics_to_the_ema_weights():
     torch.testing.assert_close(norm.running_mean, z.mean(0), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(norm.running_var, z.var(0), atol=1e-3, rtol=1e-3)
     assert norm.momentum == 0.01 and not norm.training and not ema.training  # settings restored
+
+
+def test_wsd_holds_the_learning_rate_then_cools_down_linearly():
+    from compressor.utils import wsd
+
+    assert [wsd(p, 0.2, 0.05) for p in (0.0, 0.5, 0.8)] == [1.0, 1.0, 1.0]
+    assert wsd(0.9, 0.2, 0.05) == pytest.approx(0.525) and wsd(1.0, 0.2, 0.05) == pytest.approx(0.05)
+
+
+@pytest.mark.slow
+def test_wsd_schedule_of_a_run_and_of_a_cool_down_branched_from_its_constant_phase(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    common = [*TINY, "--trainer.limit_val_batches", "0", "--model.schedule", "wsd", "--model.warmup_steps", "2",
+              "--model.lr", "1e-3",
+              "--model.min_lr_ratio", "0.1", "--trainer.enable_checkpointing", "true",
+              "--trainer.callbacks+=pytorch_lightning.callbacks.ModelCheckpoint", f"--trainer.callbacks.dirpath={ckpt}",
+              "--trainer.callbacks.every_n_train_steps=4", "--trainer.callbacks.save_top_k=-1"]
+    run = run_cli(["fit", *common, "--trainer.max_steps", "10", "--trainer.default_root_dir", str(tmp_path / "long")])
+    multiplier = run.trainer.lr_scheduler_configs[0].scheduler.lr_lambdas[0]
+    assert [multiplier(s) for s in range(10)] == pytest.approx([0.5, 1, 1, 1, 1, 1, 1, 1, 1, 0.55])
+    # The checkpoint at step 4 lies in the constant phase: resumed to 5 steps, it is the cool-down of a 5-step run.
+    branch = run_cli(["fit", *common, "--trainer.max_steps", "5", "--trainer.default_root_dir", str(tmp_path / "short"),
+                      "--ckpt_path", str(ckpt / "epoch=0-step=4.ckpt")])
+    assert branch.trainer.global_step == 5
+    assert branch.trainer.lr_scheduler_configs[0].scheduler.get_last_lr()[0] == pytest.approx(1e-4)  # lr 1e-3 x 0.1
+
+
+def test_auto_precision_measures_both_on_a_cpu_and_keeps_the_faster(capsys):
+    from compressor.training.perf import fastest_cpu_precision
+    from tests.conftest import tiny_model
+
+    choice, rates = fastest_cpu_precision(tiny_model(), batch=2, min_time=0.05)
+    assert set(rates) == {"bf16-mixed", "32-true"} and all(r > 0 for r in rates.values())
+    assert choice == max(rates, key=rates.get)
+
+
+@pytest.mark.slow
+def test_cli_auto_precision_trains_in_the_precision_it_measured(tmp_path, capsys):
+    run = run_cli(["fit", *TINY, "--auto_precision", "true", "--trainer.fast_dev_run", "1",
+                   "--trainer.default_root_dir", str(tmp_path)])
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("auto_precision:"))
+    assert line.split()[1] == run.trainer.precision in ("bf16-mixed", "32-true")
+
+
+def test_calibrate_ema_also_fits_the_whitening_of_whitened_fsq():
+    from compressor.codec.decoders import ViTDecoder
+    from compressor.codec.encoders import ViTEncoder
+    from compressor.codec.quantizers import WhitenedFSQ
+
+    torch.manual_seed(0)
+    module = CompressorModule(ViTEncoder(dim=32, depth=1, heads=2), WhitenedFSQ(), ViTDecoder(dim=48, depth=1, heads=2))
+    ema = module.ema.eval()
+    with torch.no_grad():
+        ema.pre_quant.bias += torch.tensor([3.0, -2.0, 0.5, 0.0, 1.0])
+    frames = [torch.randint(0, 256, (2, 3, 128, 256), dtype=torch.uint8) for _ in range(3)]
+    module._recent_frames.extend(frames)
+    module.calibrate_ema()
+    with torch.no_grad():
+        z = torch.cat([ema.pre_quant(ema.encoder(f.float() / 127.5 - 1)).flatten(0, 1) for f in frames])
+    norm = ema.quantizer.norm
+    torch.testing.assert_close(norm.running_mean, z.mean(0), atol=1e-4, rtol=1e-4)
+    assert int(norm.num_batches_tracked) == 3 and norm.momentum == 0.01 and not norm.training

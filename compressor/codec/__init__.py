@@ -1,15 +1,11 @@
 """The codec: frames -> tokens -> frames. Needs torch, einops, safetensors and huggingface_hub (no Lightning, no PyAV,
-no data code).
+no data code). Import the module you need; this package imports nothing, so ``compressor.codec.packing`` stays light.
 
 - ``layers``: transformer blocks, patchify, position embeddings.
 - ``encoders`` / ``decoders``: the pure-ViT, conv-stem and pure-conv designs.
 - ``quantizers``: FSQ, standardized FSQ and VQ; the token <-> code round trip.
 - ``autoencoder``: ``Autoencoder`` (training and codec APIs), ``load``, checkpoints and Hub folders, ``model_id``.
 - ``hub``: the model card of a Hub folder.
-- ``packing``: ``pack`` / ``unpack`` tokens to fixed-width bytes.
+- ``packing``: the storage format, a leaf that imports only numpy and torch: ``pack`` / ``unpack`` tokens to
+  fixed-width bytes, ``token_bits``, ``tokens_crc32``.
 """
-
-from compressor.codec.autoencoder import Autoencoder, load, model_id
-from compressor.codec.packing import pack, unpack
-
-__all__ = ["Autoencoder", "load", "model_id", "pack", "unpack"]

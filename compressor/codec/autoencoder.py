@@ -24,8 +24,9 @@ from huggingface_hub import ModelCard, PyTorchModelHubMixin, constants, hf_hub_d
 from torch import Tensor, nn
 
 from compressor.codec.encoders import grid_size
+from compressor.codec.hub import model_card
 from compressor.utils import atomic_write, open_checked
-from compressor.codec.quantizers import token_bits
+from compressor.codec.packing import token_bits
 
 CHECKPOINT_FORMAT = "compressor/1"
 # What a checkpoint's config may ask for, checked before anything is built, so that a 2 KB file can neither hang
@@ -91,17 +92,31 @@ class Autoencoder(nn.Module, PyTorchModelHubMixin, library_name="compressor",
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """x: (B, 3, H, W) float in [-1, 1] -> recon (B, 3, H, W), codes (B, N, C), tokens (B, N), quant_loss."""
         grid = grid_size(tuple(x.shape[-2:]), self.encoder.patch_size)
-        q = self.quantizer(self.pre_quant(self.encoder(x)))
+        q = self.encode_to_codes(x)
         recon = self.decoder(self.post_quant(q["codes"].to(x.dtype)), grid)
         return {"recon": recon, "codes": q["codes"], "tokens": q["tokens"], "quant_loss": q["loss"]}
 
+    def encode_to_codes(self, x: Tensor) -> dict[str, Tensor]:
+        """x: (B, 3, H, W) float in [-1, 1] -> the quantizer's output: codes (B, N, C), tokens (B, N), loss.
+
+        The one encode step (encoder -> pre_quant -> quantizer) that training, ``encode`` and the EMA calibration
+        share."""
+        return self.quantizer(self.pre_quant(self.encoder(x)))
+
     # ---- codec API ----------------------------------------------------------------------------------------
     @torch.no_grad()
-    def encode(self, frames: Tensor) -> Tensor:
-        """frames: uint8 (B, 3, H, W) RGB at ``image_size`` -> tokens: int64 (B, num_tokens)."""
+    def encode(self, frames: Tensor, search_steps: int = 0, search_lr: float = 0.15) -> Tensor:
+        """frames: uint8 (B, 3, H, W) RGB at ``image_size`` -> tokens: int64 (B, num_tokens).
+
+        ``search_steps > 0`` (FSQ quantizers only) then searches, frame by frame, for tokens that this model's
+        decoder reconstructs better than the encoder's (``search_tokens``): same format, same bytes, same decoder,
+        at the cost of ``search_steps`` decoder forward and backward passes.
+        """
         self._check_frames(frames)
         x = frames.to(self.pre_quant.weight.device, torch.float32) / 127.5 - 1
-        tokens = self.quantizer(self.pre_quant(self.encoder(x)))["tokens"]
+        tokens = self.encode_to_codes(x)["tokens"]
+        if search_steps > 0:
+            tokens = self.search_tokens(x, tokens, search_steps, search_lr)
         # Checked here, before any caller casts them (to uint16 in a shard): NaN codes, from non-finite weights or
         # overflowing activations, come out of the quantizer as -2**63, which a cast would turn into a valid token.
         if tokens.dtype != torch.int64 or (tokens.numel() and (int(tokens.min()) < 0
@@ -110,6 +125,39 @@ class Autoencoder(nn.Module, PyTorchModelHubMixin, library_name="compressor",
                              f"{int(tokens.max())}], dtype {tokens.dtype}): its activations are not finite (a "
                              "diverged model?)")
         return tokens
+
+    def search_tokens(self, x: Tensor, tokens: Tensor, steps: int, lr: float = 0.15) -> Tensor:
+        """Tokens chosen for the frozen decoder: x float (B, 3, H, W) in [-1, 1], tokens (B, N) to start from ->
+        tokens (B, N) whose decoded frames have the lowest squared error seen, per frame.
+
+        The FSQ digits become free variables in level units; each step decodes their rounded values (a straight-
+        through estimator carries the gradient through the rounding) and takes an Adam step on the squared error.
+        Every step's forward pass decodes real tokens, so the best per frame is kept, and the start (the encoder's
+        tokens) is among the candidates: the search never returns a frame worse than plain ``encode``.
+        """
+        q = self.quantizer
+        if not hasattr(q, "_levels"):
+            raise ValueError(f"token search needs an FSQ quantizer, not {type(q).__name__}")
+        half = q._levels // 2
+        low, high = -half, q._levels - 1 - half  # centred digits of each channel
+        digits = (q.tokens_to_codes(tokens) * half).detach().requires_grad_(True)  # (B, N, C) in level units
+        opt = torch.optim.Adam([digits], lr=lr)
+        best, best_err = tokens.clone(), torch.full((len(x),), float("inf"), device=x.device)
+        with torch.enable_grad():
+            for step in range(steps + 1):
+                bounded = torch.maximum(torch.minimum(digits, high), low)
+                codes = (bounded + (bounded.round() - bounded).detach()) / half
+                recon = self.decoder(self.post_quant(codes), self.grid)
+                err = (recon.clamp(-1, 1) - x).pow(2).flatten(1).mean(1)  # (B,)
+                better = err.detach() < best_err
+                best[better] = q.codes_to_tokens(codes.detach()[better])
+                best_err = torch.where(better, err.detach(), best_err)
+                if step == steps:
+                    break
+                # Only the digits get gradients: the model's parameters stay untouched.
+                (digits.grad,) = torch.autograd.grad(err.sum(), [digits])
+                opt.step()
+        return best
 
     @torch.no_grad()
     def decode(self, tokens: Tensor) -> Tensor:
@@ -278,8 +326,6 @@ class Autoencoder(nn.Module, PyTorchModelHubMixin, library_name="compressor",
     def generate_model_card(self, sections: dict[str, str] | None = None, image: str | None = None) -> ModelCard:
         """The ``README.md`` of a saved folder: architecture and token budget, plus ``sections`` (title -> markdown,
         e.g. training data and measured quality) and an ``image`` file name inside the folder."""
-        from compressor.codec.hub import model_card  # the card's text lives with the other Hub helpers
-
         return model_card(self, self._hub_mixin_info.model_card_data, sections, image)
 
     @classmethod

@@ -6,6 +6,8 @@ bytes is mostly generation, and the strongest tokenizers spend their parameters 
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
@@ -87,6 +89,44 @@ class ViTRefineDecoder(ViTDecoder):
         """x: (B, N, D), grid: (h, w) with h*w = N -> frames: (B, 3, h*p, w*p)."""
         pixels = super().forward(x, grid)  # (B, 3 + features, H, W): unpatchify keeps every channel
         return pixels[:, :3] + self.refine(pixels)
+
+
+class ViTOverlapDecoder(ViTDecoder):
+    """``ViTDecoder`` whose tokens each paint a tile twice the patch side, blended with a tent window.
+
+    Tile ``k`` covers its own patch plus half a patch on every side; a separable triangular window fades it out
+    towards its edges. Neighbouring windows sum to one, so every pixel is a weighted mean of the 2x2 tiles over it
+    and the output is continuous across patch borders: no block grid, whatever the tokens say. At the frame's
+    border, where fewer tiles overlap, the weights are renormalised. The head is 4x the linear head's width (about
+    +3% of the training FLOPs of the recipe); there is no convolution.
+
+    Args:
+        patch_size: pixels per token side; must match the encoder.
+        dim: transformer width.
+        depth: number of transformer blocks.
+        heads: attention heads.
+        mlp_ratio: MLP hidden width over `dim`.
+    """
+
+    def __init__(self, patch_size: int = 16, dim: int = 384, depth: int = 6, heads: int = 6, mlp_ratio: float = 4.0):
+        super().__init__(patch_size, dim, depth, heads, mlp_ratio)
+        self.init_args = captured_args(locals())  # lets a checkpoint rebuild the model
+        tile = 2 * patch_size
+        self.head = nn.Linear(dim, 3 * tile * tile)
+        init_weights(self.head)
+        ramp = 1 - (torch.arange(tile) + 0.5 - patch_size).abs() / patch_size  # tent: pairs sum to 1 at stride p
+        self.register_buffer("window", torch.outer(ramp, ramp), persistent=False)
+
+    def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
+        """x: (B, N, D), grid: (h, w) with h*w = N -> frames: (B, 3, h*p, w*p)."""
+        p, (h, w) = self.patch_size, grid
+        x = x + sincos_2d(h, w, self.dim, x.device).to(x.dtype)
+        tiles = rearrange(self.head(self.transformer(x)), "b n (c t) -> b c t n", c=3)  # (B, 3, (2p)^2, N)
+        window = self.window.flatten().to(tiles.dtype)
+        fold = dict(output_size=(h * p, w * p), kernel_size=2 * p, stride=p, padding=p // 2)
+        out = F.fold(rearrange(tiles * window[:, None], "b c t n -> b (c t) n"), **fold)  # (B, 3, H, W)
+        weight = F.fold(window[None, :, None].expand(1, -1, h * w), **fold)  # (1, 1, H, W): 1 inside, less at borders
+        return out / weight
 
 
 class ConvUpsampleDecoder(nn.Module):

@@ -7,21 +7,18 @@ this module needs no Lightning.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from huggingface_hub import ModelCard, ModelCardData
+from torch import nn
 
 from compressor.utils import num_params
 
-if TYPE_CHECKING:
-    from compressor.codec.autoencoder import Autoencoder
 
-
-def model_card(model: Autoencoder, card_data: ModelCardData, sections: dict[str, str] | None = None,
+def model_card(model: nn.Module, card_data: ModelCardData, sections: dict[str, str] | None = None,
                image: str | None = None) -> ModelCard:
-    """A card with YAML front matter from ``card_data`` (library name, tags; no license is claimed), a usage
-    snippet, the token budget, the architecture, then ``sections`` (title -> markdown) in order, and ``image``
-    (a file name inside the folder) at the end."""
+    """The card of ``model``, an ``Autoencoder`` (not imported: the autoencoder imports this module), with YAML
+    front matter from ``card_data`` (library name, tags; no license is claimed), a usage snippet, the token budget,
+    the architecture, then ``sections`` (title -> markdown) in order, and ``image`` (a file name inside the folder)
+    at the end."""
     H, W = model.image_size
     gh, gw = model.grid
     lines = [

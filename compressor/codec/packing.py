@@ -1,12 +1,39 @@
-"""Bit packing of tokens: the on-the-wire size of a frame is exactly ceil(num_tokens * bits / 8) bytes."""
+"""The token storage format: bit packing (the on-the-wire size of a frame is exactly ceil(num_tokens * bits / 8)
+bytes), tokens as mixed-radix digits, and the CRC that samples and coded segments carry. A leaf: it imports only numpy and torch, so the latent
+readers and the entropy coder use it without loading any model code."""
 
 from __future__ import annotations
 
+import math
 import zlib
 
 import numpy as np
 import torch
 from torch import Tensor
+
+
+def token_bits(codebook_size: int) -> int:
+    """Bits needed to store one token of a codebook of this size."""
+    return max(1, math.ceil(math.log2(codebook_size)))
+
+
+def to_digits(tokens: Tensor, radices: list[int]) -> Tensor:
+    """tokens (...) -> digits (..., C), least significant first (the FSQ convention: channel 0 varies fastest).
+
+    Tokens as mixed-radix numbers: an FSQ token's digits are its channels' levels, and the entropy coder codes
+    tokens digit by digit."""
+    radix = torch.tensor(list(radices), device=tokens.device)
+    return (tokens.long().unsqueeze(-1) // _basis(radix)) % radix
+
+
+def from_digits(digits: Tensor, radices: list[int]) -> Tensor:
+    """digits (..., C) -> tokens (...) int64; the inverse of ``to_digits``."""
+    return (digits.long() * _basis(torch.tensor(list(radices), device=digits.device))).sum(-1)
+
+
+def _basis(radix: Tensor) -> Tensor:
+    """The place value of each digit: (1, r0, r0 r1, ...)."""
+    return torch.cumprod(torch.cat([radix.new_ones(1), radix[:-1]]), 0)
 
 
 def pack(tokens: Tensor | np.ndarray, bits: int = 14) -> bytes:

@@ -122,7 +122,7 @@ class FramesDataModule(pl.LightningDataModule):
     Args:
         videos: directory, glob, file, or list of those. A ``MANIFEST.tsv`` beside the videos with a ``split``
             column decides train/val; otherwise whole videos are held out by a hash of their name.
-        shards: directory with ``train-*.tar`` and ``val-*.tar`` frame shards from ``compressor.data.make_shards``.
+        shards: directory with ``train-*.tar`` and ``val-*.tar`` frame shards from ``compressor.tools.make_shards``.
         image_size: (H, W) of model input.
         batch_size: frames per batch per device.
         num_workers: DataLoader workers per device.
@@ -175,7 +175,7 @@ class FramesDataModule(pl.LightningDataModule):
             self.train_shards = sorted(glob.glob(os.path.join(hp.shards, "train-*.tar")))
             self.val_shards = sorted(glob.glob(os.path.join(hp.shards, "val-*.tar")))
             if not self.train_shards:
-                raise FileNotFoundError(f"no train-*.tar shards in {hp.shards}; write them with compressor.data.make_shards")
+                raise FileNotFoundError(f"no train-*.tar shards in {hp.shards}; write them with compressor.tools.make_shards")
             self.train_frames = FrameShards(self.train_shards, hp.batch_size, hp.num_workers, shuffle=True,
                                             seed=hp.seed)
 

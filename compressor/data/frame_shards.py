@@ -29,7 +29,7 @@ def count_frames(url: str) -> int:
 
 
 class FrameShards(IterableDataset):
-    """uint8 frames (3, H, W) from ``compressor.data.make_shards`` shards, split exactly across (rank x worker).
+    """uint8 frames (3, H, W) from ``compressor.tools.make_shards`` shards, split exactly across (rank x worker).
 
     Args:
         urls: shard files.

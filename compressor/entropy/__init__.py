@@ -1,4 +1,4 @@
-"""Lossless entropy coding of token segments with learned priors (see ``python -m compressor.entropy --help``).
+"""Lossless entropy coding of token segments with learned priors (the command line is ``python -m compressor.tools.entropy``).
 
     prior = load_prior("runs/x/prior-temporal.pt")
     data = encode_segment(tokens, prior)      # int (T, 128) -> bytes: 44-byte header + rANS payload

@@ -46,18 +46,6 @@ def digit_radices(codebook_size: int, levels: list[int] | None = None) -> list[i
     return radices
 
 
-def to_digits(tokens: Tensor, radices: list[int]) -> Tensor:
-    """tokens (...) -> digits (..., C), least significant first (the FSQ convention: channel 0 varies fastest)."""
-    basis = torch.cumprod(torch.tensor([1] + radices[:-1]), 0)
-    return (tokens.long().unsqueeze(-1) // basis) % torch.tensor(radices)
-
-
-def from_digits(digits: Tensor, radices: list[int]) -> Tensor:
-    """digits (..., C) -> tokens (...) int64; the inverse of ``to_digits``."""
-    basis = torch.cumprod(torch.tensor([1] + radices[:-1]), 0)
-    return (digits.long() * basis).sum(-1)
-
-
 def quantized_cdfs(probs: Tensor | np.ndarray) -> np.ndarray:
     """probs (M, L) rows summing to ~1 -> int32 CDFs (M, L + 2) for compressai, with total 2**16.
 

@@ -1,4 +1,5 @@
-"""Fitting priors on the token shards that ``encode.py`` writes, or on commaVQ-layout ``.npy`` files."""
+"""Fitting priors on token segments (``{"tokens": int64 (T, N), "meta": dict}``, as ``read_segments`` yields them
+from encode.py's shards or commaVQ-layout ``.npy`` files; ``compressor.tools.entropy`` reads them)."""
 
 from __future__ import annotations
 
@@ -9,35 +10,9 @@ import time
 import torch
 from tqdm import tqdm
 
-from compressor.entropy.coding import to_digits
+from compressor.codec.packing import to_digits
 from compressor.entropy.priors import FactorisedPrior, Prior, StaticPrior, TemporalPrior
-from compressor.latents.shards import expand_urls, read_segments
 from compressor.utils import cosine
-
-
-def load_segments(shards, prior: Prior | None = None) -> list[dict]:
-    """Every segment in the shards, in order: ``{"tokens": int64 (T, N), "meta": dict}``."""
-    return [seg for url in expand_urls(shards) for seg in read_segments(url, prior=prior)]
-
-
-def token_format(segments: list[dict]) -> dict:
-    """The codebook size, grid and model id that every segment's metadata share: what a prior is built for when no
-    checkpoint says it (commaVQ files, exports of ours, encode.py shards). ``ValueError`` if they differ or lack one."""
-    from compressor.latents.commavq import grid_of
-
-    if not segments:
-        raise ValueError("no token segments found")
-    formats = set()
-    for seg in segments:
-        meta = seg["meta"]
-        formats.add((meta.get("codebook_size"), grid_of(meta), meta.get("model_id", "")))
-    if len(formats) > 1:
-        raise ValueError(f"segments of several token formats (codebook, grid, model id): {sorted(map(str, formats))}")
-    ((codebook, grid, mid),) = formats
-    if codebook is None or grid is None:
-        raise ValueError("the segments' metadata lack codebook_size or token_layout; give the --checkpoint that made "
-                         "the tokens")
-    return {"codebook_size": int(codebook), "grid": grid, "model_id": mid}
 
 
 def check_segments(segments: list[dict], model_id: str, num_tokens: int, codebook_size: int) -> None:

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from compressor.entropy.coding import Decoder, Encoder, TableSet, from_digits, quantized_cdfs, to_digits
+from compressor.codec.packing import from_digits, to_digits
+from compressor.entropy.coding import Decoder, Encoder, TableSet, quantized_cdfs
 
 KINDS = ("static", "factorised", "temporal")
 

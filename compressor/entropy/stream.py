@@ -38,8 +38,7 @@ from torch import Tensor
 
 from compressor.entropy.coding import SLACK_BITS, Decoder, Encoder, min_symbol_bits
 from compressor.entropy.priors import KINDS, PRIORS, Prior
-from compressor.codec.packing import pack, tokens_crc32, unpack
-from compressor.codec.quantizers import token_bits
+from compressor.codec.packing import pack, token_bits, tokens_crc32, unpack
 from compressor.utils import atomic_write, open_checked
 
 MAGIC = b"CTOK"

@@ -1,13 +1,14 @@
 """Token latents: the encode pipeline that writes them, the shards that hold them, and ``LatentDataset``.
 
 - ``pipeline``: ``encode_videos`` (what ``encode.py`` runs): videos -> verified token shards + ``manifest.json``.
-- ``shards``: the shard format, its checks (CRCs, manifests, tar end markers) and ``read_segments``.
+- ``shards``: the shard format, its checks (CRCs, manifests, tar end markers), commaVQ's ``.npy`` files, and
+  ``read_segments`` over both.
 - ``dataset``: ``LatentDataset``, windows of tokens for world models; the entropy coder is imported only when a
   coded sample is met.
 - ``card``: the dataset card (``README.md``) that ``encode.py`` writes into every output folder.
-- ``commavq``: commaVQ's ``.npy`` layout, read (via ``read_segments``) and written (``python -m
-  compressor.latents.commavq``).
-- ``preview``: ``python -m compressor.latents.preview`` decodes latents back to a side-by-side video.
+- ``commavq``: export to commaVQ's ``.npy`` layout (``python -m compressor.tools.commavq``).
+
+Importing this package loads no model code, no Lightning, no Hub client and no video decoder (tests/test_imports.py).
 """
 
 from compressor.latents.dataset import LatentDataset

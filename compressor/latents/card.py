@@ -86,7 +86,7 @@ def _model_section(model: Autoencoder) -> list[str]:
         "bytes_per_frame, num_frames, num_tokens, tokens_crc32, meta_crc32.",
         "- `<key>.tokens.ctok` (only where encoded with `--entropy-code`): the same tokens entropy-coded; read them "
         "with `LatentDataset(..., prior=PRIOR_FILE)`.",
-        f"- For commaVQ's layout, (T, {h}, {w}) per segment: `python -m compressor.latents.commavq --input "
+        f"- For commaVQ's layout, (T, {h}, {w}) per segment: `python -m compressor.tools.commavq --input "
         "FOLDER --output NPY_FOLDER`."]
 
 

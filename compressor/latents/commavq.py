@@ -1,6 +1,5 @@
-"""commaVQ's token layout, both ways: read commaVQ ``.npy`` files, and export our latents to that layout.
-
-    python -m compressor.latents.commavq --input latents/ --output latents-commavq/
+"""commaVQ's token layout: export our latents to it (``python -m compressor.tools.commavq``). Reading commaVQ
+``.npy`` files is ``compressor.latents.shards.read_commavq``, so ``read_segments`` takes them beside our shards.
 
 commaVQ (github.com/commaai/commavq) keeps one ``.npy`` per one-minute segment of driving: tokens of a 1024-code
 VQ on an 8x16 grid, int16 (1200, 8, 16) in its dataset release and int64 (1200, 128) in its example
@@ -17,32 +16,18 @@ noticed on reading, and it refuses a folder that holds another model's tokens.
 
 from __future__ import annotations
 
-import argparse
 import glob
 import hashlib
 import io
 import json
 import os
-import re
-import sys
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
-from compressor.codec.quantizers import token_bits
-from compressor.latents.shards import (MANIFEST, DamagedSampleError, DamagedShardError, _check_tokens, _open_meta,
-                                       check_against_manifests, expand_urls, read_manifest, read_npy, read_segments,
-                                       sample_key, seal_meta, segment_model_id)
+from compressor.latents.shards import (MANIFEST, DamagedShardError, _open_meta, check_against_manifests, expand_urls,
+                                       grid_of, read_manifest, read_segments, sample_key, seal_meta, segment_model_id)
 from compressor.utils import atomic_write
-
-COMMAVQ_CODEBOOK = 1024
-COMMAVQ_GRID = (8, 16)
-COMMAVQ_FPS = 20.0
-# Every integer dtype in either byte order (np.load would take them all; read_npy refuses anything else, so never
-# a pickled object array).
-INTEGER_DTYPES = tuple(np.dtype(f"{order}{kind}{size}") for order in "<>" for kind in "iu" for size in (1, 2, 4, 8))
-_LAYOUT = re.compile(r"^(\d+)x(\d+)\b")
 
 
 def commavq_dtype(codebook_size: int) -> np.dtype:
@@ -55,68 +40,6 @@ def commavq_dtype(codebook_size: int) -> np.dtype:
         if codebook_size - 1 <= np.iinfo(dtype).max:
             return np.dtype(dtype).newbyteorder("<")
     raise ValueError(f"codebook of {codebook_size} codes does not fit int64")
-
-
-def grid_of(meta: dict, grid: tuple[int, int] | None = None) -> tuple[int, int] | None:
-    """(grid_h, grid_w) from a sample's ``token_layout`` ("8x16 row-major"), else ``grid``."""
-    match = _LAYOUT.match(str(meta.get("token_layout", "")))
-    return (int(match.group(1)), int(match.group(2))) if match else grid
-
-
-def read_commavq(path: str, expected: dict | None = None) -> dict:
-    """A commaVQ-layout ``.npy`` -> ``{"tokens": int64 (T, N), "meta": dict}``, as ``read_segments`` yields.
-
-    tokens: any integer dtype, (T, H, W) or (T, H * W) -> int64 (T, H * W), row-major. With a ``.json`` beside the
-    file (an export of ours), it gives the grid and codebook and is checked like a shard sample's; otherwise the
-    file is commaVQ's: an 8x16 grid of a 1024-code codebook at 20 fps. ``expected``: its entry in the folder's
-    manifest (sha256, bytes).
-    """
-    sidecar = path[:-4] + ".json"
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-        tokens = read_npy(io.BytesIO(data), len(data), INTEGER_DTYPES)
-        meta_bytes = None
-        if os.path.exists(sidecar):
-            with open(sidecar, "rb") as f:
-                meta_bytes = f.read()
-    except (ValueError, OSError, EOFError) as e:
-        raise DamagedShardError(f"{path}: damaged commaVQ token file ({e})") from e
-    if meta_bytes is None:
-        meta = {"source": os.path.basename(path), "segment": 0, "first_frame": 0, "fps": COMMAVQ_FPS,
-                "codebook_size": COMMAVQ_CODEBOOK, "token_layout": "{}x{} row-major".format(*COMMAVQ_GRID),
-                "format": "commavq"}
-        origin = "commaVQ's codebook (no .json beside the file says otherwise)"
-    else:
-        meta = _open_meta(meta_bytes, sidecar)
-        origin = f"the codebook of {os.path.basename(sidecar)}"
-    grid = grid_of(meta)
-    if grid is None:
-        raise DamagedShardError(f"{sidecar}: no token_layout, so the grid of {path} is unknown")
-    h, w = grid
-    if (tokens.ndim == 3 and tokens.shape[1:] == (h, w)) or (tokens.ndim == 2 and tokens.shape[1] == h * w):
-        tokens = tokens.reshape(len(tokens), h * w)  # (T, H, W) -> (T, N), row-major like our tokens
-    else:
-        raise DamagedShardError(f"{path}: expected tokens shaped (T, {h}, {w}) or (T, {h * w}), got {tokens.shape}")
-    codebook = meta.get("codebook_size")
-    if type(codebook) is not int or codebook < 1:
-        raise DamagedShardError(f"{sidecar}: codebook_size is {codebook!r}, so the tokens of {path} cannot be checked")
-    # Compared before any cast: an out-of-range uint64 would wrap negative in int64.
-    if tokens.size and (tokens.min() < 0 or tokens.max() >= codebook):
-        raise DamagedShardError(f"{path}: tokens in [{tokens.min()}, {tokens.max()}], outside {origin} of "
-                                f"{codebook} codes")
-    tokens = tokens.astype(np.int64)
-    if meta_bytes is not None:
-        try:
-            _check_tokens(tokens, meta, sidecar)  # shape against num_frames, codebook, token CRC, frame indices
-        except DamagedSampleError as e:
-            raise DamagedShardError(str(e)) from e
-    # Last, as for a shard: the checks above name what is wrong more precisely than a digest can.
-    for field, value in {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}.items():
-        if expected is not None and field in expected and expected[field] != value:
-            raise DamagedShardError(f"{path}: {field} {value} where the manifest says {expected[field]}")
-    meta.setdefault("bits_per_token", token_bits(codebook))
-    return {"tokens": torch.from_numpy(tokens), "meta": meta}
 
 
 def export(shards: str | Sequence[str], output: str, grid: tuple[int, int] | None = None,
@@ -202,30 +125,3 @@ def check_export_folder(output: str, model: str, listing: dict) -> None:
     if held is not None and held != model:
         raise ValueError(f"{output} holds tokens of model {held or '(unnamed)'} ({where}), and these latents are of "
                          f"model {model or '(unnamed)'}: export into another folder")
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m compressor.latents.commavq", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--input", required=True, nargs="+", help="latent shards: encode.py's output folder, globs, .tar")
-    ap.add_argument("--output", required=True, help="folder for <key>.npy (T, H, W) and <key>.json")
-    ap.add_argument("--grid", type=int, nargs=2, metavar=("H", "W"), default=None,
-                    help="token grid, for shards whose metadata lack token_layout")
-    ap.add_argument("--codebook-size", type=int, default=None,
-                    help="codebook size, for shards whose metadata lack codebook_size")
-    ap.add_argument("--prior", default=None, help="prior file, for shards that hold only entropy-coded tokens")
-    args = ap.parse_args(argv)
-    try:
-        counts = export(args.input, args.output, tuple(args.grid) if args.grid else None, args.codebook_size,
-                        args.prior)
-    except (FileNotFoundError, ValueError, DamagedShardError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    grid = counts["grid"] or ("?", "?")
-    print(f"{counts['segments']} segments, {counts['frames']} frames -> {args.output} "
-          f"({counts['dtype']} (T, {grid[0]}, {grid[1]}) per segment)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,9 +16,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch.utils.data import IterableDataset
 
-# The errors and readers are part of this module's API too.
-from compressor.latents.shards import (DamagedShardError, MissingPriorError, check_against_manifests,  # noqa: F401
-                                      expand_urls, manifest_model_ids, read_segments, segment_model_id)
+from compressor.latents.shards import (DamagedShardError, check_against_manifests, expand_urls, manifest_model_ids,
+                                      read_segments, segment_model_id)
 from compressor.utils import buffer_shuffle, consumer
 
 if TYPE_CHECKING:  # the entropy coder is imported only when a prior is given

@@ -39,7 +39,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
-from compressor.codec.autoencoder import Autoencoder, model_id  # noqa: F401  (model_id: re-exported)
+from compressor.codec.autoencoder import Autoencoder, model_id
 from compressor.entropy.priors import Prior
 from compressor.entropy.stream import encode_segment
 from compressor.latents.shards import make_sample, read_manifest, read_segments, sample_key
@@ -374,8 +374,10 @@ def encode_videos(model: Autoencoder, inputs: list[str], output: str, *, segment
                   fps: float | None = None, batch_size: int = 32, num_workers: int = 2, maxcount: int = 64,
                   rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu",
                   progress: bool = True, prior: Prior | None = None,
-                  step_hook: Callable[[str], None] | None = None) -> dict:
+                  step_hook: Callable[[str], None] | None = None, search_steps: int = 0) -> dict:
     """Encode every video under ``inputs`` into ``output``; returns this rank's summary.
+
+    ``search_steps > 0`` searches each frame's tokens for the decoder (``Autoencoder.encode``): the same format.
 
     With a ``prior``, each sample also carries its segment entropy-coded (``tokens.ctok``, see
     ``compressor.entropy``).
@@ -406,7 +408,7 @@ def encode_videos(model: Autoencoder, inputs: list[str], output: str, *, segment
     model = model.to(device).eval()
     if prior is not None and prior.model_id != this_model:
         raise ValueError(f"the {prior.kind} prior was trained on tokens of model {prior.model_id}, not of this "
-                         f"checkpoint ({this_model}); train one with python -m compressor.entropy train")
+                         f"checkpoint ({this_model}); train one with python -m compressor.tools.entropy train")
     common = {"model_id": this_model, "codebook_size": model.codebook_size, "num_tokens": model.num_tokens,
               "token_layout": f"{model.grid[0]}x{model.grid[1]} row-major", "bits_per_token": model.bits_per_token,
               "bytes_per_frame": model.bytes_per_frame, "image_size": list(model.image_size)}
@@ -446,7 +448,8 @@ def encode_videos(model: Autoencoder, inputs: list[str], output: str, *, segment
         if len(chunk.frames) and chunk.video not in failed:
             try:
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-                    tokens = model.encode(chunk.frames.to(device))  # checked: int64 in [0, codebook_size)
+                    # checked: int64 in [0, codebook_size)
+                    tokens = model.encode(chunk.frames.to(device), search_steps=search_steps)
             except ValueError as e:  # e.g. a diverged model's NaN: never cast into valid-looking tokens
                 failed[chunk.video] = f"{type(e).__name__}: {e}"
                 for held in (seg_tokens, seg_meta, video_samples):

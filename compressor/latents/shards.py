@@ -21,6 +21,9 @@ Reading checks all it can, and a failure names the shard and the sample (``Damag
   sample count. Those are known only at the shard's end, after its earlier samples were yielded: each of those
   was already checked on its own.
 
+commaVQ-layout ``.npy`` files (commaVQ's own, and the exports of ``compressor.latents.commavq``) are read here too
+(``read_commavq``), so ``read_segments`` takes either.
+
 Samples written before these checksums existed are checked for structure, dtype, shape and range only.
 """
 
@@ -47,7 +50,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the entropy coder (compressai's rANS) is imported only when a coded sample is met
     from compressor.entropy.priors import Prior
-from compressor.codec.packing import tokens_crc32
+from compressor.codec.packing import token_bits, tokens_crc32
 
 MANIFEST = "manifest.json"
 TOKEN_DTYPE = np.dtype("<u2")
@@ -387,6 +390,78 @@ class _TrackedStream:
         return self.size - offset >= 1024
 
 
+# ---- commaVQ files --------------------------------------------------------------------------------------------
+COMMAVQ_CODEBOOK = 1024
+COMMAVQ_GRID = (8, 16)
+COMMAVQ_FPS = 20.0
+# commaVQ's files: every integer dtype in either byte order (np.load would take them all; read_npy refuses anything else, so never
+# a pickled object array).
+INTEGER_DTYPES = tuple(np.dtype(f"{order}{kind}{size}") for order in "<>" for kind in "iu" for size in (1, 2, 4, 8))
+_LAYOUT = re.compile(r"^(\d+)x(\d+)\b")
+
+
+def grid_of(meta: dict, grid: tuple[int, int] | None = None) -> tuple[int, int] | None:
+    """(grid_h, grid_w) from a sample's ``token_layout`` ("8x16 row-major"), else ``grid``."""
+    match = _LAYOUT.match(str(meta.get("token_layout", "")))
+    return (int(match.group(1)), int(match.group(2))) if match else grid
+
+
+def read_commavq(path: str, expected: dict | None = None) -> dict:
+    """A commaVQ-layout ``.npy`` -> ``{"tokens": int64 (T, N), "meta": dict}``, as ``read_segments`` yields.
+
+    tokens: any integer dtype, (T, H, W) or (T, H * W) -> int64 (T, H * W), row-major. With a ``.json`` beside the
+    file (an export of ours), it gives the grid and codebook and is checked like a shard sample's; otherwise the
+    file is commaVQ's: an 8x16 grid of a 1024-code codebook at 20 fps. ``expected``: its entry in the folder's
+    manifest (sha256, bytes).
+    """
+    sidecar = path[:-4] + ".json"
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        tokens = read_npy(io.BytesIO(data), len(data), INTEGER_DTYPES)
+        meta_bytes = None
+        if os.path.exists(sidecar):
+            with open(sidecar, "rb") as f:
+                meta_bytes = f.read()
+    except (ValueError, OSError, EOFError) as e:
+        raise DamagedShardError(f"{path}: damaged commaVQ token file ({e})") from e
+    if meta_bytes is None:
+        meta = {"source": os.path.basename(path), "segment": 0, "first_frame": 0, "fps": COMMAVQ_FPS,
+                "codebook_size": COMMAVQ_CODEBOOK, "token_layout": "{}x{} row-major".format(*COMMAVQ_GRID),
+                "format": "commavq"}
+        origin = "commaVQ's codebook (no .json beside the file says otherwise)"
+    else:
+        meta = _open_meta(meta_bytes, sidecar)
+        origin = f"the codebook of {os.path.basename(sidecar)}"
+    grid = grid_of(meta)
+    if grid is None:
+        raise DamagedShardError(f"{sidecar}: no token_layout, so the grid of {path} is unknown")
+    h, w = grid
+    if (tokens.ndim == 3 and tokens.shape[1:] == (h, w)) or (tokens.ndim == 2 and tokens.shape[1] == h * w):
+        tokens = tokens.reshape(len(tokens), h * w)  # (T, H, W) -> (T, N), row-major like our tokens
+    else:
+        raise DamagedShardError(f"{path}: expected tokens shaped (T, {h}, {w}) or (T, {h * w}), got {tokens.shape}")
+    codebook = meta.get("codebook_size")
+    if type(codebook) is not int or codebook < 1:
+        raise DamagedShardError(f"{sidecar}: codebook_size is {codebook!r}, so the tokens of {path} cannot be checked")
+    # Compared before any cast: an out-of-range uint64 would wrap negative in int64.
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= codebook):
+        raise DamagedShardError(f"{path}: tokens in [{tokens.min()}, {tokens.max()}], outside {origin} of "
+                                f"{codebook} codes")
+    tokens = tokens.astype(np.int64)
+    if meta_bytes is not None:
+        try:
+            _check_tokens(tokens, meta, sidecar)  # shape against num_frames, codebook, token CRC, frame indices
+        except DamagedSampleError as e:
+            raise DamagedShardError(str(e)) from e
+    # Last, as for a shard: the checks above name what is wrong more precisely than a digest can.
+    for field, value in {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}.items():
+        if expected is not None and field in expected and expected[field] != value:
+            raise DamagedShardError(f"{path}: {field} {value} where the manifest says {expected[field]}")
+    meta.setdefault("bits_per_token", token_bits(codebook))
+    return {"tokens": torch.from_numpy(tokens), "meta": meta}
+
+
 def read_segments(url: str, prior: Prior | None = None, expected: dict | None = None,
                   on_damaged: Callable[[DamagedShardError], None] | None = None) -> Iterator[dict]:
     """Yield ``{"tokens": int64 (T, N), "meta": dict}`` for every segment in a shard or commaVQ file, verified.
@@ -397,8 +472,6 @@ def read_segments(url: str, prior: Prior | None = None, expected: dict | None = 
     and reading goes on; without it, and for damage to the shard itself, ``DamagedShardError`` is raised.
     """
     if url.endswith(".npy") and not url.startswith("pipe:"):
-        from compressor.latents.commavq import read_commavq  # imports this module: imported here, on use
-
         yield read_commavq(url, expected)
         return
     key, count = None, 0

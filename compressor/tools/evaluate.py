@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import time
 
@@ -38,13 +37,14 @@ from compressor.codec.autoencoder import Autoencoder, load
 from compressor.metrics import LPIPS, frame_ms_ssim, frame_psnr
 from compressor.codec.packing import pack, unpack
 from compressor.data.video import list_videos, read_frames, read_manifest
-from compressor.utils import num_params
+from compressor.benchmark import sync, write_report
+from compressor.utils import num_params, resolve_device, token_entropy_bits
 
 RD_BUDGETS = (48, 64, 96, 128, 160, 224, 320, 448, 640, 896, 1280)
 
 
 # ---- our codec, every frame --------------------------------------------------------------------------------------
-def codec_roundtrip(model: Autoencoder, frames: torch.Tensor, batch_size: int = 32) -> dict:
+def codec_roundtrip(model: Autoencoder, frames: torch.Tensor, batch_size: int = 32, search_steps: int = 0) -> dict:
     """uint8 (T, 3, H, W) on the CPU through encode -> pack -> unpack -> decode on the model's device, in batches;
     returns recon uint8 (T, 3, H, W) and tokens (T, N) on the CPU, and timings."""
     recon, tokens, n_bytes, enc_s, dec_s = [], [], 0, 0.0, 0.0
@@ -52,8 +52,8 @@ def codec_roundtrip(model: Autoencoder, frames: torch.Tensor, batch_size: int = 
     for i in range(0, len(frames), batch_size):
         batch = frames[i : i + batch_size]
         t0 = time.perf_counter()
-        tok = model.encode(batch)
-        _sync(device)  # CUDA runs asynchronously: without this, encode time would be counted as decode time
+        tok = model.encode(batch, search_steps=search_steps)
+        sync(device)  # CUDA runs asynchronously: without this, encode time would be counted as decode time
         t1 = time.perf_counter()
         data = pack(tok, bits=model.bits_per_token)
         recon.append(model.decode(unpack(data, len(batch), model.num_tokens, model.bits_per_token)).cpu())
@@ -64,10 +64,10 @@ def codec_roundtrip(model: Autoencoder, frames: torch.Tensor, batch_size: int = 
             "encode_s": enc_s, "decode_s": dec_s}
 
 
-def evaluate_clip(model: Autoencoder, path: str, batch_size: int = 32) -> dict:
+def evaluate_clip(model: Autoencoder, path: str, batch_size: int = 32, search_steps: int = 0) -> dict:
     """Per-clip metrics of one checkpoint on every frame, plus token counts for codebook statistics."""
     frames = read_frames(path, model.image_size)
-    r = codec_roundtrip(model, frames, batch_size)
+    r = codec_roundtrip(model, frames, batch_size, search_steps)
     psnr = _batched(frame_psnr, r["recon"], frames)
     ssim = _batched(frame_ms_ssim, r["recon"], frames)
     counts = torch.bincount(r["tokens"].flatten(), minlength=model.codebook_size).double()
@@ -77,14 +77,13 @@ def evaluate_clip(model: Autoencoder, path: str, batch_size: int = 32) -> dict:
 
 
 def token_stats(counts: torch.Tensor) -> dict:
-    p = counts / counts.sum()
-    nz = p[p > 0]
-    return {"codebook_usage": (counts > 0).double().mean().item(), "token_entropy_bits": -(nz * nz.log2()).sum().item()}
+    return {"codebook_usage": (counts > 0).double().mean().item(), "token_entropy_bits": token_entropy_bits(counts).item()}
 
 
-def evaluate(model: Autoencoder, videos: list[str], batch_size: int = 32, progress: bool = True) -> dict:
-    """One checkpoint on every frame of ``videos``: per clip and overall."""
-    clips = [evaluate_clip(model, v, batch_size)
+def evaluate(model: Autoencoder, videos: list[str], batch_size: int = 32, progress: bool = True,
+             search_steps: int = 0) -> dict:
+    """One checkpoint on every frame of ``videos``: per clip and overall (tokens searched for ``search_steps``)."""
+    clips = [evaluate_clip(model, v, batch_size, search_steps)
              for v in tqdm(videos, desc="every frame", unit="clip", disable=not progress)]
     total = sum(c["frames"] for c in clips)
     counts = sum(c.pop("_counts") for c in clips)
@@ -102,29 +101,12 @@ def evaluate(model: Autoencoder, videos: list[str], batch_size: int = 32, progre
     return {"clips": clips, "overall": overall}
 
 
-def resolve_device(choice: str) -> torch.device:
-    """``cuda``, ``cpu`` or ``auto`` (CUDA when available, else the CPU) -> the device our models run on."""
-    if choice == "auto":
-        choice = "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device cuda was asked for, but CUDA is not available to torch {torch.__version__} "
-                         f"(CUDA build: {torch.version.cuda or 'none'}); use --device cpu or auto")
-    if choice not in ("cuda", "cpu"):
-        raise ValueError(f"unknown device {choice!r}; use cuda, cpu or auto")
-    return torch.device(choice)
-
-
 def device_info(device: torch.device) -> dict:
     """What the report records about the device: its type, and the card's name on CUDA."""
     info: dict = {"device": device.type}
     if device.type == "cuda":
         info["device_name"] = torch.cuda.get_device_name(device)
     return info
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _batched(fn, recon: torch.Tensor, frames: torch.Tensor, size: int = 64) -> torch.Tensor:
@@ -167,7 +149,8 @@ class Scores:
 
 def compare(models: dict[str, Autoencoder], videos: list[str], budget: int = 224, frame_stride: int = 10,
             codecs=("jpeg", "webp", "avif"), hevc: bool = True, learned=None, lpips: LPIPS | None = None,
-            gallery_frames: int = 3, batch_size: int = 32, log=tqdm.write, progress: bool = True) -> dict:
+            gallery_frames: int = 3, batch_size: int = 32, log=tqdm.write, progress: bool = True,
+            search_steps: int = 0) -> dict:
     """All methods on the same comparison frames: scores at ``budget`` bytes, RD points and gallery tiles."""
     first_name = next(iter(models))
     methods_per_clip = len(models) + 2 * len(codecs) + bool(hevc) + (learned is not None)
@@ -193,7 +176,7 @@ def compare(models: dict[str, Autoencoder], videos: list[str], budget: int = 224
             gallery["original"] += [(sub[i], clip) for i in picks]
         t0 = time.perf_counter()
         for name, model in models.items():
-            r = codec_roundtrip(model, sub, batch_size)
+            r = codec_roundtrip(model, sub, batch_size, search_steps)
             scores[name].add(clip, r["bytes_per_frame"], r["recon"], sub, lpips, True, f"{model.bytes_per_frame} B")
             if name == first_name:
                 gallery[name] += _tiles(r["recon"], sub, picks, [r["bytes_per_frame"]] * len(sub))
@@ -350,20 +333,22 @@ def main(argv: list[str] | None = None) -> None:
                     help="local LPIPS linear weights (lpips' vgg.pth) and a torchvision VGG16 state dict")
     ap.add_argument("--gallery-frames", type=int, default=2, help="gallery frames per clip")
     ap.add_argument("--checkpoints-only", action="store_true", help="only the every-frame report of each checkpoint")
+    ap.add_argument("--search-steps", type=int, default=0,
+                    help="encode-time token search for our FSQ models (Autoencoder.encode); 0: plain encode")
     args = ap.parse_args(argv)
     try:
-        device = resolve_device(args.device)
+        device = torch.device(resolve_device(args.device))
     except ValueError as e:
         ap.error(str(e))  # before any video is decoded or model loaded
 
     videos = select_videos(args.input, args.split)
     models = {_name(c): load(c, map_location=device) for c in args.checkpoint}
     on = device_info(device)
-    report: dict = {"split": args.split, "batch_size": args.batch_size, **on,
+    report: dict = {"split": args.split, "batch_size": args.batch_size, "search_steps": args.search_steps, **on,
                     "threads": torch.get_num_threads(), "checkpoints": {}}
     md = []
     for (name, model), path in zip(models.items(), args.checkpoint):
-        r = evaluate(model, videos, args.batch_size)
+        r = evaluate(model, videos, args.batch_size, search_steps=args.search_steps)
         r.update(checkpoint=path, batch_size=args.batch_size, **on, threads=torch.get_num_threads(),
                  params={"encoder": num_params(model.encoder), "decoder": num_params(model.decoder), "total": num_params(model)})
         report["checkpoints"][name] = r
@@ -381,17 +366,13 @@ def main(argv: list[str] | None = None) -> None:
 
             learned = LearnedCodec.load(args.learned).to(device)
         comp = compare(models, videos, args.budget, args.frame_stride, args.codecs, not args.no_hevc, learned, lpips,
-                       args.gallery_frames, args.batch_size)
+                       args.gallery_frames, args.batch_size, search_steps=args.search_steps)
         gallery_tiles = comp.pop("_gallery")
         report["comparison"] = comp
         md.append(comparison_markdown(comp))
         print(md[-1])
     if args.output:
-        os.makedirs(args.output, exist_ok=True)
-        with open(os.path.join(args.output, "report.json"), "w") as f:
-            json.dump(report, f, indent=1)
-        with open(os.path.join(args.output, "report.md"), "w") as f:
-            f.write("\n".join(md))
+        write_report(args.output, "report", report, "\n".join(md))
         if "comparison" in report:
             from compressor.tools import figures
 

@@ -25,49 +25,23 @@ import subprocess
 import sys
 import time
 
-import yaml
-
-from compressor.utils import num_params
-from compressor.utils import atomic_write
+from compressor.training.cli import CONFIGS, cli
+from compressor.utils import atomic_write, num_params
 
 REPORTS = "reports/experiments"
 RUNS = "runs/experiments"
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
+ROOT = os.path.dirname(CONFIGS)  # the repository
 
 
-def _merged(configs: list[str], overrides: list[str]) -> dict:
-    """The YAML files merged in order (later keys win), then ``key.path=value`` overrides."""
-    merged: dict = {}
-
-    def merge(dst: dict, src: dict) -> None:
-        for k, v in src.items():
-            if isinstance(v, dict) and isinstance(dst.get(k), dict):
-                merge(dst[k], v)
-            else:
-                dst[k] = v
-
-    for path in configs:
-        with open(path) as f:
-            merge(merged, yaml.safe_load(f) or {})
-    for item in overrides:
-        key, _, value = item.partition("=")
-        node = merged
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = _scalar(value)
-    return merged
-
-
-def _scalar(text: str):
-    """A command-line value as YAML reads it, except that '2e-3' is a number (YAML 1.1 wants '2.0e-3')."""
-    value = yaml.safe_load(text)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    return value
+def budget(configs: list[str], overrides: list[str], images: int) -> tuple[int, int, int]:
+    """(steps, batch size, devices) for a budget of ``images``, from the config ``train.py`` resolves: base, then
+    ``configs``, then ``key=value`` overrides. The batch size and the device count are the Trainer's and the data
+    module's own, so a change to ``configs/base.yaml`` moves every budget with it."""
+    args = [a for c in configs for a in ("--config", c)] + [f"--{o}" for o in overrides] + ["--trainer.logger=false"]
+    resolved = cli(args, run=False)
+    batch_size = resolved.datamodule.hparams.batch_size
+    devices = resolved.trainer.num_devices * resolved.trainer.num_nodes
+    return math.ceil(images / (batch_size * devices)), batch_size, devices
 
 
 def _git_commit() -> str | None:
@@ -91,11 +65,7 @@ def run(name: str, configs: list[str], images: int, shards: str, videos: list[st
         print(f"{name}: {result_path} exists, skipping (--force re-runs)")
         with open(result_path) as f:
             return json.load(f)
-    config = _merged(configs, overrides)
-    batch_size = int(config.get("data", {}).get("batch_size", 16))
-    devices = config.get("trainer", {}).get("devices", 1)
-    devices = devices if isinstance(devices, int) else 1
-    steps = math.ceil(images / (batch_size * devices))
+    steps, batch_size, devices = budget(configs, overrides, images)
     os.makedirs(out_dir, exist_ok=True)
     os.makedirs(run_dir, exist_ok=True)
 
@@ -274,37 +244,39 @@ def scaling(series: dict[str, list[str]], root: str, bar_psnr: float, output: st
     fig.tight_layout()
     fig.savefig(output, dpi=120)
     plt.close(fig)
-    with open(os.path.splitext(output)[0] + ".json", "w") as f:
+    with atomic_write(os.path.splitext(output)[0] + ".json") as tmp, open(tmp, "w") as f:
         json.dump(out, f, indent=1)
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m compressor.tools.experiments", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="train to a budget in images, then evaluate on the val clips")
     r.add_argument("name")
     r.add_argument("--config", nargs="+", required=True, help="LightningCLI YAML files, base first, overlays after")
     r.add_argument("--images", type=int, required=True, help="training budget in images seen")
-    r.add_argument("--shards", required=True, help="frame shards from compressor.data.make_shards")
-    r.add_argument("--input", nargs="+", default=["../shared/dashcam"], help="video directories with MANIFEST.tsv")
+    r.add_argument("--shards", required=True, help="frame shards trained on (python -m compressor.tools.make_shards)")
+    r.add_argument("--input", nargs="+", default=["../shared/dashcam"],
+                   help="the videos evaluated on: directories with MANIFEST.tsv (--split picks the clips)")
     r.add_argument("--split", default="val")
     r.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="LightningCLI overrides, e.g. model.lr=2e-3")
     r.add_argument("--force", action="store_true", help="re-run even if result.json exists")
     r.add_argument("--branch-from", default=None, metavar="CKPT",
                    help="start from another run's training checkpoint (a WSD cool-down from its constant phase)")
     t = sub.add_parser("table", help="tabulate and plot every result")
-    t.add_argument("--input", default=REPORTS)
+    t.add_argument("--reports", default=REPORTS, help="folder of run results (NAME/result.json)")
     t.add_argument("--baseline", default="baseline", help="run the 'vs base' column compares with")
     s = sub.add_parser("scaling", help="clip-mean PSNR against images seen, with a log-linear fit per series")
     s.add_argument("--series", nargs="+", required=True, metavar="LABEL=RUN,RUN,...")
     s.add_argument("--bar", required=True, help="compressor.tools.evaluate report.json whose WebP thumbnail is the bar")
-    s.add_argument("--input", default=REPORTS)
+    s.add_argument("--reports", default=REPORTS, help="folder of run results (NAME/result.json)")
     s.add_argument("--output", default="reports/scaling.png")
     args = ap.parse_args(argv)
     if args.command == "scaling":
         series = {label: names.split(",") for label, names in (item.split("=", 1) for item in args.series)}
-        out = scaling(series, args.input, bar(args.bar)["clip_mean"], args.output)
+        out = scaling(series, args.reports, bar(args.bar)["clip_mean"], args.output)
         print(json.dumps(out, indent=1))
     elif args.command == "run":
         from compressor.tools.evaluate import select_videos
@@ -312,12 +284,12 @@ def main(argv: list[str] | None = None) -> None:
         run(args.name, args.config, args.images, args.shards, select_videos(args.input, args.split), args.set,
             args.force, args.branch_from)
     else:
-        md = table(args.input, args.baseline)
-        with open(os.path.join(args.input, "table.md"), "w") as f:
+        md = table(args.reports, args.baseline)
+        with atomic_write(os.path.join(args.reports, "table.md")) as tmp, open(tmp, "w") as f:
             f.write(md + "\n")
-        plot_curves(args.input, os.path.join(args.input, "curves.png"))
+        plot_curves(args.reports, os.path.join(args.reports, "curves.png"))
         print(md)
-        print(f"wrote {args.input}/table.md and curves.png")
+        print(f"wrote {args.reports}/table.md and curves.png")
 
 
 if __name__ == "__main__":

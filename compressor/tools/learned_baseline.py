@@ -1,6 +1,6 @@
 """A learned continuous codec without a token bottleneck (compressai), trained as an evaluation anchor.
 
-    python -m compressor.tools.learned_baseline --shards SHARD_DIR --output runs/bmshj2018-factorized --steps 400
+    python -m compressor.tools.learned_baseline --input SHARD_DIR --output runs/bmshj2018-factorized --steps 400
 
 Trains compressai's ``bmshj2018-factorized`` (``FactorizedPrior``) on the same ``train-*.tar`` frame shards as our
 models, for a step budget (batches of 16, like ``configs/rd``) or a wall-clock one, and saves ``codec.pt``. The Lagrange multiplier is steered during training so the
@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from compressor.data.frame_shards import FrameShards
 from compressor.metrics import psnr
-from compressor.utils import cosine
+from compressor.utils import atomic_write, cosine
 
 ARCH = "bmshj2018-factorized"
 
@@ -69,7 +69,7 @@ def train(shards: str, output: str, minutes: float, steps: int | None = None, ta
     torch.manual_seed(seed)
     urls = sorted(glob.glob(os.path.join(shards, "train-*.tar")))
     if not urls:
-        raise FileNotFoundError(f"no train-*.tar shards in {shards}; write them with compressor.data.make_shards")
+        raise FileNotFoundError(f"no train-*.tar shards in {shards}; write them with compressor.tools.make_shards")
     frames_ds = FrameShards(urls, batch_size, num_workers, shuffle=True, seed=seed)
     loader = DataLoader(frames_ds, batch_size=batch_size, num_workers=num_workers, drop_last=True)
     net = FactorizedPrior(N, M)
@@ -121,21 +121,23 @@ def train(shards: str, output: str, minutes: float, steps: int | None = None, ta
     summary = {"arch": ARCH, "N": N, "M": M, "steps": step, "train_seconds": time.perf_counter() - t0,
                "lambda": lam, "target_bpp": target_bpp, "train_bpp_estimate": bpp_ema, "batch_size": batch_size}
     os.makedirs(output, exist_ok=True)
-    torch.save({**summary, "state_dict": net.state_dict()}, os.path.join(output, "codec.pt"))
+    with atomic_write(os.path.join(output, "codec.pt")) as tmp:
+        torch.save({**summary, "state_dict": net.state_dict()}, tmp)
     return summary
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shards", required=True, help="directory with train-*.tar from compressor.data.make_shards")
-    ap.add_argument("--output", required=True)
+    ap = argparse.ArgumentParser(prog="python -m compressor.tools.learned_baseline", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--input", required=True, help="frame shards: a folder of train-*.tar from compressor.tools.make_shards")
+    ap.add_argument("--output", required=True, help="folder for codec.pt")
     ap.add_argument("--minutes", type=float, default=10.0, help="wall-clock training budget")
     ap.add_argument("--steps", type=int, default=None, help="step budget (batches); the run ends at either budget")
     ap.add_argument("--target-bpp", type=float, default=0.055)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
     args = ap.parse_args(argv)
-    summary = train(args.shards, args.output, args.minutes, args.steps, args.target_bpp, args.batch_size, args.lr)
+    summary = train(args.input, args.output, args.minutes, args.steps, args.target_bpp, args.batch_size, args.lr)
     print(f"saved {os.path.join(args.output, 'codec.pt')}: {summary}")
 
 

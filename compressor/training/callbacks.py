@@ -10,9 +10,8 @@ import pytorch_lightning as pl
 import torch
 import torchvision
 
-from compressor.metrics import frame_psnr
+from compressor.metrics import frame_psnr, model_psnr
 from compressor.training.model_card import save_hub_folder, training_sections
-from compressor.training.losses import psnr
 from compressor.training.perf import matmul_peak_flops, train_flops_per_image
 from compressor.utils import atomic_write
 from compressor.codec.packing import pack, unpack
@@ -155,7 +154,7 @@ class ValCurve(pl.Callback):
         with trainer.precision_plugin.forward_context():
             for frames in self._probe.split(trainer.datamodule.hparams.batch_size):
                 x = frames.to(pl_module.device).float() / 127.5 - 1
-                scores.append(psnr(model(x)["recon"], x))  # as val/psnr is computed
+                scores.append(model_psnr(model(x)["recon"], x))  # as val/psnr is computed
         return float(torch.cat(scores).mean())
 
     def _path(self, trainer: pl.Trainer) -> str:

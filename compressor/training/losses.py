@@ -10,12 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from compressor import metrics
-from compressor.metrics import ms_ssim_01, vgg16_features, vgg_feature_pairs  # noqa: F401  (ms_ssim_01: re-exported)
-
-def psnr(recon: Tensor, target: Tensor) -> Tensor:
-    """PSNR in dB per image, (B,), on the 8-bit scale, for frames in [-1, 1] (the reconstruction clamped)."""
-    return metrics.psnr(recon.float().clamp(-1, 1), target, peak=2.0)
+from compressor.metrics import ms_ssim_01, vgg16_features, vgg_feature_pairs
 
 
 class ReconstructionLoss(nn.Module):

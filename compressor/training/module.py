@@ -20,8 +20,10 @@ from jsonargparse import lazy_instance
 from torch import Tensor, nn
 
 from compressor.codec.autoencoder import Autoencoder
-from compressor.training.losses import CompressionLoss, ms_ssim_01, psnr
-from compressor.utils import cosine, wsd
+from compressor.codec.quantizers import Whitening
+from compressor.metrics import model_psnr, ms_ssim_01
+from compressor.training.losses import CompressionLoss
+from compressor.utils import cosine, token_entropy_bits, wsd
 
 
 class CompressorModule(pl.LightningModule):
@@ -101,7 +103,7 @@ class CompressorModule(pl.LightningModule):
             out = self.ema(x)
         terms = self.loss(out["recon"], x, out["quant_loss"], self.global_step if stage == "train" else None)
         with torch.no_grad():
-            terms["psnr"] = psnr(out["recon"], x).mean()
+            terms["psnr"] = model_psnr(out["recon"], x).mean()
         on_step = stage == "train"
         for name, value in terms.items():
             self.log(f"{stage}/{name}", value.detach(), on_step=on_step, on_epoch=not on_step,
@@ -163,7 +165,7 @@ class CompressorModule(pl.LightningModule):
         recomputes them as a plain average over the last ``calibration_batches`` training batches, and only for
         the normalization layers (a forward in train mode would also restart the EMA copy's dead VQ codes).
         """
-        norms = [m for m in self.ema.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        norms = [m for m in self.ema.modules() if isinstance(m, (torch.nn.modules.batchnorm._BatchNorm, Whitening))]
         if not norms or not self._recent_frames:
             return
         saved = [(m.momentum, m.training) for m in norms]
@@ -175,7 +177,7 @@ class CompressorModule(pl.LightningModule):
         with context:
             for frames in self._recent_frames:
                 x = frames.float() / 127.5 - 1
-                self.ema.quantizer(self.ema.pre_quant(self.ema.encoder(x)))
+                self.ema.encode_to_codes(x)
         for m, (momentum, training) in zip(norms, saved):
             m.momentum = momentum
             m.train(training)
@@ -196,10 +198,8 @@ class CompressorModule(pl.LightningModule):
         counts = self._val_counts
         if self.trainer.world_size > 1:
             counts = self.all_gather(counts).sum(0)
-        p = counts / counts.sum().clamp_min(1)
         self.log("val/codebook_usage", (counts > 0).double().mean().float(), rank_zero_only=True)
-        entropy = -(p[p > 0] * p[p > 0].log2()).sum()
-        self.log("val/token_entropy_bits", entropy.float(), rank_zero_only=True)
+        self.log("val/token_entropy_bits", token_entropy_bits(counts).float(), rank_zero_only=True)
 
     def test_step(self, frames: Tensor, batch_idx: int) -> None:
         out = self._common_step(frames, "test")

@@ -1,17 +1,15 @@
-"""FLOPs of a training step and the measured matmul ceiling (for ``callbacks.ThroughputMonitor`` and ``bench_train``).
-
-Needs torch, einops and pytorch-msssim only, so the GPU benchmark runs on a stock CUDA PyTorch image.
-"""
+"""FLOPs of a training step (Lightning's ``measure_flops``), its measured speed in each precision, and the matmul
+ceiling (for ``callbacks.ThroughputMonitor``, the CLI's ``auto_precision`` and ``bench_train``)."""
 
 from __future__ import annotations
 
-import time
-
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from lightning_fabric.utilities.throughput import measure_flops
 
+from compressor.benchmark import seconds_per_call
 from compressor.codec.autoencoder import Autoencoder
 from compressor.training.losses import ReconstructionLoss
+from compressor.training.speed import EagerFallback
 
 
 def train_flops_per_image(model: Autoencoder, image_size: tuple[int, int] | None = None) -> float:
@@ -23,10 +21,7 @@ def train_flops_per_image(model: Autoencoder, image_size: tuple[int, int] | None
     probe = type(model).from_export(model.export_dict()).cpu().train()
     x = torch.rand(1, 3, h, w) * 2 - 1
     loss_fn = ReconstructionLoss()
-    with FlopCounterMode(display=False) as counter:
-        out = probe(x)
-        loss_fn(out["recon"], x)["loss"].backward()
-    return float(counter.get_total_flops())
+    return float(measure_flops(probe, lambda: probe(x), lambda out: loss_fn(out["recon"], x)["loss"]))
 
 
 def matmul_peak_flops(device: str | torch.device, dtype: torch.dtype, size: int = 4096, min_time: float = 1.0) -> float:
@@ -34,12 +29,38 @@ def matmul_peak_flops(device: str | torch.device, dtype: torch.dtype, size: int 
     device = torch.device(device)
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    a @ b  # warm-up (kernel selection)
-    sync()
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < min_time:
-        a @ b
-        n += 1
-        sync()
-    return 2 * size**3 * n / (time.perf_counter() - t0)
+    return 2 * size**3 / seconds_per_call(lambda: a @ b, min_time)  # after a warm-up call (kernel selection)
+
+
+def train_images_per_s(model: Autoencoder, batch: int, device: str, bf16: bool, min_time: float = 3.0,
+                       compile_model: bool = False, warmup: int = 2) -> float:
+    """Training images/s of ``model``: full steps (forward, loss, backward, AdamW) on random frames.
+
+    The steps change ``model``'s weights; time a copy when they matter.
+    """
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    loss_fn = ReconstructionLoss()
+    forward = EagerFallback(model) if compile_model else model  # torch.compile fails at the first call, if at all
+    x = torch.rand(batch, 3, *model.image_size, device=device) * 2 - 1
+
+    def step():
+        with torch.autocast(str(device).split(":")[0], torch.bfloat16, enabled=bf16):
+            out = forward(x)
+            loss = loss_fn(out["recon"].float(), x)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return batch / seconds_per_call(step, min_time, warmup)  # warm-up: kernel selection, compilation, optimizer
+
+
+def fastest_cpu_precision(model: Autoencoder, batch: int, min_time: float = 1.0) -> tuple[str, dict[str, float]]:
+    """``"bf16-mixed"`` or ``"32-true"``, whichever trains ``model`` faster on this CPU, and both images/s.
+
+    bf16 autocast is about twice fp32's speed on AMD EPYC CPUs with AVX-512 BF16, but 0.56x on an Intel Xeon that
+    also has it (FACTS.md), so it is measured on a copy of the model rather than assumed.
+    """
+    probe = type(model).from_export(model.export_dict()).cpu().train()
+    rates = {name: train_images_per_s(probe, batch, "cpu", bf16=name == "bf16-mixed", min_time=min_time, warmup=1)
+             for name in ("bf16-mixed", "32-true")}
+    return max(rates, key=rates.get), rates

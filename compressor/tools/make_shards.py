@@ -1,6 +1,6 @@
 """Turn a video collection into webdataset frame shards at training resolution (the cluster data path).
 
-    python -m compressor.data.make_shards --input ../shared/dashcam --output shards/dashcam [--stride 1] [--maxcount 1000]
+    python -m compressor.tools.make_shards --input ../shared/dashcam --output data/shards/dashcam [--stride 1] [--maxcount 1000]
 
 Each video becomes its own shard(s), ``{split}-{video}-{k:03d}.tar``, with samples ``frame.npy`` (uint8
 (3, H, W), after ``compressor.preprocess``) and ``meta.json`` (source file, frame index). The split is by whole
@@ -51,24 +51,25 @@ def write_video_shards(path: str, split: str, out: str, image_size: tuple[int, i
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--input", "--videos", dest="videos", required=True, nargs="+", help="directories, globs or files")
-    ap.add_argument("--output", "--out", dest="out", required=True, help="output directory for the shards")
+    ap = argparse.ArgumentParser(prog="python -m compressor.tools.make_shards", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--input", required=True, nargs="+", help="videos: directories, globs or files")
+    ap.add_argument("--output", required=True, help="output directory for the shards (e.g. data/shards/NAME)")
     ap.add_argument("--image-size", type=int, nargs=2, default=(128, 256), metavar=("H", "W"))
     ap.add_argument("--stride", type=int, default=1, help="keep every n-th frame")
     ap.add_argument("--maxcount", type=int, default=1000, help="frames per shard")
     ap.add_argument("--val-fraction", type=float, default=0.1, help="share of videos held out without a manifest")
     args = ap.parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
-    train, val = split_videos(list_videos(args.videos), args.val_fraction)
+    os.makedirs(args.output, exist_ok=True)
+    train, val = split_videos(list_videos(args.input), args.val_fraction)
     jobs = [(p, "train") for p in train] + [(p, "val") for p in val]
     total = 0
     for path, split in tqdm(jobs, desc="videos", unit="video"):
         try:
-            total += write_video_shards(path, split, args.out, tuple(args.image_size), args.stride, args.maxcount)
+            total += write_video_shards(path, split, args.output, tuple(args.image_size), args.stride, args.maxcount)
         except Exception as e:  # a damaged video should not kill a job over thousands of them
             print(f"skipping {path}: {type(e).__name__}: {e}", file=sys.stderr)
-    print(f"wrote {total} frames from {len(jobs)} videos ({len(train)} train, {len(val)} val) to {args.out}")
+    print(f"wrote {total} frames from {len(jobs)} videos ({len(train)} train, {len(val)} val) to {args.output}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@ exactness; against lzma and zstd over packed tokens and over commaVQ's baseline 
 
 from __future__ import annotations
 
-import json
 import lzma
 import os
 import platform
@@ -13,11 +12,10 @@ import numpy as np
 import torch
 import zstandard
 
-from compressor.entropy.coding import from_digits, to_digits
-from compressor.entropy.fit import load_segments
+from compressor.benchmark import write_report
+from compressor.codec.packing import from_digits, to_digits, pack, unpack
 from compressor.entropy.priors import KINDS, TemporalPrior, one_thread
 from compressor.entropy.stream import HEADER_BYTES, decode_segment, encode_segment, load_prior
-from compressor.codec.packing import pack, unpack
 
 
 def _timed(fn, *args):
@@ -116,8 +114,9 @@ def _constriction_round_trip(prior: TemporalPrior, digits: torch.Tensor):
     return (words, out), t1 - t0, time.perf_counter() - t1
 
 
-def report(prior_paths: list[str], shards: list[str], output: str | None, with_constriction: bool = False) -> dict:
-    segments = load_segments(shards)
+def report(prior_paths: list[str], segments: list[dict], output: str | None, inputs: list[str] | None = None,
+           with_constriction: bool = False) -> dict:
+    """Every prior against fixed packing, lzma and zstd on ``segments`` (read from the token files ``inputs``)."""
     priors = [load_prior(p) for p in prior_paths]
     for prior, path in zip(priors, prior_paths):
         for seg in segments:
@@ -157,16 +156,12 @@ def report(prior_paths: list[str], shards: list[str], output: str | None, with_c
                 row[f"{k}_fps"] = round(frames / max(row.pop(f"{k}_s"), 1e-9), 1)
     result = {"frames": frames, "segments": len(segments), "tokens_per_frame": num_tokens,
               "sources": sorted({s["meta"].get("source", "") for s in segments}), "priors": prior_paths,
-              "shards": shards, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (the temporal prior runs on one thread)",
+              "shards": inputs, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (the temporal prior runs on one thread)",
               "rows": rows}
     md = _markdown(result)
     print(md)
     if output:
-        os.makedirs(output, exist_ok=True)
-        with open(os.path.join(output, "report.json"), "w") as f:
-            json.dump(result, f, indent=1)
-        with open(os.path.join(output, "report.md"), "w") as f:
-            f.write(md)
+        write_report(output, "report", result, md)
     return result
 
 

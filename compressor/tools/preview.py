@@ -1,6 +1,6 @@
 """Render token latents back to video, so people can watch what the compressor keeps.
 
-    python -m compressor.latents.preview --checkpoint CKPT --input LATENT_DIR --output preview.mp4 [--original-root VIDEOS]
+    python -m compressor.tools.preview --checkpoint CKPT --input LATENT_DIR --output preview.mp4 [--original-root VIDEOS]
 
 With ``--original-root`` (the directory ``encode.py`` was given) each frame shows the original (preprocessed the
 same way) on the left and the reconstruction on the right.
@@ -17,8 +17,9 @@ import torch
 from tqdm import tqdm
 
 from compressor.codec.autoencoder import load
-from compressor.latents.shards import expand_urls, read_segments
 from compressor.data.video import iter_frames, preprocess
+from compressor.latents.shards import expand_urls, read_segments
+from compressor.utils import resolve_device
 
 
 def original_frames(path: str, frame_indices: list[int], image_size: tuple[int, int]) -> dict[int, torch.Tensor]:
@@ -32,8 +33,9 @@ def original_frames(path: str, frame_indices: list[int], image_size: tuple[int, 
 
 
 def render(checkpoint: str, inputs: list[str], output: str, original_root: str | None = None,
-           source: str | None = None, max_segments: int | None = None, batch_size: int = 32) -> int:
-    model = load(checkpoint)
+           source: str | None = None, max_segments: int | None = None, batch_size: int = 32,
+           device: str = "cpu") -> int:
+    model = load(checkpoint, map_location=device)
     H, W = model.image_size
     width = 2 * W if original_root else W
     written, segments = 0, 0
@@ -57,7 +59,7 @@ def render(checkpoint: str, inputs: list[str], output: str, original_root: str |
                     originals = original_frames(os.path.join(original_root, meta["source"]), indices, (H, W))
                 for start in tqdm(range(0, len(tokens), batch_size), desc=f"{meta.get('source')}#{meta.get('segment')}",
                                   leave=False):
-                    recon = model.decode(tokens[start : start + batch_size])
+                    recon = model.decode(tokens[start : start + batch_size]).cpu()
                     for j, frame in enumerate(recon):
                         if original_root:
                             orig = originals.get(indices[start + j], torch.zeros_like(frame))
@@ -74,15 +76,19 @@ def render(checkpoint: str, inputs: list[str], output: str, original_root: str |
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", required=True)
+    ap = argparse.ArgumentParser(prog="python -m compressor.tools.preview", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True, help="model.pt, a train.py .ckpt or a Hub folder")
     ap.add_argument("--input", required=True, nargs="+", help="latent shards or the encode.py output directory")
     ap.add_argument("--output", required=True, help="video file to write (e.g. preview.mp4)")
     ap.add_argument("--original-root", default=None, help="input root given to encode.py: show originals side by side")
     ap.add_argument("--source", default=None, help="only this source video (path relative to the input root)")
     ap.add_argument("--max-segments", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=32, help="frames decoded at once")
+    ap.add_argument("--device", default="auto", help="cuda, cpu or auto")
     args = ap.parse_args(argv)
-    n = render(args.checkpoint, args.input, args.output, args.original_root, args.source, args.max_segments)
+    n = render(args.checkpoint, args.input, args.output, args.original_root, args.source, args.max_segments,
+               args.batch_size, resolve_device(args.device))
     print(f"wrote {n} frames to {args.output}")
 
 

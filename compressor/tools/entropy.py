@@ -1,13 +1,13 @@
-"""Train priors, code token shards, and measure bytes per frame.
+"""Train priors, code token shards, and measure bytes per frame (the library is ``compressor.entropy``).
 
     # fit all three priors on encode.py's shards; they are saved beside the checkpoint as prior-<kind>.pt
-    python -m compressor.entropy train --checkpoint runs/x/model.pt --shards latents/train --val-shards latents/val
+    python -m compressor.tools.entropy train --checkpoint runs/x/model.pt --input latents/train --val-input latents/val
     # or on commaVQ-layout .npy files (any codebook size; no checkpoint: the format comes from the files)
-    python -m compressor.entropy train --shards npy/train --val-shards npy/val --output priors/
+    python -m compressor.tools.entropy train --input npy/train --val-input npy/val --output priors/
     # write entropy-coded copies of token shards (each segment decoded back and compared before it is kept)
-    python -m compressor.entropy code --prior runs/x/prior-temporal.pt --shards latents/val --output latents-coded
+    python -m compressor.tools.entropy code --prior runs/x/prior-temporal.pt --input latents/val --output latents-coded
     # bits per token, bytes per frame and speed of every prior against lzma and zstd (commaVQ's baseline layout too)
-    python -m compressor.entropy report --prior runs/x/prior-*.pt --shards latents/val --output reports/entropy
+    python -m compressor.tools.entropy report --prior runs/x/prior-*.pt --input latents/val --output reports/entropy
 """
 
 from __future__ import annotations
@@ -21,30 +21,53 @@ import torch
 import webdataset as wds
 
 from compressor.entropy.coding import digit_radices
-from compressor.entropy.fit import (check_segments, fit_static, fit_temporal, load_segments, mean_bits_per_token,
-                                   token_format)
-from compressor.entropy.priors import KINDS, PRIORS
+from compressor.entropy.fit import check_segments, fit_static, fit_temporal, mean_bits_per_token
+from compressor.entropy.priors import KINDS, PRIORS, Prior
 from compressor.entropy.stream import decode_segment, encode_segment, load_prior, save_prior
+from compressor.latents.shards import expand_urls, grid_of, make_sample, read_segments
 from compressor.utils import atomic_write
 
 
+def load_segments(shards, prior: Prior | None = None) -> list[dict]:
+    """Every segment in the shards, in order: ``{"tokens": int64 (T, N), "meta": dict}``."""
+    return [seg for url in expand_urls(shards) for seg in read_segments(url, prior=prior)]
+
+
+def token_format(segments: list[dict]) -> dict:
+    """The codebook size, grid and model id that every segment's metadata share: what a prior is built for when no
+    checkpoint says it (commaVQ files, exports of ours, encode.py shards). ``ValueError`` if they differ or lack one."""
+    if not segments:
+        raise ValueError("no token segments found")
+    formats = set()
+    for seg in segments:
+        meta = seg["meta"]
+        formats.add((meta.get("codebook_size"), grid_of(meta), meta.get("model_id", "")))
+    if len(formats) > 1:
+        raise ValueError(f"segments of several token formats (codebook, grid, model id): {sorted(map(str, formats))}")
+    ((codebook, grid, mid),) = formats
+    if codebook is None or grid is None:
+        raise ValueError("the segments' metadata lack codebook_size or token_layout; give the --checkpoint that made "
+                         "the tokens")
+    return {"codebook_size": int(codebook), "grid": grid, "model_id": mid}
+
+
 def train(args) -> None:
-    segments = load_segments(args.shards)
+    segments = load_segments(args.input)
     if args.checkpoint:
         from compressor.codec.autoencoder import load, model_id
 
         model = load(args.checkpoint)
         levels = getattr(model.quantizer, "levels", None)
         common = {"codebook_size": model.codebook_size, "grid": model.grid, "model_id": model_id(model)}
-        out_dir = args.output_dir or os.path.dirname(os.path.abspath(args.checkpoint))
+        out_dir = args.output or os.path.dirname(os.path.abspath(args.checkpoint))
     else:  # tokens of another tokenizer (commaVQ): the format comes from the segments' metadata
-        if not args.output_dir:
+        if not args.output:
             raise ValueError("without --checkpoint, give --output: the folder for the prior files")
-        levels, common, out_dir = None, token_format(segments), args.output_dir
+        levels, common, out_dir = None, token_format(segments), args.output
     common["radices"] = digit_radices(common["codebook_size"], levels)
     num_tokens = common["grid"][0] * common["grid"][1]
     check_segments(segments, common["model_id"], num_tokens, common["codebook_size"])
-    val = load_segments(args.val_shards) if args.val_shards else None
+    val = load_segments(args.val_input) if args.val_input else None
     if val:
         check_segments(val, common["model_id"], num_tokens, common["codebook_size"])
     os.makedirs(out_dir, exist_ok=True)
@@ -72,9 +95,7 @@ def code(args) -> None:
     prior = load_prior(args.prior)
     os.makedirs(args.output, exist_ok=True)
     frames = coded = 0
-    from compressor.latents.shards import expand_urls, make_sample, read_segments
-
-    for url in expand_urls(args.shards):
+    for url in expand_urls(args.input):
         name = os.path.basename(url)
         with atomic_write(os.path.join(args.output, name)) as tmp, wds.TarWriter(tmp, mtime=0) as sink:
             for i, seg in enumerate(read_segments(url)):
@@ -91,17 +112,17 @@ def code(args) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m compressor.entropy", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m compressor.tools.entropy", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="fit priors on token shards")
     t.add_argument("--checkpoint", help="the compressor that made the tokens (model.pt or .ckpt); without it, the "
                    "codebook and grid come from the tokens' metadata (commaVQ .npy files, our exports)")
-    t.add_argument("--shards", required=True, nargs="+",
+    t.add_argument("--input", required=True, nargs="+",
                    help="encode.py output or commaVQ-layout .npy files: directories, globs, .tar or .npy files")
-    t.add_argument("--val-shards", nargs="+", help="held-out shards to report bits/token on")
+    t.add_argument("--val-input", nargs="+", help="held-out token shards to report bits/token on")
     t.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
-    t.add_argument("--output", "--output-dir", dest="output_dir", help="where prior-<kind>.pt go (default: beside the checkpoint)")
+    t.add_argument("--output", help="where prior-<kind>.pt go (default: beside the checkpoint)")
     t.add_argument("--steps", type=int, default=1000, help="temporal prior: optimiser steps")
     t.add_argument("--minutes", type=float, default=None, help="temporal prior: stop after this long")
     t.add_argument("--batch-size", type=int, default=32)
@@ -115,11 +136,11 @@ def main(argv=None) -> int:
     t.add_argument("--log-every", type=int, default=250, help="temporal prior: steps between log lines")
     c = sub.add_parser("code", help="write entropy-coded copies of token shards")
     c.add_argument("--prior", required=True)
-    c.add_argument("--shards", required=True, nargs="+")
-    c.add_argument("--output", required=True)
+    c.add_argument("--input", required=True, nargs="+", help="token shards to code")
+    c.add_argument("--output", required=True, help="folder for the coded shards")
     r = sub.add_parser("report", help="bits/token, bytes/frame and speed per prior vs lzma and zstd")
     r.add_argument("--prior", required=True, nargs="+", help="prior files")
-    r.add_argument("--shards", required=True, nargs="+", help="token shards to measure on (the val clips)")
+    r.add_argument("--input", required=True, nargs="+", help="token shards to measure on (the val clips)")
     r.add_argument("--output", default=None, help="directory for report.json and report.md")
     r.add_argument("--constriction", action="store_true", help="also code the temporal prior with constriction")
     args = ap.parse_args(argv)
@@ -129,9 +150,10 @@ def main(argv=None) -> int:
         elif args.command == "code":
             code(args)
         else:
-            from compressor.entropy.report import report
+            from compressor.tools.entropy_report import report
 
-            report(args.prior, args.shards, args.output, with_constriction=args.constriction)
+            report(args.prior, load_segments(args.input), args.output, inputs=args.input,
+                   with_constriction=args.constriction)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
