@@ -3,8 +3,8 @@
 A group of frames starts with an intra frame, coded by a per-frame ``Autoencoder`` on its own; every later frame of
 the group is coded by ``ConditionalCodec`` given the reconstruction of the frame before it, which the decoder has
 too. The encoder sees what the decoder will already know, so its tokens only need to say what changed; the decoder
-adds its output to the previous reconstruction, so a static scene keeps the detail it already had and each
-conditional frame can add more.
+blends, pixel by pixel, the previous reconstruction with what the tokens say, so a static scene can keep the detail
+it already had.
 
 A conditional frame may spend fewer tokens than an intra frame: ``merge`` adjacent tokens of the patch grid share
 one code (1: 128 tokens, 2: 64, 4: 32 at 128x256 with 16-px patches).
@@ -59,11 +59,36 @@ class ConditionalCodec(nn.Module):
         self.post_quant = nn.Linear(quantizer.dim, merge * dec_dim)
         self.ref_embed = nn.Linear(3 * p2, dec_dim)
         self.decoder = Transformer(dec_dim, dec_depth, dec_heads)
-        self.head = nn.Linear(dec_dim, 3 * p2)
+        self.head = nn.Linear(dec_dim, 3 * p2)  # pixels from the tokens
+        self.blend = nn.Linear(dec_dim, p2)  # per pixel: how much of the reference to keep instead
         init_weights(self)
-        # A fresh model reproduces the reference: "nothing changed" is where training starts.
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        # A fresh model starts near "nothing changed" (the reference, 95%); init_from(intra) starts it near the
+        # intra model instead. Either way the reference enters the encoder and decoder through zeroed projections.
+        for layer in (self.ref_embed, self.blend):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        nn.init.constant_(self.blend.bias, 3.0)
+        with torch.no_grad():
+            self.enc_embed.weight[:, 3 * p2 :] = 0
+
+    @torch.no_grad()
+    def init_from(self, intra: nn.Module) -> None:
+        """Start from a trained per-frame model of the same widths (a ``ViTEncoder``/``ViTDecoder`` ``Autoencoder``
+        with this quantizer): the frame's path gets its weights, the reference's paths stay at zero, and the blend
+        starts at 5% reference, so a conditional frame first decodes about as the intra model would."""
+        p2 = 3 * self.patch_size ** 2
+        self.enc_embed.weight[:, :p2] = intra.encoder.embed.weight
+        self.enc_embed.bias.copy_(intra.encoder.embed.bias)
+        self.encoder.load_state_dict(intra.encoder.transformer.state_dict())
+        m = self.merge  # merged cells: their mean feeds the quantizer, and each cell gets the token's code back
+        self.pre_quant.weight.copy_(torch.cat([intra.pre_quant.weight / m] * m, 1))
+        self.pre_quant.bias.copy_(intra.pre_quant.bias)
+        self.quantizer.load_state_dict(intra.quantizer.state_dict())
+        self.post_quant.weight.copy_(torch.cat([intra.post_quant.weight] * m, 0))
+        self.post_quant.bias.copy_(torch.cat([intra.post_quant.bias] * m, 0))
+        self.decoder.load_state_dict(intra.decoder.transformer.state_dict())
+        self.head.load_state_dict(intra.decoder.head.state_dict())
+        self.blend.bias.fill_(-3.0)
 
     # ---- training API -------------------------------------------------------------------------------------
     def forward(self, x: Tensor, ref: Tensor) -> dict[str, Tensor]:
@@ -75,16 +100,20 @@ class ConditionalCodec(nn.Module):
     def encode_to_codes(self, x: Tensor, ref: Tensor) -> dict[str, Tensor]:
         """x, ref: (B, 3, H, W) -> the quantizer's output for (B, n) tokens."""
         pos = sincos_2d(*self.grid, self.enc_dim, x.device)
-        z = self.encoder(self.enc_embed(patchify(torch.cat([x, ref], 1), self.patch_size)) + pos.to(x.dtype))
+        patches = torch.cat([patchify(x, self.patch_size), patchify(ref, self.patch_size)], -1)  # (B, N, 2 x 3p^2)
+        z = self.encoder(self.enc_embed(patches) + pos.to(x.dtype))
         z = rearrange(z, "b (h w m) d -> b (h w) (m d)", h=self.grid[0], m=self.merge)  # (B, N, D) -> (B, n, mD)
         return self.quantizer(self.pre_quant(z))
 
     def decode_codes(self, codes: Tensor, ref: Tensor) -> Tensor:
-        """codes: (B, n, C), ref: (B, 3, H, W) -> recon (B, 3, H, W) = ref + the decoded change."""
+        """codes: (B, n, C), ref: (B, 3, H, W) -> recon (B, 3, H, W): per pixel, a blend of the reference and
+        what the tokens say (static parts can keep the reference's detail exactly)."""
         y = rearrange(self.post_quant(codes), "b n (m d) -> b (n m) d", m=self.merge)  # (B, n, mD) -> (B, N, D)
         y = y + self.ref_embed(patchify(ref, self.patch_size)) + sincos_2d(*self.grid, self.dec_dim,
                                                                             ref.device).to(y.dtype)
-        return ref + unpatchify(self.head(self.decoder(y)), self.patch_size, self.grid)
+        y = self.decoder(y)
+        keep = torch.sigmoid(unpatchify(self.blend(y), self.patch_size, self.grid))  # (B, 1, H, W)
+        return keep * ref + (1 - keep) * unpatchify(self.head(y), self.patch_size, self.grid)
 
     def export_dict(self) -> dict:
         q = self.quantizer

@@ -38,18 +38,23 @@ class VideoModule(pl.LightningModule):
         lr: peak learning rate; warm-up then a cosine to ``lr * min_lr_ratio``.
         warmup_steps, min_lr_ratio, weight_decay, grad_clip, ema_decay: as in ``CompressorModule``.
         calibration_batches: recent batches on which the EMA copy's quantizer statistics are re-estimated.
+        init_from_intra: start the conditional codec from the intra model's weights (``ConditionalCodec.init_from``;
+            the widths and quantizer must match it), so that conditional frames start at intra quality.
     """
 
     def __init__(self, intra: str, quantizer: nn.Module, merge: int = 1, enc_dim: int = 256, enc_depth: int = 4,
                  enc_heads: int = 4, dec_dim: int = 384, dec_depth: int = 6, dec_heads: int = 6,
                  image_size: tuple[int, int] = (128, 256), loss: ReconstructionLoss | None = None, lr: float = 1e-3,
                  warmup_steps: int = 200, min_lr_ratio: float = 0.05, weight_decay: float = 0.05,
-                 grad_clip: float = 1.0, ema_decay: float = 0.999, calibration_batches: int = 8):
+                 grad_clip: float = 1.0, ema_decay: float = 0.999, calibration_batches: int = 8,
+                 init_from_intra: bool = True):
         super().__init__()
         self.save_hyperparameters(ignore=["quantizer", "loss"])
         self.intra = load(intra).eval().requires_grad_(False)
         self.codec = ConditionalCodec(quantizer, image_size, self.intra.encoder.patch_size, merge, enc_dim,
                                       enc_depth, enc_heads, dec_dim, dec_depth, dec_heads)
+        if init_from_intra:
+            self.codec.init_from(self.intra)
         self.ema = copy.deepcopy(self.codec).requires_grad_(False)
         self.loss = loss or ReconstructionLoss()
         self._recent: deque[tuple[Tensor, Tensor]] = deque(maxlen=calibration_batches)
