@@ -6,6 +6,7 @@
 
 Re-running the same command resumes: finished videos are skipped, partial shards are redone. The output folder
 gets manifest.json and a dataset card, README.md (model, preprocessing, token layout, counts, how to read it).
+One run writes a folder at a time: a second run into it is refused while the first holds its lock (.encode.lock).
 """
 
 import argparse
@@ -18,7 +19,8 @@ from compressor.codec.autoencoder import load, model_id
 from compressor.entropy.stream import load_prior
 from compressor.utils import rank_world
 from compressor.latents.card import write_card
-from compressor.latents.pipeline import (check_same_model, check_writable, encode_videos, find_videos,
+from compressor.latents.pipeline import (DiskFullError, OutputLockedError, check_same_model, check_writable,
+                                         encode_videos, find_videos, lock_output, reporting_full_disk,
                                          write_merged_manifest)
 from compressor.latents.shards import DamagedShardError
 
@@ -74,26 +76,57 @@ def main(argv=None) -> int:
         sys.exit(f"error: {e}")
     try:
         check_writable(args.output)
-        check_same_model(args.output, model)
-    except (PermissionError, ValueError, DamagedShardError) as e:
+    except PermissionError as e:
         sys.exit(f"error: {e}")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if device == "cuda" and world > 1:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     if world > 1:
         torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    # One run per output folder: rank 0 takes the lock for the whole job and every rank learns whether it did.
+    lock, refusal = None, [None]
+    if rank == 0:
+        try:
+            lock = lock_output(args.output)
+        except OutputLockedError as e:
+            refusal = [str(e)]
+    if world > 1:
+        torch.distributed.broadcast_object_list(refusal, src=0)
+    if refusal[0]:
+        sys.exit(f"error: {refusal[0]}")
+    try:  # held until the merged manifest and the card are written; released on any exit (in-process callers too)
+        return encode_locked(args, model, prior, rank, world, device)
+    finally:
+        if lock is not None:
+            lock.close()
 
-    summary = encode_videos(model, args.input, args.output, segment_seconds=args.segment_seconds, fps=args.fps,
-                            batch_size=args.batch_size, num_workers=args.workers, maxcount=args.maxcount,
-                            rank=rank, world_size=world, device=device, prior=prior, search_steps=args.search_steps)
+
+def encode_locked(args: argparse.Namespace, model, prior, rank: int, world: int, device: str) -> int:
+    """The run itself, under the output folder's lock: encode, merge the manifests, write the card, report."""
+    try:
+        check_same_model(args.output, model)  # under the lock: the manifests cannot change meanwhile
+    except (ValueError, DamagedShardError) as e:
+        sys.exit(f"error: {e}")
+
+    try:
+        summary = encode_videos(model, args.input, args.output, segment_seconds=args.segment_seconds, fps=args.fps,
+                                batch_size=args.batch_size, num_workers=args.workers, maxcount=args.maxcount,
+                                rank=rank, world_size=world, device=device, prior=prior,
+                                search_steps=args.search_steps)
+    except DiskFullError as e:
+        sys.exit(f"error: {e}")
     print(f"rank {rank}: {summary['frames']} frames from {summary['videos']} videos in {summary['seconds']:.1f} s "
           f"({summary['frames_per_s']:.1f} frames/s)", file=sys.stderr)
     if world > 1:
         torch.distributed.barrier()
     status = 0
     if rank == 0:
-        merged = write_merged_manifest(args.output, args.input)
-        write_card(args.output, model, merged, args.segment_seconds)  # README.md: what the folder holds, how to read it
+        try:
+            merged = write_merged_manifest(args.output, args.input)
+            with reporting_full_disk(os.path.join(args.output, "README.md")):
+                write_card(args.output, model, merged, args.segment_seconds)  # what it holds, how to read it
+        except DiskFullError as e:
+            sys.exit(f"error: {e}")
         counts: dict[str, int] = {}
         for entry in merged["videos"].values():
             counts[entry["status"]] = counts.get(entry["status"], 0) + 1

@@ -3,6 +3,7 @@
 - ``rank_world`` / ``consumer``: which slice of the data this process (DDP rank x DataLoader worker) reads.
 - ``buffer_shuffle``: a seeded streaming shuffle for iterable datasets.
 - ``atomic_write``: write to a temporary name, then rename, so a killed job never leaves half a file.
+- ``open_checked``: open a file only if it is a regular file of a bounded size (never a device or a FIFO).
 - ``cosine`` / ``wsd``: the learning-rate multipliers of the two schedules (half-cosine; warm-up, stable, decay).
 - ``token_entropy_bits``: the entropy of a token histogram (training, evaluation, the world-model example).
 - ``resolve_device``: what ``--device auto`` (every command's default) means.
@@ -14,6 +15,7 @@ import contextlib
 import math
 import os
 import random
+import stat
 from collections.abc import Iterator
 
 import torch
@@ -66,6 +68,19 @@ def atomic_write(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[str]
             os.remove(tmp)
         raise
     os.replace(tmp, path)
+
+
+def open_checked(path: str | os.PathLike, max_bytes: int):
+    """``open(path, "rb")`` if ``path`` is a regular file (symlinks followed) of at most ``max_bytes``; otherwise
+    ``ValueError``: a model file that is a device (a symlink to /dev/zero never ends) or far larger than any model
+    is refused before a byte is read."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # non-blocking: opening a FIFO must not wait for a writer
+    st = os.fstat(fd)  # of the file opened, so it cannot be swapped after the check
+    if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
+        os.close(fd)
+        what = "not a regular file" if not stat.S_ISREG(st.st_mode) else f"larger than {max_bytes:,} bytes"
+        raise ValueError(f"{path} is {what}; refused before reading it")
+    return os.fdopen(fd, "rb")  # O_NONBLOCK means nothing to a regular file
 
 
 def cosine(progress: float, floor: float = 0.0) -> float:

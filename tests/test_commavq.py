@@ -80,7 +80,8 @@ def test_export_round_trips_through_the_commavq_layout(tmp_path, encoded, capsys
     assert "6 segments, 22 frames" in capsys.readouterr().out
     names = sorted(os.listdir(tmp_path / "npy"))
     npys = [n for n in names if n.endswith(".npy")]
-    assert len(npys) == 6 and names == sorted(npys + [n[:-4] + ".json" for n in npys])
+    assert len(npys) == 6 and names == sorted(npys + [n[:-4] + ".json" for n in npys] + ["manifest.json"])
+    assert sorted(json.loads((tmp_path / "npy" / "manifest.json").read_text())["shards"]) == npys
     original = {}
     for url in sorted(f for f in os.listdir(encoded) if f.endswith(".tar")):
         for seg in read_segments(os.path.join(encoded, url)):

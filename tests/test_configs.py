@@ -8,10 +8,13 @@ import yaml
 from compressor.codec.encoders import ConvEncoder, ConvStemEncoder, ViTEncoder
 from compressor.codec.quantizers import VQ, StandardizedFSQ
 from compressor.tools.bench_train import model_from_config
-from compressor.training.cli import BASE_CONFIG, cli
+from compressor.training.cli import BASE_CONFIG, cli, is_video_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "*.yaml")))
+# Per-frame configs: overlays on configs/base.yaml. Video configs (their own module and CLI) are complete files,
+# tested in test_video_tokens.py.
+VIDEO_CONFIGS = [c for c in sorted(glob.glob(os.path.join(REPO, "configs", "*.yaml"))) if is_video_config(["--config", c])]
+CONFIGS = [c for c in sorted(glob.glob(os.path.join(REPO, "configs", "*.yaml"))) if c not in VIDEO_CONFIGS]
 GPU_MODELS = ["vit-224B.yaml", "convstem-224B.yaml", "vq-224B.yaml", "comma-scale.yaml", "comma-scale-convstem.yaml"]
 
 
@@ -82,6 +85,7 @@ def test_every_config_in_the_readme_table_exists():
     names = {os.path.relpath(c, os.path.join(REPO, "configs")) for c in CONFIGS}
     assert {"base.yaml", "demo.yaml", "vit-224B.yaml", "convstem-224B.yaml", "vq-224B.yaml", "comma-scale.yaml"} <= listed
     assert listed <= names, listed - names
+    assert {"video-224B.yaml", "video-remember.yaml"} == {os.path.basename(c) for c in VIDEO_CONFIGS}
     assert os.path.exists(BASE_CONFIG)
 
 

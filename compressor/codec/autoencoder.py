@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
+import json
 import os
 from pathlib import Path
 
@@ -24,10 +25,19 @@ from torch import Tensor, nn
 
 from compressor.codec.encoders import grid_size
 from compressor.codec.hub import model_card
-from compressor.utils import atomic_write
+from compressor.utils import atomic_write, open_checked
 from compressor.codec.packing import token_bits
 
 CHECKPOINT_FORMAT = "compressor/1"
+# What a checkpoint's config may ask for, checked before anything is built, so that a 2 KB file can neither hang
+# the process (building costs time per block, whatever its width) nor exhaust its memory. Far above every shipped
+# config (the largest, comma-scale-convstem.yaml: 167M parameters, width 1024, 8 blocks per stack).
+MAX_PARAMETERS = 1_000_000_000
+_MAX_SIZE = 1 << 16  # a width, channel count, patch side, level count, codebook size or byte budget
+_MAX_DEPTH = 128  # blocks in one stack
+_MAX_LIST = 16  # stride-2 stages (16 would be a 65536-pixel patch) or FSQ levels
+MAX_CONFIG_BYTES = 1 << 20  # config.json
+MAX_CHECKPOINT_BYTES = 16 << 30  # a .pt, .ckpt or model.safetensors (a Lightning .ckpt adds optimizer state)
 # Only classes from these modules may be named in a checkpoint, so loading never runs arbitrary code.
 _BUILDABLE_MODULES = ("compressor.codec.encoders", "compressor.codec.decoders", "compressor.codec.quantizers")
 # Checkpoints written before the codec moved into compressor.codec name its modules by their old paths.
@@ -107,6 +117,13 @@ class Autoencoder(nn.Module, PyTorchModelHubMixin, library_name="compressor",
         tokens = self.encode_to_codes(x)["tokens"]
         if search_steps > 0:
             tokens = self.search_tokens(x, tokens, search_steps, search_lr)
+        # Checked here, before any caller casts them (to uint16 in a shard): NaN codes, from non-finite weights or
+        # overflowing activations, come out of the quantizer as -2**63, which a cast would turn into a valid token.
+        if tokens.dtype != torch.int64 or (tokens.numel() and (int(tokens.min()) < 0
+                                                               or int(tokens.max()) >= self.codebook_size)):
+            raise ValueError(f"the model gave tokens outside [0, {self.codebook_size}) (range [{int(tokens.min())}, "
+                             f"{int(tokens.max())}], dtype {tokens.dtype}): its activations are not finite (a "
+                             "diverged model?)")
         return tokens
 
     def search_tokens(self, x: Tensor, tokens: Tensor, steps: int, lr: float = 0.15) -> Tensor:
@@ -146,10 +163,15 @@ class Autoencoder(nn.Module, PyTorchModelHubMixin, library_name="compressor",
     def decode(self, tokens: Tensor) -> Tensor:
         """tokens: integer (B, num_tokens) in [0, codebook_size), any integer dtype (``tokens.npy`` holds uint16)
         -> frames: uint8 (B, 3, H, W)."""
+        return to_uint8(self.reconstruct(tokens))
+
+    @torch.no_grad()
+    def reconstruct(self, tokens: Tensor) -> Tensor:
+        """tokens: integer (B, num_tokens) -> float (B, 3, H, W) in [-1, 1], before ``decode`` rounds it to uint8
+        (the reference a conditional frame of ``compressor.codec.video`` is coded against)."""
         tokens = self._check_tokens(tokens)
         codes = self.quantizer.tokens_to_codes(tokens.to(self.pre_quant.weight.device))
-        recon = self.decoder(self.post_quant(codes), self.grid)
-        return ((recon.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return self.decoder(self.post_quant(codes), self.grid).clamp(-1, 1)
 
     def _check_frames(self, frames: Tensor) -> None:
         if not isinstance(frames, Tensor):
@@ -207,17 +229,30 @@ class Autoencoder(nn.Module, PyTorchModelHubMixin, library_name="compressor",
         if not (isinstance(config, dict) and isinstance(state, dict)
                 and all(isinstance(v, Tensor) for v in state.values())):
             raise ValueError("not a compressor checkpoint (no config and state dict of tensors)")
-        # Shapes first, on the meta device: a damaged or hostile config (a 2 KB file asking for a 100 GB decoder)
-        # allocates nothing before it is compared with the weights the file actually holds.
+        # The config's types and sizes first, then shapes on the meta device: a damaged or hostile config (a 2 KB
+        # file asking for a 100 GB decoder, or for 100000 blocks) is refused before anything is built or allocated.
+        check_config({**config, **overrides})
         with torch.device("meta"):
             skeleton = cls._from_config(config, overrides)
-        expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+        if (count := sum(p.numel() for p in skeleton.parameters())) > MAX_PARAMETERS:
+            raise ValueError(f"not a compressor checkpoint: its config asks for {count:,} parameters, more than "
+                             f"{MAX_PARAMETERS:,}")
+        skeleton_state = skeleton.state_dict()
+        expected = {k: tuple(v.shape) for k, v in skeleton_state.items()}
         found = {k: tuple(v.shape) for k, v in state.items()}
         if expected != found:
             wrong = sorted(set(expected) ^ set(found)) or [k for k in expected if expected[k] != found[k]]
             raise ValueError(f"not a compressor checkpoint: its weights do not match its config ({len(wrong)} "
                              f"tensors differ; {wrong[0]}: {expected.get(wrong[0])} in the model, "
                              f"{found.get(wrong[0])} in the file)")
+        # load_state_dict would cast bool or int weights silently, and NaN weights (a diverged run) give tokens that
+        # pass every later check once cast: refuse both here.
+        for k, v in state.items():
+            if v.dtype != skeleton_state[k].dtype:
+                raise ValueError(f"not a compressor checkpoint: weight {k} is {v.dtype}, not {skeleton_state[k].dtype}")
+            if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+                raise ValueError(f"not a compressor checkpoint: weight {k} holds non-finite values (NaN or inf: the "
+                                 "export of a diverged training run?)")
         model = cls._from_config(config, overrides)
         model.load_state_dict(state)
         return model.eval()
@@ -233,6 +268,30 @@ class Autoencoder(nn.Module, PyTorchModelHubMixin, library_name="compressor",
         # The format tag lets a reader tell our config.json from any other library's.
         return super().save_pretrained(save_directory, config={"format": CHECKPOINT_FORMAT, **self.export_config()},
                                        **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs) -> "Autoencoder":
+        """``PyTorchModelHubMixin.from_pretrained``, with a local folder's ``config.json`` checked first: a regular
+        file of at most ``MAX_CONFIG_BYTES`` that holds a JSON object (the mixin reads any file to its end and
+        fails on anything but an object with an ``AttributeError``)."""
+        folder = os.fspath(pretrained_model_name_or_path)
+        if os.path.isdir(folder):
+            path = os.path.join(folder, constants.CONFIG_NAME)
+            if os.path.lexists(path):
+                with open_checked(path, MAX_CONFIG_BYTES) as f:
+                    try:
+                        config = json.load(f)
+                    except ValueError as e:
+                        raise ValueError(f"{folder} is not a compressor model folder: {path} is not JSON "
+                                         f"({e})") from None
+                if not (isinstance(config, dict) and config.get("format") == CHECKPOINT_FORMAT):
+                    raise ValueError(f"{folder} is not a compressor model folder: {path} is "
+                                     + (f"of format {config.get('format')!r}" if isinstance(config, dict) else
+                                        f"a {type(config).__name__}, not a JSON object")
+                                     + f" (expected a JSON object of format {CHECKPOINT_FORMAT!r})")
+                overrides = {k: kwargs[k] for k in ("image_size", "max_bytes_per_frame") if k in kwargs}
+                check_config({**config, **overrides}, where=path)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     def _save_pretrained(self, save_directory: Path) -> None:
         # The state dict of export_dict, not safetensors.save_model: its cloned tensors share no storage, so every
@@ -254,8 +313,9 @@ class Autoencoder(nn.Module, PyTorchModelHubMixin, library_name="compressor",
                              f"{CHECKPOINT_FORMAT!r}")
         if os.path.isdir(model_id):
             weights = os.path.join(model_id, constants.SAFETENSORS_SINGLE_FILE)
-            if not os.path.isfile(weights):
+            if not os.path.lexists(weights):
                 raise ValueError(f"{model_id} is not a compressor model folder: no {constants.SAFETENSORS_SINGLE_FILE}")
+            open_checked(weights, MAX_CHECKPOINT_BYTES).close()  # a regular file of a sane size, not /dev/zero
         else:  # a Hub repo id; hf_hub_download serves it from the local cache when offline
             weights = hf_hub_download(repo_id=model_id, filename=constants.SAFETENSORS_SINGLE_FILE, revision=revision,
                                       cache_dir=cache_dir, force_download=force_download, token=token,
@@ -285,6 +345,11 @@ class Autoencoder(nn.Module, PyTorchModelHubMixin, library_name="compressor",
                              f"({type(e).__name__}: {e})") from e
 
 
+def to_uint8(x: Tensor) -> Tensor:
+    """float (..., 3, H, W) in [-1, 1] -> uint8 frames."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu", **overrides) -> Autoencoder:
     """Load a model from an exported ``.pt``, a Lightning ``.ckpt`` written by ``train.py``, or a Hub folder
     written by ``save_pretrained`` (``config.json`` + ``model.safetensors``), onto ``map_location``.
@@ -296,9 +361,10 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu", **ov
     if os.path.isdir(path):
         return Autoencoder.from_pretrained(path, map_location=map_location, **overrides)
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except OSError:
-        raise  # missing or unreadable: that error is already clear
+        with open_checked(path, MAX_CHECKPOINT_BYTES) as f:
+            blob = torch.load(f, map_location="cpu", weights_only=True)
+    except (OSError, ValueError):
+        raise  # missing, unreadable, not a regular file or too large: that error is already clear
     except Exception as e:  # torch raises UnpicklingError, EOFError, RuntimeError, ... for anything else
         # Not torch's text: it suggests weights_only=False, which would run whatever code the file holds.
         raise ValueError(f"{path} is not a compressor checkpoint: it does not load as weights-only torch data "
@@ -319,8 +385,8 @@ def model_id(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def build_part(spec: dict) -> nn.Module:
-    """An encoder, quantizer or decoder from ``{"class_path", "init_args"}``; only classes of the codec modules."""
+def _part_class(spec: dict) -> type:
+    """The class a part's ``class_path`` names; only module classes of the codec modules."""
     module_name, _, class_name = spec["class_path"].rpartition(".")
     module_name = _OLD_MODULES.get(module_name, module_name)
     if module_name not in _BUILDABLE_MODULES:
@@ -328,6 +394,69 @@ def build_part(spec: dict) -> nn.Module:
     cls = getattr(importlib.import_module(module_name), class_name, None)
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):  # not any callable those modules import
         raise ValueError(f"refusing to build {spec['class_path']!r}: not a module class")
+    return cls
+
+
+def _check_size(value, name: str, where: str, high: int = _MAX_SIZE) -> None:
+    if type(value) is not int or not 1 <= value <= high:  # type(): True is an int to isinstance
+        raise ValueError(f"not a compressor checkpoint: {where}: {name} is {value!r}, not an integer in [1, {high}]")
+
+
+def check_config(config, where: str = "its config") -> None:
+    """Refuse, with ``ValueError``, a config that is not a JSON object of three parts of codec classes whose
+    arguments all have the declared types and lie within bounds, or whose rough parameter count exceeds
+    ``MAX_PARAMETERS``. Runs in microseconds and builds nothing."""
+    if not isinstance(config, dict):
+        raise ValueError(f"not a compressor checkpoint: {where} is a {type(config).__name__}, not a JSON object")
+    image_size = config.get("image_size")
+    if not (isinstance(image_size, (list, tuple)) and len(image_size) == 2):
+        raise ValueError(f"not a compressor checkpoint: {where}: image_size is {image_size!r}, not [H, W]")
+    for side in image_size:
+        _check_size(side, "image_size", where)
+    _check_size(config.get("max_bytes_per_frame"), "max_bytes_per_frame", where)
+    rough = 0
+    for name in ("encoder", "quantizer", "decoder"):
+        spec = config.get(name)
+        if not (isinstance(spec, dict) and isinstance(spec.get("class_path"), str)
+                and isinstance(spec.get("init_args"), dict)):
+            raise ValueError(f"not a compressor checkpoint: {where}: {name} is not {{class_path, init_args}}")
+        params = inspect.signature(_part_class(spec)).parameters
+        for key, value in spec["init_args"].items():
+            at = f"{where}: {name}.{key}"
+            kind = str(params[key].annotation) if key in params else None  # "int": the modules postpone annotations
+            if key == "image_size" and key not in params:
+                continue  # stored until 2026-11 without being read; build_part drops it
+            if kind == "int":
+                _check_size(value, key, where, _MAX_DEPTH if key == "depth" else _MAX_SIZE)
+            elif kind == "list[int]":
+                if not (isinstance(value, list) and 1 <= len(value) <= _MAX_LIST):
+                    raise ValueError(f"not a compressor checkpoint: {at} is not a list of 1 to {_MAX_LIST} sizes")
+                for v in value:
+                    _check_size(v, key, where)
+            elif kind == "float":
+                if type(value) not in (int, float) or not 0 <= value <= _MAX_SIZE:  # NaN fails both comparisons
+                    raise ValueError(f"not a compressor checkpoint: {at} is {value!r}, not a number in "
+                                     f"[0, {_MAX_SIZE}]")
+            else:
+                raise ValueError(f"not a compressor checkpoint: {at}: "
+                                 + ("no such argument" if kind is None else f"an argument of unchecked type {kind}"))
+        # Roughly the parameters of this part, from its arguments alone: transformer (or residual) blocks of
+        # about 12 dim**2, 3x3 convolutions between channel counts, linear maps of patches, the codebook.
+        args = spec["init_args"]
+        dim, ratio = args.get("dim", 1), args.get("mlp_ratio", 4.0)
+        channels = [3, *(args.get("stem_channels") or args.get("channels") or args.get("head_channels") or [])]
+        rough += args.get("depth", 0) * (4 + 2 * ratio) * dim * dim
+        rough += sum(9 * (a + b) * b for a, b in zip(channels, channels[1:]))
+        rough += (3 + args.get("features", 0)) * args.get("patch_size", 1) ** 2 * dim
+        rough += args.get("codebook_size", 0) * dim
+    if rough > MAX_PARAMETERS:
+        raise ValueError(f"not a compressor checkpoint: {where} asks for about {rough:,.0f} parameters, more than "
+                         f"{MAX_PARAMETERS:,}")
+
+
+def build_part(spec: dict) -> nn.Module:
+    """An encoder, quantizer or decoder from ``{"class_path", "init_args"}``; only classes of the codec modules."""
+    cls = _part_class(spec)
     init_args = dict(spec["init_args"])
     if "image_size" not in inspect.signature(cls).parameters:
         init_args.pop("image_size", None)  # encoders and decoders stored it until 2026-11, without reading it

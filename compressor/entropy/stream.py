@@ -38,9 +38,8 @@ from torch import Tensor
 
 from compressor.entropy.coding import SLACK_BITS, Decoder, Encoder, min_symbol_bits
 from compressor.entropy.priors import KINDS, PRIORS, Prior
-from compressor.codec.packing import pack, tokens_crc32, unpack
-from compressor.codec.packing import token_bits
-from compressor.utils import atomic_write
+from compressor.codec.packing import pack, token_bits, tokens_crc32, unpack
+from compressor.utils import atomic_write, open_checked
 
 MAGIC = b"CTOK"
 FORMAT_VERSION = 1
@@ -49,6 +48,7 @@ CODER_COMPRESSAI_RANS16 = 1
 _HEADER = struct.Struct("<4sBBBB8s8sIHHIII")
 HEADER_BYTES = _HEADER.size
 PRIOR_FORMAT = "compressor-prior/1"
+MAX_PRIOR_BYTES = 4 << 30  # a prior file larger than this is not one (a symlink to /dev/zero is refused too)
 
 
 class StreamError(ValueError):
@@ -167,13 +167,25 @@ def save_prior(prior: Prior, path: str | os.PathLike, **extra) -> None:
 
 
 def load_prior(path: str | os.PathLike) -> Prior:
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    """A prior written by ``save_prior``; ``ValueError`` ("not a prior file") for anything else."""
+    try:
+        with open_checked(path, MAX_PRIOR_BYTES) as f:
+            blob = torch.load(f, map_location="cpu", weights_only=True)
+    except OSError:
+        raise  # missing or unreadable: that error is already clear
+    except Exception as e:  # UnpicklingError, EOFError, RuntimeError, ...: not torch's text, which advises
+        # weights_only=False (running whatever code the file holds)
+        raise ValueError(f"{path} is not a prior file ({PRIOR_FORMAT}): it does not load as weights-only torch "
+                         f"data ({type(e).__name__})") from None
     if not isinstance(blob, dict) or blob.get("format") != PRIOR_FORMAT:
         raise ValueError(f"{path} is not a prior file ({PRIOR_FORMAT})")
-    args = dict(blob["init_args"])
-    args["grid"] = tuple(args["grid"])
-    prior = PRIORS[blob["kind"]](**args)
-    prior.load_state_dict(blob["state_dict"])
+    try:
+        args = dict(blob["init_args"])
+        args["grid"] = tuple(args["grid"])
+        prior = PRIORS[blob["kind"]](**args)
+        prior.load_state_dict(blob["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{path} is not a prior file ({PRIOR_FORMAT}): {type(e).__name__}: {e}") from None
     prior.eval()
     if prior.prior_id() != blob["prior_id"]:
         raise ValueError(f"{path}: parameters do not match the stored prior id (damaged file?)")

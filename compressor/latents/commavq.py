@@ -9,17 +9,24 @@ Exported folders hold ``<key>.npy`` (T, grid_h, grid_w) in the narrowest *signed
 ``codebook_size - 1`` (int16 for our 14-bit codebook, as commaVQ uses) and, beside each, ``<key>.json``: the very
 metadata of the shard sample it came from (source, segment, frame indices, model id, codebook size, token CRC),
 sealed by its own CRC. A ``.json`` beside a ``.npy`` is what tells the reader the codebook size and grid of tokens
-that are not commaVQ's; without one, commaVQ's (1024 codes, 8x16, 20 fps) are assumed.
+that are not commaVQ's; without one, commaVQ's (1024 codes, 8x16, 20 fps) are assumed. An export also writes
+``manifest.json`` (each ``.npy`` with its sha256, size and the model id), so that a deleted or added file is
+noticed on reading, and it refuses a folder that holds another model's tokens.
 """
 
 from __future__ import annotations
 
+import glob
+import hashlib
+import io
+import json
 import os
 from collections.abc import Sequence
 
 import numpy as np
 
-from compressor.latents.shards import check_against_manifests, expand_urls, grid_of, read_segments, sample_key, seal_meta
+from compressor.latents.shards import (MANIFEST, DamagedShardError, _open_meta, check_against_manifests, expand_urls,
+                                       grid_of, read_manifest, read_segments, sample_key, seal_meta, segment_model_id)
 from compressor.utils import atomic_write
 
 
@@ -52,13 +59,20 @@ def export(shards: str | Sequence[str], output: str, grid: tuple[int, int] | Non
     if problems:
         raise problems[0][1]
     os.makedirs(output, exist_ok=True)
+    listing = read_manifest(output) or {"videos": {}, "shards": {}}
     segments = frames = 0
-    dtype, layout = None, None
+    dtype, layout, model = None, None, None
     for url in urls:
         if url.endswith(".npy"):
             raise ValueError(f"{url} is already a commaVQ-layout file")
         for seg in read_segments(url, prior=prior, expected=expected.get(url)):
             tokens, meta = seg["tokens"].numpy(), seg["meta"]
+            if model is None:
+                model = segment_model_id(meta)
+                check_export_folder(output, model, listing)
+            elif segment_model_id(meta) != model:
+                raise ValueError(f"{url} holds tokens of model {segment_model_id(meta) or '(unnamed)'}, the shards "
+                                 f"before it of model {model or '(unnamed)'}: export one model's latents per folder")
             h, w = grid_of(meta, grid) or (None, None)
             if h is None or h * w != tokens.shape[1]:
                 raise ValueError(f"{url}: {tokens.shape[1]} tokens per frame on grid {(h, w)}; pass --grid H W")
@@ -75,7 +89,39 @@ def export(shards: str | Sequence[str], output: str, grid: tuple[int, int] | Non
             # The json first: a .npy without its json would read as commaVQ's codebook, so it must never exist.
             with atomic_write(os.path.join(output, key + ".json")) as tmp, open(tmp, "wb") as f:
                 f.write(seal_meta(meta))
+            buffer = io.BytesIO()
+            np.save(buffer, tokens.reshape(len(tokens), h, w).astype(dtype))  # (T, N) -> (T, H, W)
             with atomic_write(os.path.join(output, key + ".npy")) as tmp, open(tmp, "wb") as f:
-                np.save(f, tokens.reshape(len(tokens), h, w).astype(dtype))  # (T, N) -> (T, H, W)
+                f.write(buffer.getvalue())
+            listing["shards"][key + ".npy"] = {"sha256": hashlib.sha256(buffer.getvalue()).hexdigest(),
+                                               "bytes": len(buffer.getvalue()), "samples": 1}
             segments, frames = segments + 1, frames + len(tokens)
+    if model is not None:
+        # Last, so a killed export leaves files its manifest does not list: refused on reading, redone by a re-run.
+        listing["model_id"] = model
+        with atomic_write(os.path.join(output, MANIFEST)) as tmp, open(tmp, "w") as f:
+            json.dump(listing, f, indent=1)
     return {"segments": segments, "frames": frames, "dtype": str(dtype), "grid": layout[:2] if layout else None}
+
+
+def check_export_folder(output: str, model: str, listing: dict) -> None:
+    """Refuse to export tokens of ``model`` into a folder that holds another model's: by its manifest, else by the
+    json beside each ``.npy`` (a ``.npy`` without one is commaVQ's own)."""
+    held = listing.get("model_id")
+    where = os.path.join(output, MANIFEST)
+    if held is None:
+        for path in sorted(glob.glob(os.path.join(output, "*.npy"))):
+            sidecar = path[:-4] + ".json"
+            try:
+                with open(sidecar, "rb") as f:
+                    held = segment_model_id(_open_meta(f.read(), sidecar))
+            except FileNotFoundError:
+                held = "commavq"
+            except DamagedShardError as e:
+                raise ValueError(f"{output} holds files that are not this export's: {e}") from e
+            where = path
+            if held != model:
+                break
+    if held is not None and held != model:
+        raise ValueError(f"{output} holds tokens of model {held or '(unnamed)'} ({where}), and these latents are of "
+                         f"model {model or '(unnamed)'}: export into another folder")

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch.utils.data import IterableDataset
 
-from compressor.latents.shards import DamagedShardError, check_against_manifests, expand_urls, read_segments
+from compressor.latents.shards import (DamagedShardError, check_against_manifests, expand_urls, manifest_model_ids,
+                                      read_segments, segment_model_id)
 from compressor.utils import buffer_shuffle, consumer
 
 if TYPE_CHECKING:  # the entropy coder is imported only when a prior is given
@@ -27,7 +28,12 @@ class LatentDataset(IterableDataset):
     """Windows of ``seq_len`` consecutive frames of tokens, never crossing a segment boundary.
 
     Items are dicts: ``tokens`` int64 (T, N), ``source`` (str), ``segment`` (int), ``frame_index`` int64 (T,)
-    (frame indices in the source video).
+    (frame indices in the source video) and ``model_id`` (str: the model that made the tokens; ``"commavq"`` for
+    commaVQ's own files, ``""`` where the data do not say).
+
+    Tokens of different models are different vocabularies: data of more than one model id raise ``ValueError``
+    (from the manifests at construction, else when the first segment of another model is read) unless
+    ``model_ids`` lists the ids the caller accepts.
 
     Work is split by segment, round-robin over (DDP rank x DataLoader worker), in an order that every consumer
     derives from the same seed and epoch, so each window appears exactly once per epoch across all of them.
@@ -44,15 +50,17 @@ class LatentDataset(IterableDataset):
         buffer_size: windows held for shuffling.
         prior: a prior file (or ``Prior``) to decode entropy-coded samples (``tokens.ctok``) with; without it,
             samples are read from their plain ``tokens.npy``.
+        model_ids: the model ids whose tokens may be read together; None: those of one model only, whichever.
 
-    Where a ``manifest.json`` lies beside the shards (encode.py's output), it is the truth: each shard is checked
-    against its sha256, size and sample count, a shard it does not list is refused, and for a directory given,
-    so is one it lists that is missing.
+    Where a ``manifest.json`` lies beside the shards (encode.py's output, commaVQ exports), it is the truth: each
+    shard is checked against its sha256, size and sample count, a shard it does not list is refused, and so is a
+    missing one that it lists, whether a directory, a glob or a list was given. Without one, a warning says that
+    missing shards cannot be detected. Local files named twice are read once.
     """
 
     def __init__(self, shards: str | Sequence[str], seq_len: int = 16, stride: int = 1, shuffle: bool = False,
                  seed: int = 0, epoch_length: int | None = None, skip_damaged: bool = False, buffer_size: int = 1000,
-                 prior: str | os.PathLike | Prior | None = None):
+                 prior: str | os.PathLike | Prior | None = None, model_ids: Sequence[str] | None = None):
         super().__init__()
         if seq_len < 1 or stride < 1:
             raise ValueError(f"seq_len and stride must be >= 1, got {seq_len}, {stride}")
@@ -71,6 +79,24 @@ class LatentDataset(IterableDataset):
         for url, problem in problems:
             self._damaged(url, problem)
         self.urls = [url for url in urls if url not in self.damaged]
+        self.model_ids = None if model_ids is None else set(model_ids)
+        self.model_id: str | None = None  # the one model read so far, where model_ids is None
+        for directory, found in manifest_model_ids(self.urls).items():
+            self._check_model(found, directory)
+
+    def _check_model(self, found: str, where: str) -> None:
+        """Refuse tokens of a model the caller did not accept, or, without ``model_ids``, of a second model."""
+        if self.model_ids is not None:
+            if found not in self.model_ids:
+                raise ValueError(f"{where} holds tokens of model {found or '(unnamed)'}, not of the accepted "
+                                 f"model_ids {sorted(self.model_ids)}")
+        elif self.model_id is None:
+            self.model_id = found
+        elif found != self.model_id:
+            raise ValueError(f"{where} holds tokens of model {found or '(unnamed)'} and the data read before hold "
+                             f"tokens of model {self.model_id or '(unnamed)'}: tokens of different models are "
+                             "different vocabularies; read one model's data, or pass model_ids=[...] to accept "
+                             "several")
 
     def _damaged(self, url: str, error: DamagedShardError) -> None:
         """Raise, or (skip_damaged) warn and count."""
@@ -99,6 +125,7 @@ class LatentDataset(IterableDataset):
             try:
                 for segment in read_segments(url, prior=self.prior, expected=self.expected.get(url),
                                              on_damaged=skip_sample if self.skip_damaged else None):
+                    self._check_model(segment_model_id(segment["meta"]), url)  # every consumer sees every segment
                     if index % consumers == me:
                         yield segment
                     index += 1
@@ -113,7 +140,7 @@ class LatentDataset(IterableDataset):
             for start in range(0, len(tokens) - self.seq_len + 1, self.stride):
                 yield {"tokens": tokens[start : start + self.seq_len], "source": meta.get("source", ""),
                        "segment": int(meta.get("segment", 0)),
-                       "frame_index": frame_index[start : start + self.seq_len]}
+                       "frame_index": frame_index[start : start + self.seq_len], "model_id": segment_model_id(meta)}
 
     def __iter__(self) -> Iterator[dict]:
         windows = self._windows()

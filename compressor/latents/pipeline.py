@@ -8,18 +8,28 @@ only then are it and its videos recorded in this rank's manifest (also replaced 
 the single truth: after a kill at any point, a re-run deletes this rank's partial shard and any finished shard
 they do not record (a kill between rename and manifest write), and redoes exactly the videos that were in them,
 so the result is byte for byte that of an uninterrupted run.
+
+One run writes an output folder at a time (``lock_output``: an ``flock`` that ``encode.py`` holds for the run); the
+ranks of one torchrun job share it. A video's identity is its resolved path relative to the root recorded in the
+manifests by the folder's first run, so a resume given another parent folder as input skips what is done.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import glob
 import hashlib
 import json
 import os
+import re
+import shutil
+import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import av
@@ -40,10 +50,61 @@ from compressor.utils import atomic_write, worker
 # The write sequence of a shard, in order. ``encode_videos(step_hook=...)`` is called after each step, so tests can
 # stop the job at any of them the way a kill would.
 WRITE_STEPS = ("sample_written", "shard_closed", "shard_renamed", "manifest_written")
+LOCK = ".encode.lock"
+_SHARD_NAME = re.compile(r"^latents-(\d{6,})\.tar(\.tmp)?$")  # what ShardWriter writes; other files are left alone
+
+
+class OutputLockedError(RuntimeError):
+    """Another run is writing the output folder."""
+
+
+class DiskFullError(OSError):
+    """A write failed for lack of space; the message names the file and the space left."""
+
+
+@contextlib.contextmanager
+def reporting_full_disk(path: str) -> Iterator[None]:
+    """Turn ENOSPC from the writes inside into a ``DiskFullError`` naming ``path`` and the space left beside it."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno != errno.ENOSPC or isinstance(e, DiskFullError):
+            raise
+        free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+        raise DiskFullError(f"no space left on the device writing {path} ({free:,} bytes free there); free some "
+                            "space and run the same command again to resume") from e
+
+
+def lock_output(output: str):
+    """Take the lock of the output folder for this run and return its open file: hold it until the run ends (the
+    kernel drops it when the process ends, kill -9 included, so no lock is ever stale).
+
+    Two runs writing one folder would both number their shards from 0 and lose each other's videos, so the second
+    is refused with ``OutputLockedError`` naming the host and pid of the first. Ranks of one torchrun job share a
+    folder by design: only rank 0 takes the lock (``encode.py``).
+    """
+    f = open(os.path.join(output, LOCK), "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "a run that is starting"
+        f.close()
+        raise OutputLockedError(f"{output} is being written by another encode run ({holder}); wait for it to end, "
+                                "or encode into another --output") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"host {socket.gethostname()}, pid {os.getpid()}, since "
+            f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
+    f.flush()
+    return f
 
 
 def find_videos(inputs: list[str]) -> tuple[list[str], str]:
-    """Videos under directories (recursively), globs, files or ``@list.txt`` files -> (paths, common root)."""
+    """Videos under directories (recursively), globs, files or ``@list.txt`` files -> (resolved paths, common root).
+
+    Paths are resolved (``realpath``), so one file named twice (``d`` and ``d/``, a symlink, ``..``) is encoded once.
+    """
     # Entries of a list file pass through unchecked: a missing one is recorded as failed, not fatal.
     listed = []
     for item in inputs:
@@ -51,7 +112,7 @@ def find_videos(inputs: list[str]) -> tuple[list[str], str]:
             with open(item[1:]) as f:
                 listed += [line.strip() for line in f if line.strip()]
     others = [item for item in inputs if not item.startswith("@")]
-    paths = sorted({os.path.abspath(p) for p in listed + (list_videos(others, recursive=True) if others else [])})
+    paths = sorted({os.path.realpath(p) for p in listed + (list_videos(others, recursive=True) if others else [])})
     if not paths:
         raise FileNotFoundError(f"no videos found in {inputs}")
     root = os.path.commonpath([os.path.dirname(p) for p in paths])
@@ -169,17 +230,27 @@ class DecodedChunks(IterableDataset):
         yield Chunk(v, segment, torch.stack(frames) if frames else empty, indices, times, True, True, status)
 
 
-class ShardWriter:
-    """Writes samples to ``latents-%06d.tar`` under a temporary name; shards close on whole-video boundaries."""
+def shard_index(name: str) -> int | None:
+    """The index of a shard name that ``ShardWriter`` writes (finished or ``.tmp``); None for any other name."""
+    match = _SHARD_NAME.match(name)
+    return int(match.group(1)) if match else None
 
-    def __init__(self, output: str, rank: int, world_size: int, maxcount: int):
+
+class ShardWriter:
+    """Writes samples to ``latents-%06d.tar`` under a temporary name; shards close on whole-video boundaries.
+
+    ``taken``: shard names the manifests record, never reused even if their file was deleted (a reused name would
+    give two manifest entries for one name)."""
+
+    def __init__(self, output: str, rank: int, world_size: int, maxcount: int, taken: Iterable[str] = ()):
         self.output, self.rank, self.world_size, self.maxcount = output, rank, world_size, maxcount
         self.tar = None
         self.samples = 0
-        self.index = self._next_index()
+        self.index = self._next_index(taken)
 
-    def _next_index(self) -> int:
-        used = [int(os.path.basename(p)[8:14]) for p in glob.glob(os.path.join(self.output, "latents-*.tar"))]
+    def _next_index(self, taken: Iterable[str]) -> int:
+        names = [os.path.basename(p) for p in glob.glob(os.path.join(self.output, "latents-*.tar"))] + list(taken)
+        used = [i for i in map(shard_index, names) if i is not None]
         k = (max(used) // self.world_size + 1) if used else 0
         return k * self.world_size + self.rank  # ranks never collide: rank r owns indices = r (mod world)
 
@@ -188,11 +259,13 @@ class ShardWriter:
         return f"latents-{self.index:06d}.tar"
 
     def write(self, sample: dict) -> None:
-        if self.tar is None:
-            # A fixed mtime: the same videos and model give byte-identical shards, so a resumed job can be
-            # checked against a clean one.
-            self.tar = wds.TarWriter(os.path.join(self.output, self.name + ".tmp"), mtime=0)
-        self.tar.write(sample)
+        tmp = os.path.join(self.output, self.name + ".tmp")
+        with reporting_full_disk(tmp):
+            if self.tar is None:
+                # A fixed mtime: the same videos and model give byte-identical shards, so a resumed job can be
+                # checked against a clean one.
+                self.tar = wds.TarWriter(tmp, mtime=0)
+            self.tar.write(sample)
         self.samples += 1
 
     def full(self) -> bool:
@@ -202,9 +275,10 @@ class ShardWriter:
         """Finish the current shard; returns its name and manifest entry (None if empty)."""
         if self.tar is None:
             return None
-        self.tar.close()
-        step("shard_closed")
         tmp = os.path.join(self.output, self.name + ".tmp")
+        with reporting_full_disk(tmp):
+            self.tar.close()
+        step("shard_closed")
         final = os.path.join(self.output, self.name)
         os.replace(tmp, final)
         step("shard_renamed")
@@ -230,12 +304,38 @@ def _write_json(path: str, obj) -> None:
 
 def load_manifests(output: str) -> dict:
     """Merge ``manifest.json`` and every rank's partial manifest into {"videos": {...}, "shards": {...}}."""
-    merged = read_manifest(output) or {"videos": {}, "shards": {}}
-    # A shard listed but missing on disk (e.g. deleted by hand) makes its videos pending again.
-    for rel, entry in list(merged["videos"].items()):
-        if entry.get("shard") and not os.path.exists(os.path.join(output, entry["shard"])):
-            del merged["videos"][rel]
-    return merged
+    return forget_missing_shards(output, read_manifest(output) or {"videos": {}, "shards": {}})
+
+
+def forget_missing_shards(output: str, manifest: dict) -> dict:
+    """A shard listed but missing on disk (e.g. deleted by hand) makes its videos pending again, and is no longer
+    listed (a later manifest.json would otherwise name a file that readers must then report missing)."""
+    for name in [name for name in manifest["shards"] if not os.path.exists(os.path.join(output, name))]:
+        del manifest["shards"][name]
+    for rel, entry in list(manifest["videos"].items()):
+        if entry.get("shard") and entry["shard"] not in manifest["shards"]:
+            del manifest["videos"][rel]
+    return manifest
+
+
+def file_signature(path: str) -> dict:
+    """Size and modification time of a video, recorded with it: a failed video whose file changed is retried."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return {}
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def is_done(entry: dict | None, path: str) -> bool:
+    """Whether a video's manifest entry means it needs no (new) encoding: it was encoded, or it failed and its
+    file has not changed since."""
+    if entry is None:
+        return False
+    if entry.get("status") != "failed":
+        return True
+    signature = file_signature(path)
+    return bool(signature) and all(entry.get(k) == v for k, v in signature.items())
 
 
 def recorded_model_id(output: str, recorded: dict) -> str | None:
@@ -265,7 +365,8 @@ def remove_unrecorded(output: str, rank: int, world_size: int, recorded: dict) -
     between rename and manifest write left behind. Their videos are not marked done, so they are redone."""
     for path in glob.glob(os.path.join(output, "latents-*.tar*")):
         name = os.path.basename(path)
-        if int(name[8:14]) % world_size == rank and (name.endswith(".tmp") or name not in recorded):
+        index = shard_index(name)  # None: a file this pipeline never writes (latents-old.tar), left alone
+        if index is not None and index % world_size == rank and (name.endswith(".tmp") or name not in recorded):
             os.remove(path)
 
 
@@ -282,20 +383,27 @@ def encode_videos(model: Autoencoder, inputs: list[str], output: str, *, segment
     ``compressor.entropy``).
     """
     videos, root = find_videos(inputs)
+    check_writable(output)
+    recorded = read_manifest(output) or {"videos": {}, "shards": {}}
+    taken = set(recorded["shards"])  # shard names never reused, not even those of shards deleted since
+    recorded = forget_missing_shards(output, recorded)
+    # Sources are relative to the root of the folder's first run, whatever parent folder this run was given: a
+    # video keeps its key, so a resume from videos/ after a run on videos/sub/ skips what is done ("../x.mp4" names
+    # a video outside that root).
+    root = recorded.get("root") or root
     rel = lambda p: os.path.relpath(p, root)  # noqa: E731
     check_unique_keys([rel(p) for p in videos])
-    check_writable(output)
-    recorded = load_manifests(output)
     this_model = check_same_model(output, model, recorded)
     remove_unrecorded(output, rank, world_size, recorded["shards"])
     done = recorded["videos"]
-    mine = [p for i, p in enumerate(videos) if i % world_size == rank and rel(p) not in done]
+    mine = [p for i, p in enumerate(videos) if i % world_size == rank and not is_done(done.get(rel(p)), p)]
+    signatures = {p: file_signature(p) for p in mine}  # before decoding: a file changed meanwhile is retried
     manifest_path = os.path.join(output, f"manifest.rank-{rank}.json")
     manifest = {"videos": {}, "shards": {}}
     if os.path.exists(manifest_path):
         with open(manifest_path) as f:
-            manifest = json.load(f)
-    manifest["model_id"] = this_model
+            manifest = forget_missing_shards(output, json.load(f))
+    manifest["model_id"], manifest["root"] = this_model, root
 
     model = model.to(device).eval()
     if prior is not None and prior.model_id != this_model:
@@ -307,7 +415,7 @@ def encode_videos(model: Autoencoder, inputs: list[str], output: str, *, segment
     workers = min(num_workers, len(mine))
     loader = DataLoader(DecodedChunks(mine, model.image_size, batch_size, segment_seconds, fps),
                         batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None)
-    writer = ShardWriter(output, rank, world_size, maxcount)
+    writer = ShardWriter(output, rank, world_size, maxcount, taken=taken)
     pending: list[str] = []  # videos whose samples sit in the open shard
     # A video's samples are held (256 bytes/frame) until it ends, so a shard only ever holds whole videos even
     # when several decode workers interleave their videos. Frames are never held beyond one batch.
@@ -328,20 +436,31 @@ def encode_videos(model: Autoencoder, inputs: list[str], output: str, *, segment
         for p in pending:
             manifest["videos"][rel(p)]["shard"] = name
         pending.clear()
-        _write_json(manifest_path, manifest)
+        with reporting_full_disk(manifest_path):
+            _write_json(manifest_path, manifest)
         step("manifest_written")
 
-    for chunk in loader:
+    failed: dict[int, str] = {}  # videos whose tokens the model refused: no samples, recorded as failed
+
+    def encode_chunk(chunk: Chunk) -> None:
+        nonlocal frames_total
         path = mine[chunk.video]
-        if len(chunk.frames):
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-                tokens = model.encode(chunk.frames.to(device), search_steps=search_steps)
-            seg_tokens.setdefault(chunk.video, []).append(tokens.cpu().numpy().astype(np.uint16))
-            meta = seg_meta.setdefault(chunk.video, {"frame_indices": [], "timestamps": []})
-            meta["frame_indices"] += chunk.frame_indices
-            meta["timestamps"] += chunk.timestamps
-            frames_total += len(chunk.frames)
-            bar.set_postfix(fps=f"{frames_total / (time.perf_counter() - t0):.1f}", refresh=False)
+        if len(chunk.frames) and chunk.video not in failed:
+            try:
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+                    # checked: int64 in [0, codebook_size)
+                    tokens = model.encode(chunk.frames.to(device), search_steps=search_steps)
+            except ValueError as e:  # e.g. a diverged model's NaN: never cast into valid-looking tokens
+                failed[chunk.video] = f"{type(e).__name__}: {e}"
+                for held in (seg_tokens, seg_meta, video_samples):
+                    held.pop(chunk.video, None)
+            else:
+                seg_tokens.setdefault(chunk.video, []).append(tokens.cpu().numpy().astype(np.uint16))
+                meta = seg_meta.setdefault(chunk.video, {"frame_indices": [], "timestamps": []})
+                meta["frame_indices"] += chunk.frame_indices
+                meta["timestamps"] += chunk.timestamps
+                frames_total += len(chunk.frames)
+                bar.set_postfix(fps=f"{frames_total / (time.perf_counter() - t0):.1f}", refresh=False)
         if chunk.last_in_segment and seg_tokens.get(chunk.video):
             meta = seg_meta.pop(chunk.video)
             tokens = np.concatenate(seg_tokens.pop(chunk.video))
@@ -356,15 +475,27 @@ def encode_videos(model: Autoencoder, inputs: list[str], output: str, *, segment
                 "original_size": chunk.info["original_size"], **common, **coded,
             }, ctok))
         if chunk.last_in_video:
+            info = {**chunk.info}
+            if chunk.video in failed:
+                info.update(status="failed", reason=failed.pop(chunk.video), frames=0)
             for sample in video_samples.pop(chunk.video, []):
                 writer.write(sample)
                 step("sample_written")
-            manifest["videos"][rel(path)] = {**chunk.info, "shard": None}
+            manifest["videos"][rel(path)] = {**info, **signatures[path], "shard": None}
             pending.append(path)
             bar.update(1)
             if writer.full():
                 flush_shard()
-    flush_shard()
+
+    try:
+        for chunk in loader:
+            encode_chunk(chunk)
+        flush_shard()
+    except DiskFullError:
+        # Nothing this run could not record may stay to be read as valid: its partial shard, and a finished one
+        # whose manifest entry could not be written. (Deleting needs no space.)
+        remove_unrecorded(output, rank, world_size, load_manifests(output)["shards"])
+        raise
     bar.close()
     seconds = time.perf_counter() - t0
     return {"rank": rank, "videos": len(mine), "frames": frames_total, "seconds": seconds,
@@ -375,5 +506,7 @@ def write_merged_manifest(output: str, root_inputs: list[str]) -> dict:
     merged = load_manifests(output)
     merged["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     merged["inputs"] = root_inputs
-    _write_json(os.path.join(output, "manifest.json"), merged)
+    path = os.path.join(output, "manifest.json")
+    with reporting_full_disk(path):
+        _write_json(path, merged)
     return merged

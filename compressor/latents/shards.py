@@ -38,6 +38,7 @@ import os
 import re
 import sys
 import tarfile
+import warnings
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO
@@ -103,33 +104,54 @@ def make_sample(tokens: np.ndarray, meta: dict, ctok: bytes | None = None, plain
 
 
 def read_manifest(directory: str) -> dict | None:
-    """``manifest.json`` merged with the per-rank manifests of a job still running or killed; None if none."""
+    """``manifest.json`` merged with the per-rank manifests of a job still running or killed; None if none.
+
+    They must agree: on the model, on the input root, and on every shard that two of them list (so a sha256
+    changed in ``manifest.json`` is caught while a rank manifest still lists the shard). A video that two of them
+    list (a failed video retried, say) takes the later entry, unless only the earlier one's shard exists.
+    """
     paths = [os.path.join(directory, MANIFEST), *sorted(glob.glob(os.path.join(directory, "manifest.rank-*.json")))]
-    merged, found, models = {"videos": {}, "shards": {}}, False, {}
+    merged, found, agreed = {"videos": {}, "shards": {}}, False, {"model_id": {}, "root": {}}
+
+    def has_shard(entry: dict) -> bool:
+        return bool(entry.get("shard")) and os.path.exists(os.path.join(directory, entry["shard"]))
+
     for path in filter(os.path.exists, paths):
         try:
             with open(path) as f:
                 part = json.load(f)
-            merged["videos"].update(part["videos"])
-            merged["shards"].update(part["shards"])
-            if part.get("model_id"):
-                models[part["model_id"]] = path
+            for name, entry in part["shards"].items():
+                if merged["shards"].setdefault(name, entry) != entry:
+                    raise DamagedShardError(f"{directory}: the manifests disagree about shard {name} "
+                                            f"({os.path.basename(path)} and an earlier one); one was edited or "
+                                            "damaged")
+            for rel, entry in part["videos"].items():
+                old = merged["videos"].get(rel)
+                if old is None or old == entry or has_shard(entry) or not has_shard(old):
+                    merged["videos"][rel] = entry
+            for key, values in agreed.items():
+                if part.get(key):
+                    values[part[key]] = path
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise DamagedShardError(f"{path}: unreadable manifest ({type(e).__name__}: {e})") from e
         found = True
-    if len(models) > 1:
-        raise DamagedShardError(f"{directory}: manifests of different models: "
-                                + ", ".join(f"{m} in {os.path.basename(p)}" for m, p in models.items()))
-    if models:
-        merged["model_id"] = next(iter(models))
+    for key, values in agreed.items():
+        if len(values) > 1:
+            what = "models" if key == "model_id" else "input roots"
+            raise DamagedShardError(f"{directory}: manifests of different {what}: "
+                                    + ", ".join(f"{m} in {os.path.basename(p)}" for m, p in values.items()))
+        if values:
+            merged[key] = next(iter(values))
     return merged if found else None
 
 
 # ---- finding shards ------------------------------------------------------------------------------------------
 def expand_urls(shards: str | Sequence[str]) -> list[str]:
-    """A directory, glob, brace pattern, ``pipe:`` command or list of those -> a sorted list of URLs.
+    """A directory, glob, brace pattern, ``pipe:`` command or list of those -> a list of URLs, sorted per item, each
+    local file once (by its resolved path: ``["d", "d/"]`` or ``["d", "d/latents-000000.tar"]`` name it twice).
 
-    Other URL schemes are refused here, before any work: ``pipe:curl -sL URL`` reads from a server.
+    Other URL schemes are refused here, before any work: ``pipe:curl -sL URL`` reads from a server. A glob that
+    matches a folder is refused too: name the folder itself.
     """
     import braceexpand
 
@@ -146,21 +168,37 @@ def expand_urls(shards: str | Sequence[str]) -> list[str]:
             elif os.path.isdir(url):
                 urls += sorted(glob.glob(os.path.join(url, "*.tar")) + glob.glob(os.path.join(url, "*.npy")))
             elif any(c in url for c in "*?["):
-                urls += sorted(glob.glob(url))
+                matches = sorted(glob.glob(url))
+                if folders := [m for m in matches if os.path.isdir(m)]:
+                    raise ValueError(f"{url!r} matches the folder {folders[0]}: a glob must match shard files "
+                                     "(latents-*.tar, *.npy); to read a folder, name the folder")
+                urls += matches
             elif os.path.exists(url):
                 urls.append(url)
             else:
                 raise FileNotFoundError(f"no such latent shard: {url}")
     if not urls:
         raise FileNotFoundError(f"no latent shards (*.tar, commaVQ *.npy) found in {shards!r}")
-    return urls
+    seen: set[str] = set()
+    unique = []
+    for url in urls:
+        identity = url if _SCHEME.match(url) and not os.path.exists(url) else os.path.realpath(url)
+        if identity not in seen:
+            seen.add(identity)
+            unique.append(url)
+    return unique
+
+
+def _is_local(url: str) -> bool:
+    return url.endswith((".tar", ".npy")) and not (_SCHEME.match(url) and not os.path.exists(url))
 
 
 def check_against_manifests(shards: str | Sequence[str],
                             urls: list[str]) -> tuple[dict, list[tuple[str, DamagedShardError]]]:
-    """Each local ``.tar`` URL's manifest entry, and what disagrees with the manifests: shards they do not list
-    (a killed job's unrecorded shard would duplicate its videos) and, for directories given, shards they list
-    that are missing, as (URL, error). Shards without a manifest beside them are not in the result."""
+    """Each local shard URL's manifest entry, and what disagrees with the manifests, as (URL, error): shards they
+    do not list (a killed job's unrecorded shard would duplicate its videos), and shards they list that are missing
+    from their folder, whether the folder, a glob or a list was given. Exported ``.json`` files whose ``.npy`` is
+    missing count as missing too. Folders without a manifest can only be checked that far: one warning says so."""
     manifests: dict[str, dict | None] = {}
 
     def manifest(directory: str) -> dict | None:
@@ -170,13 +208,36 @@ def check_against_manifests(shards: str | Sequence[str],
 
     expected, problems = {}, []
     items = [shards] if isinstance(shards, (str, os.PathLike)) else list(shards)
-    for directory in (str(item) for item in items if os.path.isdir(item)):
-        for name in sorted((manifest(os.path.abspath(directory)) or {"shards": {}})["shards"]):
-            path = os.path.join(directory, name)
-            if not os.path.exists(path):
-                problems.append((path, DamagedShardError(f"{path}: listed in the manifest but missing")))
+    folders = {os.path.abspath(str(item)): str(item) for item in items if os.path.isdir(item)}
     for url in urls:
-        if url.endswith(".tar") and not _SCHEME.match(url):
+        if _is_local(url):
+            folders.setdefault(os.path.dirname(os.path.abspath(url)), os.path.dirname(url) or ".")
+    npy_folders = {os.path.dirname(os.path.abspath(url)) for url in urls if _is_local(url) and url.endswith(".npy")}
+    unchecked = []
+    for directory, shown in folders.items():
+        m = manifest(directory)
+        if m is None:
+            unchecked.append(shown)
+            listed: set[str] = set()
+        else:
+            listed = set(m["shards"])
+            for name in sorted(listed):
+                path = os.path.join(shown, name)
+                if not os.path.exists(path):
+                    problems.append((path, DamagedShardError(f"{path}: listed in the manifest of {shown} but missing")))
+        for sidecar in sorted(glob.glob(os.path.join(directory, "*.json")) if directory in npy_folders else []):
+            name = os.path.basename(sidecar)
+            npy = name[:-5] + ".npy"
+            if not name.startswith("manifest") and npy not in listed and not os.path.exists(sidecar[:-5] + ".npy"):
+                path = os.path.join(shown, npy)
+                problems.append((path, DamagedShardError(f"{path}: missing; its metadata {name} is there (a deleted "
+                                                         "token file)")))
+    if unchecked:
+        warnings.warn(f"no manifest.json in {', '.join(unchecked[:3])}{' ...' if len(unchecked) > 3 else ''}: a "
+                      "missing or extra shard there cannot be detected (encode.py and the commaVQ export write one)",
+                      stacklevel=3)
+    for url in urls:
+        if _is_local(url):
             directory = os.path.dirname(os.path.abspath(url))
             if (m := manifest(directory)) is not None:
                 if os.path.basename(url) in m["shards"]:
@@ -186,6 +247,21 @@ def check_against_manifests(shards: str | Sequence[str],
                         f"{url}: not listed in the manifest of {directory} (a shard that a killed encode job did "
                         "not record, or a stray file)")))
     return expected, problems
+
+
+def manifest_model_ids(urls: list[str]) -> dict[str, str]:
+    """{folder: model id} for the folders of local shard URLs whose manifests name their model."""
+    ids = {}
+    for directory in {os.path.dirname(os.path.abspath(url)) for url in urls if _is_local(url)}:
+        if (m := read_manifest(directory)) is not None and m.get("model_id"):
+            ids[directory] = m["model_id"]
+    return ids
+
+
+def segment_model_id(meta: dict) -> str:
+    """The model whose tokens a segment holds: its ``model_id``; ``"commavq"`` for commaVQ's own files; ``""``
+    where nothing says (shards written by hand, or before samples named their model)."""
+    return str(meta.get("model_id") or ("commavq" if meta.get("format") == "commavq" else ""))
 
 
 # ---- reading -------------------------------------------------------------------------------------------------
@@ -330,17 +406,19 @@ def grid_of(meta: dict, grid: tuple[int, int] | None = None) -> tuple[int, int] 
     return (int(match.group(1)), int(match.group(2))) if match else grid
 
 
-def read_commavq(path: str) -> dict:
+def read_commavq(path: str, expected: dict | None = None) -> dict:
     """A commaVQ-layout ``.npy`` -> ``{"tokens": int64 (T, N), "meta": dict}``, as ``read_segments`` yields.
 
     tokens: any integer dtype, (T, H, W) or (T, H * W) -> int64 (T, H * W), row-major. With a ``.json`` beside the
     file (an export of ours), it gives the grid and codebook and is checked like a shard sample's; otherwise the
-    file is commaVQ's: an 8x16 grid of a 1024-code codebook at 20 fps.
+    file is commaVQ's: an 8x16 grid of a 1024-code codebook at 20 fps. ``expected``: its entry in the folder's
+    manifest (sha256, bytes).
     """
     sidecar = path[:-4] + ".json"
     try:
         with open(path, "rb") as f:
-            tokens = read_npy(f, os.path.getsize(path), INTEGER_DTYPES)
+            data = f.read()
+        tokens = read_npy(io.BytesIO(data), len(data), INTEGER_DTYPES)
         meta_bytes = None
         if os.path.exists(sidecar):
             with open(sidecar, "rb") as f:
@@ -376,6 +454,10 @@ def read_commavq(path: str) -> dict:
             _check_tokens(tokens, meta, sidecar)  # shape against num_frames, codebook, token CRC, frame indices
         except DamagedSampleError as e:
             raise DamagedShardError(str(e)) from e
+    # Last, as for a shard: the checks above name what is wrong more precisely than a digest can.
+    for field, value in {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}.items():
+        if expected is not None and field in expected and expected[field] != value:
+            raise DamagedShardError(f"{path}: {field} {value} where the manifest says {expected[field]}")
     meta.setdefault("bits_per_token", token_bits(codebook))
     return {"tokens": torch.from_numpy(tokens), "meta": meta}
 
@@ -390,7 +472,7 @@ def read_segments(url: str, prior: Prior | None = None, expected: dict | None = 
     and reading goes on; without it, and for damage to the shard itself, ``DamagedShardError`` is raised.
     """
     if url.endswith(".npy") and not url.startswith("pipe:"):
-        yield read_commavq(url)
+        yield read_commavq(url, expected)
         return
     key, count = None, 0
     try:

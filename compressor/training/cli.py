@@ -16,6 +16,8 @@ import os
 
 import torch
 from jsonargparse import Namespace
+import pytorch_lightning as pl
+import yaml
 from pytorch_lightning.cli import LightningCLI
 
 from compressor.codec.autoencoder import Autoencoder, build_part
@@ -58,6 +60,35 @@ def cli(args: list[str] | None = None, run: bool = True, cli_class: type[Compres
         defaults = {sub: defaults for sub in ("fit", "validate", "test", "predict")}
     return cli_class(CompressorModule, FramesDataModule, args=args, run=run, parser_kwargs=defaults,
                      save_config_kwargs={"overwrite": True})
+
+
+def is_video_config(args: list[str]) -> bool:
+    """Whether ``train.py ARGS`` trains video tokens: a ``--config`` file whose ``model.class_path`` is one of
+    ``compressor.training.video``'s modules (the per-frame configs name no model class: theirs is fixed)."""
+    for flag, path in zip(args, args[1:]):
+        if flag == "--config" and os.path.isfile(path):
+            with open(path) as f:
+                config = yaml.safe_load(f) or {}
+            model = config.get("model")
+            if isinstance(model, dict) and str(model.get("class_path", "")).startswith("compressor.training.video."):
+                return True
+    return False
+
+
+class VideoCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("data.image_size", "model.init_args.image_size")
+
+
+def video_cli(args: list[str] | None = None, run: bool = True) -> VideoCLI:
+    """LightningCLI over ``compressor.training.video``'s modules (``VideoModule``: conditional tokens;
+    ``RememberModule``: a decoder that reads earlier frames' tokens) and ``ClipsDataModule``; a video config is
+    complete, with no base under it."""
+    import compressor.training.video  # noqa: F401 (the class paths video configs name)
+    from compressor.data.clips import ClipsDataModule
+
+    return VideoCLI(pl.LightningModule, ClipsDataModule, subclass_mode_model=True, args=args, run=run,
+                    save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False)
 
 
 class _ParseOnly(CompressorCLI):

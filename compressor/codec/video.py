@@ -1,0 +1,281 @@
+"""Video tokens: a frame coded given the previous reconstruction (a causal "P-frame" codec).
+
+A group of frames starts with an intra frame, coded by a per-frame ``Autoencoder`` on its own; every later frame of
+the group is coded by ``ConditionalCodec`` given the reconstruction of the frame before it, which the decoder has
+too. The encoder sees what the decoder will already know, so its tokens only need to say what changed; the decoder
+blends, pixel by pixel, the previous reconstruction with what the tokens say, so a static scene can keep the detail
+it already had.
+
+A conditional frame may spend fewer tokens than an intra frame: ``merge`` adjacent tokens of the patch grid share
+one code (1: 128 tokens, 2: 64, 4: 32 at 128x256 with 16-px patches).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from compressor.codec.autoencoder import Autoencoder, build_part, to_uint8
+from compressor.codec.layers import Transformer, captured_args, init_weights, patchify, sincos_2d, unpatchify
+from compressor.codec.packing import token_bits
+
+
+class ConditionalCodec(nn.Module):
+    """Frame t -> tokens given the reconstruction of frame t-1 -> frame t.
+
+    Args:
+        quantizer: an FSQ-family quantizer (``dim``, ``codebook_size``, ``tokens_to_codes``).
+        image_size: (H, W) of the frames.
+        patch_size: pixels per grid cell side.
+        merge: horizontally adjacent grid cells that share one token (divides the grid width).
+        enc_dim, enc_depth, enc_heads: encoder transformer (it reads the frame and the reference, 6 channels).
+        dec_dim, dec_depth, dec_heads: decoder transformer (it reads the tokens and the reference).
+    """
+
+    def __init__(self, quantizer: nn.Module, image_size: tuple[int, int] = (128, 256), patch_size: int = 16,
+                 merge: int = 1, enc_dim: int = 256, enc_depth: int = 4, enc_heads: int = 4, dec_dim: int = 384,
+                 dec_depth: int = 6, dec_heads: int = 6):
+        super().__init__()
+        self.init_args = captured_args({k: v for k, v in locals().items() if k != "quantizer"})
+        h, w = image_size
+        if h % patch_size or w % patch_size or (w // patch_size) % merge:
+            raise ValueError(f"image {image_size} must tile into {patch_size}-px cells, {merge} to a token across")
+        self.image_size, self.patch_size, self.merge = tuple(image_size), patch_size, merge
+        self.grid = (h // patch_size, w // patch_size)
+        self.num_tokens = self.grid[0] * self.grid[1] // merge
+        self.quantizer = quantizer
+        self.codebook_size = quantizer.codebook_size
+        self.bits_per_token = token_bits(self.codebook_size)
+        self.bytes_per_frame = -(-self.num_tokens * self.bits_per_token // 8)
+        p2 = patch_size * patch_size
+        self.enc_dim, self.dec_dim = enc_dim, dec_dim
+        self.enc_embed = nn.Linear(6 * p2, enc_dim)
+        self.encoder = Transformer(enc_dim, enc_depth, enc_heads)
+        self.pre_quant = nn.Linear(merge * enc_dim, quantizer.dim)
+        self.post_quant = nn.Linear(quantizer.dim, merge * dec_dim)
+        self.ref_embed = nn.Linear(3 * p2, dec_dim)
+        self.decoder = Transformer(dec_dim, dec_depth, dec_heads)
+        self.head = nn.Linear(dec_dim, 3 * p2)  # pixels from the tokens
+        self.blend = nn.Linear(dec_dim, p2)  # per pixel: how much of the reference to keep instead
+        init_weights(self)
+        # A fresh model starts near "nothing changed" (the reference, 95%); init_from(intra) starts it near the
+        # intra model instead. Either way the reference enters the encoder and decoder through zeroed projections.
+        for layer in (self.ref_embed, self.blend):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        nn.init.constant_(self.blend.bias, 3.0)
+        with torch.no_grad():
+            self.enc_embed.weight[:, 3 * p2 :] = 0
+
+    @torch.no_grad()
+    def init_from(self, intra: nn.Module) -> None:
+        """Start from a trained per-frame model of the same widths (a ``ViTEncoder``/``ViTDecoder`` ``Autoencoder``
+        with this quantizer): the frame's path gets its weights, the reference's paths stay at zero, and the blend
+        starts at 5% reference, so a conditional frame first decodes about as the intra model would."""
+        p2 = 3 * self.patch_size ** 2
+        self.enc_embed.weight[:, :p2] = intra.encoder.embed.weight
+        self.enc_embed.bias.copy_(intra.encoder.embed.bias)
+        self.encoder.load_state_dict(intra.encoder.transformer.state_dict())
+        m = self.merge  # merged cells: their mean feeds the quantizer, and each cell gets the token's code back
+        self.pre_quant.weight.copy_(torch.cat([intra.pre_quant.weight / m] * m, 1))
+        self.pre_quant.bias.copy_(intra.pre_quant.bias)
+        self.quantizer.load_state_dict(intra.quantizer.state_dict())
+        self.post_quant.weight.copy_(torch.cat([intra.post_quant.weight] * m, 0))
+        self.post_quant.bias.copy_(torch.cat([intra.post_quant.bias] * m, 0))
+        self.decoder.load_state_dict(intra.decoder.transformer.state_dict())
+        self.head.load_state_dict(intra.decoder.head.state_dict())
+        self.blend.bias.fill_(-3.0)
+
+    # ---- training API -------------------------------------------------------------------------------------
+    def forward(self, x: Tensor, ref: Tensor) -> dict[str, Tensor]:
+        """x, ref: (B, 3, H, W) float in [-1, 1] -> recon (B, 3, H, W), codes (B, n, C), tokens (B, n), quant_loss."""
+        q = self.encode_to_codes(x, ref)
+        return {"recon": self.decode_codes(q["codes"].to(x.dtype), ref), "codes": q["codes"],
+                "tokens": q["tokens"], "quant_loss": q["loss"]}
+
+    def encode_to_codes(self, x: Tensor, ref: Tensor) -> dict[str, Tensor]:
+        """x, ref: (B, 3, H, W) -> the quantizer's output for (B, n) tokens."""
+        pos = sincos_2d(*self.grid, self.enc_dim, x.device)
+        patches = torch.cat([patchify(x, self.patch_size), patchify(ref, self.patch_size)], -1)  # (B, N, 2 x 3p^2)
+        z = self.encoder(self.enc_embed(patches) + pos.to(x.dtype))
+        z = rearrange(z, "b (h w m) d -> b (h w) (m d)", h=self.grid[0], m=self.merge)  # (B, N, D) -> (B, n, mD)
+        return self.quantizer(self.pre_quant(z))
+
+    def decode_codes(self, codes: Tensor, ref: Tensor) -> Tensor:
+        """codes: (B, n, C), ref: (B, 3, H, W) -> recon (B, 3, H, W): per pixel, a blend of the reference and
+        what the tokens say (static parts can keep the reference's detail exactly)."""
+        y = rearrange(self.post_quant(codes), "b n (m d) -> b (n m) d", m=self.merge)  # (B, n, mD) -> (B, N, D)
+        y = y + self.ref_embed(patchify(ref, self.patch_size)) + sincos_2d(*self.grid, self.dec_dim,
+                                                                            ref.device).to(y.dtype)
+        y = self.decoder(y)
+        keep = torch.sigmoid(unpatchify(self.blend(y), self.patch_size, self.grid))  # (B, 1, H, W)
+        return keep * ref + (1 - keep) * unpatchify(self.head(y), self.patch_size, self.grid)
+
+    def export_dict(self) -> dict:
+        q = self.quantizer
+        return {"init_args": dict(self.init_args),
+                "quantizer": {"class_path": f"{type(q).__module__}.{type(q).__name__}", "init_args": dict(q.init_args)},
+                "state_dict": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}}
+
+    @classmethod
+    def from_export(cls, export: dict) -> "ConditionalCodec":
+        args = {k: tuple(v) if k == "image_size" else v for k, v in export["init_args"].items()}
+        codec = cls(build_part(export["quantizer"]), **args)
+        codec.load_state_dict(export["state_dict"])
+        return codec.eval()
+
+    # ---- codec API ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, frames: Tensor, ref: Tensor) -> Tensor:
+        """frames: uint8 (B, 3, H, W); ref: float (B, 3, H, W), the previous reconstruction -> int64 (B, n)."""
+        tokens = self.encode_to_codes(frames.to(ref.dtype) / 127.5 - 1, ref)["tokens"]
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.codebook_size):
+            raise ValueError(f"the model gave tokens outside [0, {self.codebook_size}): a diverged model?")
+        return tokens
+
+    @torch.no_grad()
+    def decode(self, tokens: Tensor, ref: Tensor) -> Tensor:
+        """tokens: (B, n); ref: float (B, 3, H, W) -> the reconstruction, float (B, 3, H, W) in [-1, 1]."""
+        return self.decode_codes(self.quantizer.tokens_to_codes(tokens).to(ref.dtype), ref).clamp(-1, 1)
+
+
+class VideoCodec(nn.Module):
+    """Groups of ``gop`` frames: an intra frame (``intra``, a per-frame ``Autoencoder``), then conditional frames.
+
+    The reference of a conditional frame is the previous frame's decoded reconstruction in float, the same values on
+    both sides, so encoder and decoder never disagree about it.
+    """
+
+    def __init__(self, intra: nn.Module, inter: ConditionalCodec, gop: int = 8):
+        super().__init__()
+        if gop < 1:
+            raise ValueError(f"gop must be >= 1, got {gop}")
+        if tuple(intra.image_size) != inter.image_size:
+            raise ValueError(f"intra model frames {intra.image_size} != conditional model frames {inter.image_size}")
+        self.intra, self.inter, self.gop = intra, inter, gop
+
+    @torch.no_grad()
+    def encode_clip(self, frames: Tensor) -> tuple[list[Tensor], Tensor]:
+        """frames: uint8 (T, 3, H, W) of one clip in order -> (tokens of each frame, int64 (N) or (n); the
+        reconstruction the decoder will produce, uint8 (T, 3, H, W)). Frame t is intra when t % gop == 0."""
+        tokens, recons, ref = [], [], None
+        for t in range(len(frames)):
+            if t % self.gop == 0:
+                tok = self.intra.encode(frames[t : t + 1])
+                ref = self.intra.reconstruct(tok)
+            else:
+                tok = self.inter.encode(frames[t : t + 1], ref)
+                ref = self.inter.decode(tok, ref)
+            tokens.append(tok[0])
+            recons.append(to_uint8(ref[0]))
+        return tokens, torch.stack(recons)
+
+    @torch.no_grad()
+    def decode_clip(self, tokens: list[Tensor]) -> Tensor:
+        """Tokens of a clip that starts at an intra frame, as ``encode_clip`` gives -> uint8 (T, 3, H, W)."""
+        out, ref = [], None
+        for t, tok in enumerate(tokens):
+            tok = tok.unsqueeze(0)
+            if t % self.gop == 0:
+                ref = self.intra.reconstruct(tok)
+            else:
+                ref = self.inter.decode(tok, ref)
+            out.append(to_uint8(ref[0]))
+        return torch.stack(out)
+
+    def export_dict(self) -> dict:
+        return {"format": VIDEO_FORMAT, "gop": self.gop, "intra": self.intra.export_dict(),
+                "inter": self.inter.export_dict()}
+
+    def save(self, path: str | os.PathLike) -> None:
+        torch.save(self.export_dict(), path)
+
+
+VIDEO_FORMAT = "compressor-video/1"
+
+
+def load_video(path: str | os.PathLike, gop: int | None = None) -> VideoCodec:
+    """A ``VideoCodec`` from ``VideoCodec.save``'s file (weights-only load); ``gop`` overrides the saved group."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or blob.get("format") != VIDEO_FORMAT:
+        raise ValueError(f"{path} is not a video codec file (format {VIDEO_FORMAT!r})")
+    intra = Autoencoder.from_export(blob["intra"]).eval()
+    return VideoCodec(intra, ConditionalCodec.from_export(blob["inter"]), gop or blob["gop"]).eval()
+
+
+class RememberingDecoder(nn.Module):
+    """Per-frame tokens decoded with the tokens of up to ``history`` frames before them: the format, the encoder and
+    every stored token stay as they are; only decoding improves.
+
+    The intra model's decoder is copied and reads, beside the current frame's codes, each earlier frame's codes
+    through its own projection. Those projections start at zero, so before training this decodes exactly as the
+    per-frame decoder; a missing earlier frame (the first frame of a clip, a gap) contributes a learned "missing"
+    vector instead, and training drops history at random so that every frame also decodes alone.
+
+    Args:
+        intra: the per-frame ``Autoencoder`` whose tokens are decoded (its decoder is copied, not shared).
+        history: K, the earlier frames read.
+    """
+
+    def __init__(self, intra: Autoencoder, history: int = 2):
+        super().__init__()
+        if history < 1:
+            raise ValueError(f"history must be >= 1, got {history}")
+        self.history = history
+        self._intra_export = intra.export_dict()  # saved with it: the tokens it reads are that model's
+        self.quantizer = copy.deepcopy(intra.quantizer)
+        self.post_quant = copy.deepcopy(intra.post_quant)
+        self.decoder = copy.deepcopy(intra.decoder)
+        self.grid, self.image_size = intra.grid, tuple(intra.image_size)
+        dim, code_dim = intra.post_quant.out_features, intra.post_quant.in_features
+        self.past = nn.ModuleList([nn.Linear(code_dim, dim) for _ in range(history)])
+        self.missing = nn.Parameter(torch.zeros(history, dim))
+        for proj in self.past:
+            nn.init.zeros_(proj.weight)
+            nn.init.zeros_(proj.bias)
+
+    def forward(self, tokens: Tensor, available: Tensor) -> Tensor:
+        """tokens: int (B, 1 + K, N), the current frame first, then frames t-1 .. t-K; available: bool (B, K),
+        whether each earlier frame exists -> recon float (B, 3, H, W)."""
+        codes = self.quantizer.tokens_to_codes(tokens).to(self.post_quant.weight.dtype)  # (B, 1 + K, N, C)
+        y = self.post_quant(codes[:, 0])
+        for k, proj in enumerate(self.past):
+            use = available[:, k, None, None]
+            y = y + torch.where(use, proj(codes[:, k + 1]), self.missing[k].expand_as(y))
+        return self.decoder(y, self.grid)
+
+    @torch.no_grad()
+    def decode_clip(self, tokens: Tensor) -> Tensor:
+        """tokens: int (T, N) of consecutive frames -> uint8 (T, 3, H, W); frame t reads frames t-1 .. t-K of the
+        clip where they exist."""
+        T = len(tokens)
+        past = [torch.roll(tokens, k, 0) for k in range(1, self.history + 1)]
+        stacked = torch.stack([tokens, *past], 1)  # (T, 1 + K, N)
+        available = torch.arange(T)[:, None] >= torch.arange(1, self.history + 1)[None]  # (T, K)
+        return torch.cat([to_uint8(self.forward(stacked[i : i + 32], available[i : i + 32]))
+                          for i in range(0, T, 32)])
+
+    def export_dict(self) -> dict:
+        return {"format": REMEMBERING_FORMAT, "history": self.history, "intra": self._intra_export,
+                "state_dict": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}}
+
+    def save(self, path: str | os.PathLike) -> None:
+        torch.save(self.export_dict(), path)
+
+
+REMEMBERING_FORMAT = "compressor-remembering/1"
+
+
+def load_remembering(path: str | os.PathLike) -> tuple[Autoencoder, RememberingDecoder]:
+    """(the per-frame model whose tokens it decodes, the remembering decoder) from ``RememberingDecoder.save``."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or blob.get("format") != REMEMBERING_FORMAT:
+        raise ValueError(f"{path} is not a remembering decoder file (format {REMEMBERING_FORMAT!r})")
+    intra = Autoencoder.from_export(blob["intra"]).eval()
+    decoder = RememberingDecoder(intra, blob["history"])
+    decoder.load_state_dict(blob["state_dict"])
+    return intra, decoder.eval()

@@ -1,0 +1,232 @@
+"""LightningModule that trains the conditional codec of video tokens (``compressor.codec.video``) on clips.
+
+How the previous reconstruction is produced during training: the first frame of each clip is coded by the frozen
+intra model (a trained per-frame ``Autoencoder``), and each later frame is coded against the conditional model's
+own reconstruction of the frame before it, detached. So training sees the references it will see when coding a
+group (its own output, whatever errors it has), not clean frames or intra reconstructions only, while a step
+costs one forward and backward pass per conditional frame (no back-propagation through time).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from collections import deque
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+from compressor.codec.autoencoder import load
+from compressor.codec.video import ConditionalCodec, RememberingDecoder, VideoCodec
+from compressor.metrics import model_psnr
+from compressor.training.losses import ReconstructionLoss
+from compressor.utils import cosine
+
+
+class VideoModule(pl.LightningModule):
+    """Trains ``ConditionalCodec`` on uint8 clips (B, L, 3, H, W) against a frozen intra model.
+
+    Args:
+        intra: path of the per-frame model (``model.pt``, a ``.ckpt`` or a Hub folder) that codes intra frames.
+        quantizer: the conditional frames' quantizer (an FSQ-family module).
+        merge: grid cells per conditional token (1: 128 tokens at 128x256, 2: 64, 4: 32).
+        enc_dim, enc_depth, enc_heads, dec_dim, dec_depth, dec_heads: the conditional codec's transformers.
+        image_size: (H, W) (linked to ``data.image_size``).
+        loss: the reconstruction objective.
+        lr: peak learning rate; warm-up then a cosine to ``lr * min_lr_ratio``.
+        warmup_steps, min_lr_ratio, weight_decay, grad_clip, ema_decay: as in ``CompressorModule``.
+        calibration_batches: recent batches on which the EMA copy's quantizer statistics are re-estimated.
+        init_from_intra: start the conditional codec from the intra model's weights (``ConditionalCodec.init_from``;
+            the widths and quantizer must match it), so that conditional frames start at intra quality.
+    """
+
+    def __init__(self, intra: str, quantizer: nn.Module, merge: int = 1, enc_dim: int = 256, enc_depth: int = 4,
+                 enc_heads: int = 4, dec_dim: int = 384, dec_depth: int = 6, dec_heads: int = 6,
+                 image_size: tuple[int, int] = (128, 256), loss: ReconstructionLoss | None = None, lr: float = 1e-3,
+                 warmup_steps: int = 200, min_lr_ratio: float = 0.05, weight_decay: float = 0.05,
+                 grad_clip: float = 1.0, ema_decay: float = 0.999, calibration_batches: int = 8,
+                 init_from_intra: bool = True):
+        super().__init__()
+        self.save_hyperparameters(ignore=["quantizer", "loss"])
+        self.intra = load(intra).eval().requires_grad_(False)
+        self.codec = ConditionalCodec(quantizer, image_size, self.intra.encoder.patch_size, merge, enc_dim,
+                                      enc_depth, enc_heads, dec_dim, dec_depth, dec_heads)
+        if init_from_intra:
+            self.codec.init_from(self.intra)
+        self.ema = copy.deepcopy(self.codec).requires_grad_(False)
+        self.loss = loss or ReconstructionLoss()
+        self._recent: deque[tuple[Tensor, Tensor]] = deque(maxlen=calibration_batches)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.intra.eval()  # frozen: its normalization statistics never move
+        return self
+
+    @torch.no_grad()
+    def intra_reference(self, frames: Tensor) -> Tensor:
+        """uint8 (B, 3, H, W) -> the intra model's reconstruction, float (B, 3, H, W), as a decoder gets it."""
+        with torch.autocast(frames.device.type, enabled=False):
+            return self.intra.reconstruct(self.intra.encode(frames))
+
+    def run_clip(self, codec: ConditionalCodec, clips: Tensor) -> tuple[Tensor, list[Tensor], list[dict]]:
+        """clips: uint8 (B, L, 3, H, W) -> (mean loss over conditional frames, PSNR per frame (B,) for t = 1..L-1,
+        the loss terms per frame)."""
+        x = clips.float() / 127.5 - 1
+        ref = self.intra_reference(clips[:, 0])
+        total, psnrs, terms_all = 0.0, [], []
+        for t in range(1, clips.shape[1]):
+            out = codec(x[:, t], ref)
+            terms = self.loss(out["recon"], x[:, t])
+            total = total + terms["loss"] + out["quant_loss"]
+            ref = out["recon"].detach().float().clamp(-1, 1)
+            if codec is self.codec and self.training:
+                self._recent.append((x[:, t].detach(), ref))
+            psnrs.append(model_psnr(ref, x[:, t]).detach())
+            terms_all.append(terms)
+        return total / (clips.shape[1] - 1), psnrs, terms_all
+
+    def training_step(self, clips: Tensor, batch_idx: int) -> Tensor:
+        loss, psnrs, _ = self.run_clip(self.codec, clips)
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=len(clips))
+        self.log("train/psnr", torch.cat(psnrs).mean(), prog_bar=True, batch_size=len(clips))
+        return loss
+
+    def on_before_zero_grad(self, optimizer) -> None:
+        # After each optimizer step: move the EMA copy towards the live weights.
+        with torch.no_grad():
+            step = self.global_step
+            decay = min(self.hparams.ema_decay, (1 + step) / (10 + step))
+            torch._foreach_lerp_(list(self.ema.parameters()), list(self.codec.parameters()), 1 - decay)
+
+    @torch.no_grad()
+    def calibrate_ema(self) -> None:
+        """The EMA copy's quantizer statistics, re-estimated on its own encoder outputs (see
+        ``CompressorModule.calibrate_ema`` for why copying the live statistics is wrong)."""
+        norms = [m for m in self.ema.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not norms or not self._recent:
+            return
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None
+            m.train()
+        for x, ref in self._recent:
+            self.ema.encode_to_codes(x, ref)
+        for m in norms:
+            m.momentum = 0.01
+            m.eval()
+
+    def on_validation_epoch_start(self) -> None:
+        self.calibrate_ema()
+
+    def validation_step(self, clips: Tensor, batch_idx: int) -> None:
+        loss, psnrs, _ = self.run_clip(self.ema, clips)
+        self.log("val/loss", loss, batch_size=len(clips), sync_dist=True)
+        self.log("val/psnr", torch.cat(psnrs).mean(), prog_bar=True, batch_size=len(clips), sync_dist=True)
+        with torch.no_grad():
+            x0 = clips[:, 0].float() / 127.5 - 1
+            self.log("val/intra_psnr", model_psnr(self.intra_reference(clips[:, 0]), x0).mean(),
+                     batch_size=len(clips), sync_dist=True)
+
+    def configure_optimizers(self):
+        decay = [p for p in self.codec.parameters() if p.ndim >= 2]
+        no_decay = [p for p in self.codec.parameters() if p.ndim < 2]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=self.hparams.lr, betas=(0.9, 0.95))
+        total = self.trainer.max_steps
+        if total is None or total <= 0 or not math.isfinite(total):
+            raise ValueError("set trainer.max_steps: the learning-rate schedule needs a known length")
+        warmup, floor = self.hparams.warmup_steps, self.hparams.min_lr_ratio
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return cosine((step - warmup) / max(1, total - warmup), floor)
+
+        return [opt], [{"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, schedule), "interval": "step"}]
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        torch.nn.utils.clip_grad_norm_(self.codec.parameters(), self.hparams.grad_clip)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.calibrate_ema()
+        checkpoint["compressor_video"] = self.video_codec().export_dict()
+
+    def on_train_end(self) -> None:
+        # The file a user codes with (compressor.codec.video.load_video), beside the run's checkpoints.
+        if self.global_rank == 0:
+            self.calibrate_ema()
+            self.video_codec().save(os.path.join(self.trainer.default_root_dir, "video.pt"))
+
+    def video_codec(self, gop: int = 8) -> VideoCodec:
+        """The codec a user runs: the intra model and the EMA conditional model (a copy)."""
+        return VideoCodec(copy.deepcopy(self.intra), copy.deepcopy(self.ema).eval(), gop)
+
+
+class RememberModule(pl.LightningModule):
+    """Trains a ``RememberingDecoder`` on clips (B, 1 + K, 3, H, W) whose last frame is decoded; the per-frame
+    model's encoder is frozen, so its tokens, and every stored latent, stay valid.
+
+    Args:
+        intra: path of the per-frame model whose tokens are decoded.
+        history: K, earlier frames read (``data.clip_len`` must be K + 1).
+        keep_history: chance that a sample sees all K earlier frames; otherwise it sees a random shorter prefix
+            (0 .. K-1 of them), as the first frames of a clip do. 0 trains the same decoder without memory: the
+            control that tells memory from extra training.
+        image_size, loss, lr, warmup_steps, min_lr_ratio, weight_decay, grad_clip, ema_decay: as ``VideoModule``.
+    """
+
+    def __init__(self, intra: str, history: int = 2, keep_history: float = 0.7,
+                 image_size: tuple[int, int] = (128, 256), loss: ReconstructionLoss | None = None, lr: float = 3e-4,
+                 warmup_steps: int = 50, min_lr_ratio: float = 0.05, weight_decay: float = 0.05,
+                 grad_clip: float = 1.0, ema_decay: float = 0.999):
+        super().__init__()
+        self.save_hyperparameters(ignore=["loss"])
+        self.intra = load(intra).eval().requires_grad_(False)
+        self.codec = RememberingDecoder(self.intra, history)
+        self.ema = copy.deepcopy(self.codec).requires_grad_(False)
+        self.loss = loss or ReconstructionLoss()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.intra.eval()
+        return self
+
+    def _batch(self, clips: Tensor, keep: float) -> tuple[Tensor, Tensor, Tensor]:
+        """clips uint8 (B, 1 + K, 3, H, W), oldest first -> tokens (B, 1 + K, N) newest first, available (B, K),
+        the target x (B, 3, H, W) in [-1, 1]."""
+        B, L = clips.shape[:2]
+        with torch.no_grad(), torch.autocast(clips.device.type, enabled=False):
+            tokens = self.intra.encode(clips.flatten(0, 1)).view(B, L, -1).flip(1)
+        K = L - 1
+        seen = torch.where(torch.rand(B, device=clips.device) < keep, K,
+                           torch.randint(0, max(K, 1), (B,), device=clips.device))
+        available = torch.arange(K, device=clips.device)[None] < seen[:, None]
+        return tokens, available, clips[:, -1].float() / 127.5 - 1
+
+    def training_step(self, clips: Tensor, batch_idx: int) -> Tensor:
+        tokens, available, x = self._batch(clips, self.hparams.keep_history)
+        recon = self.codec(tokens, available)
+        terms = self.loss(recon, x)
+        self.log("train/loss", terms["loss"].detach(), prog_bar=True, batch_size=len(clips))
+        self.log("train/psnr", model_psnr(recon.detach().float(), x).mean(), prog_bar=True, batch_size=len(clips))
+        return terms["loss"]
+
+    def on_before_zero_grad(self, optimizer) -> None:
+        with torch.no_grad():
+            step = self.global_step
+            decay = min(self.hparams.ema_decay, (1 + step) / (10 + step))
+            torch._foreach_lerp_(list(self.ema.parameters()), list(self.codec.parameters()), 1 - decay)
+
+    def validation_step(self, clips: Tensor, batch_idx: int) -> None:
+        tokens, available, x = self._batch(clips, 1.0 if self.hparams.keep_history > 0 else 0.0)
+        self.log("val/psnr", model_psnr(self.ema(tokens, available).float(), x).mean(), prog_bar=True,
+                 batch_size=len(clips), sync_dist=True)
+
+    configure_optimizers = VideoModule.configure_optimizers
+    configure_gradient_clipping = VideoModule.configure_gradient_clipping
+
+    def on_train_end(self) -> None:
+        if self.global_rank == 0:
+            self.ema.save(os.path.join(self.trainer.default_root_dir, "remembering.pt"))

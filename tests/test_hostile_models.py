@@ -1,0 +1,165 @@
+"""Hostile and diverged model files, generated here: every one is refused with a clear ``ValueError``, fast.
+
+A diverged training run exports NaN weights; a 2 KB file can ask for a model of any size; a config can be any JSON
+value; a file can be a symlink to /dev/zero. None of them may hang the process, exhaust its memory or give tokens.
+"""
+
+import json
+import os
+import time
+
+import pytest
+import torch
+
+import compressor
+from compressor.codec.autoencoder import MAX_PARAMETERS, Autoencoder
+from compressor.data.synthetic import driving_clip
+from compressor.entropy.stream import load_prior
+from tests.conftest import tiny_model
+
+FRAMES = driving_clip(seed=3, num_frames=2, image_size=(128, 256))
+
+
+def refused(path, match: str = "not a compressor checkpoint") -> float:
+    """Load ``path``, expect a ValueError matching ``match``; the CPU seconds it took."""
+    start = time.process_time()  # CPU time: the machine may be shared, and wall time would measure that instead
+    with pytest.raises(ValueError, match=match) as e:
+        compressor.load(path)
+    assert "weights_only=False" not in str(e.value)
+    return time.process_time() - start
+
+
+@pytest.mark.parametrize("damage", ["nan", "inf", "float16", "float64", "int64", "bool"])
+def test_non_finite_or_wrongly_typed_weights_are_refused(tmp_path, damage):
+    export = tiny_model().export_dict()
+    state = export["state_dict"]
+    name = "encoder.embed.weight"
+    if damage in ("nan", "inf"):
+        state[name][0, 0] = float(damage)
+        match = f"{name} holds non-finite values"
+    else:
+        state[name] = state[name].to(getattr(torch, damage))
+        match = f"{name} is {getattr(torch, damage)}, not torch.float32"
+    torch.save(export, tmp_path / "model.pt")
+    refused(tmp_path / "model.pt", match)
+    # the same weights in a Hub folder (safetensors)
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "hub")
+    import safetensors.torch
+
+    weights = {k: v.contiguous() for k, v in state.items()}
+    safetensors.torch.save_file(weights, str(tmp_path / "hub" / "model.safetensors"))
+    refused(tmp_path / "hub", match)
+
+
+def test_encode_refuses_tokens_outside_the_codebook():
+    """Finite weights whose activations overflow give NaN codes; the quantizer turns them into -2**63."""
+    model = tiny_model()
+    with torch.no_grad():
+        model.encoder.embed.weight.fill_(1e38)
+    with pytest.raises(ValueError, match=r"tokens outside \[0, 15360\)"):
+        model.encode(FRAMES)
+
+
+def hostile_configs() -> dict:
+    """name -> function(config) returning the changed config (or another JSON value)."""
+
+    def decoder(**args):
+        def change(config):
+            config["decoder"]["init_args"].update(args)
+            return config
+        return change
+
+    def top(key, value):
+        def change(config):
+            config[key] = value
+            return config
+        return change
+
+    return {
+        "depth 100000": decoder(depth=100_000),
+        "depth 200000": decoder(depth=200_000),
+        "dim 2**30": decoder(dim=2**30),
+        "heads 0": decoder(heads=0),
+        "patch_size 0": decoder(patch_size=0),
+        "depth -1": decoder(depth=-1),
+        "depth 2.5": decoder(depth=2.5),
+        "depth true": decoder(depth=True),
+        "mlp_ratio nan": decoder(mlp_ratio=float("nan")),
+        "an unknown argument": decoder(command="touch pwned"),
+        "width near the limit": decoder(dim=60_000, heads=10),  # each size within bounds, the whole far above
+        "levels 10**6 long": lambda c: {**c, "quantizer": {"class_path": c["quantizer"]["class_path"],
+                                                            "init_args": {"levels": [2] * 10**6}}},
+        "image_size [0, 0]": top("image_size", [0, 0]),
+        "image_size a string": top("image_size", "128x256"),
+        "max_bytes_per_frame 2**40": top("max_bytes_per_frame", 2**40),
+        "init_args a list": lambda c: {**c, "encoder": {"class_path": c["encoder"]["class_path"], "init_args": [1]}},
+        "a list": lambda c: [c],
+        "a string": lambda c: "compressor/1",
+        "null": lambda c: None,
+    }
+
+
+@pytest.mark.parametrize("case", list(hostile_configs()))
+def test_hostile_configs_are_refused_in_well_under_a_second(tmp_path, case):
+    change = hostile_configs()[case]
+    # a .pt file of a few KB: a config and no weights
+    export = tiny_model().export_dict()
+    export.update(config=change(export["config"]), state_dict={})
+    torch.save(export, tmp_path / "model.pt")
+    assert os.path.getsize(tmp_path / "model.pt") < 4096 or case == "levels 10**6 long"
+    assert refused(tmp_path / "model.pt") < 1.0
+    # a Hub folder: config.json is parsed by us first, so any JSON value is a clear error
+    tiny_model().save_pretrained(tmp_path / "hub")
+    config = json.loads((tmp_path / "hub" / "config.json").read_text())
+    changed = change({k: v for k, v in config.items() if k != "format"})
+    if isinstance(changed, dict):
+        changed = {"format": "compressor/1", **changed}
+    (tmp_path / "hub" / "config.json").write_text(json.dumps(changed))
+    for loader in (compressor.load, Autoencoder.from_pretrained):
+        start = time.process_time()
+        with pytest.raises(ValueError, match="not a compressor|larger than"):  # the last: levels 10**6 long
+            loader(tmp_path / "hub")
+        assert time.process_time() - start < 1.0
+
+
+def test_the_parameter_limit_is_far_above_the_largest_shipped_config():
+    import yaml
+
+    from compressor.codec.autoencoder import build_part
+    from compressor.utils import num_params
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(repo, "configs", "comma-scale-convstem.yaml")) as f:
+        config = yaml.safe_load(f)["model"]
+    with torch.device("meta"):
+        parts = [build_part(config[name]) for name in ("encoder", "decoder")]
+    assert 5 * sum(map(num_params, parts)) < MAX_PARAMETERS
+
+
+@pytest.mark.parametrize("which", ["model.pt", "config.json", "model.safetensors"])
+def test_model_files_that_are_not_regular_files_or_too_large_are_refused(tmp_path, which):
+    tiny_model().save_pretrained(tmp_path / "hub")
+    target = tmp_path / "model.pt" if which == "model.pt" else tmp_path / "hub" / which
+    target.unlink(missing_ok=True)
+    os.symlink("/dev/zero", target)  # read to the end, it never ends
+    path = target if which == "model.pt" else tmp_path / "hub"
+    assert refused(path, "not a regular file") < 1.0
+    if which == "config.json":  # a regular file, but larger than any config
+        target.unlink()
+        target.write_text(json.dumps({"format": "compressor/1", "pad": " " * (2 << 20)}))
+        assert refused(path, "larger than") < 1.0
+
+
+@pytest.mark.parametrize("content", [b"garbage" * 10, "model", {"format": "compressor-prior/1"}])
+def test_a_file_that_is_not_a_prior_is_a_clear_error(tmp_path, content):
+    path = tmp_path / "prior.pt"
+    if content == "model":
+        tiny_model().save(path)
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(content, path)
+    with pytest.raises(ValueError, match="not a prior file") as e:
+        load_prior(path)
+    assert "weights_only" not in str(e.value)

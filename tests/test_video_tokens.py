@@ -1,0 +1,155 @@
+"""Video tokens (compressor.codec.video): exact clip round trips, groups that start anywhere, clips shorter than a
+group, clips from frame shards that never cross videos, and the per-frame default left as it was."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from compressor.codec.quantizers import FSQ
+from compressor.codec.video import ConditionalCodec, RememberingDecoder, VideoCodec, load_remembering, load_video
+from compressor.data.clips import FrameClips, read_videos
+from compressor.data.synthetic import driving_clip
+from compressor.training.cli import is_video_config
+from tests.conftest import tiny_model
+from tests.test_distributed import write_frame_shards
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def video_codec(merge: int = 1, gop: int = 4, trained: bool = True) -> VideoCodec:
+    torch.manual_seed(0)
+    inter = ConditionalCodec(FSQ([8, 5, 5, 5]), merge=merge, enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=32,
+                             dec_depth=1, dec_heads=2)
+    if trained:  # a fresh model mostly keeps its reference; random weights make every conditional frame matter
+        for layer in (inter.head, inter.blend, inter.ref_embed):
+            torch.nn.init.normal_(layer.weight, std=0.02)
+    return VideoCodec(tiny_model(), inter.eval(), gop).eval()
+
+
+@pytest.mark.parametrize("merge,tokens", [(1, 128), (2, 64), (4, 32)])
+def test_clip_round_trip_is_exact(merge, tokens):
+    codec = video_codec(merge)
+    frames = driving_clip(seed=1, num_frames=10)
+    encoded, recon = codec.encode_clip(frames)
+    assert [len(t) for t in encoded] == [128 if t % 4 == 0 else tokens for t in range(10)]
+    sizes = [codec.intra.codebook_size if t % 4 == 0 else codec.inter.codebook_size for t in range(10)]
+    assert all(t.dtype == torch.int64 and 0 <= int(t.min()) and int(t.max()) < n for t, n in zip(encoded, sizes))
+    assert torch.equal(codec.decode_clip(encoded), recon)
+    # Through the stored format: uint16 tokens, a saved and reloaded codec.
+    stored = [t.to(torch.int32).numpy().astype("uint16") for t in encoded]
+    assert torch.equal(codec.decode_clip([torch.from_numpy(t.astype("int64")) for t in stored]), recon)
+
+
+def test_saved_codec_decodes_the_same(tmp_path):
+    codec = video_codec(2)
+    frames = driving_clip(seed=2, num_frames=6)
+    encoded, recon = codec.encode_clip(frames)
+    codec.save(tmp_path / "video.pt")
+    again = load_video(tmp_path / "video.pt")
+    assert again.gop == 4 and again.inter.num_tokens == 64
+    assert torch.equal(again.decode_clip(encoded), recon)
+
+
+def test_conditional_frames_use_the_reference():
+    codec = video_codec()
+    frames = driving_clip(seed=3, num_frames=5)
+    encoded, _ = codec.encode_clip(frames)
+    # The same conditional tokens decode differently against another reference: the decoder reads it.
+    ref = codec.intra.reconstruct(codec.intra.encode(frames[:1]))
+    assert not torch.equal(codec.inter.decode(encoded[1][None], ref), codec.inter.decode(encoded[1][None], -ref))
+
+
+
+def test_a_conditional_codec_started_from_the_intra_model_codes_as_it_does():
+    intra = tiny_model()
+    inter = ConditionalCodec(FSQ([8, 8, 8, 6, 5]), merge=1, enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=48,
+                             dec_depth=1, dec_heads=2).eval()
+    inter.init_from(intra)
+    torch.nn.init.constant_(inter.blend.bias, -30.0)  # no reference at all: exactly the intra path
+    frames = driving_clip(seed=8, num_frames=4)
+    ref = torch.rand(4, 3, 128, 256) * 2 - 1  # whatever the reference, its paths start at zero
+    tokens = inter.encode(frames, ref)
+    assert (tokens == intra.encode(frames)).float().mean() > 0.99  # float sums in another order may flip a few
+    same = intra.encode(frames)
+    assert torch.allclose(inter.decode(same, ref), intra.reconstruct(same), atol=1e-4)
+
+
+def test_a_group_started_mid_clip_decodes_alone():
+    codec = video_codec(gop=4)
+    frames = driving_clip(seed=4, num_frames=12)
+    _, whole = codec.encode_clip(frames)
+    encoded, recon = codec.encode_clip(frames[4:])  # starts at the second group's intra frame
+    assert torch.equal(codec.decode_clip(encoded), recon)
+    assert torch.equal(recon, whole[4:])  # groups never reach back past their intra frame
+    encoded, recon = codec.encode_clip(frames[5:])  # starts mid-group: frame 5 becomes an intra frame
+    assert len(encoded[0]) == 128 and torch.equal(codec.decode_clip(encoded), recon)
+
+
+def test_clip_shorter_than_a_group_and_gop_one_is_per_frame():
+    codec = video_codec(gop=8)
+    frames = driving_clip(seed=5, num_frames=3)
+    encoded, recon = codec.encode_clip(frames)
+    assert [len(t) for t in encoded] == [128, 128, 128] and torch.equal(codec.decode_clip(encoded), recon)
+    codec.gop = 1  # every frame intra: exactly the per-frame tokens and frames
+    encoded, recon = codec.encode_clip(frames)
+    assert torch.equal(torch.stack(encoded), codec.intra.encode(frames))
+    assert torch.equal(recon, codec.intra.decode(codec.intra.encode(frames)))
+
+
+def test_remembering_decoder_reads_earlier_tokens_and_starts_as_the_per_frame_decoder(tmp_path):
+    intra = tiny_model()
+    frames = driving_clip(seed=7, num_frames=6)
+    tokens = intra.encode(frames)
+    decoder = RememberingDecoder(intra, history=2).eval()
+    assert torch.equal(decoder.decode_clip(tokens), intra.decode(tokens))  # untrained: exactly the per-frame decode
+    torch.nn.init.normal_(decoder.past[0].weight, std=0.5)
+    torch.nn.init.normal_(decoder.missing, std=0.5)
+    memory = decoder.decode_clip(tokens)
+    assert not torch.equal(memory[1:], intra.decode(tokens)[1:])  # frame t reads frame t-1's tokens
+    # Frame t depends on frames t-1 and t-2 only where they exist: the first frame decodes alone, and a clip
+    # that starts later decodes its first frame as if nothing came before.
+    assert torch.equal(decoder.decode_clip(tokens[3:])[0], decoder.decode_clip(tokens[3:4])[0])
+    assert torch.equal(decoder.decode_clip(tokens[2:])[2:], memory[4:])
+    decoder.save(tmp_path / "remembering.pt")
+    intra2, again = load_remembering(tmp_path / "remembering.pt")
+    assert torch.equal(intra2.encode(frames), tokens) and torch.equal(again.decode_clip(tokens), memory)
+
+
+def test_clips_are_consecutive_frames_of_one_video(tmp_path):
+    write_frame_shards(tmp_path, [5, 3, 2], size=(8, 8))  # frame k carries k in its first two pixels
+    videos = read_videos(sorted(str(p) for p in tmp_path.glob("*.tar")))
+    clips = FrameClips(videos, clip_len=3)
+    ids = [[int(f[0, 0, 0]) + 256 * int(f[0, 0, 1]) for f in clip] for clip in clips]
+    assert ids == [[0, 1, 2], [1, 2, 3], [2, 3, 4], [5, 6, 7]]  # the 2-frame video is too short for a clip
+    assert len(FrameClips(videos, clip_len=2, starts_every=2)) == 2 + 1 + 1
+
+
+def test_per_frame_training_stays_the_default():
+    assert not is_video_config(["fit", "--config", os.path.join(REPO, "configs", "cpu-best-224B.yaml")])
+    assert not is_video_config([])
+    assert is_video_config(["fit", "--config", os.path.join(REPO, "configs", "video-224B.yaml")])
+
+
+@pytest.mark.slow
+def test_train_py_trains_a_video_model(tmp_path):
+    """train.py fit with configs/video-224B.yaml: 2 steps on generated shards, then video.pt codes a clip."""
+    write_frame_shards(tmp_path / "shards", [6, 6])
+    write_frame_shards(tmp_path / "shards", [6], split="val", start=100)
+    intra = tmp_path / "intra.pt"
+    tiny_model().save(intra)
+    cmd = [sys.executable, "train.py", "fit", "--config", "configs/video-224B.yaml", "--data.shards",
+           str(tmp_path / "shards"), "--model.init_args.intra", str(intra), "--trainer.max_steps", "2",
+           "--trainer.default_root_dir", str(tmp_path / "run"), "--model.init_args.enc_depth", "1", "--model.init_args.dec_depth", "1",
+           "--model.init_args.enc_dim", "32", "--model.init_args.dec_dim", "32", "--model.init_args.enc_heads", "2",
+           "--model.init_args.dec_heads", "2",
+           "--data.batch_size", "2", "--trainer.val_check_interval", "1", "--trainer.limit_val_batches", "1",
+           "--trainer.precision", "32-true", "--trainer.enable_progress_bar", "false"]
+    subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "WANDB_MODE": "disabled"}, timeout=600)
+    codec = load_video(tmp_path / "run" / "video.pt")
+    encoded, recon = codec.encode_clip(driving_clip(seed=6, num_frames=4))
+    assert torch.equal(codec.decode_clip(encoded), recon)
