@@ -41,6 +41,7 @@ ONE = 1 << 16  # probabilities are integers over 2**16
 P_MIN = 16  # each side of a decision keeps >= 16 / 2**16: a wrong guess costs at most 12 bits
 FRAME_P_MIN = 1 << 10  # the frame flag's less likely side keeps >= 2**-6, which bounds frames per payload byte
 HASH_BITS = 22  # tree contexts (token x node) are hashed into tables of 2**22 counts
+TREE_STRENGTH = (0, 2, 2, 2)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 # The least a frame can cost in the payload: its frame flag at >= FRAME_P_MIN less the ANS's rounding (its state
 # stays >= 2**32 and frequencies < 2**24, so a decode step removes at most log2(1 + 2**-8) bits less than the cost).
@@ -106,7 +107,7 @@ class _Model:
         self.ring = around([(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if dr or dc])
         self.frame_counts = _Counts(3, 255)
         self.flag_counts = [_Counts(6, 4095), _Counts(6 * 7 * 6, 1023), _Counts(6 * 7 * 6 * self.n, 255)]
-        self.tree_counts = [_Counts(1 << self.depth, 1023), _Counts(1 << HASH_BITS, 255), _Counts(1 << HASH_BITS, 255)]
+        self.tree_counts = [_Counts(1 << self.depth, 1023)] + [_Counts(1 << HASH_BITS, 255) for _ in range(3)]
         self.prev: np.ndarray | None = None  # tokens of frame t-1 (N,), and t-2
         self.prev2: np.ndarray | None = None
         self.changed = np.zeros(self.n + 1, np.int64)  # changes at t-1 (padding slot last), known from t = 2 on
@@ -153,12 +154,16 @@ class _Model:
         node = (prefix[coded] | (1 << level)).astype(np.int64)
         prev = self.prev[pos[coded]] if self.prev is not None else np.full(len(node), self.k)
         prev2 = self.prev2[pos[coded]] if self.prev2 is not None else np.full(len(node), self.k)
-        key1 = prev.astype(np.uint64) << np.uint64(self.depth + 1) | node.astype(np.uint64)
-        key2 = (prev2.astype(np.uint64) * np.uint64(self.k + 1) + prev.astype(np.uint64)) << np.uint64(
-            self.depth + 1) | node.astype(np.uint64)
-        idx = [node, _hash(key1), _hash(key2 ^ np.uint64(0x5BD1E995))]
+        shift = np.uint64(self.depth + 1)
+        node64 = node.astype(np.uint64)
+        # The previous token's top bits at this level: tokens near it in the codebook share these statistics.
+        coarse = prev.astype(np.uint64) >> np.uint64(max(0, self.depth - level - 2))
+        key1 = (coarse << shift | node64) * np.uint64(3) + np.uint64(1)
+        key2 = prev.astype(np.uint64) << shift | node64
+        key3 = (prev2.astype(np.uint64) * np.uint64(self.k + 1) + prev.astype(np.uint64)) << shift | node64
+        idx = [node, _hash(key1), _hash(key2), _hash(key3 ^ np.uint64(0x5BD1E995))]
         self._tree_updates.append((idx, None))
-        return coded, _blend([(c, i, s) for c, i, s in zip(self.tree_counts, idx, (0, 2, 2))])
+        return coded, _blend([(c, i, s) for c, i, s in zip(self.tree_counts, idx, TREE_STRENGTH)])
 
     def tree_bits(self, bits: np.ndarray) -> None:
         self._tree_updates[-1] = (self._tree_updates[-1][0], bits)
@@ -189,6 +194,11 @@ def _constriction():
 
 def _probs(p: np.ndarray) -> np.ndarray:
     return p.astype(np.float64) / ONE  # exact: an integer over 2**16
+
+
+def _decode(coder, family, p: np.ndarray) -> np.ndarray:
+    """Decisions with P(1) = p / 2**16 (int64); none for an empty batch."""
+    return coder.decode(family, _probs(p)).astype(np.int64) if len(p) else np.zeros(0, np.int64)
 
 
 class AdaptivePrior(Prior):
@@ -275,6 +285,7 @@ class AdaptivePrior(Prior):
         for t in range(num_frames):
             repeated = None
             pos = np.arange(self.num_tokens)
+            frame = model.prev.copy() if t else np.zeros(self.num_tokens, np.int64)
             if t:
                 repeated = bool(coder.decode(family, _probs(model.frame_flag()))[0])
                 if repeated:
@@ -282,18 +293,16 @@ class AdaptivePrior(Prior):
                 else:
                     changed = np.zeros(self.num_tokens + 1, np.int64)
                     for phase, at in (("a", model.phase_a), ("b", model.phase_b)):
-                        changed[at] = coder.decode(family, _probs(model.flags(phase, changed)))
+                        changed[at] = _decode(coder, family, model.flags(phase, changed))
                         model.flag_bits(changed[at])
                     pos = np.flatnonzero(changed[: self.num_tokens])
             prefix = np.zeros(len(pos), np.int64)
             for level in range(model.depth):
                 coded, p = model.tree(pos, level, prefix)
                 bit = np.zeros(len(pos), np.int64)
-                if len(p):
-                    bit[coded] = coder.decode(family, _probs(p))
+                bit[coded] = _decode(coder, family, p)
                 model.tree_bits(bit[coded])
                 prefix = 2 * prefix + bit
-            frame = model.prev.copy() if t else np.zeros(self.num_tokens, np.int64)
             frame[pos] = prefix
             if frame.max(initial=0) >= self.codebook_size:
                 raise ValueError(f"frame {t} decodes to a token outside the codebook of {self.codebook_size}")
