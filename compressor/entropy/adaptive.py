@@ -308,10 +308,8 @@ class AdaptivePrior(Prior):
                 raise ValueError(f"frame {t} decodes to a token outside the codebook of {self.codebook_size}")
             out[t] = frame
             model.end_frame(frame, repeated)
-            if coder.is_empty() and t + 1 < num_frames:
-                raise ValueError(f"the stream ends after frame {t} of the {num_frames} its header promises")
-        if not coder.is_empty():
-            raise ValueError("the stream holds more than the frames its header promises")
+        # No check that the coder ends empty: constriction's coder is not always empty after a legal stream's last
+        # symbol (seen on real VQ tokens). Damage is caught by the token CRC, and ``max_frames`` bounds the work.
         return torch.from_numpy(out)
 
     @torch.no_grad()
