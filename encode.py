@@ -2,7 +2,8 @@
 
     python encode.py --checkpoint runs/x/model.pt --input /videos --output /latents
     torchrun --nproc_per_node 8 encode.py --checkpoint ... --input ... --output ...    # one rank per GPU/process
-    python encode.py ... --entropy-code    # also store each segment entropy-coded with runs/x/prior-temporal.pt
+    python encode.py ... --entropy-code    # also store each segment entropy-coded (adaptive coder, no prior file)
+    python encode.py ... --entropy-code --prior runs/x/prior-temporal.pt    # or with a fitted prior
 
 Re-running the same command resumes: finished videos are skipped, partial shards are redone. The output folder
 gets manifest.json and a dataset card, README.md (model, preprocessing, token layout, counts, how to read it).
@@ -16,6 +17,7 @@ import sys
 import torch
 
 from compressor.codec.autoencoder import load, model_id
+from compressor.entropy.adaptive import AdaptivePrior
 from compressor.entropy.stream import load_prior
 from compressor.utils import rank_world
 from compressor.latents.card import write_card
@@ -39,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--entropy-code", action="store_true",
                     help="also store each segment entropy-coded (tokens.ctok) with a prior from compressor.entropy")
     ap.add_argument("--prior", default=None,
-                    help="prior file for --entropy-code (default: prior-temporal.pt beside the checkpoint)")
+                    help="fitted prior file for --entropy-code (default: the adaptive coder, which needs none)")
     ap.add_argument("--strict", action="store_true", help="exit non-zero if any video failed or was truncated")
     ap.add_argument("--search-steps", type=int, default=0,
                     help="encode-time token search (FSQ models): tokens this model's decoder reconstructs better, same "
@@ -58,11 +60,13 @@ def main(argv=None) -> int:
     except Exception as e:
         sys.exit(f"error: cannot load checkpoint {args.checkpoint}: {type(e).__name__}: {e}")
     prior = None
-    if args.entropy_code:
-        prior_path = args.prior or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "prior-temporal.pt")
+    if args.entropy_code and args.prior is None:  # the adaptive prior: no file, learns each segment as it codes it
+        prior = AdaptivePrior(model.codebook_size, model.grid, model_id(model))
+    elif args.entropy_code:
+        prior_path = args.prior
         if not os.path.exists(prior_path):
-            sys.exit(f"error: --entropy-code needs a prior; {prior_path} does not exist (train one with "
-                     "python -m compressor.entropy train, or pass --prior)")
+            sys.exit(f"error: prior not found: {prior_path} (train one with python -m compressor.tools.entropy "
+                     "train, or leave out --prior for the adaptive coder)")
         try:
             prior = load_prior(prior_path)
         except Exception as e:

@@ -1,6 +1,6 @@
 """Crafted ``.ctok`` segments, decoded one after another: ``python -m tests.stream_fuzz DIR``.
 
-DIR holds ``prior-{static,factorised,temporal}.pt``. Each case mutates a valid segment and recomputes its CRC, so
+DIR holds ``prior-{static,factorised,temporal}.pt``; the adaptive prior needs no file. Each case mutates a valid segment and recomputes its CRC, so
 only the decoder's own checks stand between the bytes and the rANS coder. One line per case is printed (and
 flushed) before it runs, so if the process dies the last line names the case that killed it.
 """
@@ -13,6 +13,7 @@ import zlib
 
 import torch
 
+from compressor.entropy.adaptive import AdaptivePrior
 from compressor.entropy.stream import HEADER_BYTES, StreamError, decode_segment, encode_segment, load_prior
 from compressor.entropy.priors import KINDS
 
@@ -87,8 +88,9 @@ def cases(data: bytes, frames: int, rng: random.Random) -> dict[str, bytes]:
 
 def main(directory: str) -> None:
     rng = random.Random(0)
-    for kind in KINDS:
-        prior = load_prior(os.path.join(directory, f"prior-{kind}.pt"))
+    adaptive = AdaptivePrior(15360, (8, 16))  # needs no file
+    for kind, prior in [(k, load_prior(os.path.join(directory, f"prior-{k}.pt"))) for k in KINDS] + [
+            ("adaptive", adaptive)]:
         segments = {"moving": moving_tokens(8, seed=5), "random": torch.randint(0, 15360, (3, 128)),
                     "empty": torch.zeros(0, 128, dtype=torch.long)}
         other = encode_segment(moving_tokens(8, seed=6), prior)

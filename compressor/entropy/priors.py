@@ -41,6 +41,7 @@ class Prior(nn.Module):
     """What every prior shares: the token format it codes and an id that pins its exact parameters."""
 
     kind = ""
+    coder = 1  # the segment header's coder byte (``stream.CODER_COMPRESSAI_RANS16``)
 
     def __init__(self, codebook_size: int, radices: list[int], grid: tuple[int, int], model_id: str):
         super().__init__()
@@ -76,6 +77,15 @@ class Prior(nn.Module):
         if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.codebook_size):
             raise ValueError(f"tokens must lie in [0, {self.codebook_size}), got [{int(tokens.min())}, "
                              f"{int(tokens.max())}]")
+
+    def encode_payload(self, tokens: Tensor) -> bytes:
+        """tokens (T >= 1, N) -> one rANS payload."""
+        enc = Encoder()
+        self.encode(tokens, enc)
+        return enc.flush()
+
+    def decode_payload(self, payload: bytes, num_frames: int) -> Tensor:
+        return self.decode(Decoder(payload, num_frames * len(self.frame_alphabets())), num_frames)
 
     def load_state_dict(self, *args, **kwargs):
         self._tables = None  # tables are derived from the parameters

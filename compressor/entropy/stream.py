@@ -4,12 +4,14 @@ A segment is a 44-byte header followed by one rANS payload (little-endian)::
 
     magic     4s   b"CTOK"
     version   u8   FORMAT_VERSION
-    prior     u8   1 static, 2 factorised, 3 temporal
-    coder     u8   1 = compressai rANS with 16-bit frequencies; 0 = stored: the fixed-width packing of
-                   ``compressor.pack``, used when the prior would code the segment larger than that
+    prior     u8   1 static, 2 factorised, 3 temporal, 4 adaptive (``compressor.entropy.adaptive``)
+    coder     u8   1 = compressai rANS with 16-bit frequencies (priors 1-3); 2 = constriction ANS, 24-bit (prior
+                   4); 0 = stored: the fixed-width packing of ``compressor.pack``, used when the prior would code
+                   the segment larger than that
     reserved  u8   0
     model_id  8s   the compressor whose tokens these are (``compressor.codec.autoencoder.model_id``)
-    prior_id  8s   the exact prior (``Prior.prior_id``)
+    prior_id  8s   the exact prior (``Prior.prior_id``); for the adaptive prior its version, grid and codebook
+                   size, so that such a segment decodes with no prior file
     frames    u32  frame count
     tokens    u16  tokens per frame
     reserved  u16  0
@@ -23,7 +25,10 @@ cannot: a prior that evaluates to different probabilities on the decoding machin
 A CRC is no defence against crafted bytes, so every header field is also checked against the payload before any
 decoding: zero frames if and only if no payload, a stored payload of exactly ``frames`` packed frames, and a rANS
 payload of whole 4-byte words that can hold ``frames`` frames at all (every coded symbol costs a minimum number of
-bits). ``coding.Decoder`` then keeps the rANS coder inside the payload, and decoded tokens are range-checked.
+bits). ``coding.Decoder`` then keeps the rANS coder inside the payload (constriction checks its own reads), and
+decoded tokens are range-checked.
+
+Segments written before the adaptive prior existed have the same format (version 1) and decode as before.
 """
 
 from __future__ import annotations
@@ -36,7 +41,8 @@ import zlib
 import torch
 from torch import Tensor
 
-from compressor.entropy.coding import SLACK_BITS, Decoder, Encoder, min_symbol_bits
+from compressor.entropy.adaptive import AdaptivePrior
+from compressor.entropy.coding import SLACK_BITS, min_symbol_bits
 from compressor.entropy.priors import KINDS, PRIORS, Prior
 from compressor.codec.packing import pack, token_bits, tokens_crc32, unpack
 from compressor.utils import atomic_write, open_checked
@@ -45,6 +51,8 @@ MAGIC = b"CTOK"
 FORMAT_VERSION = 1
 CODER_STORED = 0
 CODER_COMPRESSAI_RANS16 = 1
+CODER_CONSTRICTION_ANS24 = AdaptivePrior.coder
+SEGMENT_KINDS = (*KINDS, AdaptivePrior.kind)  # the header's prior field, from 1
 _HEADER = struct.Struct("<4sBBBB8s8sIHHIII")
 HEADER_BYTES = _HEADER.size
 PRIOR_FORMAT = "compressor-prior/1"
@@ -63,16 +71,12 @@ def encode_segment(tokens: Tensor, prior: Prior) -> bytes:
     """tokens int (T, N) -> header + rANS payload."""
     tokens = torch.as_tensor(tokens).long().cpu()
     prior.check_tokens(tokens)
-    payload = b""
-    if len(tokens):  # compressai's flush of an empty stream crashes
-        enc = Encoder()
-        prior.encode(tokens, enc)
-        payload = enc.flush()
-    coder = CODER_COMPRESSAI_RANS16
+    payload = prior.encode_payload(tokens) if len(tokens) else b""  # compressai's flush of an empty stream crashes
+    coder = prior.coder
     stored = pack(tokens, token_bits(prior.codebook_size)) if len(tokens) else b""
     if len(stored) < len(payload):  # a prior that does not fit these tokens never costs more than packing
         payload, coder = stored, CODER_STORED
-    head = _HEADER.pack(MAGIC, FORMAT_VERSION, KINDS.index(prior.kind) + 1, coder, 0,
+    head = _HEADER.pack(MAGIC, FORMAT_VERSION, SEGMENT_KINDS.index(prior.kind) + 1, coder, 0,
                         bytes.fromhex(prior.model_id.ljust(16, "0")[:16]), bytes.fromhex(prior.prior_id()),
                         len(tokens), prior.num_tokens, 0, len(payload), tokens_crc32(tokens), 0)
     crc = zlib.crc32(payload, zlib.crc32(head[: HEADER_BYTES - 4]))
@@ -89,8 +93,8 @@ def read_header(data: bytes) -> dict:
         raise StreamError(f"not a coded token segment (magic {magic!r}, expected {MAGIC!r})")
     if version != FORMAT_VERSION:
         raise StreamError(f"segment format version {version}; this code reads version {FORMAT_VERSION}")
-    if not 1 <= kind <= len(KINDS) or coder not in (CODER_STORED, CODER_COMPRESSAI_RANS16):
-        raise StreamError(f"unknown prior kind {kind} or coder {coder}")
+    if not 1 <= kind <= len(SEGMENT_KINDS) or coder not in (CODER_STORED, _CODERS[SEGMENT_KINDS[kind - 1]]):
+        raise StreamError(f"unknown prior kind {kind} or coder {coder}, or a coder that prior does not use")
     if len(data) != HEADER_BYTES + length:
         raise StreamError(f"segment is {len(data)} bytes; its header says {HEADER_BYTES + length}")
     if zlib.crc32(data[HEADER_BYTES:], zlib.crc32(data[: HEADER_BYTES - 4])) != crc:
@@ -102,8 +106,31 @@ def read_header(data: bytes) -> dict:
                           "a segment has frames exactly when it has a payload")
     if coder == CODER_COMPRESSAI_RANS16 and length and (length < 8 or length % 4):
         raise StreamError(f"a rANS payload is a whole number of 4-byte words, at least 2; header says {length} bytes")
-    return {"prior": KINDS[kind - 1], "stored": coder == CODER_STORED, "model_id": model_id.hex(), "prior_id": prior_id.hex(), "num_frames": frames,
+    if coder == CODER_CONSTRICTION_ANS24 and length % 4:
+        raise StreamError(f"an ANS payload is a whole number of 4-byte words; header says {length} bytes")
+    return {"prior": SEGMENT_KINDS[kind - 1], "stored": coder == CODER_STORED, "model_id": model_id.hex(), "prior_id": prior_id.hex(), "num_frames": frames,
             "num_tokens": tokens, "token_crc": token_crc, "payload_bytes": length}
+
+
+_CODERS = {**{kind: CODER_COMPRESSAI_RANS16 for kind in KINDS}, AdaptivePrior.kind: CODER_CONSTRICTION_ANS24}
+
+
+def segment_prior(data: bytes, prior: Prior | None) -> Prior:
+    """The prior that decodes this segment: an adaptive segment's own (from its header: no file needed), else
+    ``prior``; ``PriorMismatchError`` when the segment needs a fitted prior and none is given."""
+    head = read_header(data)
+    if head["prior"] == AdaptivePrior.kind:
+        try:
+            adaptive = AdaptivePrior.from_id(head["prior_id"], head["model_id"])
+        except ValueError as e:
+            raise StreamError(f"adaptive segment: {e}") from e
+        if adaptive.num_tokens != head["num_tokens"]:
+            raise StreamError(f"adaptive segment of a {adaptive.grid} grid with {head['num_tokens']} tokens per frame")
+        return adaptive
+    if prior is None:
+        raise PriorMismatchError(f"segment was coded with the {head['prior']} prior {head['prior_id']}; pass that "
+                                 "prior file to decode it")
+    return prior
 
 
 def max_frames(prior: Prior, payload_bytes: int) -> int | None:
@@ -113,17 +140,21 @@ def max_frames(prior: Prior, payload_bytes: int) -> int | None:
     least 2**31 while reading W words of at most 32 + SLACK_BITS bits each, so its symbols cost at most
     32 + (32 + SLACK_BITS) * W bits in all; each frame's symbols cost at least ``min_symbol_bits`` each.
     """
+    if isinstance(prior, AdaptivePrior):
+        return prior.max_frames(payload_bytes)
     frame_bits = sum(min_symbol_bits(a) for a in prior.frame_alphabets())
     words = (payload_bytes - 8) / 4
     return math.floor((32 + (32 + SLACK_BITS) * words) / frame_bits) if frame_bits > 0 else None
 
 
-def decode_segment(data: bytes, prior: Prior, num_frames: int | None = None) -> Tensor:
+def decode_segment(data: bytes, prior: Prior | None = None, num_frames: int | None = None) -> Tensor:
     """header + payload -> tokens int64 (T, N), or ``StreamError``; never tokens other than those encoded.
 
+    An adaptive segment decodes with no prior (any ``prior`` given is not used for it); the others need theirs.
     ``num_frames``, when known (a sample's metadata), must match the header: a mismatch is refused before decoding.
     """
     head = read_header(data)
+    prior = segment_prior(data, prior)
     if head["model_id"] != prior.model_id.ljust(16, "0")[:16]:
         raise PriorMismatchError(f"segment was coded for compressor model {head['model_id']}; the prior belongs to "
                           f"{prior.model_id}")
@@ -148,7 +179,7 @@ def decode_segment(data: bytes, prior: Prior, num_frames: int | None = None) -> 
         if head["stored"]:
             tokens = unpack(payload, frames, prior.num_tokens, bits)
         else:
-            tokens = prior.decode(Decoder(payload, frames * len(prior.frame_alphabets())), frames)
+            tokens = prior.decode_payload(payload, frames)
         prior.check_tokens(tokens)
     except (RuntimeError, ValueError, IndexError, MemoryError) as e:
         raise StreamError(f"segment does not decode with this prior ({type(e).__name__}: {e})") from e

@@ -49,7 +49,8 @@ class LatentDataset(IterableDataset):
             instead of raising ``DamagedShardError``. Counts are per process: DataLoader workers keep their own.
         buffer_size: windows held for shuffling.
         prior: a prior file (or ``Prior``) to decode entropy-coded samples (``tokens.ctok``) with; without it,
-            samples are read from their plain ``tokens.npy``.
+            samples are read from their plain ``tokens.npy``, and samples that hold only coded tokens are decoded
+            if the adaptive prior coded them (it needs no file; ``MissingPriorError`` for the fitted priors).
         model_ids: the model ids whose tokens may be read together; None: those of one model only, whichever.
 
     Where a ``manifest.json`` lies beside the shards (encode.py's output, commaVQ exports), it is the truth: each

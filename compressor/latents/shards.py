@@ -5,7 +5,8 @@ A shard is a plain tar (``webdataset`` reads it) of samples, one per segment of 
     <key>.json           metadata: source (the video's path relative to the input root), segment, num_frames,
                          num_tokens, codebook_size, tokens_crc32, ..., and meta_crc32 over all the rest
     <key>.tokens.npy     uint16 (T, N), little-endian
-    <key>.tokens.ctok    optional: the same tokens entropy-coded (``compressor.entropy.stream``)
+    <key>.tokens.ctok    optional: the same tokens entropy-coded (``compressor.entropy.stream``); with the
+                         adaptive prior (encode.py's default) it decodes with no prior file
 
 A key is the source path made safe (webdataset splits a member name at its first dot, so no dots) plus a hash of
 the exact path, so distinct videos never share one. ``manifest.json`` beside the shards lists each shard's
@@ -340,12 +341,12 @@ def _sample(url: str, key: str, entry: dict, prior: Prior | None) -> dict:
         raise DamagedSampleError(f"{where}: incomplete (has {sorted(entry)})")
     meta = _open_meta(entry["json"], where)
     if "tokens.ctok" in entry and (prior is not None or "tokens.npy" not in entry):
-        if prior is None:
-            raise MissingPriorError(f"{where} holds only entropy-coded tokens; pass the prior file that coded them "
-                                    "(LatentDataset(..., prior=...))")
-        from compressor.entropy.stream import PriorMismatchError, StreamError, decode_segment
+        from compressor.entropy.stream import PriorMismatchError, StreamError, decode_segment, read_header
 
-        try:
+        try:  # an adaptive segment needs no prior; the fitted priors' segments need theirs
+            if prior is None and read_header(entry["tokens.ctok"])["prior"] != "adaptive":
+                raise MissingPriorError(f"{where} holds only entropy-coded tokens; pass the prior file that coded "
+                                        "them (LatentDataset(..., prior=...))")
             tokens = decode_segment(entry["tokens.ctok"], prior, num_frames=_meta_int(meta, "num_frames", where))
         except PriorMismatchError:
             raise  # a wrong setting, not damage

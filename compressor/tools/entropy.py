@@ -4,10 +4,14 @@
     python -m compressor.tools.entropy train --checkpoint runs/x/model.pt --input latents/train --val-input latents/val
     # or on commaVQ-layout .npy files (any codebook size; no checkpoint: the format comes from the files)
     python -m compressor.tools.entropy train --input npy/train --val-input npy/val --output priors/
-    # write entropy-coded copies of token shards (each segment decoded back and compared before it is kept)
+    # write entropy-coded copies of token shards (each segment decoded back and compared before it is kept);
+    # without --prior with the adaptive coder, which needs no training
+    python -m compressor.tools.entropy code --input latents/val --output latents-coded
     python -m compressor.tools.entropy code --prior runs/x/prior-temporal.pt --input latents/val --output latents-coded
-    # bits per token, bytes per frame and speed of every prior against lzma and zstd (commaVQ's baseline layout too)
+    # bits per token, bytes per frame and speed of the adaptive coder and every prior given against lzma and zstd
+    # (commaVQ's baseline layout too); a folder of commaVQ .npy files works the same, with or without --prior
     python -m compressor.tools.entropy report --prior runs/x/prior-*.pt --input latents/val --output reports/entropy
+    python -m compressor.tools.entropy report --input commavq-npy/ --output reports/entropy-commavq
 """
 
 from __future__ import annotations
@@ -20,35 +24,19 @@ import sys
 import torch
 import webdataset as wds
 
+from compressor.entropy.adaptive import AdaptivePrior
 from compressor.entropy.coding import digit_radices
 from compressor.entropy.fit import check_segments, fit_static, fit_temporal, mean_bits_per_token
 from compressor.entropy.priors import KINDS, PRIORS, Prior
 from compressor.entropy.stream import decode_segment, encode_segment, load_prior, save_prior
-from compressor.latents.shards import expand_urls, grid_of, make_sample, read_segments
+from compressor.tools.entropy_report import token_format
+from compressor.latents.shards import expand_urls, make_sample, read_segments
 from compressor.utils import atomic_write
 
 
 def load_segments(shards, prior: Prior | None = None) -> list[dict]:
     """Every segment in the shards, in order: ``{"tokens": int64 (T, N), "meta": dict}``."""
     return [seg for url in expand_urls(shards) for seg in read_segments(url, prior=prior)]
-
-
-def token_format(segments: list[dict]) -> dict:
-    """The codebook size, grid and model id that every segment's metadata share: what a prior is built for when no
-    checkpoint says it (commaVQ files, exports of ours, encode.py shards). ``ValueError`` if they differ or lack one."""
-    if not segments:
-        raise ValueError("no token segments found")
-    formats = set()
-    for seg in segments:
-        meta = seg["meta"]
-        formats.add((meta.get("codebook_size"), grid_of(meta), meta.get("model_id", "")))
-    if len(formats) > 1:
-        raise ValueError(f"segments of several token formats (codebook, grid, model id): {sorted(map(str, formats))}")
-    ((codebook, grid, mid),) = formats
-    if codebook is None or grid is None:
-        raise ValueError("the segments' metadata lack codebook_size or token_layout; give the --checkpoint that made "
-                         "the tokens")
-    return {"codebook_size": int(codebook), "grid": grid, "model_id": mid}
 
 
 def train(args) -> None:
@@ -92,7 +80,11 @@ def train(args) -> None:
 
 
 def code(args) -> None:
-    prior = load_prior(args.prior)
+    if args.prior:
+        prior = load_prior(args.prior)
+    else:  # the adaptive coder, built for the tokens' own format
+        fmt = token_format(load_segments(args.input))
+        prior = AdaptivePrior(fmt["codebook_size"], fmt["grid"], fmt["model_id"])
     os.makedirs(args.output, exist_ok=True)
     frames = coded = 0
     for url in expand_urls(args.input):
@@ -100,7 +92,7 @@ def code(args) -> None:
         with atomic_write(os.path.join(args.output, name)) as tmp, wds.TarWriter(tmp, mtime=0) as sink:
             for i, seg in enumerate(read_segments(url)):
                 data = encode_segment(seg["tokens"], prior)
-                if not torch.equal(decode_segment(data, prior), seg["tokens"]):  # never keep a stream that lies
+                if not torch.equal(decode_segment(data, prior, len(seg["tokens"])), seg["tokens"]):  # never keep a stream that lies
                     raise RuntimeError(f"{url}: segment {i} did not decode to its tokens")
                 meta = {"source": name, "segment": i, **seg["meta"],
                         "entropy_coded": {"prior": prior.kind, "prior_id": prior.prior_id(), "bytes": len(data)}}
@@ -135,11 +127,11 @@ def main(argv=None) -> int:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--log-every", type=int, default=250, help="temporal prior: steps between log lines")
     c = sub.add_parser("code", help="write entropy-coded copies of token shards")
-    c.add_argument("--prior", required=True)
+    c.add_argument("--prior", help="a fitted prior file (default: the adaptive coder, which needs none)")
     c.add_argument("--input", required=True, nargs="+", help="token shards to code")
     c.add_argument("--output", required=True, help="folder for the coded shards")
     r = sub.add_parser("report", help="bits/token, bytes/frame and speed per prior vs lzma and zstd")
-    r.add_argument("--prior", required=True, nargs="+", help="prior files")
+    r.add_argument("--prior", nargs="*", default=[], help="fitted prior files (the adaptive coder is always measured)")
     r.add_argument("--input", required=True, nargs="+", help="token shards to measure on (the val clips)")
     r.add_argument("--output", default=None, help="directory for report.json and report.md")
     r.add_argument("--constriction", action="store_true", help="also code the temporal prior with constriction")

@@ -14,14 +14,36 @@ import zstandard
 
 from compressor.benchmark import write_report
 from compressor.codec.packing import from_digits, to_digits, pack, unpack
+from compressor.entropy.adaptive import AdaptivePrior
 from compressor.entropy.priors import KINDS, TemporalPrior, one_thread
 from compressor.entropy.stream import HEADER_BYTES, decode_segment, encode_segment, load_prior
+from compressor.latents.shards import grid_of
 
 
 def _timed(fn, *args):
-    t0 = time.perf_counter()
+    """fn(*args) and the CPU seconds it took: every coder here runs on one thread, and CPU time, unlike wall time,
+    does not count the time other processes on a shared machine take from it."""
+    t0 = time.process_time()
     out = fn(*args)
-    return out, time.perf_counter() - t0
+    return out, time.process_time() - t0
+
+
+def token_format(segments: list[dict]) -> dict:
+    """The codebook size, grid and model id that every segment's metadata share: what a prior is built for when no
+    checkpoint says it (commaVQ files, exports of ours, encode.py shards). ``ValueError`` if they differ or lack one."""
+    if not segments:
+        raise ValueError("no token segments found")
+    formats = set()
+    for seg in segments:
+        meta = seg["meta"]
+        formats.add((meta.get("codebook_size"), grid_of(meta), meta.get("model_id", "")))
+    if len(formats) > 1:
+        raise ValueError(f"segments of several token formats (codebook, grid, model id): {sorted(map(str, formats))}")
+    ((codebook, grid, mid),) = formats
+    if codebook is None or grid is None:
+        raise ValueError("the segments' metadata lack codebook_size or token_layout; give the --checkpoint that made "
+                         "the tokens")
+    return {"codebook_size": int(codebook), "grid": grid, "model_id": mid}
 
 
 def _general_purpose(name: str, compress, decompress, segments: list[dict], to_bytes, from_bytes) -> dict:
@@ -66,9 +88,11 @@ def _prior_row(prior, segments: list[dict]) -> dict:
         counts = by_source.setdefault(seg["meta"].get("source", ""), [0, 0])
         counts[0], counts[1] = counts[0] + len(data), counts[1] + len(seg["tokens"])
     return {"bytes_per_frame_by_source": {k: round(b / max(n, 1), 2) for k, (b, n) in by_source.items()},
-            "method": f"prior ({'abc'[KINDS.index(prior.kind)]}) {prior.kind}",
+            "method": (f"prior ({'abc'[KINDS.index(prior.kind)]}) {prior.kind}" if prior.kind in KINDS
+                       else "adaptive (no fitted prior)"),
             "prior_id": prior.prior_id(), "bytes": size, "ideal_bits": ideal, "encode_s": enc_s, "decode_s": dec_s,
-            "exact": bool(exact), "coder": "compressai rANS, 16-bit"}
+            "exact": bool(exact),
+            "coder": "compressai rANS, 16-bit" if prior.coder == 1 else "constriction ANS, 24-bit"}
 
 
 @torch.no_grad()
@@ -116,7 +140,8 @@ def _constriction_round_trip(prior: TemporalPrior, digits: torch.Tensor):
 
 def report(prior_paths: list[str], segments: list[dict], output: str | None, inputs: list[str] | None = None,
            with_constriction: bool = False) -> dict:
-    """Every prior against fixed packing, lzma and zstd on ``segments`` (read from the token files ``inputs``)."""
+    """The adaptive coder and every prior against fixed packing, lzma and zstd on ``segments`` (read from the token
+    files ``inputs``)."""
     priors = [load_prior(p) for p in prior_paths]
     for prior, path in zip(priors, prior_paths):
         for seg in segments:
@@ -140,6 +165,8 @@ def report(prior_paths: list[str], segments: list[dict], output: str | None, inp
                  _general_purpose("zstd (level 19) over int16, position-major",
                                   zstandard.ZstdCompressor(level=19).compress, zstandard.ZstdDecompressor().decompress,
                                   segments, *int16)]
+    fmt = token_format(segments)  # the adaptive coder needs no file: it is built for the tokens' own format
+    rows.append(_prior_row(AdaptivePrior(fmt["codebook_size"], fmt["grid"], fmt["model_id"]), segments))
     for prior in priors:
         rows.append(_prior_row(prior, segments))
         if with_constriction and isinstance(prior, TemporalPrior):
@@ -156,7 +183,7 @@ def report(prior_paths: list[str], segments: list[dict], output: str | None, inp
                 row[f"{k}_fps"] = round(frames / max(row.pop(f"{k}_s"), 1e-9), 1)
     result = {"frames": frames, "segments": len(segments), "tokens_per_frame": num_tokens,
               "sources": sorted({s["meta"].get("source", "") for s in segments}), "priors": prior_paths,
-              "shards": inputs, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (the temporal prior runs on one thread)",
+              "shards": inputs, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs; frames/s per CPU-second of one thread",
               "rows": rows}
     md = _markdown(result)
     print(md)

@@ -1,0 +1,322 @@
+"""The adaptive prior: codes any token stream with no fitted file, learning its statistics while it codes.
+
+Encoder and decoder start from empty counts and update the same counts after every frame, so they stay in step.
+Every probability is an integer over 2**16 computed from integer counts (integer division only), and the coder
+(constriction's 24-bit ANS, ``Bernoulli`` family) is handed exactly those dyadic values, which it scales to its
+24-bit fixed point by a power of two: the same tokens give the same bytes on every machine.
+
+A frame is coded as binary decisions, in batches (one constriction call per batch, never one per token):
+
+1. *Frame repeats?* (t >= 1) one flag: the whole frame equals the previous one (a static scene costs ~0 bits).
+2. *Token repeats?* one flag per position, in two checkerboard phases: phase A sees the previous frame's changes
+   (this position's age since its last change, its 8 neighbours' changes), phase B also sees how many of its 4
+   neighbours (all in phase A) changed in this frame. 67-94% of dashcam tokens repeat the previous frame's.
+3. *Which token?* for each changed position (every position of a segment's first frame), the token's bits from the
+   most significant, each a decision at a node of the binary tree over the codebook. Whole tokens, never digits:
+   a VQ index's digits mean nothing. Branches that hold no code (codebooks that are not powers of 2) are skipped.
+
+Each decision's probability blends context orders the way PPM and CTW do: a KT estimate over the coarsest context,
+then each finer context's counts with ``strength`` pseudo-counts of the coarser estimate,
+``p_k = (ones_k * 2**16 + strength_k * p_{k-1}) // (n_k + strength_k)``. Counts are halved past a limit, so the
+model follows a changing scene. Counts are updated once per frame (sums, so their order within a frame does not
+matter): that is what lets a whole frame's decisions be computed with numpy at once.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from compressor.entropy.coding import digit_radices
+from compressor.entropy.priors import Prior
+
+KIND = "adaptive"
+VERSION = 1  # in the segment header (prior_id): any change to the model below must bump it
+CODER_ID = 2  # the header's coder byte: constriction 0.5 ANS, 24-bit, Bernoulli decisions
+ONE = 1 << 16  # probabilities are integers over 2**16
+P_MIN = 16  # each side of a decision keeps >= 16 / 2**16: a wrong guess costs at most 12 bits
+FRAME_P_MIN = 1 << 10  # the frame flag's less likely side keeps >= 2**-6, which bounds frames per payload byte
+HASH_BITS = 22  # tree contexts (token x node) are hashed into tables of 2**22 counts
+TREE_STRENGTH = (0, 2, 2, 2)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+# The least a frame can cost in the payload: its frame flag at >= FRAME_P_MIN less the ANS's rounding (its state
+# stays >= 2**32 and frequencies < 2**24, so a decode step removes at most log2(1 + 2**-8) bits less than the cost).
+MIN_FRAME_BITS = -math.log2(1 - FRAME_P_MIN / ONE) - math.log2(1 + 2.0**-8)
+# Buckets of "frames since this position last changed" (the last bucket: unknown, a segment's second frame).
+_AGE_BUCKET = np.minimum(np.array([0, 1, 2, 3, 3, 3, 4, 4, 4, 4, 4, 4] + [5] * 244), 5)
+_NEIGHBOUR_BUCKET = np.array([0, 1, 2, 3, 3, 4, 4, 4, 4])  # changed among the 8 neighbours in the last frame
+
+
+class _Counts:
+    """Binary counts (n, ones) per context, halved past ``limit`` so that old statistics fade."""
+
+    def __init__(self, size: int, limit: int):
+        self.n, self.ones, self.limit = np.zeros(size, np.int32), np.zeros(size, np.int32), limit
+
+    def update(self, idx: np.ndarray, bits: np.ndarray) -> None:
+        """Add a frame's decisions (a context may occur many times: sums, so their order does not matter)."""
+        at, where = np.unique(idx, return_inverse=True)  # (np.add.at is ~100x slower on numpy 1.x)
+        self.n[at] += np.bincount(where, minlength=len(at)).astype(np.int32)
+        self.ones[at] += np.bincount(where, weights=bits, minlength=len(at)).astype(np.int32)
+        over = at[self.n[at] > self.limit]
+        if len(over):
+            self.n[over] = (self.n[over] + 1) >> 1
+            self.ones[over] = (self.ones[over] + 1) >> 1
+
+
+def _blend(orders: list[tuple[_Counts, np.ndarray, int]]) -> np.ndarray:
+    """P(bit = 1) * 2**16 (int64) from contexts coarse to fine: [(counts, context index, strength), ...]."""
+    counts, idx, _ = orders[0]
+    p = ((2 * counts.ones[idx].astype(np.int64) + 1) << 15) // (counts.n[idx] + 1)  # KT: (ones + 1/2) / (n + 1)
+    for counts, idx, strength in orders[1:]:
+        p = ((counts.ones[idx].astype(np.int64) << 16) + strength * p) // (counts.n[idx] + strength)
+    return np.clip(p, P_MIN, ONE - P_MIN)
+
+
+def _hash(key: np.ndarray) -> np.ndarray:
+    """uint64 keys -> indexes into a 2**HASH_BITS table (Fibonacci hashing; uint64 products wrap, deterministic)."""
+    return ((key.astype(np.uint64) * _GOLDEN) >> np.uint64(64 - HASH_BITS)).astype(np.int64)
+
+
+class _Model:
+    """The state of one segment's coding. Encoder and decoder call the same methods in the same order.
+
+    ``flags`` and ``tree`` return P(1) * 2**16 for a batch of decisions; ``end_frame`` updates the counts with the
+    frame's decisions and moves the frame context on.
+    """
+
+    def __init__(self, codebook_size: int, grid: tuple[int, int]):
+        h, w = grid
+        self.k, self.n = codebook_size, h * w
+        self.depth = max(1, (codebook_size - 1).bit_length())  # tree levels: bits of the largest token
+        rows, cols = np.divmod(np.arange(self.n), w)
+        self.phase_a = np.flatnonzero((rows + cols) % 2 == 0)
+        self.phase_b = np.flatnonzero((rows + cols) % 2 == 1)
+        # Neighbour indexes, with self.n pointing at a padding slot that is never "changed".
+        def around(offsets):
+            out = np.full((self.n, len(offsets)), self.n)
+            for j, (dr, dc) in enumerate(offsets):
+                ok = (rows + dr >= 0) & (rows + dr < h) & (cols + dc >= 0) & (cols + dc < w)
+                out[ok, j] = ((rows + dr) * w + cols + dc)[ok]
+            return out
+        self.cross_b = around([(-1, 0), (1, 0), (0, -1), (0, 1)])[self.phase_b]
+        self.ring = around([(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if dr or dc])
+        self.frame_counts = _Counts(3, 255)
+        self.flag_counts = [_Counts(6, 4095), _Counts(6 * 7 * 6, 1023), _Counts(6 * 7 * 6 * self.n, 255)]
+        self.tree_counts = [_Counts(1 << self.depth, 1023)] + [_Counts(1 << HASH_BITS, 255) for _ in range(3)]
+        self.prev: np.ndarray | None = None  # tokens of frame t-1 (N,), and t-2
+        self.prev2: np.ndarray | None = None
+        self.changed = np.zeros(self.n + 1, np.int64)  # changes at t-1 (padding slot last), known from t = 2 on
+        self.age = np.zeros(self.n, np.int64)  # frames since each position last changed
+        self.last_repeat = 2  # did frame t-1 repeat t-2: 0, 1, 2 unknown
+        self._flag_updates: list[tuple[list[np.ndarray], np.ndarray]] = []
+        self._tree_updates: list[tuple[list[np.ndarray], np.ndarray]] = []
+
+    # ---- step 1: the frame flag -----------------------------------------------------------------------------
+    def frame_flag(self) -> np.ndarray:
+        c = self.frame_counts
+        p = ((2 * c.ones[self.last_repeat:self.last_repeat + 1].astype(np.int64) + 1) << 15) // (
+            c.n[self.last_repeat] + 1)
+        return np.clip(p, FRAME_P_MIN, ONE - FRAME_P_MIN)
+
+    # ---- step 2: per-position flags ---------------------------------------------------------------------------
+    def flags(self, phase: str, changed_now: np.ndarray | None = None) -> np.ndarray:
+        """P(changed) for the phase's positions; phase B needs ``changed_now`` (N + 1,), phase A's flags filled in."""
+        pos = self.phase_a if phase == "a" else self.phase_b
+        if phase == "a":
+            now = np.full(len(pos), 5)
+        else:
+            now = changed_now[self.cross_b].sum(1)
+        if self.prev2 is None:  # frame 1: nothing is known about earlier changes
+            age, around = np.full(len(pos), 6), np.full(len(pos), 5)
+        else:
+            age = _AGE_BUCKET[np.minimum(self.age[pos], 255)]
+            around = _NEIGHBOUR_BUCKET[self.changed[self.ring[pos]].sum(1)]
+        o1 = (now * 7 + age) * 6 + around
+        idx = [now, o1, o1 * self.n + pos]
+        self._flag_updates.append((idx, None))
+        return _blend([(c, i, s) for c, i, s in zip(self.flag_counts, idx, (0, 4, 2))])
+
+    def flag_bits(self, bits: np.ndarray) -> None:
+        """The bits of the batch last returned by ``flags`` (for the update at the frame's end)."""
+        self._flag_updates[-1] = (self._flag_updates[-1][0], bits)
+
+    # ---- step 3: the changed tokens, bit by bit ---------------------------------------------------------------
+    def tree(self, pos: np.ndarray, level: int, prefix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For the tokens at ``pos`` whose top ``level`` bits are ``prefix``: which have a real choice at this
+        level (mask), and P(next bit = 1) for those."""
+        below = self.depth - 1 - level
+        coded = ((2 * prefix + 1) << below) < self.k  # else the 1-branch holds no code: the bit is 0
+        node = (prefix[coded] | (1 << level)).astype(np.int64)
+        prev = self.prev[pos[coded]] if self.prev is not None else np.full(len(node), self.k)
+        prev2 = self.prev2[pos[coded]] if self.prev2 is not None else np.full(len(node), self.k)
+        shift = np.uint64(self.depth + 1)
+        node64 = node.astype(np.uint64)
+        # The previous token's top bits at this level: tokens near it in the codebook share these statistics.
+        coarse = prev.astype(np.uint64) >> np.uint64(max(0, self.depth - level - 2))
+        key1 = (coarse << shift | node64) * np.uint64(3) + np.uint64(1)
+        key2 = prev.astype(np.uint64) << shift | node64
+        key3 = (prev2.astype(np.uint64) * np.uint64(self.k + 1) + prev.astype(np.uint64)) << shift | node64
+        idx = [node, _hash(key1), _hash(key2), _hash(key3 ^ np.uint64(0x5BD1E995))]
+        self._tree_updates.append((idx, None))
+        return coded, _blend([(c, i, s) for c, i, s in zip(self.tree_counts, idx, TREE_STRENGTH)])
+
+    def tree_bits(self, bits: np.ndarray) -> None:
+        self._tree_updates[-1] = (self._tree_updates[-1][0], bits)
+
+    # ---- the frame's end --------------------------------------------------------------------------------------
+    def end_frame(self, tokens: np.ndarray, repeated: bool | None) -> None:
+        """Update counts with the frame's decisions; ``repeated``: the frame flag (None for a segment's first)."""
+        for updates, tables in ((self._flag_updates, self.flag_counts), (self._tree_updates, self.tree_counts)):
+            if updates:
+                bits = np.concatenate([b for _, b in updates])
+                for order, counts in enumerate(tables):
+                    counts.update(np.concatenate([idx[order] for idx, _ in updates]), bits)
+            updates.clear()
+        if repeated is not None:
+            self.frame_counts.update(np.array([self.last_repeat]), np.array([int(repeated)]))
+            self.last_repeat = int(repeated)
+            changed = tokens != self.prev
+            self.changed[: self.n] = changed
+            self.age = np.where(changed, 0, self.age + 1)
+        self.prev2, self.prev = self.prev, tokens
+
+
+def _constriction():
+    import constriction
+
+    return constriction.stream.model.Bernoulli(perfect=False), constriction.stream.stack.AnsCoder
+
+
+def _probs(p: np.ndarray) -> np.ndarray:
+    return p.astype(np.float64) / ONE  # exact: an integer over 2**16
+
+
+def _decode(coder, family, p: np.ndarray) -> np.ndarray:
+    """Decisions with P(1) = p / 2**16 (int64); none for an empty batch."""
+    return coder.decode(family, _probs(p)).astype(np.int64) if len(p) else np.zeros(0, np.int64)
+
+
+class AdaptivePrior(Prior):
+    """Codes segments of any codebook size with no fitted parameters (see the module's docstring).
+
+    Args:
+        codebook_size: codes (2 .. 65536: tokens are uint16).
+        grid: the token grid (h, w), row-major; neighbours are taken on it.
+        model_id: the compressor whose tokens these are ("" for unknown), written in the segment header.
+    """
+
+    kind = KIND
+    coder = CODER_ID
+
+    def __init__(self, codebook_size: int, grid: tuple[int, int], model_id: str = ""):
+        if not 2 <= codebook_size <= 1 << 16 or not (1 <= grid[0] <= 255 and 1 <= grid[1] <= 255):
+            raise ValueError(f"the adaptive prior codes 2..65536 codes on grids up to 255x255, got {codebook_size} "
+                             f"codes on {tuple(grid)}")
+        super().__init__(codebook_size, digit_radices(codebook_size), grid, model_id)
+
+    def prior_id(self) -> str:
+        """Not a hash: the version, grid and codebook themselves, so a segment says how to decode it."""
+        return struct.pack("<HBBI", VERSION, *self.grid, self.codebook_size).hex()
+
+    @classmethod
+    def from_id(cls, prior_id: str, model_id: str = "") -> "AdaptivePrior":
+        """The prior a segment header names (``ValueError`` for another version or impossible parameters)."""
+        version, h, w, codebook = struct.unpack("<HBBI", bytes.fromhex(prior_id))
+        if version != VERSION:
+            raise ValueError(f"adaptive prior version {version}; this code has version {VERSION}")
+        return cls(codebook, (h, w), model_id)
+
+    def max_frames(self, payload_bytes: int) -> int:
+        """Every frame costs at least MIN_FRAME_BITS; the payload's words hold at most 32 bits each, its initial
+        state 64."""
+        return math.floor((64 + 8 * payload_bytes) / MIN_FRAME_BITS) + 1
+
+    def _decisions(self, tokens: np.ndarray):
+        """Yield (frame, bits, P(1) * 2**16) batches in coding order: the encoder's view of ``_model`` coding."""
+        model = _Model(self.codebook_size, self.grid)
+        for t, frame in enumerate(tokens):
+            repeated = None
+            pos = np.arange(self.num_tokens)
+            if t:
+                repeated = bool((frame == model.prev).all())
+                yield t, np.array([int(repeated)]), model.frame_flag()
+                if not repeated:
+                    changed = np.zeros(self.num_tokens + 1, np.int64)
+                    changed[: self.num_tokens] = frame != model.prev
+                    for phase, at in (("a", model.phase_a), ("b", model.phase_b)):
+                        p = model.flags(phase, changed)
+                        model.flag_bits(changed[at])
+                        yield t, changed[at], p
+                    pos = np.flatnonzero(changed[: self.num_tokens])
+                else:
+                    pos = pos[:0]
+            values = frame[pos]
+            prefix = np.zeros(len(pos), np.int64)
+            for level in range(model.depth):
+                bit = (values >> (model.depth - 1 - level)) & 1
+                coded, p = model.tree(pos, level, prefix)
+                model.tree_bits(bit[coded])
+                yield t, bit[coded], p
+                prefix = 2 * prefix + bit
+            model.end_frame(frame, repeated)
+
+    def encode_payload(self, tokens: Tensor) -> bytes:
+        self.check_tokens(tokens)
+        family, AnsCoder = _constriction()
+        batches = [(b, p) for _, b, p in self._decisions(tokens.numpy().astype(np.int64))]
+        coder = AnsCoder()
+        if batches:  # one call: encode_reverse pushes them so that decoding pops them in coding order
+            coder.encode_reverse(np.concatenate([b for b, _ in batches]).astype(np.int32), family,
+                                 _probs(np.concatenate([p for _, p in batches])))
+        return coder.get_compressed().astype("<u4").tobytes()
+
+    def decode_payload(self, payload: bytes, num_frames: int) -> Tensor:
+        if len(payload) % 4:
+            raise ValueError(f"an ANS payload is a whole number of 4-byte words; got {len(payload)} bytes")
+        family, AnsCoder = _constriction()
+        coder = AnsCoder(np.frombuffer(payload, "<u4").astype(np.uint32))
+        model = _Model(self.codebook_size, self.grid)
+        out = np.zeros((num_frames, self.num_tokens), np.int64)
+        for t in range(num_frames):
+            repeated = None
+            pos = np.arange(self.num_tokens)
+            frame = model.prev.copy() if t else np.zeros(self.num_tokens, np.int64)
+            if t:
+                repeated = bool(coder.decode(family, _probs(model.frame_flag()))[0])
+                if repeated:
+                    pos = pos[:0]
+                else:
+                    changed = np.zeros(self.num_tokens + 1, np.int64)
+                    for phase, at in (("a", model.phase_a), ("b", model.phase_b)):
+                        changed[at] = _decode(coder, family, model.flags(phase, changed))
+                        model.flag_bits(changed[at])
+                    pos = np.flatnonzero(changed[: self.num_tokens])
+            prefix = np.zeros(len(pos), np.int64)
+            for level in range(model.depth):
+                coded, p = model.tree(pos, level, prefix)
+                bit = np.zeros(len(pos), np.int64)
+                bit[coded] = _decode(coder, family, p)
+                model.tree_bits(bit[coded])
+                prefix = 2 * prefix + bit
+            frame[pos] = prefix
+            if frame.max(initial=0) >= self.codebook_size:
+                raise ValueError(f"frame {t} decodes to a token outside the codebook of {self.codebook_size}")
+            out[t] = frame
+            model.end_frame(frame, repeated)
+        # No check that the coder ends empty: constriction's coder is not always empty after a legal stream's last
+        # symbol (seen on real VQ tokens). Damage is caught by the token CRC, and ``max_frames`` bounds the work.
+        return torch.from_numpy(out)
+
+    @torch.no_grad()
+    def bits(self, tokens: Tensor) -> Tensor:
+        """Ideal bits per frame (T,) under the integer probabilities the coder is given."""
+        out = torch.zeros(len(tokens), dtype=torch.float64)
+        for t, b, p in self._decisions(tokens.numpy().astype(np.int64)):
+            q = np.where(b == 1, p, ONE - p)
+            out[t] += float(np.sum(16 - np.log2(q)))
+        return out
