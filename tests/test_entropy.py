@@ -112,7 +112,8 @@ def test_priors_train_and_report_on_commavq_files_without_a_checkpoint(tmp_path)
     assert main(["report", "--prior", *paths, "--input", str(tmp_path / "val"), "--output",
                  str(tmp_path / "report")]) == 0
     rows = {r["method"]: r for r in json.load(open(tmp_path / "report" / "report.json"))["rows"]}
-    assert len(rows) == 8 and all(r["exact"] for r in rows.values())
+    assert len(rows) == 9 and all(r["exact"] for r in rows.values())  # the adaptive coder's row too, unasked
+    assert sum("adaptive" in method for method in rows) == 1
     assert rows["fixed 10-bit packing"]["bits_per_token"] == 10 and rows["fixed 10-bit packing"]["rate"] == 1
     baseline = rows["lzma (default preset) over int16, position-major (commaVQ's baseline)"]
     assert 0 < baseline["bits_per_token"] < 10
@@ -296,7 +297,7 @@ def test_cli_train_code_report(priors, tmp_path):
             "--input", tmp_path / "val", "--output", tmp_path / "report")
     assert r.returncode == 0, r.stderr
     rows = json.load(open(tmp_path / "report" / "report.json"))["rows"]
-    assert [r["exact"] for r in rows] == [True] * 8 and rows[0]["bytes_per_frame"] == 224
+    assert [r["exact"] for r in rows] == [True] * 9 and rows[0]["bytes_per_frame"] == 224  # 9: the adaptive row
     # shards of another model are refused by name
     bad = tmp_path / "bad"
     os.makedirs(bad)

@@ -165,7 +165,14 @@ def report(prior_paths: list[str], segments: list[dict], output: str | None, inp
                  _general_purpose("zstd (level 19) over int16, position-major",
                                   zstandard.ZstdCompressor(level=19).compress, zstandard.ZstdDecompressor().decompress,
                                   segments, *int16)]
-    fmt = token_format(segments)  # the adaptive coder needs no file: it is built for the tokens' own format
+    # The adaptive coder needs no file: it is built for the tokens' own format, from their metadata or, for shards
+    # whose metadata do not say it, from the fitted priors given for them.
+    try:
+        fmt = token_format(segments)
+    except ValueError:
+        if not priors:
+            raise
+        fmt = {"codebook_size": priors[0].codebook_size, "grid": tuple(priors[0].grid), "model_id": priors[0].model_id}
     rows.append(_prior_row(AdaptivePrior(fmt["codebook_size"], fmt["grid"], fmt["model_id"]), segments))
     for prior in priors:
         rows.append(_prior_row(prior, segments))
