@@ -146,7 +146,7 @@ def test_train_py_trains_a_video_model(tmp_path):
            str(tmp_path / "shards"), "--model.init_args.intra", str(intra), "--trainer.max_steps", "2",
            "--trainer.default_root_dir", str(tmp_path / "run"), "--model.init_args.enc_depth", "1", "--model.init_args.dec_depth", "1",
            "--model.init_args.enc_dim", "32", "--model.init_args.dec_dim", "32", "--model.init_args.enc_heads", "2",
-           "--model.init_args.dec_heads", "2",
+           "--model.init_args.dec_heads", "2", "--model.init_args.init_from_intra", "false",
            "--data.batch_size", "2", "--trainer.val_check_interval", "1", "--trainer.limit_val_batches", "1",
            "--trainer.precision", "32-true", "--trainer.enable_progress_bar", "false"]
     subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "WANDB_MODE": "disabled"}, timeout=600)

@@ -75,23 +75,46 @@ def reporting_full_disk(path: str) -> Iterator[None]:
                             "space and run the same command again to resume") from e
 
 
-def lock_output(output: str):
+def _holder_is_dead(holder: str) -> bool:
+    """Whether the lock file's "host H, pid P" names a process of this host that no longer exists."""
+    match = re.match(r"host (\S+), pid (\d+)", holder)
+    if not match or match.group(1).rstrip(",") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(match.group(2)), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def lock_output(output: str, orphan_wait_s: float = 60.0):
     """Take the lock of the output folder for this run and return its open file: hold it until the run ends (the
     kernel drops it when the process ends, kill -9 included, so no lock is ever stale).
 
     Two runs writing one folder would both number their shards from 0 and lose each other's videos, so the second
     is refused with ``OutputLockedError`` naming the host and pid of the first. Ranks of one torchrun job share a
-    folder by design: only rank 0 takes the lock (``encode.py``).
+    folder by design: only rank 0 takes the lock (``encode.py``). A lock whose recorded process is dead is held by
+    that run's forked workers on their way out: it is waited for, up to ``orphan_wait_s`` seconds.
     """
     f = open(os.path.join(output, LOCK), "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        holder = f.read().strip() or "a run that is starting"
-        f.close()
-        raise OutputLockedError(f"{output} is being written by another encode run ({holder}); wait for it to end, "
-                                "or encode into another --output") from None
+    deadline = time.monotonic() + orphan_wait_s
+    while True:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "a run that is starting"
+            # A killed run's DataLoader workers were forked with its lock and hold it until they notice their
+            # parent is gone (a few seconds): wait for them rather than refuse a resume.
+            if _holder_is_dead(holder) and time.monotonic() < deadline:
+                time.sleep(0.2)
+                continue
+            f.close()
+            raise OutputLockedError(f"{output} is being written by another encode run ({holder}); wait for it to "
+                                    "end, or encode into another --output") from None
     f.seek(0)
     f.truncate()
     f.write(f"host {socket.gethostname()}, pid {os.getpid()}, since "

@@ -54,7 +54,12 @@ class VideoModule(pl.LightningModule):
         self.codec = ConditionalCodec(quantizer, image_size, self.intra.encoder.patch_size, merge, enc_dim,
                                       enc_depth, enc_heads, dec_dim, dec_depth, dec_heads)
         if init_from_intra:
-            self.codec.init_from(self.intra)
+            try:
+                self.codec.init_from(self.intra)
+            except (RuntimeError, AttributeError) as e:  # other widths, quantizer or design than the intra model's
+                raise ValueError(f"init_from_intra needs the conditional codec built like the intra model {intra} "
+                                 f"(a ViT encoder and decoder of the same widths and depths, the same quantizer); "
+                                 f"set them to match or init_from_intra false: {e}") from e
         self.ema = copy.deepcopy(self.codec).requires_grad_(False)
         self.loss = loss or ReconstructionLoss()
         self._recent: deque[tuple[Tensor, Tensor]] = deque(maxlen=calibration_batches)
