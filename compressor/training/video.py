@@ -218,17 +218,12 @@ class RememberModule(pl.LightningModule):
         self.log("train/psnr", model_psnr(recon.detach().float(), x).mean(), prog_bar=True, batch_size=len(clips))
         return terms["loss"]
 
-    def on_before_zero_grad(self, optimizer) -> None:
-        with torch.no_grad():
-            step = self.global_step
-            decay = min(self.hparams.ema_decay, (1 + step) / (10 + step))
-            torch._foreach_lerp_(list(self.ema.parameters()), list(self.codec.parameters()), 1 - decay)
-
     def validation_step(self, clips: Tensor, batch_idx: int) -> None:
         tokens, available, x = self._batch(clips, 1.0 if self.hparams.keep_history > 0 else 0.0)
         self.log("val/psnr", model_psnr(self.ema(tokens, available).float(), x).mean(), prog_bar=True,
                  batch_size=len(clips), sync_dist=True)
 
+    on_before_zero_grad = VideoModule.on_before_zero_grad  # the same EMA of self.codec
     configure_optimizers = VideoModule.configure_optimizers
     configure_gradient_clipping = VideoModule.configure_gradient_clipping
 
