@@ -356,10 +356,22 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu", **ov
 
     Loading is weights-only (``torch.load(weights_only=True)``, safetensors): no pickled code runs. Overrides such as
     ``image_size=(256, 512), max_bytes_per_frame=896`` run the same weights on another token grid. Any other file
-    raises ``ValueError`` ("not a compressor checkpoint"); a missing one ``FileNotFoundError``.
+    raises ``ValueError`` ("not a compressor checkpoint"); a missing one ``FileNotFoundError``. A video codec file
+    (``video.pt``) is refused with a pointer to ``compressor.load``, which reads either kind.
     """
     if os.path.isdir(path):
         return Autoencoder.from_pretrained(path, map_location=map_location, **overrides)
+    blob = read_checkpoint(path)
+    if isinstance(blob, dict) and str(blob.get("format", "")).startswith("compressor-video/"):
+        raise ValueError(f"{path} is a video codec (intra and conditional frames), not a per-frame model: load it "
+                         "with compressor.load, which returns a VideoCodec for it")
+    # from_export copies the weights into a model built on the CPU, so the device is set here, as for a folder.
+    return Autoencoder.from_export(blob, **overrides).to(map_location)
+
+
+def read_checkpoint(path: str | os.PathLike):
+    """The weights-only torch data of a ``.pt`` or ``.ckpt`` file (a Lightning checkpoint's ``compressor`` export
+    when it carries one); ``ValueError`` for anything that is not weights-only torch data."""
     try:
         with open_checked(path, MAX_CHECKPOINT_BYTES) as f:
             blob = torch.load(f, map_location="cpu", weights_only=True)
@@ -372,8 +384,7 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu", **ov
                          "write") from None
     if isinstance(blob, dict) and isinstance(blob.get("compressor"), dict):
         blob = blob["compressor"]  # a Lightning checkpoint carries the EMA export under this key
-    # from_export copies the weights into a model built on the CPU, so the device is set here, as for a folder.
-    return Autoencoder.from_export(blob, **overrides).to(map_location)
+    return blob
 
 
 def model_id(model: nn.Module) -> str:

@@ -19,7 +19,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from compressor.codec.autoencoder import Autoencoder, build_part, to_uint8
+from compressor.codec.autoencoder import Autoencoder, build_part, load, read_checkpoint, to_uint8
 from compressor.codec.layers import Transformer, captured_args, init_weights, patchify, sincos_2d, unpatchify
 from compressor.codec.packing import token_bits
 
@@ -158,11 +158,43 @@ class VideoCodec(nn.Module):
             raise ValueError(f"intra model frames {intra.image_size} != conditional model frames {inter.image_size}")
         self.intra, self.inter, self.gop = intra, inter, gop
 
+    # What the latent pipeline, the cards and evaluation read, as they read an ``Autoencoder``'s: a stored frame is a
+    # row of ``intra.num_tokens`` tokens (a conditional frame's fill its first ``inter.num_tokens`` places).
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.intra.image_size)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(self.intra.grid)
+
+    @property
+    def num_tokens(self) -> int:
+        return max(self.intra.num_tokens, self.inter.num_tokens)
+
+    @property
+    def codebook_size(self) -> int:
+        """The bound of every token of a clip: the larger of the two codebooks (both are the same when the
+        conditional model started from the intra model)."""
+        return max(self.intra.codebook_size, self.inter.codebook_size)
+
+    def frame_formats(self) -> dict[str, dict]:
+        """Per frame type, ``I`` (intra) and ``P`` (conditional): tokens, their grid, codebook, bits and bytes."""
+        gh, gw = self.intra.grid
+        merged = f", a token per {self.inter.merge} adjacent cells across" if self.inter.merge > 1 else ""
+        return {"I": {"num_tokens": self.intra.num_tokens, "token_layout": f"{gh}x{gw} row-major",
+                      "codebook_size": self.intra.codebook_size, "bits_per_token": self.intra.bits_per_token,
+                      "bytes_per_frame": self.intra.bytes_per_frame},
+                "P": {"num_tokens": self.inter.num_tokens, "token_layout": f"{gh}x{gw // self.inter.merge} "
+                      f"row-major{merged}", "codebook_size": self.inter.codebook_size,
+                      "bits_per_token": self.inter.bits_per_token, "bytes_per_frame": self.inter.bytes_per_frame}}
+
     @torch.no_grad()
     def encode_clip(self, frames: Tensor) -> tuple[list[Tensor], Tensor]:
         """frames: uint8 (T, 3, H, W) of one clip in order -> (tokens of each frame, int64 (N) or (n); the
         reconstruction the decoder will produce, uint8 (T, 3, H, W)). Frame t is intra when t % gop == 0."""
         tokens, recons, ref = [], [], None
+        frames = frames.to(self.intra.pre_quant.weight.device)
         for t in range(len(frames)):
             if t % self.gop == 0:
                 tok = self.intra.encode(frames[t : t + 1])
@@ -177,9 +209,9 @@ class VideoCodec(nn.Module):
     @torch.no_grad()
     def decode_clip(self, tokens: list[Tensor]) -> Tensor:
         """Tokens of a clip that starts at an intra frame, as ``encode_clip`` gives -> uint8 (T, 3, H, W)."""
-        out, ref = [], None
+        out, ref, device = [], None, self.intra.pre_quant.weight.device
         for t, tok in enumerate(tokens):
-            tok = tok.unsqueeze(0)
+            tok = tok.unsqueeze(0).to(device)
             if t % self.gop == 0:
                 ref = self.intra.reconstruct(tok)
             else:
@@ -200,11 +232,29 @@ VIDEO_FORMAT = "compressor-video/1"
 
 def load_video(path: str | os.PathLike, gop: int | None = None) -> VideoCodec:
     """A ``VideoCodec`` from ``VideoCodec.save``'s file (weights-only load); ``gop`` overrides the saved group."""
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    return video_from_export(read_checkpoint(path), path, gop)
+
+
+def video_from_export(blob, path: str | os.PathLike, gop: int | None = None) -> VideoCodec:
     if not isinstance(blob, dict) or blob.get("format") != VIDEO_FORMAT:
         raise ValueError(f"{path} is not a video codec file (format {VIDEO_FORMAT!r})")
     intra = Autoencoder.from_export(blob["intra"]).eval()
     return VideoCodec(intra, ConditionalCodec.from_export(blob["inter"]), gop or blob["gop"]).eval()
+
+
+def load_codec(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+               **overrides) -> Autoencoder | VideoCodec:
+    """The codec a file holds, so that callers need no flag for the mode: a ``VideoCodec`` for a video codec file
+    (``video.pt``), else the per-frame ``Autoencoder`` that ``autoencoder.load`` reads (``.pt``, ``.ckpt``, Hub
+    folder; ``overrides`` go to it). This is ``compressor.load``."""
+    if os.path.isdir(path):
+        return load(path, map_location, **overrides)
+    blob = read_checkpoint(path)
+    if isinstance(blob, dict) and blob.get("format") == VIDEO_FORMAT:
+        if overrides:
+            raise ValueError(f"{path} is a video codec: {sorted(overrides)} apply to per-frame models only")
+        return video_from_export(blob, path).to(map_location)
+    return Autoencoder.from_export(blob, **overrides).to(map_location)
 
 
 class RememberingDecoder(nn.Module):
