@@ -39,6 +39,7 @@ from compressor.codec.video import VideoCodec, load_codec
 from compressor.metrics import LPIPS, frame_ms_ssim, frame_psnr
 from compressor.codec.packing import pack, unpack
 from compressor.data.video import list_videos, read_frames, read_manifest
+from compressor.latents.groups import frame_types
 from compressor.benchmark import sync, write_report
 from compressor.utils import num_params, resolve_device, token_entropy_bits
 
@@ -78,7 +79,7 @@ def video_roundtrip(codec: VideoCodec, frames: torch.Tensor) -> dict:
     t1 = time.perf_counter()
     recon = codec.decode_clip(tokens).cpu()
     formats = codec.frame_formats()
-    n_bytes = sum(formats["I" if t % codec.gop == 0 else "P"]["bytes_per_frame"] for t in range(len(frames)))
+    n_bytes = sum(formats[kind]["bytes_per_frame"] for kind in frame_types(len(frames), codec.gop))
     return {"recon": recon, "tokens": torch.cat(tokens).cpu(), "bytes_per_frame": n_bytes / len(frames),
             "encode_s": t1 - t0, "decode_s": time.perf_counter() - t1}
 
