@@ -88,8 +88,9 @@ def hostile_configs() -> dict:
         "mlp_ratio nan": decoder(mlp_ratio=float("nan")),
         "an unknown argument": decoder(command="touch pwned"),
         "width near the limit": decoder(dim=60_000, heads=10),  # each size within bounds, the whole far above
-        "levels 10**6 long": lambda c: {**c, "quantizer": {"class_path": c["quantizer"]["class_path"],
-                                                            "init_args": {"levels": [2] * 10**6}}},
+        # 2**1000 codes in a 3 KB file; a longer list would time torch's unpickler, not our checks
+        "levels 1000 long": lambda c: {**c, "quantizer": {"class_path": c["quantizer"]["class_path"],
+                                                           "init_args": {"levels": [2] * 1000}}},
         "image_size [0, 0]": top("image_size", [0, 0]),
         "image_size a string": top("image_size", "128x256"),
         "max_bytes_per_frame 2**40": top("max_bytes_per_frame", 2**40),
@@ -107,7 +108,7 @@ def test_hostile_configs_are_refused_in_well_under_a_second(tmp_path, case):
     export = tiny_model().export_dict()
     export.update(config=change(export["config"]), state_dict={})
     torch.save(export, tmp_path / "model.pt")
-    assert os.path.getsize(tmp_path / "model.pt") < 4096 or case == "levels 10**6 long"
+    assert os.path.getsize(tmp_path / "model.pt") < 4096
     assert refused(tmp_path / "model.pt") < 1.0
     # a Hub folder: config.json is parsed by us first, so any JSON value is a clear error
     tiny_model().save_pretrained(tmp_path / "hub")
@@ -118,7 +119,7 @@ def test_hostile_configs_are_refused_in_well_under_a_second(tmp_path, case):
     (tmp_path / "hub" / "config.json").write_text(json.dumps(changed))
     for loader in (compressor.load, Autoencoder.from_pretrained):
         start = time.process_time()
-        with pytest.raises(ValueError, match="not a compressor|larger than"):  # the last: levels 10**6 long
+        with pytest.raises(ValueError, match="not a compressor|larger than"):  # the last: levels 1000 long
             loader(tmp_path / "hub")
         assert time.process_time() - start < 1.0
 
