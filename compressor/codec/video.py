@@ -13,13 +13,15 @@ one code (1: 128 tokens, 2: 64, 4: 32 at 128x256 with 16-px patches).
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 
 import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from compressor.codec.autoencoder import Autoencoder, build_part, load, read_checkpoint, to_uint8
+from compressor.codec.autoencoder import (MAX_PARAMETERS, Autoencoder, build_part, check_arguments, check_weights, load,
+                                          part_class, read_checkpoint, to_uint8)
 from compressor.codec.layers import Transformer, captured_args, init_weights, patchify, sincos_2d, unpatchify
 from compressor.codec.packing import token_bits
 
@@ -122,9 +124,34 @@ class ConditionalCodec(nn.Module):
                 "state_dict": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}}
 
     @classmethod
-    def from_export(cls, export: dict) -> "ConditionalCodec":
+    def from_export(cls, export) -> "ConditionalCodec":
+        """The codec ``export_dict`` gave. Its arguments' types and sizes are checked first, then the weights against
+        a model built on the meta device, as ``Autoencoder.from_export`` does: a hostile or damaged file is a
+        ``ValueError`` before anything is allocated."""
+        where = "its conditional model"
+        if not (isinstance(export, dict) and isinstance(export.get("init_args"), dict)
+                and isinstance(export.get("quantizer"), dict)):
+            raise ValueError(f"not a compressor checkpoint: {where} is not {{init_args, quantizer, state_dict}}")
+        check_arguments(cls, export["init_args"], where)
+        spec = export["quantizer"]
+        if not (isinstance(spec.get("class_path"), str) and isinstance(spec.get("init_args"), dict)):
+            raise ValueError(f"not a compressor checkpoint: {where}: quantizer is not {{class_path, init_args}}")
+        check_arguments(part_class(spec), spec["init_args"], f"{where}: quantizer")
         args = {k: tuple(v) if k == "image_size" else v for k, v in export["init_args"].items()}
-        codec = cls(build_part(export["quantizer"]), **args)
+        defaults = {k: p.default for k, p in inspect.signature(cls).parameters.items()}
+        size = {k: args.get(k, defaults[k]) for k in ("patch_size", "enc_dim", "enc_depth", "dec_dim", "dec_depth")}
+        rough = (12 * (size["enc_depth"] * size["enc_dim"] ** 2 + size["dec_depth"] * size["dec_dim"] ** 2)
+                 + 10 * size["patch_size"] ** 2 * (size["enc_dim"] + size["dec_dim"]))
+        if rough > MAX_PARAMETERS:
+            raise ValueError(f"not a compressor checkpoint: {where} asks for about {rough:,} parameters, more than "
+                             f"{MAX_PARAMETERS:,}")
+        try:
+            with torch.device("meta"):
+                skeleton = cls(build_part(spec), **args)
+        except (ValueError, TypeError, AttributeError, AssertionError, ZeroDivisionError) as e:  # parts that do not fit
+            raise ValueError(f"not a compressor checkpoint: {where}: {e}") from None
+        check_weights(skeleton.state_dict(), export.get("state_dict"))
+        codec = cls(build_part(spec), **args)
         codec.load_state_dict(export["state_dict"])
         return codec.eval()
 
@@ -228,6 +255,7 @@ class VideoCodec(nn.Module):
 
 
 VIDEO_FORMAT = "compressor-video/1"
+MAX_GOP = 1 << 16  # frames in a group: an intra frame every 36 minutes at 30 fps
 
 
 def load_video(path: str | os.PathLike, gop: int | None = None) -> VideoCodec:
@@ -238,8 +266,15 @@ def load_video(path: str | os.PathLike, gop: int | None = None) -> VideoCodec:
 def video_from_export(blob, path: str | os.PathLike, gop: int | None = None) -> VideoCodec:
     if not isinstance(blob, dict) or blob.get("format") != VIDEO_FORMAT:
         raise ValueError(f"{path} is not a video codec file (format {VIDEO_FORMAT!r})")
-    intra = Autoencoder.from_export(blob["intra"]).eval()
-    return VideoCodec(intra, ConditionalCodec.from_export(blob["inter"]), gop or blob["gop"]).eval()
+    gop = blob.get("gop") if gop is None else gop
+    if type(gop) is not int or not 1 <= gop <= MAX_GOP:
+        raise ValueError(f"{path} is not a compressor checkpoint: its gop is {gop!r}, not an integer in [1, {MAX_GOP}]")
+    try:
+        intra = Autoencoder.from_export(blob.get("intra")).eval()
+        inter = ConditionalCodec.from_export(blob.get("inter"))
+        return VideoCodec(intra, inter, gop).eval()
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
 
 
 def load_codec(path: str | os.PathLike, map_location: str | torch.device = "cpu",
