@@ -19,7 +19,8 @@ Every method sees the same frames after the same ``compressor.preprocess``:
 
 Image codecs are searched on every ``--frame-stride``-th frame (the comparison frames); the video codec encodes
 every frame, as it must, and is scored on the same comparison frames. Writes ``report.json``, ``report.md``,
-``rd.png`` (PSNR against bytes per frame) and ``gallery.png`` (the same frames from every method).
+``rd.png`` (PSNR against bytes per frame) and ``gallery.png`` (the same frames from every method). ``--card`` also
+writes the results into the model card of each Hub-folder checkpoint (its ``model-index`` and an Evaluation section).
 """
 
 from __future__ import annotations
@@ -27,14 +28,18 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import shlex
+import sys
 import time
 
 import av
 import torch
+from huggingface_hub import EvalResult
 from tqdm import tqdm
 
 from compressor.tools import baselines
 from compressor.codec.autoencoder import Autoencoder
+from compressor.codec.hub import write_evaluation
 from compressor.codec.video import VideoCodec, load_codec
 from compressor.metrics import LPIPS, frame_ms_ssim, frame_psnr
 from compressor.codec.packing import pack, unpack
@@ -359,7 +364,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--checkpoints-only", action="store_true", help="only the every-frame report of each checkpoint")
     ap.add_argument("--search-steps", type=int, default=0,
                     help="encode-time token search for our FSQ models (Autoencoder.encode); 0: plain encode")
+    ap.add_argument("--card", action="store_true",
+                    help="write the results into the model card (README.md) of each checkpoint, all Hub folders")
     args = ap.parse_args(argv)
+    if args.card and (files := [c for c in args.checkpoint if not os.path.isdir(c)]):
+        ap.error(f"--card writes into Hub folders (save_pretrained, runs/NAME/hub); {files[0]} is a file")
     try:
         device = torch.device(resolve_device(args.device))
     except ValueError as e:
@@ -411,6 +420,31 @@ def main(argv: list[str] | None = None) -> None:
                             f"{args.split or 'all'} clips, every {args.frame_stride}th frame")
             figures.gallery(gallery_tiles, os.path.join(args.output, "gallery.png"))
         print(f"wrote {args.output}/report.json, report.md" + (", rd.png, gallery.png" if "comparison" in report else ""))
+    if args.card:
+        command = "python -m compressor.tools.evaluate " + shlex.join(sys.argv[1:] if argv is None else argv)
+        for (name, model), path in zip(models.items(), args.checkpoint):
+            r = report["checkpoints"][name]
+            dataset = " ".join(os.path.basename(os.path.normpath(i)) for i in args.input)
+            md = [f"Measured with `{command}`.", "",
+                  to_markdown(r, f"{dataset}, {args.split or 'all'} clips, every frame")]
+            if "comparison" in report:
+                md.append(comparison_markdown(report["comparison"]))
+            write_evaluation(path, name.removeprefix("ours: "), "\n".join(md),
+                             card_results(r["overall"], dataset, args.split, model.bytes_per_frame))
+            print(f"wrote the evaluation into {path}/README.md")
+
+
+def card_results(overall: dict, dataset: str, split: str | None, budget: int) -> list:
+    """The Hub's evaluation results (model-index) of one checkpoint's every-frame report."""
+    task = dict(task_type="image-to-image", task_name=f"frame compression, {budget} bytes per frame",
+                dataset_type=dataset, dataset_name=dataset, dataset_split=split)
+    return [EvalResult(**task, metric_type="psnr", metric_name="PSNR (dB), mean over clips",
+                       metric_value=round(overall["psnr_clip_mean"], 2)),
+            EvalResult(**task, metric_type="psnr", metric_name="PSNR (dB), mean over frames",
+                       metric_value=round(overall["psnr"], 2)),
+            EvalResult(**task, metric_type="ms_ssim", metric_name="MS-SSIM", metric_value=round(overall["ms_ssim"], 4)),
+            EvalResult(**task, metric_type="bytes_per_frame", metric_name="bytes per frame",
+                       metric_value=round(overall["bytes_per_frame"], 1))]
 
 
 def _name(checkpoint: str) -> str:
