@@ -353,14 +353,23 @@ class RememberingDecoder(nn.Module):
 
 
 REMEMBERING_FORMAT = "compressor-remembering/1"
+MAX_HISTORY = 64  # earlier frames a remembering decoder reads
 
 
 def load_remembering(path: str | os.PathLike) -> tuple[Autoencoder, RememberingDecoder]:
     """(the per-frame model whose tokens it decodes, the remembering decoder) from ``RememberingDecoder.save``."""
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    blob = read_checkpoint(path)
     if not isinstance(blob, dict) or blob.get("format") != REMEMBERING_FORMAT:
         raise ValueError(f"{path} is not a remembering decoder file (format {REMEMBERING_FORMAT!r})")
-    intra = Autoencoder.from_export(blob["intra"]).eval()
-    decoder = RememberingDecoder(intra, blob["history"])
+    history = blob.get("history")
+    if type(history) is not int or not 1 <= history <= MAX_HISTORY:  # each earlier frame adds a projection
+        raise ValueError(f"{path} is not a compressor checkpoint: its history is {history!r}, not an integer in "
+                         f"[1, {MAX_HISTORY}]")
+    try:
+        intra = Autoencoder.from_export(blob.get("intra")).eval()
+        decoder = RememberingDecoder(intra, history)
+        check_weights(decoder.state_dict(), blob.get("state_dict"))
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
     decoder.load_state_dict(blob["state_dict"])
     return intra, decoder.eval()
