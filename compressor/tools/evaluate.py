@@ -373,9 +373,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"wrote {args.output}/report.json, report.md" + (", rd.png, gallery.png" if "comparison" in report else ""))
     if args.card:
         command = "python -m compressor.tools.evaluate " + shlex.join(sys.argv[1:] if argv is None else argv)
+        dataset = " ".join(os.path.basename(os.path.normpath(i)) for i in args.input)
         for (name, model), path in zip(models.items(), args.checkpoint):
             r = report["checkpoints"][name]
-            dataset = " ".join(os.path.basename(os.path.normpath(i)) for i in args.input)
             md = [f"Measured with `{command}`.", "",
                   to_markdown(r, f"{dataset}, {args.split or 'all'} clips, every frame")]
             if "comparison" in report:
