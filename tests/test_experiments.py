@@ -40,12 +40,12 @@ def test_a_flops_budget_gives_a_costlier_shape_fewer_images():
     assert experiments.images_for_flops([proxy], wide, 1000 * per_image) == math.ceil(1000 * per_image / per_image_wide)
 
 
-def _result(root, name, images, clips, overrides=(), overlays=()):
+def _result(root, name, images, clips, overrides=(), overlays=(), flops=None):
     os.makedirs(root / name)
     configs = ["configs/a.yaml", *overlays, "configs/experiments/proxy.yaml"]
     record = {"name": name, "configs": configs, "overrides": list(overrides), "images": images,
               "train_images_per_s": 20.0, "clips": clips, "psnr_clip_mean": sum(clips.values()) / len(clips),
-              "codebook_usage": 0.5}
+              "codebook_usage": 0.5, "train_flops": flops}
     (root / name / "result.json").write_text(json.dumps(record))
     (root / name / "curve.json").write_text(json.dumps([{"step": 1, "images": images, "val/psnr": 20.0}]))
 
@@ -121,3 +121,21 @@ def test_train_probe_is_the_same_evenly_spread_frames_every_time(tmp_path):
     assert probe.shape == (5, 3, 128, 256) and probe.dtype == torch.uint8
     assert torch.equal(probe, data.train_probe(5))
     assert [int(f[0, 0, 0]) for f in probe] == [0, 3, 6, 9, 12]
+
+
+def test_scaling_against_flops_puts_each_shape_at_its_compute(tmp_path):
+    """The frontier: budgets in training FLOPs (a larger shape's images cost more), one series per shape."""
+    _result(tmp_path, "s1", 1000, {"x__c.mp4": 20.0}, flops=1e13)
+    _result(tmp_path, "s2", 10000, {"x__c.mp4": 20.5}, flops=1e14)
+    _result(tmp_path, "l1", 1000, {"x__c.mp4": 20.8}, flops=3e13)
+    out = experiments.scaling({"small": ["s1", "s2"], "large": ["l1"]}, str(tmp_path), 21.0,
+                              str(tmp_path / "frontier.png"), x_axis="flops")
+    small, large = out["series"]["small"], out["series"]["large"]
+    assert small["points"] == [(1e13, 20.0), (1e14, 20.5)] and large["points"] == [(3e13, 20.8)]
+    assert small["fit"]["b_per_decade"] == pytest.approx(0.5) and "fit" not in large
+    assert small["predictions"]["10x_largest_budget"]["flops"] == pytest.approx(1e15)
+    assert small["flops_for_bar_plus_0dB"] == pytest.approx(1e15, rel=1e-6)
+    assert large["flops_per_image"] == {"l1": pytest.approx(3e10)}
+    assert (tmp_path / "frontier.png").stat().st_size > 0 and (tmp_path / "frontier.json").exists()
+    with pytest.raises(ValueError, match="x_axis"):
+        experiments.scaling({"small": ["s1"]}, str(tmp_path), 21.0, str(tmp_path / "f.png"), x_axis="hours")

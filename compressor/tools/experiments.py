@@ -217,9 +217,21 @@ def bar(report_path: str, method: str = "webp (downscaled)") -> dict:
     return {"method": method, "clips": clips, "clip_mean": sum(clips.values()) / len(clips)}
 
 
-def scaling(series: dict[str, list[str]], root: str, bar_psnr: float, output: str, seed_sd: float = 0.24) -> dict:
+def train_flops(result: dict) -> float:
+    """A run's training FLOPs: recorded by ``run`` since --flops existed, else counted from its configs now."""
+    if result.get("train_flops"):
+        return float(result["train_flops"])
+    return result["images"] * flops_per_image(result["configs"], result["overrides"])
+
+
+def scaling(series: dict[str, list[str]], root: str, bar_psnr: float, output: str, seed_sd: float = 0.24,
+            x_axis: str = "images") -> dict:
     """Fit clip-mean PSNR = a + b * log10(images) per series; predict the images for the bar + 1 dB and + 3 dB, and
     the PSNR at 10x and 100x the series' largest budget with a standard deviation.
+
+    ``x_axis="flops"`` measures budgets in training FLOPs instead (a series per model shape: the compute-optimal
+    frontier) and adds a panel with each run's validation curve against FLOPs, so that a shape with one finished
+    run still shows its trend.
 
     A log-linear fit is the simplest trend that matches how these curves bend; with three budgets it is a rough
     guide for planning compute, not a law, and the JSON keeps the points so that a better fit can be made later.
@@ -232,39 +244,59 @@ def scaling(series: dict[str, list[str]], root: str, bar_psnr: float, output: st
     import matplotlib.pyplot as plt
     import numpy as np
 
+    if x_axis not in ("images", "flops"):
+        raise ValueError(f"x_axis is 'images' or 'flops', got {x_axis!r}")
     results = {r["name"]: r for r in load_results(root)}
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    out: dict = {"bar_clip_mean": bar_psnr, "series": {}}
+    flops = x_axis == "flops"
+    fig, axes = plt.subplots(1, 2 if flops else 1, figsize=(13 if flops else 7, 4.5), squeeze=False)
+    ax = axes[0, 0]
+    out: dict = {"bar_clip_mean": bar_psnr, "x_axis": x_axis, "series": {}}
     for label, names in series.items():
         missing = [n for n in names if n not in results]
         if missing:
             raise SystemExit(f"no result.json for {missing} under {root}")
-        pts = sorted((results[n]["images"], results[n]["psnr_clip_mean"]) for n in names)
+        budget_of = {n: train_flops(results[n]) if flops else results[n]["images"] for n in names}
+        pts = sorted((budget_of[n], results[n]["psnr_clip_mean"]) for n in names)
         x, y = np.log10([p[0] for p in pts]), np.array([p[1] for p in pts])
         entry: dict = {"runs": names, "points": pts}
+        if flops:
+            entry["flops_per_image"] = {n: budget_of[n] / results[n]["images"] for n in names}
         line = ax.plot(10**x, y, "o", label=label)[0]
+        if flops:  # each run's validation curve (its val batches, not every frame): the shape's trend
+            for n in names:
+                curve = _read_json(os.path.join(root, n, "curve.json")) or []
+                per_image = budget_of[n] / results[n]["images"]
+                cpts = [(p["images"] * per_image, p["val/psnr"]) for p in curve if p.get("images") and "val/psnr" in p]
+                if cpts:
+                    axes[0, 1].plot(*zip(*cpts), ".-", color=line.get_color(), label=n)
         if len(pts) >= 2:
             b, a = np.polyfit(x, y, 1)
             entry.update(fit={"a": a, "b_per_decade": b})
-            entry["predictions"] = _predict(x, a, b, seed_sd)
+            entry["predictions"] = _predict(x, a, b, seed_sd, x_axis)
             for gain in (0, 1, 3):
                 target = bar_psnr + gain
-                entry[f"images_for_bar_plus_{gain}dB"] = float(10 ** ((target - a) / b)) if b > 0 else None
+                entry[f"{x_axis}_for_bar_plus_{gain}dB"] = float(10 ** ((target - a) / b)) if b > 0 else None
             # The trend is drawn up to the +3 dB prediction, but no further than 100x the largest budget: beyond
             # that a fit through a few points is no guide (the JSON keeps the prediction).
-            reach = np.log10(entry["images_for_bar_plus_3dB"] or 1)
+            reach = np.log10(entry[f"{x_axis}_for_bar_plus_3dB"] or 1)
             xs = np.linspace(x.min(), min(max(x.max(), reach) + 0.1, x.max() + 2), 50)
             ax.plot(10**xs, a + b * xs, "--", color=line.get_color(), alpha=0.6,
-                    label=f"{label}: {b:+.2f} dB per 10x images")
+                    label=f"{label}: {b:+.2f} dB per 10x {x_axis}")
         out["series"][label] = entry
     for gain, style in ((0, "-"), (1, ":"), (3, "-.")):
         ax.axhline(bar_psnr + gain, color="grey", ls=style, lw=1, label=f"WebP thumbnail bar + {gain} dB" if gain
                    else "WebP thumbnail bar (224 B)")
     ax.set_xscale("log")
-    ax.set_xlabel("training images seen")
+    ax.set_xlabel("training FLOPs" if flops else "training images seen")
     ax.set_ylabel("val PSNR, mean over clips (dB)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
+    if flops:
+        axes[0, 1].set_xscale("log")
+        axes[0, 1].set_xlabel("training FLOPs")
+        axes[0, 1].set_ylabel("val PSNR during training (dB, validation batches)")
+        axes[0, 1].grid(alpha=0.3, which="both")
+        axes[0, 1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(output, dpi=120)
     plt.close(fig)
@@ -273,8 +305,8 @@ def scaling(series: dict[str, list[str]], root: str, bar_psnr: float, output: st
     return out
 
 
-def _predict(x, a: float, b: float, seed_sd: float) -> dict:
-    """PSNR at 10x and 100x the largest budget of log10-images ``x``, with its standard deviation under seed noise
+def _predict(x, a: float, b: float, seed_sd: float, x_axis: str = "images") -> dict:
+    """PSNR at 10x and 100x the largest budget of log10-budgets ``x``, with its standard deviation under seed noise
     (ordinary least squares: var(a + b x0) = sd^2 (1/n + (x0 - mean x)^2 / sum (x - mean x)^2))."""
     import numpy as np
 
@@ -283,7 +315,7 @@ def _predict(x, a: float, b: float, seed_sd: float) -> dict:
     for factor in (10, 100):
         x0 = float(x.max() + np.log10(factor))
         sd = seed_sd * float(np.sqrt(1 / len(x) + (x0 - x.mean()) ** 2 / sxx)) if sxx > 0 else None
-        out[f"{factor}x_largest_budget"] = {"images": float(10**x0), "psnr": float(a + b * x0), "sd": sd}
+        out[f"{factor}x_largest_budget"] = {x_axis: float(10**x0), "psnr": float(a + b * x0), "sd": sd}
     return out
 
 
@@ -310,17 +342,20 @@ def main(argv: list[str] | None = None) -> None:
     t = sub.add_parser("table", help="tabulate and plot every result")
     t.add_argument("--reports", default=REPORTS, help="folder of run results (NAME/result.json)")
     t.add_argument("--baseline", default="baseline", help="run the 'vs base' column compares with")
-    s = sub.add_parser("scaling", help="clip-mean PSNR against images seen, with a log-linear fit per series")
+    s = sub.add_parser("scaling", help="clip-mean PSNR against images seen (or training FLOPs), with a log-linear "
+                                       "fit per series")
     s.add_argument("--series", nargs="+", required=True, metavar="LABEL=RUN,RUN,...")
     s.add_argument("--bar", required=True, help="compressor.tools.evaluate report.json whose WebP thumbnail is the bar")
     s.add_argument("--reports", default=REPORTS, help="folder of run results (NAME/result.json)")
     s.add_argument("--output", default="reports/scaling.png")
+    s.add_argument("--x", dest="x_axis", choices=["images", "flops"], default="images",
+                   help="budget axis: images seen, or training FLOPs (one series per model shape: the frontier)")
     s.add_argument("--seed-sd", type=float, default=0.24,
                    help="seed noise of one run's clip mean in dB, for the predictions' uncertainty")
     args = ap.parse_args(argv)
     if args.command == "scaling":
         series = {label: names.split(",") for label, names in (item.split("=", 1) for item in args.series)}
-        out = scaling(series, args.reports, bar(args.bar)["clip_mean"], args.output, args.seed_sd)
+        out = scaling(series, args.reports, bar(args.bar)["clip_mean"], args.output, args.seed_sd, args.x_axis)
         print(json.dumps(out, indent=1))
     elif args.command == "run":
         from compressor.tools.evaluate import select_videos
