@@ -143,3 +143,35 @@ def test_train_py_trains_a_video_model(tmp_path):
     codec = load_video(tmp_path / "run" / "video.pt")
     encoded, recon = codec.encode_clip(driving_clip(seed=6, num_frames=4))
     assert torch.equal(codec.decode_clip(encoded), recon)
+
+
+def test_evaluate_video_reports_every_frame_of_the_val_clips_by_group_position(tmp_path):
+    """python -m compressor.tools.evaluate_video on real files: the val clip only, its PSNR as the codec codes it,
+    the bytes its groups cost, PSNR by position in the group; a group of 1 is the intra model alone."""
+    import json
+
+    from compressor.data.video import read_frames
+    from compressor.metrics import frame_psnr
+    from compressor.tools import evaluate_video
+    from tests.conftest import write_video
+
+    codec = video_codec(2)  # groups of 4: an intra frame, then 3 conditional frames of 64 tokens
+    codec.save(tmp_path / "video.pt")
+    for name, seed in (("val.mp4", 4), ("train.mp4", 5)):
+        write_video(str(tmp_path / name), driving_clip(seed=seed, num_frames=10, image_size=(128, 256)))
+    (tmp_path / "MANIFEST.tsv").write_text("file\tsplit\nval.mp4\tval\ntrain.mp4\ttrain\n")
+    out = tmp_path / "report"
+    assert evaluate_video.main(["--checkpoint", str(tmp_path / "video.pt"), "--input", str(tmp_path),
+                                "--gop", "1", "4", "--output", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["gops"]["4"]["clips"]) == ["val.mp4"]  # --split val by default
+    frames = read_frames(str(tmp_path / "val.mp4"), codec.intra.image_size)
+    codec.gop = 4
+    _, recon = codec.encode_clip(frames)
+    four, one = report["gops"]["4"], report["gops"]["1"]
+    assert four["clips"]["val.mp4"]["psnr"] == pytest.approx(frame_psnr(recon, frames).mean().item(), abs=1e-4)
+    assert four["frames"] == 10 and len(four["psnr_by_position"]) == 4
+    intra, inter = codec.intra.bytes_per_frame, codec.inter.bytes_per_frame
+    assert four["bytes_per_frame"] == pytest.approx((3 * intra + 7 * inter) / 10)  # intra at frames 0, 4, 8
+    assert one["bytes_per_frame"] == intra and one["psnr_clip_mean"] == pytest.approx(one["intra_only_psnr_clip_mean"])
+    assert four["intra_only_psnr_clip_mean"] == pytest.approx(one["intra_only_psnr_clip_mean"])
