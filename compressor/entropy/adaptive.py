@@ -32,16 +32,18 @@ import torch
 from torch import Tensor
 
 from compressor.entropy.coding import digit_radices
+from compressor.entropy.mixing import APM, ONE, Mixer, kt, stretch
 from compressor.entropy.priors import Prior
 
 KIND = "adaptive"
-VERSION = 1  # in the segment header (prior_id): any change to the model below must bump it
+VERSION = 2  # in the segment header (prior_id): any change to the model below must bump it
 CODER_ID = 2  # the header's coder byte: constriction 0.5 ANS, 24-bit, Bernoulli decisions
-ONE = 1 << 16  # probabilities are integers over 2**16
 P_MIN = 16  # each side of a decision keeps >= 16 / 2**16: a wrong guess costs at most 12 bits
 FRAME_P_MIN = 1 << 10  # the frame flag's less likely side keeps >= 2**-6, which bounds frames per payload byte
 HASH_BITS = 22  # tree contexts (token x node) are hashed into tables of 2**22 counts
-TREE_STRENGTH = (0, 2, 2, 2)
+TREE_STRENGTH = (0, 2, 2, 2)  # the chain blend's pseudo-counts (its first order takes none)
+FLAG_STRENGTH = (0, 4, 2)
+FLAG_RATE = TREE_RATE = 4  # the mixers' steps (VQ val, ideal bits/token: 1.380 at 1, 1.376 at 4; 64 diverged)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 # The least a frame can cost in the payload: its frame flag at >= FRAME_P_MIN less the ANS's rounding (its state
 # stays >= 2**32 and frequencies < 2**24, so a decode step removes at most log2(1 + 2**-8) bits less than the cost).
@@ -49,6 +51,8 @@ MIN_FRAME_BITS = -math.log2(1 - FRAME_P_MIN / ONE) - math.log2(1 + 2.0**-8)
 # Buckets of "frames since this position last changed" (the last bucket: unknown, a segment's second frame).
 _AGE_BUCKET = np.minimum(np.array([0, 1, 2, 3, 3, 3, 4, 4, 4, 4, 4, 4] + [5] * 244), 5)
 _NEIGHBOUR_BUCKET = np.array([0, 1, 2, 3, 3, 4, 4, 4, 4])  # changed among the 8 neighbours in the last frame
+_O1 = 6 * 7 * 6  # (now, age, ring) flag contexts
+_RATE_EDGES = np.array([1, 3, 6, 12, 20, 32, 48])  # a frame's changed share (of 64) -> buckets 0..7
 
 
 class _Counts:
@@ -67,83 +71,147 @@ class _Counts:
             self.n[over] = (self.n[over] + 1) >> 1
             self.ones[over] = (self.ones[over] + 1) >> 1
 
+    def kt(self, idx: np.ndarray) -> np.ndarray:
+        return kt(self.ones[idx], self.n[idx])
+
 
 def _blend(orders: list[tuple[_Counts, np.ndarray, int]]) -> np.ndarray:
     """P(bit = 1) * 2**16 (int64) from contexts coarse to fine: [(counts, context index, strength), ...]."""
     counts, idx, _ = orders[0]
-    p = ((2 * counts.ones[idx].astype(np.int64) + 1) << 15) // (counts.n[idx] + 1)  # KT: (ones + 1/2) / (n + 1)
+    p = counts.kt(idx)
     for counts, idx, strength in orders[1:]:
         p = ((counts.ones[idx].astype(np.int64) << 16) + strength * p) // (counts.n[idx] + strength)
     return np.clip(p, P_MIN, ONE - P_MIN)
 
 
-def _hash(key: np.ndarray) -> np.ndarray:
+def _hash(key: np.ndarray, salt: int = 0) -> np.ndarray:
     """uint64 keys -> indexes into a 2**HASH_BITS table (Fibonacci hashing; uint64 products wrap, deterministic)."""
-    return ((key.astype(np.uint64) * _GOLDEN) >> np.uint64(64 - HASH_BITS)).astype(np.int64)
+    key = key.astype(np.uint64) ^ np.uint64(salt)
+    return ((key * _GOLDEN) >> np.uint64(64 - HASH_BITS)).astype(np.int64)
+
+
+class _Stage:
+    """One kind of decision (the repeat flags, or the token tree): its context tables, a chain blend of the first
+    ones (PPM/CTW-like), a mixer over that blend and every table's own estimate, and an APM after the mixer.
+
+    ``predict`` takes each table's context indexes for a batch; ``learn`` takes the batch's bits: the mixer and
+    APM learn at once (the decoder knows the bits as soon as the batch is decoded), the counts at the frame's end.
+    """
+
+    def __init__(self, tables: list[_Counts], chain: tuple[int, ...], sets: int, apm_contexts: int, rate: int):
+        self.tables, self.chain = tables, chain
+        inputs = len(tables) + 2  # the chain blend, each table, a bias
+        self.mixer = Mixer(inputs, sets, [ONE] + [0] * (inputs - 1), rate)
+        self.apm = APM(apm_contexts)
+        self._pending: tuple | None = None
+        self._updates: list[tuple[list[np.ndarray], np.ndarray]] = []
+
+    def predict(self, idx: list[np.ndarray], sel: np.ndarray, apm_ctx: np.ndarray) -> np.ndarray:
+        blend = _blend([(self.tables[i], idx[i], s) for i, s in zip(range(len(self.chain)), self.chain)])
+        st = np.stack([stretch(blend)] + [stretch(t.kt(i)) for t, i in zip(self.tables, idx)]
+                      + [np.full(len(blend), 256)], 1)  # (m, inputs)
+        p_mix = self.mixer.predict(st, sel)
+        p_apm, apm_state = self.apm.refine(p_mix, apm_ctx)
+        self._pending = (idx, st, sel, p_mix, apm_state)
+        return np.clip((p_mix + p_apm) >> 1, P_MIN, ONE - P_MIN)  # (3 parts APM to 1 cost more on VQ val)
+
+    def learn(self, bits: np.ndarray) -> None:
+        idx, st, sel, p_mix, apm_state = self._pending
+        self.mixer.update(st, sel, p_mix, bits)
+        self.apm.update(apm_state, bits)
+        self._updates.append((idx, bits))
+
+    def end_frame(self) -> None:
+        if self._updates:
+            bits = np.concatenate([b for _, b in self._updates])
+            for order, counts in enumerate(self.tables):
+                counts.update(np.concatenate([idx[order] for idx, _ in self._updates]), bits)
+        self._updates.clear()
+
+
+def _bucket(fraction_num: np.ndarray | int, total: int) -> int:
+    """A fraction of changed positions -> 0..7 (finer near 0, where most frames are)."""
+    return int(np.searchsorted(_RATE_EDGES, 64 * int(fraction_num) // max(total, 1), side="right"))
 
 
 class _Model:
     """The state of one segment's coding. Encoder and decoder call the same methods in the same order.
 
-    ``flags`` and ``tree`` return P(1) * 2**16 for a batch of decisions; ``end_frame`` updates the counts with the
-    frame's decisions and moves the frame context on.
+    ``flags`` and ``tree`` return P(1) * 2**16 for a batch of decisions, ``flag_bits`` and ``tree_bits`` take that
+    batch's bits; ``end_frame`` updates the counts with the frame's decisions and moves the frame context on.
     """
 
     def __init__(self, codebook_size: int, grid: tuple[int, int]):
         h, w = grid
         self.k, self.n = codebook_size, h * w
         self.depth = max(1, (codebook_size - 1).bit_length())  # tree levels: bits of the largest token
+        self.none = 1 << self.depth  # "no token" (before a segment's first frame, off the grid): no prefix matches
         rows, cols = np.divmod(np.arange(self.n), w)
         self.phase_a = np.flatnonzero((rows + cols) % 2 == 0)
         self.phase_b = np.flatnonzero((rows + cols) % 2 == 1)
-        # Neighbour indexes, with self.n pointing at a padding slot that is never "changed".
+        # Neighbour indexes, with self.n pointing at a padding slot (never "changed", token ``none``).
         def around(offsets):
             out = np.full((self.n, len(offsets)), self.n)
             for j, (dr, dc) in enumerate(offsets):
                 ok = (rows + dr >= 0) & (rows + dr < h) & (cols + dc >= 0) & (cols + dc < w)
                 out[ok, j] = ((rows + dr) * w + cols + dc)[ok]
             return out
-        self.cross_b = around([(-1, 0), (1, 0), (0, -1), (0, 1)])[self.phase_b]
+        self.cross = around([(-1, 0), (1, 0), (0, -1), (0, 1)])
         self.ring = around([(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if dr or dc])
         self.frame_counts = _Counts(3, 255)
-        self.flag_counts = [_Counts(6, 4095), _Counts(6 * 7 * 6, 1023), _Counts(6 * 7 * 6 * self.n, 255)]
-        self.tree_counts = [_Counts(1 << self.depth, 1023)] + [_Counts(1 << HASH_BITS, 255) for _ in range(3)]
-        self.prev: np.ndarray | None = None  # tokens of frame t-1 (N,), and t-2
-        self.prev2: np.ndarray | None = None
+        # Flags: now, (now, age, around), that at each position, the token held, the frame's change rate, the
+        # pattern of the 4 neighbours' changes, the token held with its age.
+        self.flag_stage = _Stage([_Counts(6, 4095), _Counts(_O1, 1023), _Counts(_O1 * self.n, 255),
+                                  _Counts(1 << HASH_BITS, 255), _Counts(9 * 6 * 7, 1023), _Counts(2 * 16 * 7 * 6, 1023),
+                                  _Counts(1 << HASH_BITS, 255)], FLAG_STRENGTH, 6 * 9, 6 * 7, FLAG_RATE)
+        d = self.depth
+        # Tree: node, previous token's top bits, previous token, previous two, where the prefix stands against the
+        # previous token's, how many candidate tokens (neighbours' previous, this position's one before) agree,
+        # the node at this position.
+        self.tree_stage = _Stage([_Counts(1 << d, 1023), _Counts(1 << HASH_BITS, 255), _Counts(1 << HASH_BITS, 255),
+                                  _Counts(1 << HASH_BITS, 255), _Counts(d * 6 * 4, 1023), _Counts(d * 6 * 6 * 2, 1023),
+                                  _Counts(1 << HASH_BITS, 255)], TREE_STRENGTH, d * 6, d * 6, TREE_RATE)
+        self.prev = np.full(self.n + 1, self.none, np.int64)  # tokens of frame t-1 (N + padding slot), and t-2
+        self.prev2 = np.full(self.n + 1, self.none, np.int64)
+        self.frames = 0
         self.changed = np.zeros(self.n + 1, np.int64)  # changes at t-1 (padding slot last), known from t = 2 on
         self.age = np.zeros(self.n, np.int64)  # frames since each position last changed
         self.last_repeat = 2  # did frame t-1 repeat t-2: 0, 1, 2 unknown
-        self._flag_updates: list[tuple[list[np.ndarray], np.ndarray]] = []
-        self._tree_updates: list[tuple[list[np.ndarray], np.ndarray]] = []
+        self.last_rate = 8  # the change-rate bucket of frame t-1, 8 unknown
 
     # ---- step 1: the frame flag -----------------------------------------------------------------------------
     def frame_flag(self) -> np.ndarray:
         c = self.frame_counts
-        p = ((2 * c.ones[self.last_repeat:self.last_repeat + 1].astype(np.int64) + 1) << 15) // (
-            c.n[self.last_repeat] + 1)
+        p = kt(c.ones[self.last_repeat:self.last_repeat + 1], c.n[self.last_repeat:self.last_repeat + 1])
         return np.clip(p, FRAME_P_MIN, ONE - FRAME_P_MIN)
 
     # ---- step 2: per-position flags ---------------------------------------------------------------------------
     def flags(self, phase: str, changed_now: np.ndarray | None = None) -> np.ndarray:
         """P(changed) for the phase's positions; phase B needs ``changed_now`` (N + 1,), phase A's flags filled in."""
         pos = self.phase_a if phase == "a" else self.phase_b
+        cross = self.cross[pos]
         if phase == "a":
-            now = np.full(len(pos), 5)
+            now, rate = np.full(len(pos), 5), np.full(len(pos), self.last_rate)
+            pattern = (self.changed[cross] << np.arange(4)).sum(1)
         else:
-            now = changed_now[self.cross_b].sum(1)
-        if self.prev2 is None:  # frame 1: nothing is known about earlier changes
-            age, around = np.full(len(pos), 6), np.full(len(pos), 5)
+            now = changed_now[cross].sum(1)
+            rate = np.full(len(pos), _bucket(changed_now[self.phase_a].sum(), len(self.phase_a)))
+            pattern = 16 + (changed_now[cross] << np.arange(4)).sum(1)
+        if self.frames < 2:  # frame 1: nothing is known about earlier changes
+            age, ring = np.full(len(pos), 6), np.full(len(pos), 5)
         else:
             age = _AGE_BUCKET[np.minimum(self.age[pos], 255)]
-            around = _NEIGHBOUR_BUCKET[self.changed[self.ring[pos]].sum(1)]
-        o1 = (now * 7 + age) * 6 + around
-        idx = [now, o1, o1 * self.n + pos]
-        self._flag_updates.append((idx, None))
-        return _blend([(c, i, s) for c, i, s in zip(self.flag_counts, idx, (0, 4, 2))])
+            ring = _NEIGHBOUR_BUCKET[self.changed[self.ring[pos]].sum(1)]
+        o1 = (now * 7 + age) * 6 + ring
+        held = self.prev[pos].astype(np.uint64)
+        idx = [now, o1, o1 * self.n + pos, _hash(held * np.uint64(8) + now.astype(np.uint64), 1),
+               (rate * 6 + now) * 7 + age, (pattern * 7 + age) * 6 + ring,
+               _hash((held * np.uint64(8) + age.astype(np.uint64)) * np.uint64(8) + ring.astype(np.uint64), 2)]
+        return self.flag_stage.predict(idx, now * 9 + rate, now * 7 + age)
 
     def flag_bits(self, bits: np.ndarray) -> None:
-        """The bits of the batch last returned by ``flags`` (for the update at the frame's end)."""
-        self._flag_updates[-1] = (self._flag_updates[-1][0], bits)
+        """The bits of the batch last returned by ``flags``."""
+        self.flag_stage.learn(bits)
 
     # ---- step 3: the changed tokens, bit by bit ---------------------------------------------------------------
     def tree(self, pos: np.ndarray, level: int, prefix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -151,39 +219,46 @@ class _Model:
         level (mask), and P(next bit = 1) for those."""
         below = self.depth - 1 - level
         coded = ((2 * prefix + 1) << below) < self.k  # else the 1-branch holds no code: the bit is 0
-        node = (prefix[coded] | (1 << level)).astype(np.int64)
-        prev = self.prev[pos[coded]] if self.prev is not None else np.full(len(node), self.k)
-        prev2 = self.prev2[pos[coded]] if self.prev2 is not None else np.full(len(node), self.k)
+        pos, prefix = pos[coded], prefix[coded]
+        node = prefix | (1 << level)
+        prev, prev2 = self.prev[pos], self.prev2[pos]
+        # Where the prefix stands against the previous token's top bits (-2..2, 5 = no previous token), and the
+        # previous token's next two bits: FSQ tokens move by small steps of their channels, which are bit fields.
+        diff = np.where(prev == self.none, 5, np.clip(prefix - (prev >> (below + 1)), -2, 2) + 2)
+        nxt = (prev >> below & 1) * 2 + (prev >> max(below - 1, 0) & 1 if below else 0)
+        # Candidates: the 4 neighbours' previous tokens and this position's one before the last (motion, flicker).
+        cand = np.concatenate([self.prev[self.cross[pos]], prev2[:, None]], 1)  # (m, 5)
+        match = (cand >> (below + 1)) == prefix[:, None]
+        ones = (match & ((cand >> below & 1) == 1)).sum(1)
+        zeros = match.sum(1) - ones
         shift = np.uint64(self.depth + 1)
         node64 = node.astype(np.uint64)
         # The previous token's top bits at this level: tokens near it in the codebook share these statistics.
         coarse = prev.astype(np.uint64) >> np.uint64(max(0, self.depth - level - 2))
-        key1 = (coarse << shift | node64) * np.uint64(3) + np.uint64(1)
-        key2 = prev.astype(np.uint64) << shift | node64
-        key3 = (prev2.astype(np.uint64) * np.uint64(self.k + 1) + prev.astype(np.uint64)) << shift | node64
-        idx = [node, _hash(key1), _hash(key2), _hash(key3 ^ np.uint64(0x5BD1E995))]
-        self._tree_updates.append((idx, None))
-        return coded, _blend([(c, i, s) for c, i, s in zip(self.tree_counts, idx, TREE_STRENGTH)])
+        pair = prev2.astype(np.uint64) * np.uint64(self.none + 1) + prev.astype(np.uint64)
+        idx = [node, _hash(coarse << shift | node64, 3), _hash(prev.astype(np.uint64) << shift | node64, 4),
+               _hash(pair << shift | node64, 5), (level * 6 + diff) * 4 + nxt,
+               ((level * 6 + ones) * 6 + zeros) * 2 + (diff == 2), _hash(pos.astype(np.uint64) << shift | node64, 6)]
+        sel = level * 6 + diff
+        return coded, self.tree_stage.predict(idx, sel, sel)
 
     def tree_bits(self, bits: np.ndarray) -> None:
-        self._tree_updates[-1] = (self._tree_updates[-1][0], bits)
+        self.tree_stage.learn(bits)
 
     # ---- the frame's end --------------------------------------------------------------------------------------
     def end_frame(self, tokens: np.ndarray, repeated: bool | None) -> None:
         """Update counts with the frame's decisions; ``repeated``: the frame flag (None for a segment's first)."""
-        for updates, tables in ((self._flag_updates, self.flag_counts), (self._tree_updates, self.tree_counts)):
-            if updates:
-                bits = np.concatenate([b for _, b in updates])
-                for order, counts in enumerate(tables):
-                    counts.update(np.concatenate([idx[order] for idx, _ in updates]), bits)
-            updates.clear()
+        self.flag_stage.end_frame()
+        self.tree_stage.end_frame()
         if repeated is not None:
             self.frame_counts.update(np.array([self.last_repeat]), np.array([int(repeated)]))
             self.last_repeat = int(repeated)
-            changed = tokens != self.prev
+            changed = tokens != self.prev[: self.n]
             self.changed[: self.n] = changed
             self.age = np.where(changed, 0, self.age + 1)
-        self.prev2, self.prev = self.prev, tokens
+            self.last_rate = _bucket(changed.sum(), self.n)
+        self.prev2, self.prev = self.prev, np.append(tokens, self.none)
+        self.frames += 1
 
 
 def _constriction():
@@ -243,11 +318,11 @@ class AdaptivePrior(Prior):
             repeated = None
             pos = np.arange(self.num_tokens)
             if t:
-                repeated = bool((frame == model.prev).all())
+                repeated = bool((frame == model.prev[: self.num_tokens]).all())
                 yield t, np.array([int(repeated)]), model.frame_flag()
                 if not repeated:
                     changed = np.zeros(self.num_tokens + 1, np.int64)
-                    changed[: self.num_tokens] = frame != model.prev
+                    changed[: self.num_tokens] = frame != model.prev[: self.num_tokens]
                     for phase, at in (("a", model.phase_a), ("b", model.phase_b)):
                         p = model.flags(phase, changed)
                         model.flag_bits(changed[at])
@@ -285,7 +360,7 @@ class AdaptivePrior(Prior):
         for t in range(num_frames):
             repeated = None
             pos = np.arange(self.num_tokens)
-            frame = model.prev.copy() if t else np.zeros(self.num_tokens, np.int64)
+            frame = model.prev[: self.num_tokens].copy() if t else np.zeros(self.num_tokens, np.int64)
             if t:
                 repeated = bool(coder.decode(family, _probs(model.frame_flag()))[0])
                 if repeated:
