@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from compressor.entropy.coding import digit_radices
-from compressor.entropy.mixing import APM, ONE, Mixer, kt, stretch
+from compressor.entropy.mixing import APM, ONE, STRETCH, Mixer, kt
 from compressor.entropy.priors import Prior
 
 KIND = "adaptive"
@@ -45,6 +45,8 @@ TREE_STRENGTH = (0, 2, 2, 2)  # the chain blend's pseudo-counts (its first order
 FLAG_STRENGTH = (0, 4, 2)
 FLAG_RATE = TREE_RATE = 4  # the mixers' steps (VQ val, ideal bits/token: 1.380 at 1, 1.376 at 4; 64 diverged)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_FLAG_SALTS = np.array([1, 2], np.uint64)  # one salt per hashed table, so that their keys do not collide alike
+_TREE_SALTS = np.array([3, 4, 5, 6], np.uint64)
 # The least a frame can cost in the payload: its frame flag at >= FRAME_P_MIN less the ANS's rounding (its state
 # stays >= 2**32 and frequencies < 2**24, so a decode step removes at most log2(1 + 2**-8) bits less than the cost).
 MIN_FRAME_BITS = -math.log2(1 - FRAME_P_MIN / ONE) - math.log2(1 + 2.0**-8)
@@ -55,78 +57,99 @@ _O1 = 6 * 7 * 6  # (now, age, ring) flag contexts
 _RATE_EDGES = np.array([1, 3, 6, 12, 20, 32, 48])  # a frame's changed share (of 64) -> buckets 0..7
 
 
-class _Counts:
-    """Binary counts (n, ones) per context, halved past ``limit`` so that old statistics fade."""
+class _Tables:
+    """Binary counts (n, ones) per context for several tables at once, each halved past its own limit so that old
+    statistics fade. The tables sit end to end in one (contexts, 2) array, so a batch reads every table's counts
+    with one gather (n and ones side by side: one cache miss per hashed context, not two) and a frame's update is
+    one sort.
 
-    def __init__(self, size: int, limit: int):
-        self.n, self.ones, self.limit = np.zeros(size, np.int32), np.zeros(size, np.int32), limit
+    Args:
+        sizes: contexts per table.
+        limits: per table, the count past which n and ones are halved.
+    """
+
+    def __init__(self, sizes: list[int], limits: list[int]):
+        assert max(limits) < 1 << 14  # n stays < 2 * limit + a frame's decisions (< 2**15): uint16 holds it
+        self.offsets = np.cumsum([0] + sizes[:-1]).astype(np.int64)  # (k,) where each table starts
+        self.limits = np.array(limits, np.int64)
+        # (n, ones) per context, uint16: half the memory of int32, so fewer cache misses and page faults on the
+        # 2**HASH_BITS tables (the coder's time goes mostly to reading and writing them).
+        self.c = np.zeros((sum(sizes), 2), np.uint16)
+
+    def counts(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """idx (m, k): a context per table -> n, ones (m, k) int64."""
+        c = self.c[idx + self.offsets].astype(np.int64)  # (m, k, 2)
+        return c[..., 0], c[..., 1]
 
     def update(self, idx: np.ndarray, bits: np.ndarray) -> None:
-        """Add a frame's decisions (a context may occur many times: sums, so their order does not matter)."""
-        at, where = np.unique(idx, return_inverse=True)  # (np.add.at is ~100x slower on numpy 1.x)
-        self.n[at] += np.bincount(where, minlength=len(at)).astype(np.int32)
-        self.ones[at] += np.bincount(where, weights=bits, minlength=len(at)).astype(np.int32)
-        over = at[self.n[at] > self.limit]
-        if len(over):
-            self.n[over] = (self.n[over] + 1) >> 1
-            self.ones[over] = (self.ones[over] + 1) >> 1
-
-    def kt(self, idx: np.ndarray) -> np.ndarray:
-        return kt(self.ones[idx], self.n[idx])
-
-
-def _blend(orders: list[tuple[_Counts, np.ndarray, int]]) -> np.ndarray:
-    """P(bit = 1) * 2**16 (int64) from contexts coarse to fine: [(counts, context index, strength), ...]."""
-    counts, idx, _ = orders[0]
-    p = counts.kt(idx)
-    for counts, idx, strength in orders[1:]:
-        p = ((counts.ones[idx].astype(np.int64) << 16) + strength * p) // (counts.n[idx] + strength)
-    return np.clip(p, P_MIN, ONE - P_MIN)
+        """Add a frame's decisions: idx (m, k), bits (m,). A context may occur many times: sums, so their order
+        does not matter."""
+        flat = (idx + self.offsets).ravel()
+        at, where = np.unique(flat, return_inverse=True)  # (np.add.at is no faster on numpy 1.26)
+        c = self.c[at] + np.stack([np.bincount(where, minlength=len(at)),
+                                   np.bincount(where, weights=np.repeat(bits, idx.shape[1]), minlength=len(at))],
+                                  1).astype(np.uint16)  # (contexts, 2)
+        over = c[:, 0] > self.limits[np.searchsorted(self.offsets, at, side="right") - 1]
+        c[over] = (c[over] + 1) >> 1
+        self.c[at] = c
 
 
-def _hash(key: np.ndarray, salt: int = 0) -> np.ndarray:
+def _hash(key: np.ndarray, salt: np.ndarray | int) -> np.ndarray:
     """uint64 keys -> indexes into a 2**HASH_BITS table (Fibonacci hashing; uint64 products wrap, deterministic)."""
-    key = key.astype(np.uint64) ^ np.uint64(salt)
+    key = key ^ np.asarray(salt, np.uint64)
     return ((key * _GOLDEN) >> np.uint64(64 - HASH_BITS)).astype(np.int64)
+
+
+def _clip(p: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    return np.minimum(np.maximum(p, lo), hi)  # (np.clip's wrapper costs more than the work on these batches)
 
 
 class _Stage:
     """One kind of decision (the repeat flags, or the token tree): its context tables, a chain blend of the first
     ones (PPM/CTW-like), a mixer over that blend and every table's own estimate, and an APM after the mixer.
 
-    ``predict`` takes each table's context indexes for a batch; ``learn`` takes the batch's bits: the mixer and
-    APM learn at once (the decoder knows the bits as soon as the batch is decoded), the counts at the frame's end.
+    ``predict`` takes each table's context index for a batch (m, tables); ``learn`` takes the batch's bits.
+    Everything learns at the frame's end, in one batch: the mixer's weight sets and the APM's rows are chosen by
+    contexts that differ between the batches of a frame (tree level, checkerboard phase), so no batch reads what
+    an earlier batch of the same frame would have changed, and the result is the same as learning batch by batch.
     """
 
-    def __init__(self, tables: list[_Counts], chain: tuple[int, ...], sets: int, apm_contexts: int, rate: int):
-        self.tables, self.chain = tables, chain
-        inputs = len(tables) + 2  # the chain blend, each table, a bias
+    def __init__(self, sizes: list[int], limits: list[int], chain: tuple[int, ...], sets: int, apm_contexts: int,
+                 rate: int):
+        self.tables, self.chain = _Tables(sizes, limits), chain
+        inputs = len(sizes) + 2  # the chain blend, each table, a bias
         self.mixer = Mixer(inputs, sets, [ONE] + [0] * (inputs - 1), rate)
         self.apm = APM(apm_contexts)
         self._pending: tuple | None = None
-        self._updates: list[tuple[list[np.ndarray], np.ndarray]] = []
+        self._learned: list[tuple] = []
 
-    def predict(self, idx: list[np.ndarray], sel: np.ndarray, apm_ctx: np.ndarray) -> np.ndarray:
-        blend = _blend([(self.tables[i], idx[i], s) for i, s in zip(range(len(self.chain)), self.chain)])
-        st = np.stack([stretch(blend)] + [stretch(t.kt(i)) for t, i in zip(self.tables, idx)]
-                      + [np.full(len(blend), 256)], 1)  # (m, inputs)
+    def predict(self, idx: np.ndarray, sel: np.ndarray, apm_ctx: np.ndarray) -> np.ndarray:
+        n, ones = self.tables.counts(idx)  # (m, k)
+        est = ((2 * ones + 1) << 15) // (n + 1)  # every table's KT estimate, in (0, 2**16)
+        p = est[:, 0]
+        for j in range(1, len(self.chain)):  # the chain blend, coarse to fine
+            p = ((ones[:, j] << 16) + self.chain[j] * p) // (n[:, j] + self.chain[j])
+        m, k = idx.shape
+        st = np.empty((m, k + 2), np.int64)  # stretched inputs: the blend, each table, a bias
+        st[:, 0] = STRETCH[_clip(p, P_MIN, ONE - P_MIN) >> 4]
+        st[:, 1:k + 1] = STRETCH[est >> 4]
+        st[:, k + 1] = 256
         p_mix = self.mixer.predict(st, sel)
         p_apm, apm_state = self.apm.refine(p_mix, apm_ctx)
-        self._pending = (idx, st, sel, p_mix, apm_state)
-        return np.clip((p_mix + p_apm) >> 1, P_MIN, ONE - P_MIN)  # (3 parts APM to 1 cost more on VQ val)
+        self._pending = (idx, st, sel, p_mix, *apm_state)
+        return _clip((p_mix + p_apm) >> 1, P_MIN, ONE - P_MIN)  # (3 parts APM to 1 cost more on VQ val)
 
     def learn(self, bits: np.ndarray) -> None:
-        idx, st, sel, p_mix, apm_state = self._pending
-        self.mixer.update(st, sel, p_mix, bits)
-        self.apm.update(apm_state, bits)
-        self._updates.append((idx, bits))
+        """The bits of the batch last predicted."""
+        self._learned.append((*self._pending, bits))
 
     def end_frame(self) -> None:
-        if self._updates:
-            bits = np.concatenate([b for _, b in self._updates])
-            for order, counts in enumerate(self.tables):
-                counts.update(np.concatenate([idx[order] for idx, _ in self._updates]), bits)
-        self._updates.clear()
+        if self._learned:
+            idx, st, sel, p_mix, apm_at, apm_w, bits = (np.concatenate(a) for a in zip(*self._learned))
+            self.mixer.update(st, sel, p_mix, bits)
+            self.apm.update((apm_at, apm_w), bits)
+            self.tables.update(idx, bits)
+        self._learned.clear()
 
 
 def _bucket(fraction_num: np.ndarray | int, total: int) -> int:
@@ -158,19 +181,18 @@ class _Model:
             return out
         self.cross = around([(-1, 0), (1, 0), (0, -1), (0, 1)])
         self.ring = around([(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if dr or dc])
-        self.frame_counts = _Counts(3, 255)
+        self.frame_counts = _Tables([3], [255])
         # Flags: now, (now, age, around), that at each position, the token held, the frame's change rate, the
         # pattern of the 4 neighbours' changes, the token held with its age.
-        self.flag_stage = _Stage([_Counts(6, 4095), _Counts(_O1, 1023), _Counts(_O1 * self.n, 255),
-                                  _Counts(1 << HASH_BITS, 255), _Counts(9 * 6 * 7, 1023), _Counts(2 * 16 * 7 * 6, 1023),
-                                  _Counts(1 << HASH_BITS, 255)], FLAG_STRENGTH, 6 * 9, 6 * 7, FLAG_RATE)
+        self.flag_stage = _Stage([6, _O1, _O1 * self.n, 1 << HASH_BITS, 9 * 6 * 7, 2 * 16 * 7 * 6, 1 << HASH_BITS],
+                                 [4095, 1023, 255, 255, 1023, 1023, 255], FLAG_STRENGTH, 6 * 9, 6 * 7, FLAG_RATE)
         d = self.depth
         # Tree: node, previous token's top bits, previous token, previous two, where the prefix stands against the
         # previous token's, how many candidate tokens (neighbours' previous, this position's one before) agree,
         # the node at this position.
-        self.tree_stage = _Stage([_Counts(1 << d, 1023), _Counts(1 << HASH_BITS, 255), _Counts(1 << HASH_BITS, 255),
-                                  _Counts(1 << HASH_BITS, 255), _Counts(d * 6 * 4, 1023), _Counts(d * 6 * 6 * 2, 1023),
-                                  _Counts(1 << HASH_BITS, 255)], TREE_STRENGTH, d * 6, d * 6, TREE_RATE)
+        self.tree_stage = _Stage([1 << d, 1 << HASH_BITS, 1 << HASH_BITS, 1 << HASH_BITS, d * 6 * 4, d * 6 * 6 * 2,
+                                  1 << HASH_BITS], [1023, 255, 255, 255, 1023, 1023, 255], TREE_STRENGTH, d * 6, d * 6,
+                                 TREE_RATE)
         self.prev = np.full(self.n + 1, self.none, np.int64)  # tokens of frame t-1 (N + padding slot), and t-2
         self.prev2 = np.full(self.n + 1, self.none, np.int64)
         self.frames = 0
@@ -181,9 +203,8 @@ class _Model:
 
     # ---- step 1: the frame flag -----------------------------------------------------------------------------
     def frame_flag(self) -> np.ndarray:
-        c = self.frame_counts
-        p = kt(c.ones[self.last_repeat:self.last_repeat + 1], c.n[self.last_repeat:self.last_repeat + 1])
-        return np.clip(p, FRAME_P_MIN, ONE - FRAME_P_MIN)
+        n, ones = self.frame_counts.counts(np.array([[self.last_repeat]]))
+        return _clip(kt(ones[:, 0], n[:, 0]), FRAME_P_MIN, ONE - FRAME_P_MIN)
 
     # ---- step 2: per-position flags ---------------------------------------------------------------------------
     def flags(self, phase: str, changed_now: np.ndarray | None = None) -> np.ndarray:
@@ -203,10 +224,11 @@ class _Model:
             age = _AGE_BUCKET[np.minimum(self.age[pos], 255)]
             ring = _NEIGHBOUR_BUCKET[self.changed[self.ring[pos]].sum(1)]
         o1 = (now * 7 + age) * 6 + ring
-        held = self.prev[pos].astype(np.uint64)
-        idx = [now, o1, o1 * self.n + pos, _hash(held * np.uint64(8) + now.astype(np.uint64), 1),
-               (rate * 6 + now) * 7 + age, (pattern * 7 + age) * 6 + ring,
-               _hash((held * np.uint64(8) + age.astype(np.uint64)) * np.uint64(8) + ring.astype(np.uint64), 2)]
+        held = self.prev[pos] * 8
+        keys = np.stack([held + now, (held + age) * 8 + ring], 1).astype(np.uint64)  # (m, 2)
+        hashed = _hash(keys, _FLAG_SALTS)
+        idx = np.stack([now, o1, o1 * self.n + pos, hashed[:, 0], (rate * 6 + now) * 7 + age,
+                        (pattern * 7 + age) * 6 + ring, hashed[:, 1]], 1)  # (m, 7), one column per table
         return self.flag_stage.predict(idx, now * 9 + rate, now * 7 + age)
 
     def flag_bits(self, bits: np.ndarray) -> None:
@@ -214,32 +236,42 @@ class _Model:
         self.flag_stage.learn(bits)
 
     # ---- step 3: the changed tokens, bit by bit ---------------------------------------------------------------
-    def tree(self, pos: np.ndarray, level: int, prefix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """For the tokens at ``pos`` whose top ``level`` bits are ``prefix``: which have a real choice at this
-        level (mask), and P(next bit = 1) for those."""
+    def tree_begin(self, pos: np.ndarray) -> None:
+        """Start the tree of a frame's changed positions ``pos``: what ``tree`` needs at every level."""
+        prev, prev2 = self.prev[pos], self.prev2[pos]
+        self._prev, self._no_prev = prev, prev == self.none
+        # Candidates: the 4 neighbours' previous tokens and this position's one before the last (motion, flicker).
+        self._cand = np.concatenate([self.prev[self.cross[pos]], prev2[:, None]], 1)  # (m, 5)
+        # The hashed contexts' keys that do not change with the level: previous token, previous two, position.
+        pair = prev2 * (self.none + 1) + prev
+        self._keys = np.stack([prev, pair, pos], 1).astype(np.uint64) << np.uint64(self.depth + 1)  # (m, 3)
+
+    def tree(self, level: int, prefix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For the tokens at ``tree_begin``'s positions whose top ``level`` bits are ``prefix``: which have a real
+        choice at this level (mask), and P(next bit = 1) for those."""
         below = self.depth - 1 - level
         coded = ((2 * prefix + 1) << below) < self.k  # else the 1-branch holds no code: the bit is 0
-        pos, prefix = pos[coded], prefix[coded]
         node = prefix | (1 << level)
-        prev, prev2 = self.prev[pos], self.prev2[pos]
+        prev = self._prev
         # Where the prefix stands against the previous token's top bits (-2..2, 5 = no previous token), and the
         # previous token's next two bits: FSQ tokens move by small steps of their channels, which are bit fields.
-        diff = np.where(prev == self.none, 5, np.clip(prefix - (prev >> (below + 1)), -2, 2) + 2)
-        nxt = (prev >> below & 1) * 2 + (prev >> max(below - 1, 0) & 1 if below else 0)
-        # Candidates: the 4 neighbours' previous tokens and this position's one before the last (motion, flicker).
-        cand = np.concatenate([self.prev[self.cross[pos]], prev2[:, None]], 1)  # (m, 5)
-        match = (cand >> (below + 1)) == prefix[:, None]
-        ones = (match & ((cand >> below & 1) == 1)).sum(1)
-        zeros = match.sum(1) - ones
-        shift = np.uint64(self.depth + 1)
-        node64 = node.astype(np.uint64)
-        # The previous token's top bits at this level: tokens near it in the codebook share these statistics.
-        coarse = prev.astype(np.uint64) >> np.uint64(max(0, self.depth - level - 2))
-        pair = prev2.astype(np.uint64) * np.uint64(self.none + 1) + prev.astype(np.uint64)
-        idx = [node, _hash(coarse << shift | node64, 3), _hash(prev.astype(np.uint64) << shift | node64, 4),
-               _hash(pair << shift | node64, 5), (level * 6 + diff) * 4 + nxt,
-               ((level * 6 + ones) * 6 + zeros) * 2 + (diff == 2), _hash(pos.astype(np.uint64) << shift | node64, 6)]
+        diff = np.where(self._no_prev, 5, _clip(prefix - (prev >> (below + 1)), -2, 2) + 2)
+        nxt = (prev >> (below - 1)) & 3 if below else (prev & 1) * 2
+        # How many candidates share the prefix and go on with a 1, with a 0.
+        step = (self._cand >> below) - 2 * prefix[:, None]  # (m, 5)
+        ones, zeros = (step == 1).sum(1), (step == 0).sum(1)
+        # Hashed: the previous token's top bits at this level (tokens near it in the codebook share these
+        # statistics), the previous token, the previous two, the position; each with the node.
+        keys = np.empty((len(prefix), 4), np.uint64)
+        keys[:, 0] = prev.astype(np.uint64) >> np.uint64(max(0, self.depth - level - 2)) << np.uint64(self.depth + 1)
+        keys[:, 1:] = self._keys
+        keys |= node.astype(np.uint64)[:, None]
+        hashed = _hash(keys, _TREE_SALTS)  # (m, 4)
         sel = level * 6 + diff
+        idx = np.stack([node, hashed[:, 0], hashed[:, 1], hashed[:, 2], sel * 4 + nxt,
+                        ((level * 6 + ones) * 6 + zeros) * 2 + (diff == 2), hashed[:, 3]], 1)  # (m, 7)
+        if not coded.all():
+            idx, sel = idx[coded], sel[coded]
         return coded, self.tree_stage.predict(idx, sel, sel)
 
     def tree_bits(self, bits: np.ndarray) -> None:
@@ -251,7 +283,7 @@ class _Model:
         self.flag_stage.end_frame()
         self.tree_stage.end_frame()
         if repeated is not None:
-            self.frame_counts.update(np.array([self.last_repeat]), np.array([int(repeated)]))
+            self.frame_counts.update(np.array([[self.last_repeat]]), np.array([int(repeated)]))
             self.last_repeat = int(repeated)
             changed = tokens != self.prev[: self.n]
             self.changed[: self.n] = changed
@@ -332,9 +364,10 @@ class AdaptivePrior(Prior):
                     pos = pos[:0]
             values = frame[pos]
             prefix = np.zeros(len(pos), np.int64)
+            model.tree_begin(pos)
             for level in range(model.depth):
                 bit = (values >> (model.depth - 1 - level)) & 1
-                coded, p = model.tree(pos, level, prefix)
+                coded, p = model.tree(level, prefix)
                 model.tree_bits(bit[coded])
                 yield t, bit[coded], p
                 prefix = 2 * prefix + bit
@@ -372,8 +405,9 @@ class AdaptivePrior(Prior):
                         model.flag_bits(changed[at])
                     pos = np.flatnonzero(changed[: self.num_tokens])
             prefix = np.zeros(len(pos), np.int64)
+            model.tree_begin(pos)
             for level in range(model.depth):
-                coded, p = model.tree(pos, level, prefix)
+                coded, p = model.tree(level, prefix)
                 bit = np.zeros(len(pos), np.int64)
                 bit[coded] = _decode(coder, family, p)
                 model.tree_bits(bit[coded])
