@@ -5,6 +5,10 @@
     python encode.py ... --entropy-code    # also store each segment entropy-coded (adaptive coder, no prior file)
     python encode.py ... --entropy-code --prior runs/x/prior-temporal.pt    # or with a fitted prior
 
+A video codec (``video.pt`` from ``configs/video-224B.yaml``) writes video-mode latents, with no flag: each segment
+is coded in groups of the codec's ``gop`` frames (an intra frame, then conditional frames), and each sample's json
+says which frames are intra (``frame_types``) and how many tokens each type holds (``frame_formats``).
+
 Re-running the same command resumes: finished videos are skipped, partial shards are redone. The output folder
 gets manifest.json and a dataset card, README.md (model, preprocessing, token layout, counts, how to read it).
 One run writes a folder at a time: a second run into it is refused while the first holds its lock (.encode.lock).
@@ -16,7 +20,8 @@ import sys
 
 import torch
 
-from compressor.codec.autoencoder import load, model_id
+from compressor.codec.autoencoder import model_id
+from compressor.codec.video import VideoCodec, load_codec
 from compressor.entropy.adaptive import AdaptivePrior
 from compressor.entropy.stream import load_prior
 from compressor.utils import rank_world
@@ -29,7 +34,8 @@ from compressor.latents.shards import DamagedShardError
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", required=True, help="model.pt or a train.py .ckpt")
+    ap.add_argument("--checkpoint", required=True,
+                    help="model.pt, a train.py .ckpt, a Hub folder, or a video codec (video.pt: video-mode latents)")
     ap.add_argument("--input", required=True, nargs="+", help="directories (searched recursively), globs, files, @list.txt")
     ap.add_argument("--output", required=True, help="output directory for latents-*.tar and manifest.json")
     ap.add_argument("--segment-seconds", type=float, default=60.0, help="segment length (a sample never spans videos)")
@@ -56,9 +62,11 @@ def main(argv=None) -> int:
     if not os.path.exists(args.checkpoint):
         sys.exit(f"error: checkpoint not found: {args.checkpoint}")
     try:
-        model = load(args.checkpoint)
+        model = load_codec(args.checkpoint)
     except Exception as e:
         sys.exit(f"error: cannot load checkpoint {args.checkpoint}: {type(e).__name__}: {e}")
+    if isinstance(model, VideoCodec) and args.search_steps:
+        sys.exit(f"error: --search-steps is for per-frame models; {args.checkpoint} is a video codec")
     prior = None
     if args.entropy_code and args.prior is None:  # the adaptive prior: no file, learns each segment as it codes it
         prior = AdaptivePrior(model.codebook_size, model.grid, model_id(model))

@@ -7,6 +7,9 @@ Codec API::
     data = compressor.pack(tokens)       # 224 bytes per frame
     frames = model.decode(compressor.unpack(data, num_frames=len(tokens)))
 
+``compressor.load("video.pt")`` returns a ``VideoCodec`` (``compressor.codec.video``): ``encode_clip(frames)`` /
+``decode_clip(tokens)`` code clips in groups of an intra frame and conditional frames.
+
 The names are imported on first use, so ``import compressor.latents`` (a world-model trainer reading tokens) loads
 neither the codec nor PyAV.
 """
@@ -15,10 +18,14 @@ __all__ = ["Autoencoder", "load", "pack", "unpack", "preprocess"]
 
 
 def __getattr__(name: str):
-    if name in ("Autoencoder", "load"):
+    if name == "Autoencoder":
         from compressor.codec import autoencoder
 
-        return getattr(autoencoder, name)
+        return autoencoder.Autoencoder
+    if name == "load":  # a per-frame Autoencoder, or a VideoCodec for a video.pt: the file knows its mode
+        from compressor.codec import video
+
+        return video.load_codec
     if name in ("pack", "unpack"):
         from compressor.codec import packing
 

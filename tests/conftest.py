@@ -9,6 +9,7 @@ from compressor.codec.autoencoder import Autoencoder
 from compressor.codec.decoders import ConvDecoder, ConvUpsampleDecoder, ViTDecoder, ViTOverlapDecoder, ViTRefineDecoder
 from compressor.codec.encoders import ConvEncoder, ConvStemEncoder, ViTEncoder
 from compressor.codec.quantizers import FSQ, VQ, StandardizedFSQ, WhitenedFSQ
+from compressor.codec.video import ConditionalCodec, VideoCodec
 from compressor.data.synthetic import driving_clip
 from compressor.data.video import DEFAULT_DASHCAM_DIR
 
@@ -46,6 +47,17 @@ class Killed(BaseException):
 def tiny_model(design: str = "vit", quantizer: str = "fsq", **kwargs) -> Autoencoder:
     torch.manual_seed(0)
     return Autoencoder(ENCODERS[design](), QUANTIZERS[quantizer](), DECODERS[design](), **kwargs).eval()
+
+
+def video_codec(merge: int = 1, gop: int = 4, trained: bool = True) -> VideoCodec:
+    """A tiny video codec on ``tiny_model()``: conditional frames of 128 / merge tokens from a 1000-code FSQ."""
+    torch.manual_seed(0)
+    inter = ConditionalCodec(FSQ([8, 5, 5, 5]), merge=merge, enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=32,
+                             dec_depth=1, dec_heads=2)
+    if trained:  # a fresh model mostly keeps its reference; random weights make every conditional frame matter
+        for layer in (inter.head, inter.blend, inter.ref_embed):
+            torch.nn.init.normal_(layer.weight, std=0.02)
+    return VideoCodec(tiny_model(), inter.eval(), gop).eval()
 
 
 def write_video(path: str, frames: torch.Tensor, fps: int = 10, codec: str = "libx264") -> None:

@@ -82,8 +82,15 @@ def test_scaling_fits_a_log_linear_trend_and_predicts_the_images_for_the_bar(tmp
     # 20 dB at 1k images, 21 dB at 10k, 22 dB at 100k: +1 dB per 10x, so the bar (21) + 3 dB needs 10^5 x 10^2.
     for name, images, psnr in (("a1", 1000, 20.0), ("a2", 10000, 21.0), ("a3", 100000, 22.0)):
         _result(tmp_path, name, images, {"x__c.mp4": psnr})
-    out = experiments.scaling({"best": ["a1", "a2", "a3"]}, str(tmp_path), 21.0, str(tmp_path / "scaling.png"))
+    out = experiments.scaling({"best": ["a1", "a2", "a3"]}, str(tmp_path), 21.0, str(tmp_path / "scaling.png"),
+                              seed_sd=0.3)
     best = out["series"]["best"]
+    # 10x and 100x the largest budget, with the OLS standard error of a line through log10 images 3, 4, 5.
+    at10, at100 = best["predictions"]["10x_largest_budget"], best["predictions"]["100x_largest_budget"]
+    assert (at10["images"], at10["psnr"]) == (pytest.approx(1e6), pytest.approx(23.0))
+    assert (at100["images"], at100["psnr"]) == (pytest.approx(1e7), pytest.approx(24.0))
+    assert at10["sd"] == pytest.approx(0.3 * (1 / 3 + 4 / 2) ** 0.5)
+    assert at100["sd"] == pytest.approx(0.3 * (1 / 3 + 9 / 2) ** 0.5)
     assert best["fit"]["b_per_decade"] == pytest.approx(1.0)
     assert best["images_for_bar_plus_0dB"] == pytest.approx(1e4, rel=1e-6)
     assert best["images_for_bar_plus_1dB"] == pytest.approx(1e5, rel=1e-6)

@@ -15,7 +15,7 @@ import compressor
 from compressor.codec.autoencoder import MAX_PARAMETERS, Autoencoder
 from compressor.data.synthetic import driving_clip
 from compressor.entropy.stream import load_prior
-from tests.conftest import tiny_model
+from tests.conftest import tiny_model, video_codec
 
 FRAMES = driving_clip(seed=3, num_frames=2, image_size=(128, 256))
 
@@ -88,8 +88,9 @@ def hostile_configs() -> dict:
         "mlp_ratio nan": decoder(mlp_ratio=float("nan")),
         "an unknown argument": decoder(command="touch pwned"),
         "width near the limit": decoder(dim=60_000, heads=10),  # each size within bounds, the whole far above
-        "levels 10**6 long": lambda c: {**c, "quantizer": {"class_path": c["quantizer"]["class_path"],
-                                                            "init_args": {"levels": [2] * 10**6}}},
+        # 2**1000 codes in a 3 KB file; a longer list would time torch's unpickler, not our checks
+        "levels 1000 long": lambda c: {**c, "quantizer": {"class_path": c["quantizer"]["class_path"],
+                                                           "init_args": {"levels": [2] * 1000}}},
         "image_size [0, 0]": top("image_size", [0, 0]),
         "image_size a string": top("image_size", "128x256"),
         "max_bytes_per_frame 2**40": top("max_bytes_per_frame", 2**40),
@@ -107,7 +108,7 @@ def test_hostile_configs_are_refused_in_well_under_a_second(tmp_path, case):
     export = tiny_model().export_dict()
     export.update(config=change(export["config"]), state_dict={})
     torch.save(export, tmp_path / "model.pt")
-    assert os.path.getsize(tmp_path / "model.pt") < 4096 or case == "levels 10**6 long"
+    assert os.path.getsize(tmp_path / "model.pt") < 4096
     assert refused(tmp_path / "model.pt") < 1.0
     # a Hub folder: config.json is parsed by us first, so any JSON value is a clear error
     tiny_model().save_pretrained(tmp_path / "hub")
@@ -118,7 +119,7 @@ def test_hostile_configs_are_refused_in_well_under_a_second(tmp_path, case):
     (tmp_path / "hub" / "config.json").write_text(json.dumps(changed))
     for loader in (compressor.load, Autoencoder.from_pretrained):
         start = time.process_time()
-        with pytest.raises(ValueError, match="not a compressor|larger than"):  # the last: levels 10**6 long
+        with pytest.raises(ValueError, match="not a compressor|larger than"):  # the last: levels 1000 long
             loader(tmp_path / "hub")
         assert time.process_time() - start < 1.0
 
@@ -163,3 +164,72 @@ def test_a_file_that_is_not_a_prior_is_a_clear_error(tmp_path, content):
     with pytest.raises(ValueError, match="not a prior file") as e:
         load_prior(path)
     assert "weights_only" not in str(e.value)
+
+
+def hostile_video_files() -> dict:
+    """name -> (function(export) changing a tiny video codec's export in place, the error expected)."""
+
+    def inter(**args):
+        def change(export):
+            export["inter"]["init_args"].update(args)
+        return change
+
+    def set_(*keys, value):
+        def change(export):
+            d = export
+            for k in keys[:-1]:
+                d = d[k]
+            d[keys[-1]] = value
+        return change
+
+    def weight(fn):
+        def change(export):
+            state = export["inter"]["state_dict"]
+            state["head.weight"] = fn(state["head.weight"])
+        return change
+
+    big = "not a compressor checkpoint"
+    return {
+        "enc_depth 100000": (inter(enc_depth=100_000), big),
+        "dec_dim 2**30": (inter(dec_dim=2**30), big),
+        "widths near the limit": (inter(enc_dim=60_000, dec_dim=60_000, enc_heads=10, dec_heads=10), "parameters"),
+        "merge 0": (inter(merge=0), big),
+        "merge that does not divide the grid": (inter(merge=3), "must tile"),
+        "heads that do not divide the width": (inter(enc_heads=3), big),
+        "patch_size 2.5": (inter(patch_size=2.5), big),
+        "image_size a string": (inter(image_size="128x256"), big),
+        "an unknown argument": (inter(command="touch pwned"), "no such argument"),
+        "quantizer levels 1000 long": (set_("inter", "quantizer", "init_args", "levels", value=[2] * 1000), big),
+        "quantizer not a module": (set_("inter", "quantizer", "class_path", value="os.system"), "refusing to build"),
+        "quantizer an encoder": (set_("inter", "quantizer", "class_path",
+                                      value="compressor.codec.encoders.ViTEncoder"), big),
+        "inter a list": (set_("inter", value=[1]), big),
+        "inter missing": (lambda e: e.pop("inter"), big),
+        "intra missing": (lambda e: e.pop("intra"), big),
+        "gop 0": (set_("gop", value=0), "gop"),
+        "gop 2**40": (set_("gop", value=2**40), "gop"),
+        "gop a string": (set_("gop", value="8"), "gop"),
+        "a NaN weight": (weight(lambda w: w.index_fill(0, torch.tensor([0]), float("nan"))), "non-finite"),
+        "a weight of the wrong shape": (weight(lambda w: w[:-1]), "do not match"),
+        "a bool weight": (weight(lambda w: w > 0), "torch.bool"),
+        "a weight missing": (lambda e: e["inter"]["state_dict"].pop("head.weight"), "do not match"),
+    }
+
+
+@pytest.mark.parametrize("case", list(hostile_video_files()))
+def test_hostile_video_codec_files_are_refused_in_well_under_a_second(tmp_path, case):
+    """A video.pt is two models and a group size: every part is checked before anything is built at full size."""
+    change, match = hostile_video_files()[case]
+    export = video_codec().export_dict()
+    change(export)
+    torch.save(export, tmp_path / "video.pt")
+    assert refused(tmp_path / "video.pt", match) < 1.0
+
+
+def test_an_intact_video_codec_file_loads(tmp_path):
+    """The checks above refuse nothing that VideoCodec.save writes: the loaded codec gives the same tokens."""
+    codec = video_codec()
+    codec.save(tmp_path / "video.pt")
+    frames = FRAMES.repeat(2, 1, 1, 1)
+    loaded = compressor.load(tmp_path / "video.pt")
+    assert [t.tolist() for t in loaded.encode_clip(frames)[0]] == [t.tolist() for t in codec.encode_clip(frames)[0]]

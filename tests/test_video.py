@@ -95,6 +95,9 @@ def test_manifest_decides_the_split(tmp_path, video_dir):
     train, val = split_videos(list_videos(str(tmp_path)))
     assert [os.path.basename(p) for p in val] == ["b.mp4"]
     assert [os.path.basename(p) for p in train] == ["a.mp4", "c.mp4"]
+    # a training-only collection (../shared/dashcam-extra): no video is moved to val behind the manifest's back
+    (tmp_path / "MANIFEST.tsv").write_text("file\tsplit\na.mp4\ttrain\nb.mp4\ttrain\nc.mp4\ttrain\n")
+    assert split_videos(list_videos(str(tmp_path))) == (sorted(str(p) for p in tmp_path.glob("*.mp4")), [])
 
 
 # ---- real dashcam clips -----------------------------------------------------------------------------------

@@ -11,24 +11,14 @@ import pytest
 import torch
 
 from compressor.codec.quantizers import FSQ
-from compressor.codec.video import ConditionalCodec, RememberingDecoder, VideoCodec, load_remembering, load_video
+from compressor.codec.video import ConditionalCodec, RememberingDecoder, load_remembering, load_video
 from compressor.data.clips import FrameClips, read_videos
 from compressor.data.synthetic import driving_clip
 from compressor.training.cli import is_video_config
-from tests.conftest import tiny_model
+from tests.conftest import tiny_model, video_codec
 from tests.test_distributed import write_frame_shards
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def video_codec(merge: int = 1, gop: int = 4, trained: bool = True) -> VideoCodec:
-    torch.manual_seed(0)
-    inter = ConditionalCodec(FSQ([8, 5, 5, 5]), merge=merge, enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=32,
-                             dec_depth=1, dec_heads=2)
-    if trained:  # a fresh model mostly keeps its reference; random weights make every conditional frame matter
-        for layer in (inter.head, inter.blend, inter.ref_embed):
-            torch.nn.init.normal_(layer.weight, std=0.02)
-    return VideoCodec(tiny_model(), inter.eval(), gop).eval()
 
 
 @pytest.mark.parametrize("merge,tokens", [(1, 128), (2, 64), (4, 32)])

@@ -237,22 +237,7 @@ class Autoencoder(nn.Module, PyTorchModelHubMixin, library_name="compressor",
         if (count := sum(p.numel() for p in skeleton.parameters())) > MAX_PARAMETERS:
             raise ValueError(f"not a compressor checkpoint: its config asks for {count:,} parameters, more than "
                              f"{MAX_PARAMETERS:,}")
-        skeleton_state = skeleton.state_dict()
-        expected = {k: tuple(v.shape) for k, v in skeleton_state.items()}
-        found = {k: tuple(v.shape) for k, v in state.items()}
-        if expected != found:
-            wrong = sorted(set(expected) ^ set(found)) or [k for k in expected if expected[k] != found[k]]
-            raise ValueError(f"not a compressor checkpoint: its weights do not match its config ({len(wrong)} "
-                             f"tensors differ; {wrong[0]}: {expected.get(wrong[0])} in the model, "
-                             f"{found.get(wrong[0])} in the file)")
-        # load_state_dict would cast bool or int weights silently, and NaN weights (a diverged run) give tokens that
-        # pass every later check once cast: refuse both here.
-        for k, v in state.items():
-            if v.dtype != skeleton_state[k].dtype:
-                raise ValueError(f"not a compressor checkpoint: weight {k} is {v.dtype}, not {skeleton_state[k].dtype}")
-            if v.is_floating_point() and not bool(torch.isfinite(v).all()):
-                raise ValueError(f"not a compressor checkpoint: weight {k} holds non-finite values (NaN or inf: the "
-                                 "export of a diverged training run?)")
+        check_weights(skeleton.state_dict(), state)
         model = cls._from_config(config, overrides)
         model.load_state_dict(state)
         return model.eval()
@@ -356,10 +341,22 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu", **ov
 
     Loading is weights-only (``torch.load(weights_only=True)``, safetensors): no pickled code runs. Overrides such as
     ``image_size=(256, 512), max_bytes_per_frame=896`` run the same weights on another token grid. Any other file
-    raises ``ValueError`` ("not a compressor checkpoint"); a missing one ``FileNotFoundError``.
+    raises ``ValueError`` ("not a compressor checkpoint"); a missing one ``FileNotFoundError``. A video codec file
+    (``video.pt``) is refused with a pointer to ``compressor.load``, which reads either kind.
     """
     if os.path.isdir(path):
         return Autoencoder.from_pretrained(path, map_location=map_location, **overrides)
+    blob = read_checkpoint(path)
+    if isinstance(blob, dict) and str(blob.get("format", "")).startswith("compressor-video/"):
+        raise ValueError(f"{path} is a video codec (intra and conditional frames), not a per-frame model: load it "
+                         "with compressor.load, which returns a VideoCodec for it")
+    # from_export copies the weights into a model built on the CPU, so the device is set here, as for a folder.
+    return Autoencoder.from_export(blob, **overrides).to(map_location)
+
+
+def read_checkpoint(path: str | os.PathLike):
+    """The weights-only torch data of a ``.pt`` or ``.ckpt`` file (a Lightning checkpoint's ``compressor`` export
+    when it carries one); ``ValueError`` for anything that is not weights-only torch data."""
     try:
         with open_checked(path, MAX_CHECKPOINT_BYTES) as f:
             blob = torch.load(f, map_location="cpu", weights_only=True)
@@ -372,8 +369,7 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu", **ov
                          "write") from None
     if isinstance(blob, dict) and isinstance(blob.get("compressor"), dict):
         blob = blob["compressor"]  # a Lightning checkpoint carries the EMA export under this key
-    # from_export copies the weights into a model built on the CPU, so the device is set here, as for a folder.
-    return Autoencoder.from_export(blob, **overrides).to(map_location)
+    return blob
 
 
 def model_id(model: nn.Module) -> str:
@@ -385,7 +381,7 @@ def model_id(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def _part_class(spec: dict) -> type:
+def part_class(spec: dict) -> type:
     """The class a part's ``class_path`` names; only module classes of the codec modules."""
     module_name, _, class_name = spec["class_path"].rpartition(".")
     module_name = _OLD_MODULES.get(module_name, module_name)
@@ -400,6 +396,53 @@ def _part_class(spec: dict) -> type:
 def _check_size(value, name: str, where: str, high: int = _MAX_SIZE) -> None:
     if type(value) is not int or not 1 <= value <= high:  # type(): True is an int to isinstance
         raise ValueError(f"not a compressor checkpoint: {where}: {name} is {value!r}, not an integer in [1, {high}]")
+
+
+def check_arguments(cls: type, init_args: dict, where: str) -> None:
+    """Refuse, with ``ValueError``, constructor arguments of ``cls`` that it does not declare, or whose values do not
+    have the declared type (int, list[int], float, tuple[int, int]) within bounds. Builds nothing."""
+    params = inspect.signature(cls).parameters
+    for key, value in init_args.items():
+        at = f"{where}.{key}"
+        kind = str(params[key].annotation) if key in params else None  # "int": the modules postpone annotations
+        if key == "image_size" and key not in params:
+            continue  # stored until 2026-11 without being read; build_part drops it
+        if kind == "int":
+            _check_size(value, key, where, _MAX_DEPTH if key.endswith("depth") else _MAX_SIZE)
+        elif kind in ("list[int]", "tuple[int, int]"):
+            low, high = (2, 2) if kind.startswith("tuple") else (1, _MAX_LIST)
+            if not (isinstance(value, (list, tuple)) and low <= len(value) <= high):
+                raise ValueError(f"not a compressor checkpoint: {at} is not a list of {low} to {high} sizes")
+            for v in value:
+                _check_size(v, key, where)
+        elif kind == "float":
+            if type(value) not in (int, float) or not 0 <= value <= _MAX_SIZE:  # NaN fails both comparisons
+                raise ValueError(f"not a compressor checkpoint: {at} is {value!r}, not a number in [0, {_MAX_SIZE}]")
+        else:
+            raise ValueError(f"not a compressor checkpoint: {at}: "
+                             + ("no such argument" if kind is None else f"an argument of unchecked type {kind}"))
+
+
+def check_weights(expected: dict[str, Tensor], state) -> None:
+    """Refuse, with ``ValueError``, weights that are not a dict of tensors with exactly the names, shapes and dtypes
+    of ``expected`` (a model's state dict, on the meta device is enough), or that hold NaN or inf."""
+    if not (isinstance(state, dict) and all(isinstance(v, Tensor) for v in state.values())):
+        raise ValueError("not a compressor checkpoint (no state dict of tensors)")
+    shapes = {k: tuple(v.shape) for k, v in expected.items()}
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    if shapes != found:
+        wrong = sorted(set(shapes) ^ set(found)) or [k for k in shapes if shapes[k] != found[k]]
+        raise ValueError(f"not a compressor checkpoint: its weights do not match its config ({len(wrong)} "
+                         f"tensors differ; {wrong[0]}: {shapes.get(wrong[0])} in the model, "
+                         f"{found.get(wrong[0])} in the file)")
+    # load_state_dict would cast bool or int weights silently, and NaN weights (a diverged run) give tokens that
+    # pass every later check once cast: refuse both here.
+    for k, v in state.items():
+        if v.dtype != expected[k].dtype:
+            raise ValueError(f"not a compressor checkpoint: weight {k} is {v.dtype}, not {expected[k].dtype}")
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise ValueError(f"not a compressor checkpoint: weight {k} holds non-finite values (NaN or inf: the "
+                             "export of a diverged training run?)")
 
 
 def check_config(config, where: str = "its config") -> None:
@@ -420,26 +463,7 @@ def check_config(config, where: str = "its config") -> None:
         if not (isinstance(spec, dict) and isinstance(spec.get("class_path"), str)
                 and isinstance(spec.get("init_args"), dict)):
             raise ValueError(f"not a compressor checkpoint: {where}: {name} is not {{class_path, init_args}}")
-        params = inspect.signature(_part_class(spec)).parameters
-        for key, value in spec["init_args"].items():
-            at = f"{where}: {name}.{key}"
-            kind = str(params[key].annotation) if key in params else None  # "int": the modules postpone annotations
-            if key == "image_size" and key not in params:
-                continue  # stored until 2026-11 without being read; build_part drops it
-            if kind == "int":
-                _check_size(value, key, where, _MAX_DEPTH if key == "depth" else _MAX_SIZE)
-            elif kind == "list[int]":
-                if not (isinstance(value, list) and 1 <= len(value) <= _MAX_LIST):
-                    raise ValueError(f"not a compressor checkpoint: {at} is not a list of 1 to {_MAX_LIST} sizes")
-                for v in value:
-                    _check_size(v, key, where)
-            elif kind == "float":
-                if type(value) not in (int, float) or not 0 <= value <= _MAX_SIZE:  # NaN fails both comparisons
-                    raise ValueError(f"not a compressor checkpoint: {at} is {value!r}, not a number in "
-                                     f"[0, {_MAX_SIZE}]")
-            else:
-                raise ValueError(f"not a compressor checkpoint: {at}: "
-                                 + ("no such argument" if kind is None else f"an argument of unchecked type {kind}"))
+        check_arguments(part_class(spec), spec["init_args"], f"{where}: {name}")
         # Roughly the parameters of this part, from its arguments alone: transformer (or residual) blocks of
         # about 12 dim**2, 3x3 convolutions between channel counts, linear maps of patches, the codebook.
         args = spec["init_args"]
@@ -456,7 +480,7 @@ def check_config(config, where: str = "its config") -> None:
 
 def build_part(spec: dict) -> nn.Module:
     """An encoder, quantizer or decoder from ``{"class_path", "init_args"}``; only classes of the codec modules."""
-    cls = _part_class(spec)
+    cls = part_class(spec)
     init_args = dict(spec["init_args"])
     if "image_size" not in inspect.signature(cls).parameters:
         init_args.pop("image_size", None)  # encoders and decoders stored it until 2026-11, without reading it

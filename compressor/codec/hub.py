@@ -25,6 +25,9 @@ def model_card(model: nn.Module, card_data: ModelCardData, sections: dict[str, s
         "# compressor: dashcam frames to discrete tokens", "",
         f"A learned image codec: an RGB frame of {H}x{W} becomes {model.num_tokens} discrete tokens of "
         f"{model.bits_per_token} bits ({model.bytes_per_frame} bytes), and back.", "",
+        "Mode: per-frame. Every frame is coded on its own, so any frame's tokens decode alone. (A video codec, "
+        "`compressor.codec.video.VideoCodec`, codes groups of an intra frame and conditional frames instead; it is "
+        "saved as its own `video.pt`, and `compressor.load` tells the two apart.)", "",
         "## Usage", "",
         "```python",
         "import torch",

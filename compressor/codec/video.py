@@ -13,13 +13,15 @@ one code (1: 128 tokens, 2: 64, 4: 32 at 128x256 with 16-px patches).
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 
 import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from compressor.codec.autoencoder import Autoencoder, build_part, to_uint8
+from compressor.codec.autoencoder import (MAX_PARAMETERS, Autoencoder, build_part, check_arguments, check_weights, load,
+                                          part_class, read_checkpoint, to_uint8)
 from compressor.codec.layers import Transformer, captured_args, init_weights, patchify, sincos_2d, unpatchify
 from compressor.codec.packing import token_bits
 
@@ -122,9 +124,34 @@ class ConditionalCodec(nn.Module):
                 "state_dict": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}}
 
     @classmethod
-    def from_export(cls, export: dict) -> "ConditionalCodec":
+    def from_export(cls, export) -> "ConditionalCodec":
+        """The codec ``export_dict`` gave. Its arguments' types and sizes are checked first, then the weights against
+        a model built on the meta device, as ``Autoencoder.from_export`` does: a hostile or damaged file is a
+        ``ValueError`` before anything is allocated."""
+        where = "its conditional model"
+        if not (isinstance(export, dict) and isinstance(export.get("init_args"), dict)
+                and isinstance(export.get("quantizer"), dict)):
+            raise ValueError(f"not a compressor checkpoint: {where} is not {{init_args, quantizer, state_dict}}")
+        check_arguments(cls, export["init_args"], where)
+        spec = export["quantizer"]
+        if not (isinstance(spec.get("class_path"), str) and isinstance(spec.get("init_args"), dict)):
+            raise ValueError(f"not a compressor checkpoint: {where}: quantizer is not {{class_path, init_args}}")
+        check_arguments(part_class(spec), spec["init_args"], f"{where}: quantizer")
         args = {k: tuple(v) if k == "image_size" else v for k, v in export["init_args"].items()}
-        codec = cls(build_part(export["quantizer"]), **args)
+        defaults = {k: p.default for k, p in inspect.signature(cls).parameters.items()}
+        size = {k: args.get(k, defaults[k]) for k in ("patch_size", "enc_dim", "enc_depth", "dec_dim", "dec_depth")}
+        rough = (12 * (size["enc_depth"] * size["enc_dim"] ** 2 + size["dec_depth"] * size["dec_dim"] ** 2)
+                 + 10 * size["patch_size"] ** 2 * (size["enc_dim"] + size["dec_dim"]))
+        if rough > MAX_PARAMETERS:
+            raise ValueError(f"not a compressor checkpoint: {where} asks for about {rough:,} parameters, more than "
+                             f"{MAX_PARAMETERS:,}")
+        try:
+            with torch.device("meta"):
+                skeleton = cls(build_part(spec), **args)
+        except (ValueError, TypeError, AttributeError, AssertionError, ZeroDivisionError) as e:  # parts that do not fit
+            raise ValueError(f"not a compressor checkpoint: {where}: {e}") from None
+        check_weights(skeleton.state_dict(), export.get("state_dict"))
+        codec = cls(build_part(spec), **args)
         codec.load_state_dict(export["state_dict"])
         return codec.eval()
 
@@ -158,11 +185,43 @@ class VideoCodec(nn.Module):
             raise ValueError(f"intra model frames {intra.image_size} != conditional model frames {inter.image_size}")
         self.intra, self.inter, self.gop = intra, inter, gop
 
+    # What the latent pipeline, the cards and evaluation read, as they read an ``Autoencoder``'s: a stored frame is a
+    # row of ``intra.num_tokens`` tokens (a conditional frame's fill its first ``inter.num_tokens`` places).
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.intra.image_size)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(self.intra.grid)
+
+    @property
+    def num_tokens(self) -> int:
+        return max(self.intra.num_tokens, self.inter.num_tokens)
+
+    @property
+    def codebook_size(self) -> int:
+        """The bound of every token of a clip: the larger of the two codebooks (both are the same when the
+        conditional model started from the intra model)."""
+        return max(self.intra.codebook_size, self.inter.codebook_size)
+
+    def frame_formats(self) -> dict[str, dict]:
+        """Per frame type, ``I`` (intra) and ``P`` (conditional): tokens, their grid, codebook, bits and bytes."""
+        gh, gw = self.intra.grid
+        merged = f", a token per {self.inter.merge} adjacent cells across" if self.inter.merge > 1 else ""
+        return {"I": {"num_tokens": self.intra.num_tokens, "token_layout": f"{gh}x{gw} row-major",
+                      "codebook_size": self.intra.codebook_size, "bits_per_token": self.intra.bits_per_token,
+                      "bytes_per_frame": self.intra.bytes_per_frame},
+                "P": {"num_tokens": self.inter.num_tokens, "token_layout": f"{gh}x{gw // self.inter.merge} "
+                      f"row-major{merged}", "codebook_size": self.inter.codebook_size,
+                      "bits_per_token": self.inter.bits_per_token, "bytes_per_frame": self.inter.bytes_per_frame}}
+
     @torch.no_grad()
     def encode_clip(self, frames: Tensor) -> tuple[list[Tensor], Tensor]:
         """frames: uint8 (T, 3, H, W) of one clip in order -> (tokens of each frame, int64 (N) or (n); the
         reconstruction the decoder will produce, uint8 (T, 3, H, W)). Frame t is intra when t % gop == 0."""
         tokens, recons, ref = [], [], None
+        frames = frames.to(self.intra.pre_quant.weight.device)
         for t in range(len(frames)):
             if t % self.gop == 0:
                 tok = self.intra.encode(frames[t : t + 1])
@@ -177,9 +236,9 @@ class VideoCodec(nn.Module):
     @torch.no_grad()
     def decode_clip(self, tokens: list[Tensor]) -> Tensor:
         """Tokens of a clip that starts at an intra frame, as ``encode_clip`` gives -> uint8 (T, 3, H, W)."""
-        out, ref = [], None
+        out, ref, device = [], None, self.intra.pre_quant.weight.device
         for t, tok in enumerate(tokens):
-            tok = tok.unsqueeze(0)
+            tok = tok.unsqueeze(0).to(device)
             if t % self.gop == 0:
                 ref = self.intra.reconstruct(tok)
             else:
@@ -196,15 +255,41 @@ class VideoCodec(nn.Module):
 
 
 VIDEO_FORMAT = "compressor-video/1"
+MAX_GOP = 1 << 16  # frames in a group: an intra frame every 36 minutes at 30 fps
 
 
 def load_video(path: str | os.PathLike, gop: int | None = None) -> VideoCodec:
     """A ``VideoCodec`` from ``VideoCodec.save``'s file (weights-only load); ``gop`` overrides the saved group."""
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    return video_from_export(read_checkpoint(path), path, gop)
+
+
+def video_from_export(blob, path: str | os.PathLike, gop: int | None = None) -> VideoCodec:
     if not isinstance(blob, dict) or blob.get("format") != VIDEO_FORMAT:
         raise ValueError(f"{path} is not a video codec file (format {VIDEO_FORMAT!r})")
-    intra = Autoencoder.from_export(blob["intra"]).eval()
-    return VideoCodec(intra, ConditionalCodec.from_export(blob["inter"]), gop or blob["gop"]).eval()
+    gop = blob.get("gop") if gop is None else gop
+    if type(gop) is not int or not 1 <= gop <= MAX_GOP:
+        raise ValueError(f"{path} is not a compressor checkpoint: its gop is {gop!r}, not an integer in [1, {MAX_GOP}]")
+    try:
+        intra = Autoencoder.from_export(blob.get("intra")).eval()
+        inter = ConditionalCodec.from_export(blob.get("inter"))
+        return VideoCodec(intra, inter, gop).eval()
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def load_codec(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+               **overrides) -> Autoencoder | VideoCodec:
+    """The codec a file holds, so that callers need no flag for the mode: a ``VideoCodec`` for a video codec file
+    (``video.pt``), else the per-frame ``Autoencoder`` that ``autoencoder.load`` reads (``.pt``, ``.ckpt``, Hub
+    folder; ``overrides`` go to it). This is ``compressor.load``."""
+    if os.path.isdir(path):
+        return load(path, map_location, **overrides)
+    blob = read_checkpoint(path)
+    if isinstance(blob, dict) and blob.get("format") == VIDEO_FORMAT:
+        if overrides:
+            raise ValueError(f"{path} is a video codec: {sorted(overrides)} apply to per-frame models only")
+        return video_from_export(blob, path).to(map_location)
+    return Autoencoder.from_export(blob, **overrides).to(map_location)
 
 
 class RememberingDecoder(nn.Module):

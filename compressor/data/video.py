@@ -116,6 +116,7 @@ def split_videos(paths: Sequence[str], val_fraction: float = 0.1) -> tuple[list[
     """
     train, val = [], []
     manifests: dict[str, dict[str, str]] = {}
+    hashed = False
     for p in paths:
         d = os.path.dirname(os.path.abspath(p))
         manifest = manifests.setdefault(d, read_manifest(d))
@@ -123,8 +124,10 @@ def split_videos(paths: Sequence[str], val_fraction: float = 0.1) -> tuple[list[
         if name in manifest:
             split = manifest[name]
         else:
+            hashed = True
             split = "val" if (zlib.crc32(name.encode()) % 1000) < val_fraction * 1000 else "train"
         (val if split == "val" else train).append(p)
-    if not val and val_fraction > 0 and len(train) > 1:
+    # a manifest that puts every video in train (a training-only collection) is obeyed
+    if hashed and not val and val_fraction > 0 and len(train) > 1:
         val.append(train.pop())  # tiny collections still get one held-out video
     return train, val

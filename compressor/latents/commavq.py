@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from compressor.latents.groups import is_video
 from compressor.latents.shards import (MANIFEST, DamagedShardError, _open_meta, check_against_manifests, expand_urls,
                                        grid_of, read_manifest, read_segments, sample_key, seal_meta, segment_model_id)
 from compressor.utils import atomic_write
@@ -67,6 +68,9 @@ def export(shards: str | Sequence[str], output: str, grid: tuple[int, int] | Non
             raise ValueError(f"{url} is already a commaVQ-layout file")
         for seg in read_segments(url, prior=prior, expected=expected.get(url)):
             tokens, meta = seg["tokens"].numpy(), seg["meta"]
+            if is_video(meta):  # commaVQ's readers know one token grid a frame, not groups of two kinds of frames
+                raise ValueError(f"{url} holds video-mode tokens (intra and conditional frames); commaVQ's layout "
+                                 "holds per-frame tokens only")
             if model is None:
                 model = segment_model_id(meta)
                 check_export_folder(output, model, listing)

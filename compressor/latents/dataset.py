@@ -2,7 +2,8 @@
 
 It reads the shards that ``encode.py`` writes (``tokens.npy`` uint16 (T, 128) + ``json`` per video segment) and
 commaVQ-layout ``*.npy`` files, one per segment: commaVQ's own (int16 (1200, 8, 16) or int64 (1200, 128)) and our
-exports (``compressor.latents.commavq``), verified as ``compressor.latents.shards`` describes.
+exports (``compressor.latents.commavq``), verified as ``compressor.latents.shards`` describes. Video-mode shards
+(``compressor.latents.groups``) give clips that start at an intra frame, so each decodes alone.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch.utils.data import IterableDataset
 
+from compressor.latents.groups import frame_tokens, is_video, window_starts
 from compressor.latents.shards import (DamagedShardError, check_against_manifests, expand_urls, manifest_model_ids,
                                       read_segments, segment_model_id)
 from compressor.utils import buffer_shuffle, consumer
@@ -31,6 +33,12 @@ class LatentDataset(IterableDataset):
     (frame indices in the source video) and ``model_id`` (str: the model that made the tokens; ``"commavq"`` for
     commaVQ's own files, ``""`` where the data do not say).
 
+    Video-mode tokens (``encode.py`` with a video codec) come as clips that start at an intra frame, so each
+    decodes alone (``VideoCodec.decode_clip``): windows start every ``stride`` frames, which must be a multiple of
+    the group length (``ValueError`` otherwise; unset, one clip per group). Their items also carry
+    ``frame_types`` (str, ``"IPPP..."``) and ``frame_tokens`` int64 (T,): a ``P`` row of ``tokens`` holds its
+    ``frame_tokens`` tokens first, then zeros. A clip may be shorter than a group.
+
     Tokens of different models are different vocabularies: data of more than one model id raise ``ValueError``
     (from the manifests at construction, else when the first segment of another model is read) unless
     ``model_ids`` lists the ids the caller accepts.
@@ -41,7 +49,8 @@ class LatentDataset(IterableDataset):
     Args:
         shards: latent shards (directory, glob, ``{a..b}`` pattern, ``pipe:`` URL, commaVQ ``*.npy``, or a list).
         seq_len: frames per window.
-        stride: frames between the starts of consecutive windows.
+        stride: frames between the starts of consecutive windows; None: 1, or the group length for video-mode
+            tokens.
         shuffle: shuffle segment order (seeded, per epoch) and windows (within a buffer).
         seed: base seed of the shuffles.
         epoch_length: if set, each consumer yields at most this many windows per epoch.
@@ -59,11 +68,12 @@ class LatentDataset(IterableDataset):
     missing shards cannot be detected. Local files named twice are read once.
     """
 
-    def __init__(self, shards: str | Sequence[str], seq_len: int = 16, stride: int = 1, shuffle: bool = False,
-                 seed: int = 0, epoch_length: int | None = None, skip_damaged: bool = False, buffer_size: int = 1000,
+    def __init__(self, shards: str | Sequence[str], seq_len: int = 16, stride: int | None = None,
+                 shuffle: bool = False, seed: int = 0, epoch_length: int | None = None, skip_damaged: bool = False,
+                 buffer_size: int = 1000,
                  prior: str | os.PathLike | Prior | None = None, model_ids: Sequence[str] | None = None):
         super().__init__()
-        if seq_len < 1 or stride < 1:
+        if seq_len < 1 or (stride is not None and stride < 1):
             raise ValueError(f"seq_len and stride must be >= 1, got {seq_len}, {stride}")
         self.seq_len, self.stride, self.shuffle, self.seed = seq_len, stride, shuffle, seed
         self.epoch_length, self.skip_damaged, self.buffer_size = epoch_length, skip_damaged, buffer_size
@@ -138,10 +148,16 @@ class LatentDataset(IterableDataset):
             tokens, meta = segment["tokens"], segment["meta"]
             first = int(meta.get("first_frame", 0))
             frame_index = torch.as_tensor(meta.get("frame_indices", range(first, first + len(tokens))))
-            for start in range(0, len(tokens) - self.seq_len + 1, self.stride):
-                yield {"tokens": tokens[start : start + self.seq_len], "source": meta.get("source", ""),
-                       "segment": int(meta.get("segment", 0)),
-                       "frame_index": frame_index[start : start + self.seq_len], "model_id": segment_model_id(meta)}
+            gop = meta["gop"] if is_video(meta) else None
+            counts = torch.tensor(frame_tokens(meta)) if gop else None
+            for start in window_starts(len(tokens), self.seq_len, self.stride or gop or 1, gop):
+                end = start + self.seq_len
+                item = {"tokens": tokens[start:end], "source": meta.get("source", ""),
+                        "segment": int(meta.get("segment", 0)), "frame_index": frame_index[start:end],
+                        "model_id": segment_model_id(meta)}
+                if gop:  # the frame types and token counts of the clip, which starts at an intra frame
+                    item.update(frame_types=meta["frame_types"][start:end], frame_tokens=counts[start:end])
+                yield item
 
     def __iter__(self) -> Iterator[dict]:
         windows = self._windows()

@@ -40,8 +40,10 @@ from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
 from compressor.codec.autoencoder import Autoencoder, model_id
+from compressor.codec.video import VideoCodec
 from compressor.entropy.priors import Prior
 from compressor.entropy.stream import encode_segment
+from compressor.latents.groups import frame_types, pad_frames, video_fields
 from compressor.latents.shards import make_sample, read_manifest, read_segments, sample_key
 from compressor.data.video import crop_box, list_videos, preprocess
 from compressor.utils import atomic_write, worker
@@ -372,7 +374,7 @@ def recorded_model_id(output: str, recorded: dict) -> str | None:
     return None
 
 
-def check_same_model(output: str, model: Autoencoder, recorded: dict | None = None) -> str:
+def check_same_model(output: str, model: Autoencoder | VideoCodec, recorded: dict | None = None) -> str:
     """Refuse to add ``model``'s tokens to a folder that holds another model's: a resumed job with a different
     checkpoint would otherwise leave a dataset whose shards disagree. Returns the model's id."""
     this_model = model_id(model)
@@ -393,7 +395,7 @@ def remove_unrecorded(output: str, rank: int, world_size: int, recorded: dict) -
             os.remove(path)
 
 
-def encode_videos(model: Autoencoder, inputs: list[str], output: str, *, segment_seconds: float = 60.0,
+def encode_videos(model: Autoencoder | VideoCodec, inputs: list[str], output: str, *, segment_seconds: float = 60.0,
                   fps: float | None = None, batch_size: int = 32, num_workers: int = 2, maxcount: int = 64,
                   rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu",
                   progress: bool = True, prior: Prior | None = None,
@@ -401,6 +403,10 @@ def encode_videos(model: Autoencoder, inputs: list[str], output: str, *, segment
     """Encode every video under ``inputs`` into ``output``; returns this rank's summary.
 
     ``search_steps > 0`` searches each frame's tokens for the decoder (``Autoencoder.encode``): the same format.
+
+    A ``VideoCodec`` writes video-mode samples (``compressor.latents.groups``): each segment is coded in groups of
+    ``model.gop`` frames from its first frame, so it decodes alone. Batches are whole groups (``batch_size`` is
+    rounded up to a multiple of ``gop``), so no group is split between two calls of ``encode_clip``.
 
     With a ``prior``, each sample also carries its segment entropy-coded (``tokens.ctok``, see
     ``compressor.entropy``).
@@ -429,12 +435,22 @@ def encode_videos(model: Autoencoder, inputs: list[str], output: str, *, segment
     manifest["model_id"], manifest["root"] = this_model, root
 
     model = model.to(device).eval()
+    video = isinstance(model, VideoCodec)
+    if video and search_steps:
+        raise ValueError("token search (search_steps) is for per-frame models; a video codec encodes its clips "
+                         "as they are")
+    if video:
+        batch_size = -(-batch_size // model.gop) * model.gop
     if prior is not None and prior.model_id != this_model:
         raise ValueError(f"the {prior.kind} prior was trained on tokens of model {prior.model_id}, not of this "
                          f"checkpoint ({this_model}); train one with python -m compressor.tools.entropy train")
     common = {"model_id": this_model, "codebook_size": model.codebook_size, "num_tokens": model.num_tokens,
-              "token_layout": f"{model.grid[0]}x{model.grid[1]} row-major", "bits_per_token": model.bits_per_token,
-              "bytes_per_frame": model.bytes_per_frame, "image_size": list(model.image_size)}
+              "token_layout": f"{model.grid[0]}x{model.grid[1]} row-major"}
+    if video:  # bits and bytes differ by frame type: frame_formats says them
+        common.update(image_size=list(model.image_size), **video_fields(model, model.gop))
+    else:
+        common.update(bits_per_token=model.bits_per_token, bytes_per_frame=model.bytes_per_frame,
+                      image_size=list(model.image_size))
     workers = min(num_workers, len(mine))
     loader = DataLoader(DecodedChunks(mine, model.image_size, batch_size, segment_seconds, fps),
                         batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None)
@@ -447,7 +463,8 @@ def encode_videos(model: Autoencoder, inputs: list[str], output: str, *, segment
     seg_meta: dict[int, dict] = {}
     frames_total, t0 = 0, time.perf_counter()
     bar = tqdm(total=len(mine), unit="video", desc=f"encode[rank {rank}]", disable=not progress, file=sys.stderr)
-    use_bf16 = torch.device(device).type == "cuda"
+    # Not for a video codec: the encoder's reference must be the float reconstruction the decoder computes.
+    use_bf16 = torch.device(device).type == "cuda" and not video
 
     step = step_hook or (lambda name: None)
 
@@ -472,13 +489,17 @@ def encode_videos(model: Autoencoder, inputs: list[str], output: str, *, segment
             try:
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
                     # checked: int64 in [0, codebook_size)
-                    tokens = model.encode(chunk.frames.to(device), search_steps=search_steps)
+                    if video:  # whole groups from an intra frame: (T, N) uint16, conditional frames zero-padded
+                        tokens = pad_frames(model.encode_clip(chunk.frames.to(device))[0], model.num_tokens)
+                    else:
+                        tokens = model.encode(chunk.frames.to(device), search_steps=search_steps)
+                        tokens = tokens.cpu().numpy().astype(np.uint16)
             except ValueError as e:  # e.g. a diverged model's NaN: never cast into valid-looking tokens
                 failed[chunk.video] = f"{type(e).__name__}: {e}"
                 for held in (seg_tokens, seg_meta, video_samples):
                     held.pop(chunk.video, None)
             else:
-                seg_tokens.setdefault(chunk.video, []).append(tokens.cpu().numpy().astype(np.uint16))
+                seg_tokens.setdefault(chunk.video, []).append(tokens)
                 meta = seg_meta.setdefault(chunk.video, {"frame_indices": [], "timestamps": []})
                 meta["frame_indices"] += chunk.frame_indices
                 meta["timestamps"] += chunk.timestamps
@@ -496,6 +517,7 @@ def encode_videos(model: Autoencoder, inputs: list[str], output: str, *, segment
                 "frame_indices": meta["frame_indices"], "timestamps": meta["timestamps"],
                 "fps": chunk.info["fps"], "source_fps": chunk.info["source_fps"],
                 "original_size": chunk.info["original_size"], **common, **coded,
+                **({"frame_types": frame_types(len(tokens), model.gop)} if video else {}),
             }, ctok))
         if chunk.last_in_video:
             info = {**chunk.info}

@@ -4,7 +4,8 @@ A shard is a plain tar (``webdataset`` reads it) of samples, one per segment of 
 
     <key>.json           metadata: source (the video's path relative to the input root), segment, num_frames,
                          num_tokens, codebook_size, tokens_crc32, ..., and meta_crc32 over all the rest
-    <key>.tokens.npy     uint16 (T, N), little-endian
+    <key>.tokens.npy     uint16 (T, N), little-endian; video-mode samples (``mode: "video"``) pad each conditional
+                         frame's tokens to N with zeros (``compressor.latents.groups``)
     <key>.tokens.ctok    optional: the same tokens entropy-coded (``compressor.entropy.stream``); with the
                          adaptive prior (encode.py's default) it decodes with no prior file
 
@@ -52,6 +53,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # the entropy coder (compressai's rANS) is imported only when a coded sample is met
     from compressor.entropy.priors import Prior
 from compressor.codec.packing import token_bits, tokens_crc32
+from compressor.latents.groups import check_video, is_video
 
 MANIFEST = "manifest.json"
 TOKEN_DTYPE = np.dtype("<u2")
@@ -326,6 +328,14 @@ def _check_tokens(tokens: np.ndarray, meta: dict, where: str) -> None:
         raise DamagedSampleError(f"{where}: frame_indices do not list one frame index per frame")
     if type(meta.get("first_frame", 0)) is not int:
         raise DamagedSampleError(f"{where}: first_frame is not a frame index")
+    if "mode" in meta:
+        if not is_video(meta):
+            raise DamagedSampleError(f"{where}: mode {meta['mode']!r}; this reader knows per-frame samples (no mode) "
+                                     "and video-mode ones")
+        try:
+            check_video(tokens, meta)
+        except ValueError as e:
+            raise DamagedSampleError(f"{where}: video-mode sample: {e}") from e
 
 
 def _is_setting_error(e: Exception) -> bool:

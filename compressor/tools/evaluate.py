@@ -4,7 +4,8 @@
         --output reports/eval [--learned runs/bmshj2018-factorized/codec.pt] [--lpips-weights vgg.pth vgg16.pth] \\
         [--device auto|cuda|cpu]
 
-``--checkpoint`` takes ``model.pt``, a ``train.py`` ``.ckpt`` or a Hub folder (``save_pretrained``). Our models and the
+``--checkpoint`` takes ``model.pt``, a ``train.py`` ``.ckpt``, a Hub folder (``save_pretrained``) or a video codec
+(``video.pt``), which is evaluated on whole clips: every frame coded in order, in its groups. Our models and the
 learned baseline run on ``--device`` (``auto``: CUDA when available); the classical codecs and metrics run on the CPU.
 
 Every method sees the same frames after the same ``compressor.preprocess``:
@@ -33,10 +34,12 @@ import torch
 from tqdm import tqdm
 
 from compressor.tools import baselines
-from compressor.codec.autoencoder import Autoencoder, load
+from compressor.codec.autoencoder import Autoencoder
+from compressor.codec.video import VideoCodec, load_codec
 from compressor.metrics import LPIPS, frame_ms_ssim, frame_psnr
 from compressor.codec.packing import pack, unpack
 from compressor.data.video import list_videos, read_frames, read_manifest
+from compressor.latents.groups import frame_types
 from compressor.benchmark import sync, write_report
 from compressor.utils import num_params, resolve_device, token_entropy_bits
 
@@ -44,9 +47,13 @@ RD_BUDGETS = (48, 64, 96, 128, 160, 224, 320, 448, 640, 896, 1280)
 
 
 # ---- our codec, every frame --------------------------------------------------------------------------------------
-def codec_roundtrip(model: Autoencoder, frames: torch.Tensor, batch_size: int = 32, search_steps: int = 0) -> dict:
+def codec_roundtrip(model: Autoencoder | VideoCodec, frames: torch.Tensor, batch_size: int = 32,
+                    search_steps: int = 0) -> dict:
     """uint8 (T, 3, H, W) on the CPU through encode -> pack -> unpack -> decode on the model's device, in batches;
-    returns recon uint8 (T, 3, H, W) and tokens (T, N) on the CPU, and timings."""
+    returns recon uint8 (T, 3, H, W) and tokens (T, N) on the CPU, and timings. A video codec codes ``frames`` as
+    one clip (``video_roundtrip``)."""
+    if isinstance(model, VideoCodec):
+        return video_roundtrip(model, frames)
     recon, tokens, n_bytes, enc_s, dec_s = [], [], 0, 0.0, 0.0
     device = model.pre_quant.weight.device
     for i in range(0, len(frames), batch_size):
@@ -64,7 +71,20 @@ def codec_roundtrip(model: Autoencoder, frames: torch.Tensor, batch_size: int = 
             "encode_s": enc_s, "decode_s": dec_s}
 
 
-def evaluate_clip(model: Autoencoder, path: str, batch_size: int = 32, search_steps: int = 0) -> dict:
+def video_roundtrip(codec: VideoCodec, frames: torch.Tensor) -> dict:
+    """uint8 (T, 3, H, W) of one clip, in order, through ``encode_clip`` -> ``decode_clip`` (a decoder that has only
+    the tokens); tokens are every frame's, concatenated (for codebook statistics), bytes the packed ones."""
+    t0 = time.perf_counter()
+    tokens, _ = codec.encode_clip(frames)
+    t1 = time.perf_counter()
+    recon = codec.decode_clip(tokens).cpu()
+    formats = codec.frame_formats()
+    n_bytes = sum(formats[kind]["bytes_per_frame"] for kind in frame_types(len(frames), codec.gop))
+    return {"recon": recon, "tokens": torch.cat(tokens).cpu(), "bytes_per_frame": n_bytes / len(frames),
+            "encode_s": t1 - t0, "decode_s": time.perf_counter() - t1}
+
+
+def evaluate_clip(model: Autoencoder | VideoCodec, path: str, batch_size: int = 32, search_steps: int = 0) -> dict:
     """Per-clip metrics of one checkpoint on every frame, plus token counts for codebook statistics."""
     frames = read_frames(path, model.image_size)
     r = codec_roundtrip(model, frames, batch_size, search_steps)
@@ -80,7 +100,7 @@ def token_stats(counts: torch.Tensor) -> dict:
     return {"codebook_usage": (counts > 0).double().mean().item(), "token_entropy_bits": token_entropy_bits(counts).item()}
 
 
-def evaluate(model: Autoencoder, videos: list[str], batch_size: int = 32, progress: bool = True,
+def evaluate(model: Autoencoder | VideoCodec, videos: list[str], batch_size: int = 32, progress: bool = True,
              search_steps: int = 0) -> dict:
     """One checkpoint on every frame of ``videos``: per clip and overall (tokens searched for ``search_steps``)."""
     clips = [evaluate_clip(model, v, batch_size, search_steps)
@@ -147,7 +167,7 @@ class Scores:
                 "per_frame": {name: {k: d[k] for k in ("bytes", "psnr", "ms_ssim")} for name, d in self.clips.items()}}
 
 
-def compare(models: dict[str, Autoencoder], videos: list[str], budget: int = 224, frame_stride: int = 10,
+def compare(models: dict[str, Autoencoder | VideoCodec], videos: list[str], budget: int = 224, frame_stride: int = 10,
             codecs=("jpeg", "webp", "avif"), hevc: bool = True, learned=None, lpips: LPIPS | None = None,
             gallery_frames: int = 3, batch_size: int = 32, log=tqdm.write, progress: bool = True,
             search_steps: int = 0) -> dict:
@@ -176,8 +196,12 @@ def compare(models: dict[str, Autoencoder], videos: list[str], budget: int = 224
             gallery["original"] += [(sub[i], clip) for i in picks]
         t0 = time.perf_counter()
         for name, model in models.items():
-            r = codec_roundtrip(model, sub, batch_size, search_steps)
-            scores[name].add(clip, r["bytes_per_frame"], r["recon"], sub, lpips, True, f"{model.bytes_per_frame} B")
+            if isinstance(model, VideoCodec):  # coded as the whole clip it is, scored on the comparison frames
+                r = codec_roundtrip(model, frames)
+                r["recon"] = r["recon"][idx]
+            else:
+                r = codec_roundtrip(model, sub, batch_size, search_steps)
+            scores[name].add(clip, r["bytes_per_frame"], r["recon"], sub, lpips, True, f"{r['bytes_per_frame']:.0f} B")
             if name == first_name:
                 gallery[name] += _tiles(r["recon"], sub, picks, [r["bytes_per_frame"]] * len(sub))
             done(clip, name)
@@ -342,17 +366,24 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(str(e))  # before any video is decoded or model loaded
 
     videos = select_videos(args.input, args.split)
-    models = {_name(c): load(c, map_location=device) for c in args.checkpoint}
+    models = {_name(c): load_codec(c, map_location=device) for c in args.checkpoint}  # per-frame or video
+    if args.search_steps and any(isinstance(m, VideoCodec) for m in models.values()):
+        ap.error("--search-steps is for per-frame models; a video codec (video.pt) encodes clips as they are")
     on = device_info(device)
     report: dict = {"split": args.split, "batch_size": args.batch_size, "search_steps": args.search_steps, **on,
                     "threads": torch.get_num_threads(), "checkpoints": {}}
     md = []
     for (name, model), path in zip(models.items(), args.checkpoint):
         r = evaluate(model, videos, args.batch_size, search_steps=args.search_steps)
-        r.update(checkpoint=path, batch_size=args.batch_size, **on, threads=torch.get_num_threads(),
-                 params={"encoder": num_params(model.encoder), "decoder": num_params(model.decoder), "total": num_params(model)})
+        if isinstance(model, VideoCodec):
+            mode = f"video, groups of {model.gop}: whole clips in order"
+            parts = {"intra": model.intra, "conditional": model.inter}
+        else:
+            mode, parts = "per-frame", {"encoder": model.encoder, "decoder": model.decoder}
+        r.update(checkpoint=path, mode=mode, batch_size=args.batch_size, **on, threads=torch.get_num_threads(),
+                 params={**{k: num_params(v) for k, v in parts.items()}, "total": num_params(model)})
         report["checkpoints"][name] = r
-        md.append(to_markdown(r, f"{name} ({path}) on {args.split or 'all'} clips, every frame"))
+        md.append(to_markdown(r, f"{name} ({path}, {mode}) on {args.split or 'all'} clips, every frame"))
         print(md[-1], flush=True)
     if not args.checkpoints_only:
         lpips = None

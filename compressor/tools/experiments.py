@@ -197,11 +197,14 @@ def bar(report_path: str, method: str = "webp (downscaled)") -> dict:
     return {"method": method, "clips": clips, "clip_mean": sum(clips.values()) / len(clips)}
 
 
-def scaling(series: dict[str, list[str]], root: str, bar_psnr: float, output: str) -> dict:
-    """Fit clip-mean PSNR = a + b * log10(images) per series; predict the images for the bar + 1 dB and + 3 dB.
+def scaling(series: dict[str, list[str]], root: str, bar_psnr: float, output: str, seed_sd: float = 0.24) -> dict:
+    """Fit clip-mean PSNR = a + b * log10(images) per series; predict the images for the bar + 1 dB and + 3 dB, and
+    the PSNR at 10x and 100x the series' largest budget with a standard deviation.
 
     A log-linear fit is the simplest trend that matches how these curves bend; with three budgets it is a rough
     guide for planning compute, not a law, and the JSON keeps the points so that a better fit can be made later.
+    The stated uncertainty is that of the fit when each point carries ``seed_sd`` dB of seed noise (0.24: the pooled
+    spread of two seeds of two 12k-image runs); it does not cover the trend bending, which is the larger risk.
     """
     import matplotlib
 
@@ -223,6 +226,7 @@ def scaling(series: dict[str, list[str]], root: str, bar_psnr: float, output: st
         if len(pts) >= 2:
             b, a = np.polyfit(x, y, 1)
             entry.update(fit={"a": a, "b_per_decade": b})
+            entry["predictions"] = _predict(x, a, b, seed_sd)
             for gain in (0, 1, 3):
                 target = bar_psnr + gain
                 entry[f"images_for_bar_plus_{gain}dB"] = float(10 ** ((target - a) / b)) if b > 0 else None
@@ -246,6 +250,20 @@ def scaling(series: dict[str, list[str]], root: str, bar_psnr: float, output: st
     plt.close(fig)
     with atomic_write(os.path.splitext(output)[0] + ".json") as tmp, open(tmp, "w") as f:
         json.dump(out, f, indent=1)
+    return out
+
+
+def _predict(x, a: float, b: float, seed_sd: float) -> dict:
+    """PSNR at 10x and 100x the largest budget of log10-images ``x``, with its standard deviation under seed noise
+    (ordinary least squares: var(a + b x0) = sd^2 (1/n + (x0 - mean x)^2 / sum (x - mean x)^2))."""
+    import numpy as np
+
+    sxx = float(((x - x.mean()) ** 2).sum())
+    out = {"seed_sd_per_point": seed_sd}
+    for factor in (10, 100):
+        x0 = float(x.max() + np.log10(factor))
+        sd = seed_sd * float(np.sqrt(1 / len(x) + (x0 - x.mean()) ** 2 / sxx)) if sxx > 0 else None
+        out[f"{factor}x_largest_budget"] = {"images": float(10**x0), "psnr": float(a + b * x0), "sd": sd}
     return out
 
 
@@ -273,10 +291,12 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--bar", required=True, help="compressor.tools.evaluate report.json whose WebP thumbnail is the bar")
     s.add_argument("--reports", default=REPORTS, help="folder of run results (NAME/result.json)")
     s.add_argument("--output", default="reports/scaling.png")
+    s.add_argument("--seed-sd", type=float, default=0.24,
+                   help="seed noise of one run's clip mean in dB, for the predictions' uncertainty")
     args = ap.parse_args(argv)
     if args.command == "scaling":
         series = {label: names.split(",") for label, names in (item.split("=", 1) for item in args.series)}
-        out = scaling(series, args.reports, bar(args.bar)["clip_mean"], args.output)
+        out = scaling(series, args.reports, bar(args.bar)["clip_mean"], args.output, args.seed_sd)
         print(json.dumps(out, indent=1))
     elif args.command == "run":
         from compressor.tools.evaluate import select_videos

@@ -3,7 +3,8 @@
     python -m compressor.tools.preview --checkpoint CKPT --input LATENT_DIR --output preview.mp4 [--original-root VIDEOS]
 
 With ``--original-root`` (the directory ``encode.py`` was given) each frame shows the original (preprocessed the
-same way) on the left and the reconstruction on the right.
+same way) on the left and the reconstruction on the right. Video-mode latents (``encode.py`` with a video codec:
+give the same ``video.pt``) are decoded as whole clips, a run of groups at a time, each from its intra frame.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from compressor.codec.autoencoder import load
+from compressor.codec.video import VideoCodec, load_codec
 from compressor.data.video import iter_frames, preprocess
+from compressor.latents.groups import frame_tokens, is_video, unpad
 from compressor.latents.shards import expand_urls, read_segments
 from compressor.utils import resolve_device
 
@@ -35,7 +37,10 @@ def original_frames(path: str, frame_indices: list[int], image_size: tuple[int, 
 def render(checkpoint: str, inputs: list[str], output: str, original_root: str | None = None,
            source: str | None = None, max_segments: int | None = None, batch_size: int = 32,
            device: str = "cpu") -> int:
-    model = load(checkpoint, map_location=device)
+    model = load_codec(checkpoint, map_location=device)
+    video = isinstance(model, VideoCodec)
+    if video:  # slices of whole groups: each starts at an intra frame (a segment starts one) and decodes alone
+        batch_size = -(-batch_size // model.gop) * model.gop
     H, W = model.image_size
     width = 2 * W if original_root else W
     written, segments = 0, 0
@@ -53,13 +58,20 @@ def render(checkpoint: str, inputs: list[str], output: str, original_root: str |
                     stream = container.add_stream("libx264", rate=round(meta.get("fps", 20)))
                     stream.width, stream.height, stream.pix_fmt = width, H, "yuv420p"
                 tokens = seg["tokens"]
+                if video != is_video(meta):
+                    raise SystemExit(f"{checkpoint} is a {'video' if video else 'per-frame'} codec and "
+                                     f"{meta.get('source')} holds {'video' if is_video(meta) else 'per-frame'} tokens")
+                rows = unpad(tokens, frame_tokens(meta)) if video else None
                 indices = meta.get("frame_indices") or list(range(len(tokens)))
                 originals = {}
                 if original_root:
                     originals = original_frames(os.path.join(original_root, meta["source"]), indices, (H, W))
                 for start in tqdm(range(0, len(tokens), batch_size), desc=f"{meta.get('source')}#{meta.get('segment')}",
                                   leave=False):
-                    recon = model.decode(tokens[start : start + batch_size]).cpu()
+                    if video:
+                        recon = model.decode_clip(rows[start : start + batch_size]).cpu()
+                    else:
+                        recon = model.decode(tokens[start : start + batch_size]).cpu()
                     for j, frame in enumerate(recon):
                         if original_root:
                             orig = originals.get(indices[start + j], torch.zeros_like(frame))
@@ -78,7 +90,8 @@ def render(checkpoint: str, inputs: list[str], output: str, original_root: str |
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m compressor.tools.preview", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", required=True, help="model.pt, a train.py .ckpt or a Hub folder")
+    ap.add_argument("--checkpoint", required=True,
+                    help="the model that made the latents: model.pt, a train.py .ckpt, a Hub folder or video.pt")
     ap.add_argument("--input", required=True, nargs="+", help="latent shards or the encode.py output directory")
     ap.add_argument("--output", required=True, help="video file to write (e.g. preview.mp4)")
     ap.add_argument("--original-root", default=None, help="input root given to encode.py: show originals side by side")
