@@ -94,3 +94,19 @@ def test_rate_distortion_overlays_set_the_byte_budget(budget):
     cfg = parse("cpu-vit-224B-aug.yaml", f"rd/{budget}B.yaml")
     assert cfg.model.autoencoder.bytes_per_frame == budget and cfg.model.autoencoder.num_tokens == 128
     assert cfg.trainer.max_steps == 1000 and cfg.model.hparams.time_budget_s is None  # equal step budget
+
+
+SHAPE_GFLOPS = {"small.yaml": 5.7, "large.yaml": 19.6, "encoder-heavy.yaml": 11.4}
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPE_GFLOPS))
+def test_shape_overlays_keep_the_tokens_and_cost_what_their_comment_says(shape):
+    """The equal-FLOPs shapes (configs/experiments/shapes) change only widths and depths: same 224-byte tokens, and
+    the training FLOPs per image their comments (and docs/experiments.md) state."""
+    from compressor.training.perf import train_flops_per_image
+
+    model = parse(os.path.join("experiments", "shapes", shape)).model.autoencoder
+    assert model.num_tokens == 128 and model.bytes_per_frame == 224
+    assert train_flops_per_image(model) / 1e9 == pytest.approx(SHAPE_GFLOPS[shape], rel=0.02)
+    assert SHAPE_GFLOPS[shape] == pytest.approx(float(re.search(r"([\d.]+) GFLOPs", open(
+        os.path.join(REPO, "configs", "experiments", "shapes", shape)).read()).group(1)))

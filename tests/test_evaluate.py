@@ -120,6 +120,39 @@ def test_report_records_the_device(tmp_path):
     assert report["checkpoints"]["ours: m"]["overall"]["frames"] == 3
 
 
+def test_card_shows_the_last_evaluation_of_a_hub_folder(tmp_path):
+    """--card: the Hub folder's card gets the every-frame numbers as its model-index and an Evaluation section,
+    equal to report.json's; a second evaluation replaces the first instead of adding to it."""
+    from huggingface_hub import ModelCard
+
+    clip = tmp_path / "clip.mp4"
+    write_video(str(clip), driving_clip(seed=0, num_frames=3, image_size=(128, 256)))
+    tiny_model().save_pretrained(tmp_path / "hub")
+    before = (tmp_path / "hub" / "README.md").read_text()
+    for run in ("out1", "out2"):
+        main(["--checkpoint", str(tmp_path / "hub"), "--input", str(clip), "--output", str(tmp_path / run),
+              "--checkpoints-only", "--batch-size", "2", "--device", "cpu", "--card"])
+    [report] = json.loads((tmp_path / "out2" / "report.json").read_text())["checkpoints"].values()
+    overall = report["overall"]
+    card = ModelCard.load(tmp_path / "hub" / "README.md")
+    results = {r.metric_name: r.metric_value for r in card.data.eval_results}
+    assert results == {"PSNR (dB), mean over clips": round(overall["psnr_clip_mean"], 2),
+                       "PSNR (dB), mean over frames": round(overall["psnr"], 2),
+                       "MS-SSIM": round(overall["ms_ssim"], 4), "bytes per frame": 224.0}
+    assert {(r.dataset_name, r.dataset_split) for r in card.data.eval_results} == {("clip.mp4", None)}
+    text = card.text
+    assert text.count("## Evaluation") == 1 and f"| **all (frame-weighted)** | 3 | {overall['psnr']:.2f} |" in text
+    assert "Measured with `python -m compressor.tools.evaluate --checkpoint" in text and "--card" in text
+    assert text.startswith(before.split("---\n", 2)[2].rstrip())  # what save_pretrained wrote is kept, above it
+
+
+def test_card_needs_hub_folders(tmp_path, capsys):
+    tiny_model().save(tmp_path / "m.pt")
+    with pytest.raises(SystemExit) as e:  # refused before any video is decoded
+        main(["--checkpoint", str(tmp_path / "m.pt"), "--input", "nowhere", "--card"])
+    assert e.value.code == 2 and "--card writes into Hub folders" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_report_records_the_cuda_device_and_matches_the_cpu(tmp_path):
     report = _checkpoints_only(tmp_path, "cuda")

@@ -1,4 +1,5 @@
 import json
+import math
 import os
 
 import pytest
@@ -25,6 +26,18 @@ def test_budget_follows_the_base_batch_the_overlays_and_the_overrides(tmp_path, 
     assert experiments.budget([proxy, str(overlay)], [], 1600) == (50, 32, 1)
     assert experiments.budget([proxy, str(overlay)], ["data.batch_size=20"], 1600) == (80, 20, 1)
     assert experiments.budget([proxy], ["trainer.devices=2", "trainer.accelerator=cpu"], 1600) == (100, 8, 2)
+
+
+def test_a_flops_budget_gives_a_costlier_shape_fewer_images():
+    """--flops compares shapes at equal training compute: images = FLOPs / the resolved model's FLOPs per image."""
+    from compressor.training import cli
+
+    proxy = os.path.join(cli.CONFIGS, "experiments", "proxy.yaml")
+    wide = ["model.decoder.init_args.dim=512", "model.decoder.init_args.heads=8"]
+    per_image, per_image_wide = experiments.flops_per_image([proxy], []), experiments.flops_per_image([proxy], wide)
+    assert 5e9 < per_image < 2e10 and per_image_wide > 1.3 * per_image  # the recipe: about 11.6 GFLOPs an image
+    assert experiments.images_for_flops([proxy], [], 1000 * per_image) == 1000
+    assert experiments.images_for_flops([proxy], wide, 1000 * per_image) == math.ceil(1000 * per_image / per_image_wide)
 
 
 def _result(root, name, images, clips, overrides=(), overlays=()):

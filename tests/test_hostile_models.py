@@ -233,3 +233,30 @@ def test_an_intact_video_codec_file_loads(tmp_path):
     frames = FRAMES.repeat(2, 1, 1, 1)
     loaded = compressor.load(tmp_path / "video.pt")
     assert [t.tolist() for t in loaded.encode_clip(frames)[0]] == [t.tolist() for t in codec.encode_clip(frames)[0]]
+
+
+@pytest.mark.parametrize("case", ["history 10**9", "history a string", "a NaN weight", "a weight missing",
+                                  "intra missing", "not torch data"])
+def test_hostile_remembering_decoder_files_are_refused(tmp_path, case):
+    from compressor.codec.video import RememberingDecoder, load_remembering
+
+    export = RememberingDecoder(tiny_model(), history=2).export_dict()
+    state = export["state_dict"]
+    change, match = {
+        "history 10**9": (lambda: export.update(history=10**9), "history is 1000000000"),
+        "history a string": (lambda: export.update(history="2"), "history is '2'"),
+        "a NaN weight": (lambda: state["past.0.weight"].fill_(float("nan")), "non-finite"),
+        "a weight missing": (lambda: state.pop("missing"), "do not match"),
+        "intra missing": (lambda: export.pop("intra"), "not a compressor checkpoint"),
+        "not torch data": (None, "does not load as weights-only torch data"),
+    }[case]
+    path = tmp_path / "remembering.pt"
+    if change is None:
+        path.write_bytes(b"garbage" * 10)
+    else:
+        change()
+        torch.save(export, path)
+    start = time.process_time()
+    with pytest.raises(ValueError, match=match):
+        load_remembering(path)
+    assert time.process_time() - start < 1.0

@@ -234,10 +234,7 @@ class Autoencoder(nn.Module, PyTorchModelHubMixin, library_name="compressor",
         check_config({**config, **overrides})
         with torch.device("meta"):
             skeleton = cls._from_config(config, overrides)
-        if (count := sum(p.numel() for p in skeleton.parameters())) > MAX_PARAMETERS:
-            raise ValueError(f"not a compressor checkpoint: its config asks for {count:,} parameters, more than "
-                             f"{MAX_PARAMETERS:,}")
-        check_weights(skeleton.state_dict(), state)
+        check_weights(skeleton, state)
         model = cls._from_config(config, overrides)
         model.load_state_dict(state)
         return model.eval()
@@ -393,7 +390,7 @@ def part_class(spec: dict) -> type:
     return cls
 
 
-def _check_size(value, name: str, where: str, high: int = _MAX_SIZE) -> None:
+def check_size(value, name: str, where: str, high: int = _MAX_SIZE) -> None:
     if type(value) is not int or not 1 <= value <= high:  # type(): True is an int to isinstance
         raise ValueError(f"not a compressor checkpoint: {where}: {name} is {value!r}, not an integer in [1, {high}]")
 
@@ -408,13 +405,13 @@ def check_arguments(cls: type, init_args: dict, where: str) -> None:
         if key == "image_size" and key not in params:
             continue  # stored until 2026-11 without being read; build_part drops it
         if kind == "int":
-            _check_size(value, key, where, _MAX_DEPTH if key.endswith("depth") else _MAX_SIZE)
+            check_size(value, key, where, _MAX_DEPTH if key.endswith("depth") else _MAX_SIZE)
         elif kind in ("list[int]", "tuple[int, int]"):
             low, high = (2, 2) if kind.startswith("tuple") else (1, _MAX_LIST)
             if not (isinstance(value, (list, tuple)) and low <= len(value) <= high):
                 raise ValueError(f"not a compressor checkpoint: {at} is not a list of {low} to {high} sizes")
             for v in value:
-                _check_size(v, key, where)
+                check_size(v, key, where)
         elif kind == "float":
             if type(value) not in (int, float) or not 0 <= value <= _MAX_SIZE:  # NaN fails both comparisons
                 raise ValueError(f"not a compressor checkpoint: {at} is {value!r}, not a number in [0, {_MAX_SIZE}]")
@@ -423,9 +420,14 @@ def check_arguments(cls: type, init_args: dict, where: str) -> None:
                              + ("no such argument" if kind is None else f"an argument of unchecked type {kind}"))
 
 
-def check_weights(expected: dict[str, Tensor], state) -> None:
-    """Refuse, with ``ValueError``, weights that are not a dict of tensors with exactly the names, shapes and dtypes
-    of ``expected`` (a model's state dict, on the meta device is enough), or that hold NaN or inf."""
+def check_weights(skeleton: nn.Module, state) -> None:
+    """Refuse, with ``ValueError``, a ``skeleton`` (the model a file describes, built on the meta device) of more than
+    ``MAX_PARAMETERS``, or weights that are not a dict of tensors with exactly its names, shapes and dtypes, or that
+    hold NaN or inf."""
+    if (count := sum(p.numel() for p in skeleton.parameters())) > MAX_PARAMETERS:
+        raise ValueError(f"not a compressor checkpoint: its config asks for {count:,} parameters, more than "
+                         f"{MAX_PARAMETERS:,}")
+    expected = skeleton.state_dict()
     if not (isinstance(state, dict) and all(isinstance(v, Tensor) for v in state.values())):
         raise ValueError("not a compressor checkpoint (no state dict of tensors)")
     shapes = {k: tuple(v.shape) for k, v in expected.items()}
@@ -455,8 +457,8 @@ def check_config(config, where: str = "its config") -> None:
     if not (isinstance(image_size, (list, tuple)) and len(image_size) == 2):
         raise ValueError(f"not a compressor checkpoint: {where}: image_size is {image_size!r}, not [H, W]")
     for side in image_size:
-        _check_size(side, "image_size", where)
-    _check_size(config.get("max_bytes_per_frame"), "max_bytes_per_frame", where)
+        check_size(side, "image_size", where)
+    check_size(config.get("max_bytes_per_frame"), "max_bytes_per_frame", where)
     rough = 0
     for name in ("encoder", "quantizer", "decoder"):
         spec = config.get(name)

@@ -7,7 +7,9 @@ this module needs no Lightning.
 
 from __future__ import annotations
 
-from huggingface_hub import ModelCard, ModelCardData
+import os
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from torch import nn
 
 from compressor.utils import num_params
@@ -61,3 +63,26 @@ def model_card(model: nn.Module, card_data: ModelCardData, sections: dict[str, s
     if image:
         lines += [f"![Originals above, reconstructions below]({image})", ""]
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(lines))
+
+
+EVALUATION_BEGIN, EVALUATION_END = "<!-- evaluation: compressor.tools.evaluate --card -->", "<!-- /evaluation -->"
+
+
+def write_evaluation(folder: str | os.PathLike, model_name: str, markdown: str, results: list[EvalResult]) -> None:
+    """Put an evaluation into the card (``README.md``) of a Hub folder: ``results`` as the card's ``model-index``
+    (what the Hub shows as evaluation results) and ``markdown`` as its "Evaluation" section. A later evaluation
+    replaces both, so the card shows one, the last."""
+    path = os.path.join(folder, "README.md")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{folder} has no model card (README.md): not a folder that save_pretrained wrote")
+    card = ModelCard.load(path)
+    card.data.model_name, card.data.eval_results = model_name, results
+    text = card.text
+    if EVALUATION_BEGIN in text:  # the previous evaluation goes
+        head, _, rest = text.partition(EVALUATION_BEGIN)
+        text = head.rstrip() + "\n\n" + rest.partition(EVALUATION_END)[2].lstrip()
+    section = markdown.strip().replace("\n## ", "\n### ")
+    if section.startswith("## "):
+        section = "#" + section
+    text = f"{text.rstrip()}\n\n{EVALUATION_BEGIN}\n## Evaluation\n\n{section}\n{EVALUATION_END}\n"
+    ModelCard(f"---\n{card.data.to_yaml()}\n---\n{text}").save(path)

@@ -13,14 +13,13 @@ one code (1: 128 tokens, 2: 64, 4: 32 at 128x256 with 16-px patches).
 from __future__ import annotations
 
 import copy
-import inspect
 import os
 
 import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from compressor.codec.autoencoder import (MAX_PARAMETERS, Autoencoder, build_part, check_arguments, check_weights, load,
+from compressor.codec.autoencoder import (Autoencoder, build_part, check_arguments, check_size, check_weights, load,
                                           part_class, read_checkpoint, to_uint8)
 from compressor.codec.layers import Transformer, captured_args, init_weights, patchify, sincos_2d, unpatchify
 from compressor.codec.packing import token_bits
@@ -138,19 +137,12 @@ class ConditionalCodec(nn.Module):
             raise ValueError(f"not a compressor checkpoint: {where}: quantizer is not {{class_path, init_args}}")
         check_arguments(part_class(spec), spec["init_args"], f"{where}: quantizer")
         args = {k: tuple(v) if k == "image_size" else v for k, v in export["init_args"].items()}
-        defaults = {k: p.default for k, p in inspect.signature(cls).parameters.items()}
-        size = {k: args.get(k, defaults[k]) for k in ("patch_size", "enc_dim", "enc_depth", "dec_dim", "dec_depth")}
-        rough = (12 * (size["enc_depth"] * size["enc_dim"] ** 2 + size["dec_depth"] * size["dec_dim"] ** 2)
-                 + 10 * size["patch_size"] ** 2 * (size["enc_dim"] + size["dec_dim"]))
-        if rough > MAX_PARAMETERS:
-            raise ValueError(f"not a compressor checkpoint: {where} asks for about {rough:,} parameters, more than "
-                             f"{MAX_PARAMETERS:,}")
         try:
             with torch.device("meta"):
                 skeleton = cls(build_part(spec), **args)
         except (ValueError, TypeError, AttributeError, AssertionError, ZeroDivisionError) as e:  # parts that do not fit
             raise ValueError(f"not a compressor checkpoint: {where}: {e}") from None
-        check_weights(skeleton.state_dict(), export.get("state_dict"))
+        check_weights(skeleton, export.get("state_dict"))
         codec = cls(build_part(spec), **args)
         codec.load_state_dict(export["state_dict"])
         return codec.eval()
@@ -267,9 +259,8 @@ def video_from_export(blob, path: str | os.PathLike, gop: int | None = None) -> 
     if not isinstance(blob, dict) or blob.get("format") != VIDEO_FORMAT:
         raise ValueError(f"{path} is not a video codec file (format {VIDEO_FORMAT!r})")
     gop = blob.get("gop") if gop is None else gop
-    if type(gop) is not int or not 1 <= gop <= MAX_GOP:
-        raise ValueError(f"{path} is not a compressor checkpoint: its gop is {gop!r}, not an integer in [1, {MAX_GOP}]")
     try:
+        check_size(gop, "gop", "its video codec", MAX_GOP)
         intra = Autoencoder.from_export(blob.get("intra")).eval()
         inter = ConditionalCodec.from_export(blob.get("inter"))
         return VideoCodec(intra, inter, gop).eval()
@@ -353,14 +344,20 @@ class RememberingDecoder(nn.Module):
 
 
 REMEMBERING_FORMAT = "compressor-remembering/1"
+MAX_HISTORY = 64  # earlier frames a remembering decoder reads
 
 
 def load_remembering(path: str | os.PathLike) -> tuple[Autoencoder, RememberingDecoder]:
     """(the per-frame model whose tokens it decodes, the remembering decoder) from ``RememberingDecoder.save``."""
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    blob = read_checkpoint(path)
     if not isinstance(blob, dict) or blob.get("format") != REMEMBERING_FORMAT:
         raise ValueError(f"{path} is not a remembering decoder file (format {REMEMBERING_FORMAT!r})")
-    intra = Autoencoder.from_export(blob["intra"]).eval()
-    decoder = RememberingDecoder(intra, blob["history"])
+    try:
+        check_size(blob.get("history"), "history", "its remembering decoder", MAX_HISTORY)  # a projection per frame
+        intra = Autoencoder.from_export(blob.get("intra")).eval()
+        decoder = RememberingDecoder(intra, blob["history"])
+        check_weights(decoder, blob.get("state_dict"))
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
     decoder.load_state_dict(blob["state_dict"])
     return intra, decoder.eval()

@@ -19,7 +19,8 @@ Every method sees the same frames after the same ``compressor.preprocess``:
 
 Image codecs are searched on every ``--frame-stride``-th frame (the comparison frames); the video codec encodes
 every frame, as it must, and is scored on the same comparison frames. Writes ``report.json``, ``report.md``,
-``rd.png`` (PSNR against bytes per frame) and ``gallery.png`` (the same frames from every method).
+``rd.png`` (PSNR against bytes per frame) and ``gallery.png`` (the same frames from every method). ``--card`` also
+writes the results into the model card of each Hub-folder checkpoint (its ``model-index`` and an Evaluation section).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import shlex
+import sys
 import time
 
 import av
@@ -34,7 +37,9 @@ import torch
 from tqdm import tqdm
 
 from compressor.tools import baselines
+from compressor.tools.eval_report import card_results, comparison_markdown, to_markdown
 from compressor.codec.autoencoder import Autoencoder
+from compressor.codec.hub import write_evaluation
 from compressor.codec.video import VideoCodec, load_codec
 from compressor.metrics import LPIPS, frame_ms_ssim, frame_psnr
 from compressor.codec.packing import pack, unpack
@@ -279,55 +284,6 @@ def clip_fps(path: str) -> float:
 
 
 # ---- reports -----------------------------------------------------------------------------------------------------
-def to_markdown(report: dict, title: str) -> str:
-    """Markdown for one checkpoint's every-frame report."""
-    rows = [f"## {title}", "", "| clip | frames | PSNR (dB) | MS-SSIM | bytes/frame |", "|---|---:|---:|---:|---:|"]
-    for c in report["clips"]:
-        rows.append(f"| {c['clip']} | {c['frames']} | {c['psnr']:.2f} | {c['ms_ssim']:.4f} | {c['bytes_per_frame']:.0f} |")
-    o = report["overall"]
-    rows.append(f"| **all (frame-weighted)** | {o['frames']} | {o['psnr']:.2f} | {o['ms_ssim']:.4f} | "
-                f"{o['bytes_per_frame']:.0f} |")
-    rows += ["", f"codebook usage {o['codebook_usage']:.1%}, token entropy {o['token_entropy_bits']:.2f} bits/token, "
-             f"encode {o['encode_fps']:.1f} frames/s, decode {o['decode_fps']:.1f} frames/s "
-             f"(batch {report.get('batch_size')}, {report.get('device_name') or report.get('device')}, "
-             f"{report.get('threads')} threads)", ""]
-    return "\n".join(rows)
-
-
-def comparison_markdown(comp: dict) -> str:
-    """Markdown for the matched-bytes comparison: overall table, per-clip PSNR, and the RD points."""
-    methods = comp["methods"]
-    has_lpips = any("lpips" in m["overall"] for m in methods.values())
-    budget = comp["budget"]
-    rows = [f"## All methods at <= {budget} bytes per frame", "",
-            f"Same frames for every method: every {comp['frame_stride']}th frame of each clip "
-            f"({next(iter(methods.values()))['overall']['frames']} frames). 'fits' is the share of frames within "
-            f"{budget} B; where a codec cannot get that small, its smallest output is scored instead.", "",
-            "| method | bytes/frame | fits | PSNR (dB) | MS-SSIM |" + (" LPIPS |" if has_lpips else "") + " typical setting |",
-            "|---|---:|---:|---:|---:|" + ("---:|" if has_lpips else "") + "---|"]
-    for name, m in methods.items():
-        o = m["overall"]
-        lp = f" {o['lpips']:.4f} |" if has_lpips else ""
-        rows.append(f"| {name} | {o['bytes_per_frame']:.0f} | {o['fits']:.0%} | {o['psnr']:.2f} | {o['ms_ssim']:.4f} |"
-                    f"{lp} {o['setting']} |")
-    clips = list(next(iter(methods.values()))["clips"])
-    pixels = comp["image_size"][0] * comp["image_size"][1]
-    for name, m in methods.items():
-        if "compressai" in name:
-            rows += ["", f"{name}: {8 * m['overall']['bytes_per_frame'] / pixels:.3f} bpp actual (entropy-coded bytes "
-                     f"x 8 / {pixels} pixels)."]
-    rows += ["", "PSNR (dB) per clip:", "", "| method | " + " | ".join(clips) + " |",
-             "|---|" + "---:|" * len(clips)]
-    for name, m in methods.items():
-        rows.append(f"| {name} | " + " | ".join(f"{m['clips'][c]['psnr']:.2f}" for c in clips) + " |")
-    rows += ["", "## Rate-distortion points (bytes/frame, PSNR dB)", ""]
-    for name, points in comp["rd"].items():
-        rows.append(f"- {name}: " + ", ".join(f"({b:.0f}, {p:.2f})" for b, p in points))
-    if not has_lpips:
-        rows += ["", "LPIPS skipped: no local weights given (--lpips-weights LIN VGG16); nothing is downloaded."]
-    return "\n".join(rows) + "\n"
-
-
 def select_videos(inputs: list[str], split: str | None) -> list[str]:
     videos = list_videos(inputs)
     if split:
@@ -359,7 +315,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--checkpoints-only", action="store_true", help="only the every-frame report of each checkpoint")
     ap.add_argument("--search-steps", type=int, default=0,
                     help="encode-time token search for our FSQ models (Autoencoder.encode); 0: plain encode")
+    ap.add_argument("--card", action="store_true",
+                    help="write the results into the model card (README.md) of each checkpoint, all Hub folders")
     args = ap.parse_args(argv)
+    if args.card and (files := [c for c in args.checkpoint if not os.path.isdir(c)]):
+        ap.error(f"--card writes into Hub folders (save_pretrained, runs/NAME/hub); {files[0]} is a file")
     try:
         device = torch.device(resolve_device(args.device))
     except ValueError as e:
@@ -411,6 +371,18 @@ def main(argv: list[str] | None = None) -> None:
                             f"{args.split or 'all'} clips, every {args.frame_stride}th frame")
             figures.gallery(gallery_tiles, os.path.join(args.output, "gallery.png"))
         print(f"wrote {args.output}/report.json, report.md" + (", rd.png, gallery.png" if "comparison" in report else ""))
+    if args.card:
+        command = "python -m compressor.tools.evaluate " + shlex.join(sys.argv[1:] if argv is None else argv)
+        dataset = " ".join(os.path.basename(os.path.normpath(i)) for i in args.input)
+        for (name, model), path in zip(models.items(), args.checkpoint):
+            r = report["checkpoints"][name]
+            md = [f"Measured with `{command}`.", "",
+                  to_markdown(r, f"{dataset}, {args.split or 'all'} clips, every frame")]
+            if "comparison" in report:
+                md.append(comparison_markdown(report["comparison"]))
+            write_evaluation(path, name.removeprefix("ours: "), "\n".join(md),
+                             card_results(r["overall"], dataset, args.split, model.bytes_per_frame))
+            print(f"wrote the evaluation into {path}/README.md")
 
 
 def _name(checkpoint: str) -> str:

@@ -26,6 +26,7 @@ import time
 import torch
 from tqdm import tqdm
 
+from compressor.codec.autoencoder import read_checkpoint
 from compressor.codec.video import REMEMBERING_FORMAT, VideoCodec, load_remembering, load_video
 from compressor.data.video import read_frames
 from compressor.metrics import frame_psnr
@@ -133,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_grad_enabled(False)
     videos = select_videos(args.input, args.split)
     os.makedirs(args.output, exist_ok=True)
-    if torch.load(args.checkpoint, map_location="cpu", weights_only=True).get("format") == REMEMBERING_FORMAT:
+    blob = read_checkpoint(args.checkpoint)  # a clear ValueError for anything that is not weights-only torch data
+    if isinstance(blob, dict) and blob.get("format") == REMEMBERING_FORMAT:
         report = evaluate_remembering(videos, args.checkpoint)
         print(f"remembering decoder: {report['psnr_clip_mean']:.2f} dB, the same tokens decoded alone "
               f"{report['intra_only_psnr_clip_mean']:.2f} dB ({report['bytes_per_frame']} B/frame)")

@@ -2,6 +2,7 @@
 
     python -m compressor.tools.experiments run NAME --config configs/cpu-vit-224B-aug.yaml configs/experiments/proxy.yaml \\
         --images 16000 --shards SHARD_DIR [--set model.loss.mse_weight=0.5 ...]
+    python -m compressor.tools.experiments run NAME ... --flops 2.3e14 ...   # shapes at equal training compute
     python -m compressor.tools.experiments table          # reports/experiments/table.md and curves.png
 
 A budget is images seen (steps x batch), never wall-clock, so that a run's result does not depend on what else
@@ -33,15 +34,31 @@ RUNS = "runs/experiments"
 ROOT = os.path.dirname(CONFIGS)  # the repository
 
 
+def _resolve(configs: list[str], overrides: list[str]):
+    args = [a for c in configs for a in ("--config", c)] + [f"--{o}" for o in overrides] + ["--trainer.logger=false"]
+    return cli(args, run=False)
+
+
 def budget(configs: list[str], overrides: list[str], images: int) -> tuple[int, int, int]:
     """(steps, batch size, devices) for a budget of ``images``, from the config ``train.py`` resolves: base, then
     ``configs``, then ``key=value`` overrides. The batch size and the device count are the Trainer's and the data
     module's own, so a change to ``configs/base.yaml`` moves every budget with it."""
-    args = [a for c in configs for a in ("--config", c)] + [f"--{o}" for o in overrides] + ["--trainer.logger=false"]
-    resolved = cli(args, run=False)
+    resolved = _resolve(configs, overrides)
     batch_size = resolved.datamodule.hparams.batch_size
     devices = resolved.trainer.num_devices * resolved.trainer.num_nodes
     return math.ceil(images / (batch_size * devices)), batch_size, devices
+
+
+def flops_per_image(configs: list[str], overrides: list[str]) -> float:
+    """Training FLOPs per image (forward, loss, backward) of the model the config resolves to, at its image size."""
+    from compressor.training.perf import train_flops_per_image
+
+    return train_flops_per_image(_resolve(configs, overrides).model.autoencoder)
+
+
+def images_for_flops(configs: list[str], overrides: list[str], flops: float) -> int:
+    """The images budget that spends ``flops`` training FLOPs on this model: shapes compared at equal compute."""
+    return math.ceil(flops / flops_per_image(configs, overrides))
 
 
 def _git_commit() -> str | None:
@@ -105,6 +122,7 @@ def run(name: str, configs: list[str], images: int, shards: str, videos: list[st
     curve = _read_json(os.path.join(out_dir, "curve.json")) or []
     train_seconds = curve[-1].get("train_seconds") if curve else None
     seen = steps * batch_size * devices
+    per_image = flops_per_image(configs, overrides)
     result = {
         "name": name,
         "configs": configs,
@@ -115,6 +133,8 @@ def run(name: str, configs: list[str], images: int, shards: str, videos: list[st
         "batch_size": batch_size * devices,
         "train_seconds": train_seconds,
         "train_images_per_s": seen / train_seconds if train_seconds else None,
+        "train_flops_per_image": per_image,
+        "train_flops": seen * per_image,
         "params": num_params(model),
         "clips": {c["clip"]: c["psnr"] for c in ev["clips"]},
         "psnr_clip_mean": ev["overall"]["psnr_clip_mean"],
@@ -274,7 +294,11 @@ def main(argv: list[str] | None = None) -> None:
     r = sub.add_parser("run", help="train to a budget in images, then evaluate on the val clips")
     r.add_argument("name")
     r.add_argument("--config", nargs="+", required=True, help="LightningCLI YAML files, base first, overlays after")
-    r.add_argument("--images", type=int, required=True, help="training budget in images seen")
+    length = r.add_mutually_exclusive_group(required=True)
+    length.add_argument("--images", type=int, help="training budget in images seen")
+    length.add_argument("--flops", type=float,
+                        help="training budget in FLOPs (e.g. 2.3e14): the images are FLOPs / the model's training "
+                             "FLOPs per image, so that shapes compare at equal compute")
     r.add_argument("--shards", required=True, help="frame shards trained on (python -m compressor.tools.make_shards)")
     r.add_argument("--input", nargs="+", default=["../shared/dashcam"],
                    help="the videos evaluated on: directories with MANIFEST.tsv (--split picks the clips)")
@@ -301,7 +325,8 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "run":
         from compressor.tools.evaluate import select_videos
 
-        run(args.name, args.config, args.images, args.shards, select_videos(args.input, args.split), args.set,
+        images = args.images or images_for_flops(args.config, args.set, args.flops)
+        run(args.name, args.config, images, args.shards, select_videos(args.input, args.split), args.set,
             args.force, args.branch_from)
     else:
         md = table(args.reports, args.baseline)
