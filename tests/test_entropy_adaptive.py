@@ -18,6 +18,8 @@ from tests.test_entropy import GRID, MODEL_ID, _write_shard, moving_tokens
 
 CODEBOOKS = [1000, 1009, 1024, 15360, 16384]
 PINNED_CRC = 574601023  # zlib.crc32 of the segment in test_the_coded_bytes_are_pinned_to_the_version
+# zlib.crc32 of version-1 segments of the same tokens as compressor 5a5a247 (adaptive version 1) wrote them.
+V1_PINNED_CRC = {1024: 4147961560, 15360: 611742163}
 
 
 def every_token_changes(num_frames: int, codebook: int, seed: int = 0) -> torch.Tensor:
@@ -189,3 +191,18 @@ def test_the_coded_bytes_are_pinned_to_the_version():
     tokens = moving_tokens(12, seed=11, change=0.2, codebook=1024)
     assert adaptive.VERSION == 2
     assert zlib.crc32(encode_segment(tokens, AdaptivePrior(1024, GRID, MODEL_ID))) == PINNED_CRC
+
+
+@pytest.mark.parametrize("codebook", sorted(V1_PINNED_CRC))
+def test_version_1_segments_written_before_version_2_still_decode(codebook):
+    """Latents entropy-coded before version 2 stay readable: the header's version picks the model, no prior given."""
+    import zlib
+
+    from compressor.entropy.adaptive_v1 import AdaptivePriorV1
+
+    tokens = moving_tokens(12, seed=11, change=0.2, codebook=codebook)
+    old = encode_segment(tokens, AdaptivePriorV1(codebook, GRID, MODEL_ID))
+    assert zlib.crc32(old) == V1_PINNED_CRC[codebook]  # the very bytes version 1 wrote
+    assert torch.equal(decode_segment(old), tokens)
+    new = encode_segment(tokens, AdaptivePrior(codebook, GRID, MODEL_ID))
+    assert new != old and torch.equal(decode_segment(new), tokens)

@@ -319,6 +319,7 @@ class AdaptivePrior(Prior):
 
     kind = KIND
     coder = CODER_ID
+    version = VERSION  # the model's version, in the segment header
 
     def __init__(self, codebook_size: int, grid: tuple[int, int], model_id: str = ""):
         if not 2 <= codebook_size <= 1 << 16 or not (1 <= grid[0] <= 255 and 1 <= grid[1] <= 255):
@@ -328,15 +329,23 @@ class AdaptivePrior(Prior):
 
     def prior_id(self) -> str:
         """Not a hash: the version, grid and codebook themselves, so a segment says how to decode it."""
-        return struct.pack("<HBBI", VERSION, *self.grid, self.codebook_size).hex()
+        return struct.pack("<HBBI", self.version, *self.grid, self.codebook_size).hex()
 
     @classmethod
     def from_id(cls, prior_id: str, model_id: str = "") -> "AdaptivePrior":
-        """The prior a segment header names (``ValueError`` for another version or impossible parameters)."""
+        """The prior a segment header names: version 2, or version 1 for segments written before it
+        (``ValueError`` for another version or impossible parameters)."""
         version, h, w, codebook = struct.unpack("<HBBI", bytes.fromhex(prior_id))
+        if version == 1:
+            from compressor.entropy.adaptive_v1 import AdaptivePriorV1
+
+            return AdaptivePriorV1(codebook, (h, w), model_id)
         if version != VERSION:
-            raise ValueError(f"adaptive prior version {version}; this code has version {VERSION}")
+            raise ValueError(f"adaptive prior version {version}; this code reads versions 1 and {VERSION}")
         return cls(codebook, (h, w), model_id)
+
+    def _new_model(self) -> _Model:
+        return _Model(self.codebook_size, self.grid)
 
     def max_frames(self, payload_bytes: int) -> int:
         """Every frame costs at least MIN_FRAME_BITS; the payload's words hold at most 32 bits each, its initial
@@ -345,7 +354,7 @@ class AdaptivePrior(Prior):
 
     def _decisions(self, tokens: np.ndarray):
         """Yield (frame, bits, P(1) * 2**16) batches in coding order: the encoder's view of ``_model`` coding."""
-        model = _Model(self.codebook_size, self.grid)
+        model = self._new_model()
         for t, frame in enumerate(tokens):
             repeated = None
             pos = np.arange(self.num_tokens)
@@ -388,7 +397,7 @@ class AdaptivePrior(Prior):
             raise ValueError(f"an ANS payload is a whole number of 4-byte words; got {len(payload)} bytes")
         family, AnsCoder = _constriction()
         coder = AnsCoder(np.frombuffer(payload, "<u4").astype(np.uint32))
-        model = _Model(self.codebook_size, self.grid)
+        model = self._new_model()
         out = np.zeros((num_frames, self.num_tokens), np.int64)
         for t in range(num_frames):
             repeated = None
