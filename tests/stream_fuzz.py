@@ -1,6 +1,7 @@
 """Crafted ``.ctok`` segments, decoded one after another: ``python -m tests.stream_fuzz DIR``.
 
-DIR holds ``prior-{static,factorised,temporal}.pt``; the adaptive prior needs no file. Each case mutates a valid segment and recomputes its CRC, so
+DIR holds ``prior-{static,factorised,temporal}.pt`` and/or ``prior-token.pt`` (each one found is fuzzed); the adaptive
+prior needs no file. Each case mutates a valid segment and recomputes its CRC, so
 only the decoder's own checks stand between the bytes and the rANS coder. One line per case is printed (and
 flushed) before it runs, so if the process dies the last line names the case that killed it.
 """
@@ -15,20 +16,20 @@ import torch
 
 from compressor.entropy.adaptive import AdaptivePrior
 from compressor.entropy.stream import HEADER_BYTES, StreamError, decode_segment, encode_segment, load_prior
-from compressor.entropy.priors import KINDS
+from compressor.entropy.stream import FITTED_KINDS
 
 CRC_AT = HEADER_BYTES - 4  # the header CRC covers the header's first 40 bytes and the payload
 FIELDS = {"kind": (5, "B"), "coder": (6, "B"), "frames": (24, "I"), "tokens": (28, "H"), "length": (32, "I"),
           "token_crc": (36, "I")}
 
 
-def moving_tokens(num_frames: int, seed: int) -> torch.Tensor:
+def moving_tokens(num_frames: int, seed: int, codebook: int = 15360) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    frames = [torch.randint(0, 15360, (128,), generator=g)]
+    frames = [torch.randint(0, codebook, (128,), generator=g)]
     for _ in range(num_frames - 1):
         f = frames[-1].clone()
         redraw = torch.rand(128, generator=g) < 0.1
-        f[redraw] = torch.randint(0, 15360, (int(redraw.sum()),), generator=g)
+        f[redraw] = torch.randint(0, codebook, (int(redraw.sum()),), generator=g)
         frames.append(f)
     return torch.stack(frames)
 
@@ -89,11 +90,12 @@ def cases(data: bytes, frames: int, rng: random.Random) -> dict[str, bytes]:
 def main(directory: str) -> None:
     rng = random.Random(0)
     adaptive = AdaptivePrior(15360, (8, 16))  # needs no file
-    for kind, prior in [(k, load_prior(os.path.join(directory, f"prior-{k}.pt"))) for k in KINDS] + [
-            ("adaptive", adaptive)]:
-        segments = {"moving": moving_tokens(8, seed=5), "random": torch.randint(0, 15360, (3, 128)),
+    files = [(k, os.path.join(directory, f"prior-{k}.pt")) for k in FITTED_KINDS]
+    for kind, prior in [(k, load_prior(f)) for k, f in files if os.path.exists(f)] + [("adaptive", adaptive)]:
+        k = prior.codebook_size
+        segments = {"moving": moving_tokens(8, seed=5, codebook=k), "random": torch.randint(0, k, (3, 128)),
                     "empty": torch.zeros(0, 128, dtype=torch.long)}
-        other = encode_segment(moving_tokens(8, seed=6), prior)
+        other = encode_segment(moving_tokens(8, seed=6, codebook=k), prior)
         for name, tokens in segments.items():
             data = encode_segment(tokens, prior)
             variants = cases(data, len(tokens), rng)

@@ -17,6 +17,9 @@ from tests.stream_fuzz import cases, set_field, with_payload
 from tests.test_entropy import GRID, MODEL_ID, _write_shard, moving_tokens
 
 CODEBOOKS = [1000, 1009, 1024, 15360, 16384]
+PINNED_CRC = 574601023  # zlib.crc32 of the segment in test_the_coded_bytes_are_pinned_to_the_version
+# zlib.crc32 of version-1 segments of the same tokens as compressor 5a5a247 (adaptive version 1) wrote them.
+V1_PINNED_CRC = {1024: 4147961560, 15360: 611742163}
 
 
 def every_token_changes(num_frames: int, codebook: int, seed: int = 0) -> torch.Tensor:
@@ -143,3 +146,63 @@ def test_vq_like_tokens_beat_lzma_by_modelling_whole_tokens():
     tokens = torch.from_numpy(np.stack(frames))
     adaptive = len(encode_segment(tokens, AdaptivePrior(1024, GRID)))
     assert adaptive * 1.1 < len(lzma.compress(position_major_int16(tokens)))
+
+
+def test_squash_and_stretch_are_integer_tables_that_invert():
+    """The mixer's logistic functions are integer tables (no float exp: the same on every machine)."""
+    from compressor.entropy.mixing import ONE, SQUASH, STRETCH, squash, stretch
+
+    assert SQUASH.dtype == np.int64 and STRETCH.dtype == np.int64
+    assert (np.diff(SQUASH) >= 0).all() and 0 < SQUASH[0] and SQUASH[-1] < ONE
+    assert abs(int(squash(np.array([0]))[0]) - ONE // 2) < 32  # lpaq's table: 32752 at 0
+    p = np.arange(256, ONE - 256, 61)
+    assert np.abs(stretch(squash(stretch(p))) - stretch(p)).max() <= 2  # squash inverts stretch to its resolution
+    assert (np.diff(stretch(p)) >= 0).all()
+
+
+def test_mixer_learns_the_better_input_and_apm_corrects_a_biased_one():
+    from compressor.entropy.mixing import APM, ONE, Mixer, stretch
+
+    rng = np.random.default_rng(0)
+    mixer, apm = Mixer(2, 1, [ONE // 2, ONE // 2], 64), APM(1)
+    cost = []
+    for _ in range(200):
+        bits = (rng.random(256) < 0.9).astype(np.int64)
+        good = np.where(bits == 1, 58000, 7000)  # knows the bit
+        st = np.stack([stretch(good), stretch(np.full(256, ONE // 2))], 1)
+        p = mixer.predict(st, np.zeros(256, np.int64))
+        mixer.update(st, np.zeros(256, np.int64), p, bits)
+        cost.append(-np.log2(np.where(bits == 1, p, ONE - p) / ONE).mean())
+    assert mixer.w[0, 0] > 2 * mixer.w[0, 1] and cost[-1] < 0.5 * cost[0]
+    for _ in range(50):  # the input says 50%, the bits are 1 in 90%
+        bits = (rng.random(256) < 0.9).astype(np.int64)
+        p, state = apm.refine(np.full(256, ONE // 2), np.zeros(256, np.int64))
+        apm.update(state, bits)
+    assert abs(int(p[0]) - 0.9 * ONE) < 0.05 * ONE
+
+
+def test_the_coded_bytes_are_pinned_to_the_version():
+    """Any change to the adaptive model changes these bytes: bump adaptive.VERSION (old segments then fail with a
+    clear version error instead of decoding wrong) and update the pinned CRC here."""
+    import zlib
+
+    from compressor.entropy import adaptive
+
+    tokens = moving_tokens(12, seed=11, change=0.2, codebook=1024)
+    assert adaptive.VERSION == 2
+    assert zlib.crc32(encode_segment(tokens, AdaptivePrior(1024, GRID, MODEL_ID))) == PINNED_CRC
+
+
+@pytest.mark.parametrize("codebook", sorted(V1_PINNED_CRC))
+def test_version_1_segments_written_before_version_2_still_decode(codebook):
+    """Latents entropy-coded before version 2 stay readable: the header's version picks the model, no prior given."""
+    import zlib
+
+    from compressor.entropy.adaptive_v1 import AdaptivePriorV1
+
+    tokens = moving_tokens(12, seed=11, change=0.2, codebook=codebook)
+    old = encode_segment(tokens, AdaptivePriorV1(codebook, GRID, MODEL_ID))
+    assert zlib.crc32(old) == V1_PINNED_CRC[codebook]  # the very bytes version 1 wrote
+    assert torch.equal(decode_segment(old), tokens)
+    new = encode_segment(tokens, AdaptivePrior(codebook, GRID, MODEL_ID))
+    assert new != old and torch.equal(decode_segment(new), tokens)

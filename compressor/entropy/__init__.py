@@ -6,8 +6,9 @@
 """
 
 from compressor.entropy.priors import FactorisedPrior, Prior, StaticPrior, TemporalPrior
+from compressor.entropy.token_prior import TokenPrior
 from compressor.entropy.stream import (PriorMismatchError, StreamError, decode_segment, encode_segment, load_prior,
                                        read_header, save_prior)
 
-__all__ = ["FactorisedPrior", "Prior", "StaticPrior", "TemporalPrior", "PriorMismatchError", "StreamError",
+__all__ = ["FactorisedPrior", "Prior", "StaticPrior", "TemporalPrior", "TokenPrior", "PriorMismatchError", "StreamError",
            "decode_segment", "encode_segment", "load_prior", "read_header", "save_prior"]

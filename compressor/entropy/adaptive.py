@@ -32,158 +32,265 @@ import torch
 from torch import Tensor
 
 from compressor.entropy.coding import digit_radices
+from compressor.entropy.mixing import APM, ONE, STRETCH, Mixer, kt
 from compressor.entropy.priors import Prior
 
 KIND = "adaptive"
-VERSION = 1  # in the segment header (prior_id): any change to the model below must bump it
+VERSION = 2  # in the segment header (prior_id): any change to the model below must bump it
 CODER_ID = 2  # the header's coder byte: constriction 0.5 ANS, 24-bit, Bernoulli decisions
-ONE = 1 << 16  # probabilities are integers over 2**16
 P_MIN = 16  # each side of a decision keeps >= 16 / 2**16: a wrong guess costs at most 12 bits
 FRAME_P_MIN = 1 << 10  # the frame flag's less likely side keeps >= 2**-6, which bounds frames per payload byte
 HASH_BITS = 22  # tree contexts (token x node) are hashed into tables of 2**22 counts
-TREE_STRENGTH = (0, 2, 2, 2)
+TREE_STRENGTH = (0, 2, 2, 2)  # the chain blend's pseudo-counts (its first order takes none)
+FLAG_STRENGTH = (0, 4, 2)
+FLAG_RATE = TREE_RATE = 4  # the mixers' steps (VQ val, ideal bits/token: 1.380 at 1, 1.376 at 4; 64 diverged)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_FLAG_SALTS = np.array([1, 2], np.uint64)  # one salt per hashed table, so that their keys do not collide alike
+_TREE_SALTS = np.array([3, 4, 5, 6], np.uint64)
 # The least a frame can cost in the payload: its frame flag at >= FRAME_P_MIN less the ANS's rounding (its state
 # stays >= 2**32 and frequencies < 2**24, so a decode step removes at most log2(1 + 2**-8) bits less than the cost).
 MIN_FRAME_BITS = -math.log2(1 - FRAME_P_MIN / ONE) - math.log2(1 + 2.0**-8)
 # Buckets of "frames since this position last changed" (the last bucket: unknown, a segment's second frame).
 _AGE_BUCKET = np.minimum(np.array([0, 1, 2, 3, 3, 3, 4, 4, 4, 4, 4, 4] + [5] * 244), 5)
 _NEIGHBOUR_BUCKET = np.array([0, 1, 2, 3, 3, 4, 4, 4, 4])  # changed among the 8 neighbours in the last frame
+_O1 = 6 * 7 * 6  # (now, age, ring) flag contexts
+_RATE_EDGES = np.array([1, 3, 6, 12, 20, 32, 48])  # a frame's changed share (of 64) -> buckets 0..7
 
 
-class _Counts:
-    """Binary counts (n, ones) per context, halved past ``limit`` so that old statistics fade."""
+class _Tables:
+    """Binary counts (n, ones) per context for several tables at once, each halved past its own limit so that old
+    statistics fade. The tables sit end to end in one (contexts, 2) array, so a batch reads every table's counts
+    with one gather (n and ones side by side: one cache miss per hashed context, not two) and a frame's update is
+    one sort.
 
-    def __init__(self, size: int, limit: int):
-        self.n, self.ones, self.limit = np.zeros(size, np.int32), np.zeros(size, np.int32), limit
+    Args:
+        sizes: contexts per table.
+        limits: per table, the count past which n and ones are halved.
+    """
+
+    def __init__(self, sizes: list[int], limits: list[int]):
+        assert max(limits) < 1 << 14  # n stays < 2 * limit + a frame's decisions (< 2**15): uint16 holds it
+        self.offsets = np.cumsum([0] + sizes[:-1]).astype(np.int64)  # (k,) where each table starts
+        self.limits = np.array(limits, np.int64)
+        # (n, ones) per context, uint16: half the memory of int32, so fewer cache misses and page faults on the
+        # 2**HASH_BITS tables (the coder's time goes mostly to reading and writing them).
+        self.c = np.zeros((sum(sizes), 2), np.uint16)
+
+    def counts(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """idx (m, k): a context per table -> n, ones (m, k) int64."""
+        c = self.c[idx + self.offsets].astype(np.int64)  # (m, k, 2)
+        return c[..., 0], c[..., 1]
 
     def update(self, idx: np.ndarray, bits: np.ndarray) -> None:
-        """Add a frame's decisions (a context may occur many times: sums, so their order does not matter)."""
-        at, where = np.unique(idx, return_inverse=True)  # (np.add.at is ~100x slower on numpy 1.x)
-        self.n[at] += np.bincount(where, minlength=len(at)).astype(np.int32)
-        self.ones[at] += np.bincount(where, weights=bits, minlength=len(at)).astype(np.int32)
-        over = at[self.n[at] > self.limit]
-        if len(over):
-            self.n[over] = (self.n[over] + 1) >> 1
-            self.ones[over] = (self.ones[over] + 1) >> 1
+        """Add a frame's decisions: idx (m, k), bits (m,). A context may occur many times: sums, so their order
+        does not matter."""
+        flat = (idx + self.offsets).ravel()
+        at, where = np.unique(flat, return_inverse=True)  # (np.add.at is no faster on numpy 1.26)
+        c = self.c[at] + np.stack([np.bincount(where, minlength=len(at)),
+                                   np.bincount(where, weights=np.repeat(bits, idx.shape[1]), minlength=len(at))],
+                                  1).astype(np.uint16)  # (contexts, 2)
+        over = c[:, 0] > self.limits[np.searchsorted(self.offsets, at, side="right") - 1]
+        c[over] = (c[over] + 1) >> 1
+        self.c[at] = c
 
 
-def _blend(orders: list[tuple[_Counts, np.ndarray, int]]) -> np.ndarray:
-    """P(bit = 1) * 2**16 (int64) from contexts coarse to fine: [(counts, context index, strength), ...]."""
-    counts, idx, _ = orders[0]
-    p = ((2 * counts.ones[idx].astype(np.int64) + 1) << 15) // (counts.n[idx] + 1)  # KT: (ones + 1/2) / (n + 1)
-    for counts, idx, strength in orders[1:]:
-        p = ((counts.ones[idx].astype(np.int64) << 16) + strength * p) // (counts.n[idx] + strength)
-    return np.clip(p, P_MIN, ONE - P_MIN)
-
-
-def _hash(key: np.ndarray) -> np.ndarray:
+def _hash(key: np.ndarray, salt: np.ndarray | int) -> np.ndarray:
     """uint64 keys -> indexes into a 2**HASH_BITS table (Fibonacci hashing; uint64 products wrap, deterministic)."""
-    return ((key.astype(np.uint64) * _GOLDEN) >> np.uint64(64 - HASH_BITS)).astype(np.int64)
+    key = key ^ np.asarray(salt, np.uint64)
+    return ((key * _GOLDEN) >> np.uint64(64 - HASH_BITS)).astype(np.int64)
+
+
+def _clip(p: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    return np.minimum(np.maximum(p, lo), hi)  # (np.clip's wrapper costs more than the work on these batches)
+
+
+class _Stage:
+    """One kind of decision (the repeat flags, or the token tree): its context tables, a chain blend of the first
+    ones (PPM/CTW-like), a mixer over that blend and every table's own estimate, and an APM after the mixer.
+
+    ``predict`` takes each table's context index for a batch (m, tables); ``learn`` takes the batch's bits.
+    Everything learns at the frame's end, in one batch: the mixer's weight sets and the APM's rows are chosen by
+    contexts that differ between the batches of a frame (tree level, checkerboard phase), so no batch reads what
+    an earlier batch of the same frame would have changed, and the result is the same as learning batch by batch.
+    """
+
+    def __init__(self, sizes: list[int], limits: list[int], chain: tuple[int, ...], sets: int, apm_contexts: int,
+                 rate: int):
+        self.tables, self.chain = _Tables(sizes, limits), chain
+        inputs = len(sizes) + 2  # the chain blend, each table, a bias
+        self.mixer = Mixer(inputs, sets, [ONE] + [0] * (inputs - 1), rate)
+        self.apm = APM(apm_contexts)
+        self._pending: tuple | None = None
+        self._learned: list[tuple] = []
+
+    def predict(self, idx: np.ndarray, sel: np.ndarray, apm_ctx: np.ndarray) -> np.ndarray:
+        n, ones = self.tables.counts(idx)  # (m, k)
+        est = ((2 * ones + 1) << 15) // (n + 1)  # every table's KT estimate, in (0, 2**16)
+        p = est[:, 0]
+        for j in range(1, len(self.chain)):  # the chain blend, coarse to fine
+            p = ((ones[:, j] << 16) + self.chain[j] * p) // (n[:, j] + self.chain[j])
+        m, k = idx.shape
+        st = np.empty((m, k + 2), np.int64)  # stretched inputs: the blend, each table, a bias
+        st[:, 0] = STRETCH[_clip(p, P_MIN, ONE - P_MIN) >> 4]
+        st[:, 1:k + 1] = STRETCH[est >> 4]
+        st[:, k + 1] = 256
+        p_mix = self.mixer.predict(st, sel)
+        p_apm, apm_state = self.apm.refine(p_mix, apm_ctx)
+        self._pending = (idx, st, sel, p_mix, *apm_state)
+        return _clip((p_mix + p_apm) >> 1, P_MIN, ONE - P_MIN)  # (3 parts APM to 1 cost more on VQ val)
+
+    def learn(self, bits: np.ndarray) -> None:
+        """The bits of the batch last predicted."""
+        self._learned.append((*self._pending, bits))
+
+    def end_frame(self) -> None:
+        if self._learned:
+            idx, st, sel, p_mix, apm_at, apm_w, bits = (np.concatenate(a) for a in zip(*self._learned))
+            self.mixer.update(st, sel, p_mix, bits)
+            self.apm.update((apm_at, apm_w), bits)
+            self.tables.update(idx, bits)
+        self._learned.clear()
+
+
+def _bucket(fraction_num: np.ndarray | int, total: int) -> int:
+    """A fraction of changed positions -> 0..7 (finer near 0, where most frames are)."""
+    return int(np.searchsorted(_RATE_EDGES, 64 * int(fraction_num) // max(total, 1), side="right"))
 
 
 class _Model:
     """The state of one segment's coding. Encoder and decoder call the same methods in the same order.
 
-    ``flags`` and ``tree`` return P(1) * 2**16 for a batch of decisions; ``end_frame`` updates the counts with the
-    frame's decisions and moves the frame context on.
+    ``flags`` and ``tree`` return P(1) * 2**16 for a batch of decisions, ``flag_bits`` and ``tree_bits`` take that
+    batch's bits; ``end_frame`` updates the counts with the frame's decisions and moves the frame context on.
     """
 
     def __init__(self, codebook_size: int, grid: tuple[int, int]):
         h, w = grid
         self.k, self.n = codebook_size, h * w
         self.depth = max(1, (codebook_size - 1).bit_length())  # tree levels: bits of the largest token
+        self.none = 1 << self.depth  # "no token" (before a segment's first frame, off the grid): no prefix matches
         rows, cols = np.divmod(np.arange(self.n), w)
         self.phase_a = np.flatnonzero((rows + cols) % 2 == 0)
         self.phase_b = np.flatnonzero((rows + cols) % 2 == 1)
-        # Neighbour indexes, with self.n pointing at a padding slot that is never "changed".
+        # Neighbour indexes, with self.n pointing at a padding slot (never "changed", token ``none``).
         def around(offsets):
             out = np.full((self.n, len(offsets)), self.n)
             for j, (dr, dc) in enumerate(offsets):
                 ok = (rows + dr >= 0) & (rows + dr < h) & (cols + dc >= 0) & (cols + dc < w)
                 out[ok, j] = ((rows + dr) * w + cols + dc)[ok]
             return out
-        self.cross_b = around([(-1, 0), (1, 0), (0, -1), (0, 1)])[self.phase_b]
+        self.cross = around([(-1, 0), (1, 0), (0, -1), (0, 1)])
         self.ring = around([(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if dr or dc])
-        self.frame_counts = _Counts(3, 255)
-        self.flag_counts = [_Counts(6, 4095), _Counts(6 * 7 * 6, 1023), _Counts(6 * 7 * 6 * self.n, 255)]
-        self.tree_counts = [_Counts(1 << self.depth, 1023)] + [_Counts(1 << HASH_BITS, 255) for _ in range(3)]
-        self.prev: np.ndarray | None = None  # tokens of frame t-1 (N,), and t-2
-        self.prev2: np.ndarray | None = None
+        self.frame_counts = _Tables([3], [255])
+        # Flags: now, (now, age, around), that at each position, the token held, the frame's change rate, the
+        # pattern of the 4 neighbours' changes, the token held with its age.
+        self.flag_stage = _Stage([6, _O1, _O1 * self.n, 1 << HASH_BITS, 9 * 6 * 7, 2 * 16 * 7 * 6, 1 << HASH_BITS],
+                                 [4095, 1023, 255, 255, 1023, 1023, 255], FLAG_STRENGTH, 6 * 9, 6 * 7, FLAG_RATE)
+        d = self.depth
+        # Tree: node, previous token's top bits, previous token, previous two, where the prefix stands against the
+        # previous token's, how many candidate tokens (neighbours' previous, this position's one before) agree,
+        # the node at this position.
+        self.tree_stage = _Stage([1 << d, 1 << HASH_BITS, 1 << HASH_BITS, 1 << HASH_BITS, d * 6 * 4, d * 6 * 6 * 2,
+                                  1 << HASH_BITS], [1023, 255, 255, 255, 1023, 1023, 255], TREE_STRENGTH, d * 6, d * 6,
+                                 TREE_RATE)
+        self.prev = np.full(self.n + 1, self.none, np.int64)  # tokens of frame t-1 (N + padding slot), and t-2
+        self.prev2 = np.full(self.n + 1, self.none, np.int64)
+        self.frames = 0
         self.changed = np.zeros(self.n + 1, np.int64)  # changes at t-1 (padding slot last), known from t = 2 on
         self.age = np.zeros(self.n, np.int64)  # frames since each position last changed
         self.last_repeat = 2  # did frame t-1 repeat t-2: 0, 1, 2 unknown
-        self._flag_updates: list[tuple[list[np.ndarray], np.ndarray]] = []
-        self._tree_updates: list[tuple[list[np.ndarray], np.ndarray]] = []
+        self.last_rate = 8  # the change-rate bucket of frame t-1, 8 unknown
 
     # ---- step 1: the frame flag -----------------------------------------------------------------------------
     def frame_flag(self) -> np.ndarray:
-        c = self.frame_counts
-        p = ((2 * c.ones[self.last_repeat:self.last_repeat + 1].astype(np.int64) + 1) << 15) // (
-            c.n[self.last_repeat] + 1)
-        return np.clip(p, FRAME_P_MIN, ONE - FRAME_P_MIN)
+        n, ones = self.frame_counts.counts(np.array([[self.last_repeat]]))
+        return _clip(kt(ones[:, 0], n[:, 0]), FRAME_P_MIN, ONE - FRAME_P_MIN)
 
     # ---- step 2: per-position flags ---------------------------------------------------------------------------
     def flags(self, phase: str, changed_now: np.ndarray | None = None) -> np.ndarray:
         """P(changed) for the phase's positions; phase B needs ``changed_now`` (N + 1,), phase A's flags filled in."""
         pos = self.phase_a if phase == "a" else self.phase_b
+        cross = self.cross[pos]
         if phase == "a":
-            now = np.full(len(pos), 5)
+            now, rate = np.full(len(pos), 5), np.full(len(pos), self.last_rate)
+            pattern = (self.changed[cross] << np.arange(4)).sum(1)
         else:
-            now = changed_now[self.cross_b].sum(1)
-        if self.prev2 is None:  # frame 1: nothing is known about earlier changes
-            age, around = np.full(len(pos), 6), np.full(len(pos), 5)
+            now = changed_now[cross].sum(1)
+            rate = np.full(len(pos), _bucket(changed_now[self.phase_a].sum(), len(self.phase_a)))
+            pattern = 16 + (changed_now[cross] << np.arange(4)).sum(1)
+        if self.frames < 2:  # frame 1: nothing is known about earlier changes
+            age, ring = np.full(len(pos), 6), np.full(len(pos), 5)
         else:
             age = _AGE_BUCKET[np.minimum(self.age[pos], 255)]
-            around = _NEIGHBOUR_BUCKET[self.changed[self.ring[pos]].sum(1)]
-        o1 = (now * 7 + age) * 6 + around
-        idx = [now, o1, o1 * self.n + pos]
-        self._flag_updates.append((idx, None))
-        return _blend([(c, i, s) for c, i, s in zip(self.flag_counts, idx, (0, 4, 2))])
+            ring = _NEIGHBOUR_BUCKET[self.changed[self.ring[pos]].sum(1)]
+        o1 = (now * 7 + age) * 6 + ring
+        held = self.prev[pos] * 8
+        keys = np.stack([held + now, (held + age) * 8 + ring], 1).astype(np.uint64)  # (m, 2)
+        hashed = _hash(keys, _FLAG_SALTS)
+        idx = np.stack([now, o1, o1 * self.n + pos, hashed[:, 0], (rate * 6 + now) * 7 + age,
+                        (pattern * 7 + age) * 6 + ring, hashed[:, 1]], 1)  # (m, 7), one column per table
+        return self.flag_stage.predict(idx, now * 9 + rate, now * 7 + age)
 
     def flag_bits(self, bits: np.ndarray) -> None:
-        """The bits of the batch last returned by ``flags`` (for the update at the frame's end)."""
-        self._flag_updates[-1] = (self._flag_updates[-1][0], bits)
+        """The bits of the batch last returned by ``flags``."""
+        self.flag_stage.learn(bits)
 
     # ---- step 3: the changed tokens, bit by bit ---------------------------------------------------------------
-    def tree(self, pos: np.ndarray, level: int, prefix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """For the tokens at ``pos`` whose top ``level`` bits are ``prefix``: which have a real choice at this
-        level (mask), and P(next bit = 1) for those."""
+    def tree_begin(self, pos: np.ndarray) -> None:
+        """Start the tree of a frame's changed positions ``pos``: what ``tree`` needs at every level."""
+        prev, prev2 = self.prev[pos], self.prev2[pos]
+        self._prev, self._no_prev = prev, prev == self.none
+        # Candidates: the 4 neighbours' previous tokens and this position's one before the last (motion, flicker).
+        self._cand = np.concatenate([self.prev[self.cross[pos]], prev2[:, None]], 1)  # (m, 5)
+        # The hashed contexts' keys that do not change with the level: previous token, previous two, position.
+        pair = prev2 * (self.none + 1) + prev
+        self._keys = np.stack([prev, pair, pos], 1).astype(np.uint64) << np.uint64(self.depth + 1)  # (m, 3)
+
+    def tree(self, level: int, prefix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For the tokens at ``tree_begin``'s positions whose top ``level`` bits are ``prefix``: which have a real
+        choice at this level (mask), and P(next bit = 1) for those."""
         below = self.depth - 1 - level
         coded = ((2 * prefix + 1) << below) < self.k  # else the 1-branch holds no code: the bit is 0
-        node = (prefix[coded] | (1 << level)).astype(np.int64)
-        prev = self.prev[pos[coded]] if self.prev is not None else np.full(len(node), self.k)
-        prev2 = self.prev2[pos[coded]] if self.prev2 is not None else np.full(len(node), self.k)
-        shift = np.uint64(self.depth + 1)
-        node64 = node.astype(np.uint64)
-        # The previous token's top bits at this level: tokens near it in the codebook share these statistics.
-        coarse = prev.astype(np.uint64) >> np.uint64(max(0, self.depth - level - 2))
-        key1 = (coarse << shift | node64) * np.uint64(3) + np.uint64(1)
-        key2 = prev.astype(np.uint64) << shift | node64
-        key3 = (prev2.astype(np.uint64) * np.uint64(self.k + 1) + prev.astype(np.uint64)) << shift | node64
-        idx = [node, _hash(key1), _hash(key2), _hash(key3 ^ np.uint64(0x5BD1E995))]
-        self._tree_updates.append((idx, None))
-        return coded, _blend([(c, i, s) for c, i, s in zip(self.tree_counts, idx, TREE_STRENGTH)])
+        node = prefix | (1 << level)
+        prev = self._prev
+        # Where the prefix stands against the previous token's top bits (-2..2, 5 = no previous token), and the
+        # previous token's next two bits: FSQ tokens move by small steps of their channels, which are bit fields.
+        diff = np.where(self._no_prev, 5, _clip(prefix - (prev >> (below + 1)), -2, 2) + 2)
+        nxt = (prev >> (below - 1)) & 3 if below else (prev & 1) * 2
+        # How many candidates share the prefix and go on with a 1, with a 0.
+        step = (self._cand >> below) - 2 * prefix[:, None]  # (m, 5)
+        ones, zeros = (step == 1).sum(1), (step == 0).sum(1)
+        # Hashed: the previous token's top bits at this level (tokens near it in the codebook share these
+        # statistics), the previous token, the previous two, the position; each with the node.
+        keys = np.empty((len(prefix), 4), np.uint64)
+        keys[:, 0] = prev.astype(np.uint64) >> np.uint64(max(0, self.depth - level - 2)) << np.uint64(self.depth + 1)
+        keys[:, 1:] = self._keys
+        keys |= node.astype(np.uint64)[:, None]
+        hashed = _hash(keys, _TREE_SALTS)  # (m, 4)
+        sel = level * 6 + diff
+        idx = np.stack([node, hashed[:, 0], hashed[:, 1], hashed[:, 2], sel * 4 + nxt,
+                        ((level * 6 + ones) * 6 + zeros) * 2 + (diff == 2), hashed[:, 3]], 1)  # (m, 7)
+        if not coded.all():
+            idx, sel = idx[coded], sel[coded]
+        return coded, self.tree_stage.predict(idx, sel, sel)
 
     def tree_bits(self, bits: np.ndarray) -> None:
-        self._tree_updates[-1] = (self._tree_updates[-1][0], bits)
+        self.tree_stage.learn(bits)
 
     # ---- the frame's end --------------------------------------------------------------------------------------
     def end_frame(self, tokens: np.ndarray, repeated: bool | None) -> None:
         """Update counts with the frame's decisions; ``repeated``: the frame flag (None for a segment's first)."""
-        for updates, tables in ((self._flag_updates, self.flag_counts), (self._tree_updates, self.tree_counts)):
-            if updates:
-                bits = np.concatenate([b for _, b in updates])
-                for order, counts in enumerate(tables):
-                    counts.update(np.concatenate([idx[order] for idx, _ in updates]), bits)
-            updates.clear()
+        self.flag_stage.end_frame()
+        self.tree_stage.end_frame()
         if repeated is not None:
-            self.frame_counts.update(np.array([self.last_repeat]), np.array([int(repeated)]))
+            self.frame_counts.update(np.array([[self.last_repeat]]), np.array([int(repeated)]))
             self.last_repeat = int(repeated)
-            changed = tokens != self.prev
+            changed = tokens != self.prev[: self.n]
             self.changed[: self.n] = changed
             self.age = np.where(changed, 0, self.age + 1)
-        self.prev2, self.prev = self.prev, tokens
+            self.last_rate = _bucket(changed.sum(), self.n)
+        self.prev2, self.prev = self.prev, np.append(tokens, self.none)
+        self.frames += 1
 
 
 def _constriction():
@@ -212,6 +319,7 @@ class AdaptivePrior(Prior):
 
     kind = KIND
     coder = CODER_ID
+    version = VERSION  # the model's version, in the segment header
 
     def __init__(self, codebook_size: int, grid: tuple[int, int], model_id: str = ""):
         if not 2 <= codebook_size <= 1 << 16 or not (1 <= grid[0] <= 255 and 1 <= grid[1] <= 255):
@@ -221,15 +329,23 @@ class AdaptivePrior(Prior):
 
     def prior_id(self) -> str:
         """Not a hash: the version, grid and codebook themselves, so a segment says how to decode it."""
-        return struct.pack("<HBBI", VERSION, *self.grid, self.codebook_size).hex()
+        return struct.pack("<HBBI", self.version, *self.grid, self.codebook_size).hex()
 
     @classmethod
     def from_id(cls, prior_id: str, model_id: str = "") -> "AdaptivePrior":
-        """The prior a segment header names (``ValueError`` for another version or impossible parameters)."""
+        """The prior a segment header names: version 2, or version 1 for segments written before it
+        (``ValueError`` for another version or impossible parameters)."""
         version, h, w, codebook = struct.unpack("<HBBI", bytes.fromhex(prior_id))
+        if version == 1:
+            from compressor.entropy.adaptive_v1 import AdaptivePriorV1
+
+            return AdaptivePriorV1(codebook, (h, w), model_id)
         if version != VERSION:
-            raise ValueError(f"adaptive prior version {version}; this code has version {VERSION}")
+            raise ValueError(f"adaptive prior version {version}; this code reads versions 1 and {VERSION}")
         return cls(codebook, (h, w), model_id)
+
+    def _new_model(self) -> _Model:
+        return _Model(self.codebook_size, self.grid)
 
     def max_frames(self, payload_bytes: int) -> int:
         """Every frame costs at least MIN_FRAME_BITS; the payload's words hold at most 32 bits each, its initial
@@ -238,16 +354,16 @@ class AdaptivePrior(Prior):
 
     def _decisions(self, tokens: np.ndarray):
         """Yield (frame, bits, P(1) * 2**16) batches in coding order: the encoder's view of ``_model`` coding."""
-        model = _Model(self.codebook_size, self.grid)
+        model = self._new_model()
         for t, frame in enumerate(tokens):
             repeated = None
             pos = np.arange(self.num_tokens)
             if t:
-                repeated = bool((frame == model.prev).all())
+                repeated = bool((frame == model.prev[: self.num_tokens]).all())
                 yield t, np.array([int(repeated)]), model.frame_flag()
                 if not repeated:
                     changed = np.zeros(self.num_tokens + 1, np.int64)
-                    changed[: self.num_tokens] = frame != model.prev
+                    changed[: self.num_tokens] = frame != model.prev[: self.num_tokens]
                     for phase, at in (("a", model.phase_a), ("b", model.phase_b)):
                         p = model.flags(phase, changed)
                         model.flag_bits(changed[at])
@@ -257,9 +373,10 @@ class AdaptivePrior(Prior):
                     pos = pos[:0]
             values = frame[pos]
             prefix = np.zeros(len(pos), np.int64)
+            model.tree_begin(pos)
             for level in range(model.depth):
                 bit = (values >> (model.depth - 1 - level)) & 1
-                coded, p = model.tree(pos, level, prefix)
+                coded, p = model.tree(level, prefix)
                 model.tree_bits(bit[coded])
                 yield t, bit[coded], p
                 prefix = 2 * prefix + bit
@@ -280,12 +397,12 @@ class AdaptivePrior(Prior):
             raise ValueError(f"an ANS payload is a whole number of 4-byte words; got {len(payload)} bytes")
         family, AnsCoder = _constriction()
         coder = AnsCoder(np.frombuffer(payload, "<u4").astype(np.uint32))
-        model = _Model(self.codebook_size, self.grid)
+        model = self._new_model()
         out = np.zeros((num_frames, self.num_tokens), np.int64)
         for t in range(num_frames):
             repeated = None
             pos = np.arange(self.num_tokens)
-            frame = model.prev.copy() if t else np.zeros(self.num_tokens, np.int64)
+            frame = model.prev[: self.num_tokens].copy() if t else np.zeros(self.num_tokens, np.int64)
             if t:
                 repeated = bool(coder.decode(family, _probs(model.frame_flag()))[0])
                 if repeated:
@@ -297,8 +414,9 @@ class AdaptivePrior(Prior):
                         model.flag_bits(changed[at])
                     pos = np.flatnonzero(changed[: self.num_tokens])
             prefix = np.zeros(len(pos), np.int64)
+            model.tree_begin(pos)
             for level in range(model.depth):
-                coded, p = model.tree(pos, level, prefix)
+                coded, p = model.tree(level, prefix)
                 bit = np.zeros(len(pos), np.int64)
                 bit[coded] = _decode(coder, family, p)
                 model.tree_bits(bit[coded])

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from compressor.codec.packing import to_digits
 from compressor.entropy.priors import FactorisedPrior, Prior, StaticPrior, TemporalPrior
+from compressor.entropy.token_prior import TokenPrior
 from compressor.utils import cosine
 
 
@@ -55,10 +56,12 @@ def _batch(digits: list[torch.Tensor], radices: list[int], context: int, batch_s
     return torch.stack(past), torch.stack(current)
 
 
-def fit_temporal(prior: TemporalPrior, segments: list[dict], val_segments: list[dict] | None = None, *,
+def fit_temporal(prior: TemporalPrior | TokenPrior, segments: list[dict], val_segments: list[dict] | None = None, *,
                  steps: int = 1000, batch_size: int = 32, lr: float = 2e-3, minutes: float | None = None,
                  weight_decay: float = 0.01, seed: int = 0, log_every: int = 250) -> dict:
-    """AdamW on the ideal code length with a cosine schedule; stops early at ``minutes``. Returns a summary."""
+    """AdamW on the ideal code length with a cosine schedule; stops early at ``minutes``. Returns a summary.
+
+    Fits the token prior (d) too: its tokens are one digit of radix ``codebook_size``."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     digits = [to_digits(s["tokens"], prior.radices) for s in segments]
@@ -66,7 +69,7 @@ def fit_temporal(prior: TemporalPrior, segments: list[dict], val_segments: list[
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: cosine(i / steps))
     history, t0 = [], time.perf_counter()
     prior.train()
-    bar = tqdm(range(steps), desc="temporal prior", file=sys.stderr, mininterval=5)
+    bar = tqdm(range(steps), desc=f"{prior.kind} prior", file=sys.stderr, mininterval=5)
     for step in bar:
         past, current = _batch(digits, prior.radices, prior.context, batch_size, rng)
         loss = prior.nll_bits(past, current).mean() / prior.num_tokens

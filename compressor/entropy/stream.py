@@ -4,8 +4,9 @@ A segment is a 44-byte header followed by one rANS payload (little-endian)::
 
     magic     4s   b"CTOK"
     version   u8   FORMAT_VERSION
-    prior     u8   1 static, 2 factorised, 3 temporal, 4 adaptive (``compressor.entropy.adaptive``)
-    coder     u8   1 = compressai rANS with 16-bit frequencies (priors 1-3); 2 = constriction ANS, 24-bit (prior
+    prior     u8   1 static, 2 factorised, 3 temporal, 4 adaptive (``compressor.entropy.adaptive``), 5 token
+                   (``compressor.entropy.token_prior``)
+    coder     u8   1 = compressai rANS with 16-bit frequencies (priors 1-3, 5); 2 = constriction ANS, 24-bit (prior
                    4); 0 = stored: the fixed-width packing of ``compressor.pack``, used when the prior would code
                    the segment larger than that
     reserved  u8   0
@@ -43,7 +44,8 @@ from torch import Tensor
 
 from compressor.entropy.adaptive import AdaptivePrior
 from compressor.entropy.coding import SLACK_BITS, min_symbol_bits
-from compressor.entropy.priors import KINDS, PRIORS, Prior
+from compressor.entropy.priors import KINDS, PRIORS as _DIGIT_PRIORS, Prior
+from compressor.entropy.token_prior import TokenPrior
 from compressor.codec.packing import pack, token_bits, tokens_crc32, unpack
 from compressor.utils import atomic_write, open_checked
 
@@ -52,7 +54,9 @@ FORMAT_VERSION = 1
 CODER_STORED = 0
 CODER_COMPRESSAI_RANS16 = 1
 CODER_CONSTRICTION_ANS24 = AdaptivePrior.coder
-SEGMENT_KINDS = (*KINDS, AdaptivePrior.kind)  # the header's prior field, from 1
+SEGMENT_KINDS = (*KINDS, AdaptivePrior.kind, TokenPrior.kind)  # the header's prior field, from 1
+FITTED_KINDS = (*KINDS, TokenPrior.kind)  # what ``compressor.tools.entropy train`` fits
+PRIORS = {**_DIGIT_PRIORS, TokenPrior.kind: TokenPrior}  # the fitted priors by kind, as prior files name them
 _HEADER = struct.Struct("<4sBBBB8s8sIHHIII")
 HEADER_BYTES = _HEADER.size
 PRIOR_FORMAT = "compressor-prior/1"
@@ -112,7 +116,7 @@ def read_header(data: bytes) -> dict:
             "num_tokens": tokens, "token_crc": token_crc, "payload_bytes": length}
 
 
-_CODERS = {**{kind: CODER_COMPRESSAI_RANS16 for kind in KINDS}, AdaptivePrior.kind: CODER_CONSTRICTION_ANS24}
+_CODERS = {**{kind: CODER_COMPRESSAI_RANS16 for kind in FITTED_KINDS}, AdaptivePrior.kind: CODER_CONSTRICTION_ANS24}
 
 
 def segment_prior(data: bytes, prior: Prior | None) -> Prior:

@@ -26,9 +26,10 @@ import webdataset as wds
 
 from compressor.entropy.adaptive import AdaptivePrior
 from compressor.entropy.coding import digit_radices
+from compressor.entropy.token_prior import MAX_CODES
 from compressor.entropy.fit import check_segments, fit_static, fit_temporal, mean_bits_per_token
-from compressor.entropy.priors import KINDS, PRIORS, Prior
-from compressor.entropy.stream import decode_segment, encode_segment, load_prior, save_prior
+from compressor.entropy.priors import KINDS, Prior
+from compressor.entropy.stream import FITTED_KINDS, PRIORS, decode_segment, encode_segment, load_prior, save_prior
 from compressor.tools.entropy_report import token_format
 from compressor.latents.shards import expand_urls, make_sample, read_segments
 from compressor.utils import atomic_write
@@ -63,9 +64,13 @@ def train(args) -> None:
     print(f"{frames} training frames in {len(segments)} segments; model {common['model_id']}, digits "
           f"{common['radices']}")
     for kind in args.kinds:
-        arch = {k: getattr(args, k) for k in ("context", "dim", "depth", "position")} if kind == "temporal" else {}
-        prior = PRIORS[kind](**common, **arch)
-        if kind == "temporal":
+        if kind == "token":  # whole tokens: no digits, and its own width (--token-dim)
+            fmt = {k: v for k, v in common.items() if k != "radices"}
+            prior = PRIORS[kind](**fmt, context=args.context, dim=args.token_dim, depth=args.depth)
+        else:
+            arch = {k: getattr(args, k) for k in ("context", "dim", "depth", "position")} if kind == "temporal" else {}
+            prior = PRIORS[kind](**common, **arch)
+        if kind in ("temporal", "token"):
             summary = fit_temporal(prior, segments, val, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                    minutes=args.minutes, seed=args.seed,
                                    weight_decay=args.weight_decay, log_every=args.log_every)
@@ -113,15 +118,18 @@ def main(argv=None) -> int:
     t.add_argument("--input", required=True, nargs="+",
                    help="encode.py output or commaVQ-layout .npy files: directories, globs, .tar or .npy files")
     t.add_argument("--val-input", nargs="+", help="held-out token shards to report bits/token on")
-    t.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
+    t.add_argument("--kinds", nargs="+", choices=FITTED_KINDS, default=list(KINDS),
+                   help="priors to fit (default: the three digit-wise ones; 'token' is the whole-token prior (d), "
+                   f"for codebooks up to {MAX_CODES} codes)")
     t.add_argument("--output", help="where prior-<kind>.pt go (default: beside the checkpoint)")
-    t.add_argument("--steps", type=int, default=1000, help="temporal prior: optimiser steps")
+    t.add_argument("--steps", type=int, default=1000, help="temporal and token priors: optimiser steps")
     t.add_argument("--minutes", type=float, default=None, help="temporal prior: stop after this long")
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--context", type=int, default=2, help="temporal prior: previous frames seen")
     t.add_argument("--dim", type=int, default=48, help="temporal prior: width")
     t.add_argument("--depth", type=int, default=2, help="temporal prior: residual conv blocks")
     t.add_argument("--position", action="store_true", help="temporal prior: add a per-position embedding")
+    t.add_argument("--token-dim", type=int, default=64, help="token prior: width")
     t.add_argument("--weight-decay", type=float, default=0.01)
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--seed", type=int, default=0)

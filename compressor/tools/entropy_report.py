@@ -15,8 +15,8 @@ import zstandard
 from compressor.benchmark import write_report
 from compressor.codec.packing import from_digits, to_digits, pack, unpack
 from compressor.entropy.adaptive import AdaptivePrior
-from compressor.entropy.priors import KINDS, TemporalPrior, one_thread
-from compressor.entropy.stream import HEADER_BYTES, decode_segment, encode_segment, load_prior
+from compressor.entropy.priors import TemporalPrior, one_thread
+from compressor.entropy.stream import FITTED_KINDS, HEADER_BYTES, decode_segment, encode_segment, load_prior
 from compressor.latents.shards import grid_of
 
 
@@ -88,7 +88,7 @@ def _prior_row(prior, segments: list[dict]) -> dict:
         counts = by_source.setdefault(seg["meta"].get("source", ""), [0, 0])
         counts[0], counts[1] = counts[0] + len(data), counts[1] + len(seg["tokens"])
     return {"bytes_per_frame_by_source": {k: round(b / max(n, 1), 2) for k, (b, n) in by_source.items()},
-            "method": (f"prior ({'abc'[KINDS.index(prior.kind)]}) {prior.kind}" if prior.kind in KINDS
+            "method": (f"prior ({'abcd'[FITTED_KINDS.index(prior.kind)]}) {prior.kind}" if prior.kind in FITTED_KINDS
                        else "adaptive (no fitted prior)"),
             "prior_id": prior.prior_id(), "bytes": size, "ideal_bits": ideal, "encode_s": enc_s, "decode_s": dec_s,
             "exact": bool(exact),
