@@ -198,10 +198,8 @@ def test_version_1_segments_written_before_version_2_still_decode(codebook):
     """Latents entropy-coded before version 2 stay readable: the header's version picks the model, no prior given."""
     import zlib
 
-    from compressor.entropy.adaptive_v1 import AdaptivePriorV1
-
     tokens = moving_tokens(12, seed=11, change=0.2, codebook=codebook)
-    old = encode_segment(tokens, AdaptivePriorV1(codebook, GRID, MODEL_ID))
+    old = encode_segment(tokens, AdaptivePrior(codebook, GRID, MODEL_ID, version=1))
     assert zlib.crc32(old) == V1_PINNED_CRC[codebook]  # the very bytes version 1 wrote
     assert torch.equal(decode_segment(old), tokens)
     new = encode_segment(tokens, AdaptivePrior(codebook, GRID, MODEL_ID))

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from compressor.entropy import adaptive_v1
 from compressor.entropy.coding import digit_radices
 from compressor.entropy.mixing import APM, ONE, STRETCH, Mixer, kt
 from compressor.entropy.priors import Prior
@@ -319,13 +320,15 @@ class AdaptivePrior(Prior):
 
     kind = KIND
     coder = CODER_ID
-    version = VERSION  # the model's version, in the segment header
 
-    def __init__(self, codebook_size: int, grid: tuple[int, int], model_id: str = ""):
+    def __init__(self, codebook_size: int, grid: tuple[int, int], model_id: str = "", version: int = VERSION):
         if not 2 <= codebook_size <= 1 << 16 or not (1 <= grid[0] <= 255 and 1 <= grid[1] <= 255):
             raise ValueError(f"the adaptive prior codes 2..65536 codes on grids up to 255x255, got {codebook_size} "
                              f"codes on {tuple(grid)}")
+        if version not in (1, VERSION):
+            raise ValueError(f"adaptive prior version {version}; this code reads versions 1 and {VERSION}")
         super().__init__(codebook_size, digit_radices(codebook_size), grid, model_id)
+        self.version = version
 
     def prior_id(self) -> str:
         """Not a hash: the version, grid and codebook themselves, so a segment says how to decode it."""
@@ -336,16 +339,10 @@ class AdaptivePrior(Prior):
         """The prior a segment header names: version 2, or version 1 for segments written before it
         (``ValueError`` for another version or impossible parameters)."""
         version, h, w, codebook = struct.unpack("<HBBI", bytes.fromhex(prior_id))
-        if version == 1:
-            from compressor.entropy.adaptive_v1 import AdaptivePriorV1
+        return cls(codebook, (h, w), model_id, version)
 
-            return AdaptivePriorV1(codebook, (h, w), model_id)
-        if version != VERSION:
-            raise ValueError(f"adaptive prior version {version}; this code reads versions 1 and {VERSION}")
-        return cls(codebook, (h, w), model_id)
-
-    def _new_model(self) -> _Model:
-        return _Model(self.codebook_size, self.grid)
+    def _new_model(self) -> _Model | adaptive_v1._Model:
+        return (_Model if self.version == VERSION else adaptive_v1._Model)(self.codebook_size, self.grid)
 
     def max_frames(self, payload_bytes: int) -> int:
         """Every frame costs at least MIN_FRAME_BITS; the payload's words hold at most 32 bits each, its initial

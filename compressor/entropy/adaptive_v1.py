@@ -2,7 +2,7 @@
 version 2) still decode. Frozen: a change here changes the bytes that ``tests/test_entropy_adaptive.py`` pins.
 
 ``compressor.entropy.adaptive`` is the coder (version 2, and the driver both versions share); a segment header's
-version picks the model (``AdaptivePrior.from_id``). Version 1 blends context orders the way PPM and CTW do: a KT
+version picks the model (``AdaptivePrior.from_id``; ``AdaptivePrior(..., version=1)`` writes version 1, for tests). Version 1 blends context orders the way PPM and CTW do: a KT
 estimate over the coarsest context, then each finer context's counts with ``strength`` pseudo-counts of the
 coarser estimate, ``p_k = (ones_k * 2**16 + strength_k * p_{k-1}) // (n_k + strength_k)``; counts are halved past a
 limit and updated once per frame. Version 2 mixes more contexts with a logistic mixer and an APM.
@@ -11,8 +11,6 @@ limit and updated once per frame. Version 2 mixes more contexts with a logistic 
 from __future__ import annotations
 
 import numpy as np
-
-from compressor.entropy.adaptive import AdaptivePrior
 
 VERSION = 1
 ONE = 1 << 16  # probabilities are integers over 2**16
@@ -164,12 +162,3 @@ class _Model:
             self.changed[: self.n] = changed
             self.age = np.where(changed, 0, self.age + 1)
         self.prev2, self.prev = self.prev, tokens
-
-
-class AdaptivePriorV1(AdaptivePrior):
-    """The adaptive prior with version 1's model: decodes (and, for tests, writes) version-1 segments."""
-
-    version = VERSION
-
-    def _new_model(self) -> _Model:
-        return _Model(self.codebook_size, self.grid)
