@@ -170,18 +170,8 @@ class _Model:
         self.k, self.n = codebook_size, h * w
         self.depth = max(1, (codebook_size - 1).bit_length())  # tree levels: bits of the largest token
         self.none = 1 << self.depth  # "no token" (before a segment's first frame, off the grid): no prefix matches
-        rows, cols = np.divmod(np.arange(self.n), w)
-        self.phase_a = np.flatnonzero((rows + cols) % 2 == 0)
-        self.phase_b = np.flatnonzero((rows + cols) % 2 == 1)
         # Neighbour indexes, with self.n pointing at a padding slot (never "changed", token ``none``).
-        def around(offsets):
-            out = np.full((self.n, len(offsets)), self.n)
-            for j, (dr, dc) in enumerate(offsets):
-                ok = (rows + dr >= 0) & (rows + dr < h) & (cols + dc >= 0) & (cols + dc < w)
-                out[ok, j] = ((rows + dr) * w + cols + dc)[ok]
-            return out
-        self.cross = around([(-1, 0), (1, 0), (0, -1), (0, 1)])
-        self.ring = around([(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if dr or dc])
+        self.phase_a, self.phase_b, self.cross, self.ring = adaptive_v1.grid_neighbours(grid)
         self.frame_counts = _Tables([3], [255])
         # Flags: now, (now, age, around), that at each position, the token held, the frame's change rate, the
         # pattern of the 4 neighbours' changes, the token held with its age.

@@ -55,6 +55,25 @@ def _hash(key: np.ndarray) -> np.ndarray:
     return ((key.astype(np.uint64) * _GOLDEN) >> np.uint64(64 - HASH_BITS)).astype(np.int64)
 
 
+def grid_neighbours(grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The checkerboard phases of an (h, w) grid, row-major, and each position's 4 and 8 neighbours (N, 4), (N, 8),
+    with N (= h * w) standing for a padding slot off the grid. Both model versions use this geometry."""
+    h, w = grid
+    n = h * w
+    rows, cols = np.divmod(np.arange(n), w)
+
+    def around(offsets):
+        out = np.full((n, len(offsets)), n)
+        for j, (dr, dc) in enumerate(offsets):
+            ok = (rows + dr >= 0) & (rows + dr < h) & (cols + dc >= 0) & (cols + dc < w)
+            out[ok, j] = ((rows + dr) * w + cols + dc)[ok]
+        return out
+
+    return (np.flatnonzero((rows + cols) % 2 == 0), np.flatnonzero((rows + cols) % 2 == 1),
+            around([(-1, 0), (1, 0), (0, -1), (0, 1)]),
+            around([(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if dr or dc]))
+
+
 class _Model:
     """The state of one segment's coding. Encoder and decoder call the same methods in the same order.
 
@@ -66,18 +85,8 @@ class _Model:
         h, w = grid
         self.k, self.n = codebook_size, h * w
         self.depth = max(1, (codebook_size - 1).bit_length())  # tree levels: bits of the largest token
-        rows, cols = np.divmod(np.arange(self.n), w)
-        self.phase_a = np.flatnonzero((rows + cols) % 2 == 0)
-        self.phase_b = np.flatnonzero((rows + cols) % 2 == 1)
-        # Neighbour indexes, with self.n pointing at a padding slot that is never "changed".
-        def around(offsets):
-            out = np.full((self.n, len(offsets)), self.n)
-            for j, (dr, dc) in enumerate(offsets):
-                ok = (rows + dr >= 0) & (rows + dr < h) & (cols + dc >= 0) & (cols + dc < w)
-                out[ok, j] = ((rows + dr) * w + cols + dc)[ok]
-            return out
-        self.cross_b = around([(-1, 0), (1, 0), (0, -1), (0, 1)])[self.phase_b]
-        self.ring = around([(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if dr or dc])
+        self.phase_a, self.phase_b, cross, self.ring = grid_neighbours(grid)
+        self.cross_b = cross[self.phase_b]
         self.frame_counts = _Counts(3, 255)
         self.flag_counts = [_Counts(6, 4095), _Counts(6 * 7 * 6, 1023), _Counts(6 * 7 * 6 * self.n, 255)]
         self.tree_counts = [_Counts(1 << self.depth, 1023)] + [_Counts(1 << HASH_BITS, 255) for _ in range(3)]
