@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from compressor.codec.quantizers import FSQ
-from compressor.codec.video import ConditionalCodec, RememberingDecoder, load_remembering, load_video
+from compressor.codec.video import ConditionalCodec, RememberingDecoder, load_remembering, load_video, warp
 from compressor.data.clips import FrameClips, read_videos
 from compressor.data.synthetic import driving_clip
 from compressor.training.cli import is_video_config
@@ -67,6 +67,58 @@ def test_a_conditional_codec_started_from_the_intra_model_codes_as_it_does():
     assert (tokens == intra.encode(frames)).float().mean() > 0.99  # float sums in another order may flip a few
     same = intra.encode(frames)
     assert torch.allclose(inter.decode(same, ref), intra.reconstruct(same), atol=1e-4)
+
+
+def test_warp_moves_by_whole_and_half_pixels_and_repeats_the_border():
+    image = torch.arange(2 * 3 * 8 * 16, dtype=torch.float32).reshape(2, 3, 8, 16)
+    flow = torch.zeros(2, 2, 2, 4)
+    assert torch.equal(warp(image, flow), image)
+    flow[:, 0] = 3  # 3 px right: output x reads input x + 3
+    assert torch.allclose(warp(image, flow)[..., :13], image[..., 3:])
+    assert torch.allclose(warp(image, flow)[..., 13:], image[..., 15:].expand(-1, -1, -1, 3))  # the border repeats
+    flow[:, 0], flow[:, 1] = 0, -0.5  # half a pixel up: the mean of a row and the one above it
+    assert torch.allclose(warp(image, flow)[:, :, 1:], (image[:, :, 1:] + image[:, :, :-1]) / 2)
+
+
+def _motion_pair() -> tuple[ConditionalCodec, ConditionalCodec]:
+    args = dict(merge=2, enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=32, dec_depth=1, dec_heads=2)
+    torch.manual_seed(0)
+    moving = ConditionalCodec(FSQ([8, 5, 5, 5]), motion=True, **args)
+    for layer in (moving.head, moving.blend, moving.ref_embed):
+        torch.nn.init.normal_(layer.weight, std=0.02)
+    still = ConditionalCodec(FSQ([8, 5, 5, 5]), **args)
+    still.load_state_dict({k: v for k, v in moving.state_dict().items() if not k.startswith("flow.")})
+    return moving.eval(), still.eval()
+
+
+def test_motion_starts_as_no_motion_then_moves_the_reference_by_the_tokens_shift(tmp_path):
+    moving, still = _motion_pair()
+    frames = driving_clip(seed=9, num_frames=3)
+    ref = frames.float() / 127.5 - 1
+    tokens = moving.encode(frames, ref)
+    assert torch.equal(moving.decode(tokens, ref), still.decode(tokens, ref))  # a fresh flow head: nothing moves
+    with torch.no_grad():
+        moving.flow.bias.copy_(torch.tensor([1.0, 0.0]))  # every cell: one cell (16 px) to the right
+        moving.blend.weight.zero_()
+        moving.blend.bias.fill_(30.0)  # keep only the (moved) reference
+    out = moving.decode(tokens, ref)
+    assert torch.allclose(out[..., :-16], ref[..., 16:], atol=1e-5)
+    assert torch.allclose(out[..., -16:], ref[..., -1:].expand(-1, -1, -1, 16), atol=1e-5)
+    again = ConditionalCodec.from_export(moving.export_dict())  # the mode travels with the weights
+    assert again.motion and torch.equal(again.decode(tokens, ref), out)
+    hostile = moving.export_dict()
+    hostile["init_args"]["motion"] = "yes"
+    with pytest.raises(ValueError, match="motion is 'yes', not true or false"):
+        ConditionalCodec.from_export(hostile)
+
+
+def test_the_flow_head_learns_from_the_reconstruction_loss():
+    moving, _ = _motion_pair()
+    moving.train()
+    frames = driving_clip(seed=10, num_frames=2).float() / 127.5 - 1
+    out = moving(frames[1:], frames[:1])
+    ((out["recon"] - frames[1:]) ** 2).mean().backward()
+    assert moving.flow.weight.grad.abs().sum() > 0 and moving.flow.bias.grad.abs().sum() > 0
 
 
 def test_a_group_started_mid_clip_decodes_alone():

@@ -397,7 +397,7 @@ def check_size(value, name: str, where: str, high: int = _MAX_SIZE) -> None:
 
 def check_arguments(cls: type, init_args: dict, where: str) -> None:
     """Refuse, with ``ValueError``, constructor arguments of ``cls`` that it does not declare, or whose values do not
-    have the declared type (int, list[int], float, tuple[int, int]) within bounds. Builds nothing."""
+    have the declared type (int, list[int], float, tuple[int, int], bool) within bounds. Builds nothing."""
     params = inspect.signature(cls).parameters
     for key, value in init_args.items():
         at = f"{where}.{key}"
@@ -415,6 +415,9 @@ def check_arguments(cls: type, init_args: dict, where: str) -> None:
         elif kind == "float":
             if type(value) not in (int, float) or not 0 <= value <= _MAX_SIZE:  # NaN fails both comparisons
                 raise ValueError(f"not a compressor checkpoint: {at} is {value!r}, not a number in [0, {_MAX_SIZE}]")
+        elif kind == "bool":
+            if type(value) is not bool:
+                raise ValueError(f"not a compressor checkpoint: {at} is {value!r}, not true or false")
         else:
             raise ValueError(f"not a compressor checkpoint: {at}: "
                              + ("no such argument" if kind is None else f"an argument of unchecked type {kind}"))

@@ -16,6 +16,7 @@ import copy
 import os
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
@@ -35,11 +36,14 @@ class ConditionalCodec(nn.Module):
         merge: horizontally adjacent grid cells that share one token (divides the grid width).
         enc_dim, enc_depth, enc_heads: encoder transformer (it reads the frame and the reference, 6 channels).
         dec_dim, dec_depth, dec_heads: decoder transformer (it reads the tokens and the reference).
+        motion: the decoder also moves the reference before blending it in: a shift per grid cell, read from the
+            tokens and interpolated smoothly between cells (``warp``), so a scene that moves, as a road does under a
+            car driving forward, can still be kept instead of drawn again. It starts at no motion.
     """
 
     def __init__(self, quantizer: nn.Module, image_size: tuple[int, int] = (128, 256), patch_size: int = 16,
                  merge: int = 1, enc_dim: int = 256, enc_depth: int = 4, enc_heads: int = 4, dec_dim: int = 384,
-                 dec_depth: int = 6, dec_heads: int = 6):
+                 dec_depth: int = 6, dec_heads: int = 6, motion: bool = False):
         super().__init__()
         self.init_args = captured_args({k: v for k, v in locals().items() if k != "quantizer"})
         h, w = image_size
@@ -62,10 +66,12 @@ class ConditionalCodec(nn.Module):
         self.decoder = Transformer(dec_dim, dec_depth, dec_heads)
         self.head = nn.Linear(dec_dim, 3 * p2)  # pixels from the tokens
         self.blend = nn.Linear(dec_dim, p2)  # per pixel: how much of the reference to keep instead
+        self.motion = motion
+        self.flow = nn.Linear(dec_dim, 2) if motion else None  # per cell: (dx, dy) of the reference, in cells
         init_weights(self)
         # A fresh model starts near "nothing changed" (the reference, 95%); init_from(intra) starts it near the
         # intra model instead. Either way the reference enters the encoder and decoder through zeroed projections.
-        for layer in (self.ref_embed, self.blend):
+        for layer in (self.ref_embed, self.blend) + ((self.flow,) if motion else ()):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
         nn.init.constant_(self.blend.bias, 3.0)
@@ -107,12 +113,15 @@ class ConditionalCodec(nn.Module):
         return self.quantizer(self.pre_quant(z))
 
     def decode_codes(self, codes: Tensor, ref: Tensor) -> Tensor:
-        """codes: (B, n, C), ref: (B, 3, H, W) -> recon (B, 3, H, W): per pixel, a blend of the reference and
-        what the tokens say (static parts can keep the reference's detail exactly)."""
+        """codes: (B, n, C), ref: (B, 3, H, W) -> recon (B, 3, H, W): per pixel, a blend of the reference (moved,
+        with ``motion``) and what the tokens say (static parts can keep the reference's detail exactly)."""
         y = rearrange(self.post_quant(codes), "b n (m d) -> b (n m) d", m=self.merge)  # (B, n, mD) -> (B, N, D)
         y = y + self.ref_embed(patchify(ref, self.patch_size)) + sincos_2d(*self.grid, self.dec_dim,
                                                                             ref.device).to(y.dtype)
         y = self.decoder(y)
+        if self.motion:
+            cells = rearrange(self.flow(y), "b (h w) c -> b c h w", h=self.grid[0])  # (B, 2, h, w)
+            ref = warp(ref, cells.float() * self.patch_size)
         keep = torch.sigmoid(unpatchify(self.blend(y), self.patch_size, self.grid))  # (B, 1, H, W)
         return keep * ref + (1 - keep) * unpatchify(self.head(y), self.patch_size, self.grid)
 
@@ -160,6 +169,21 @@ class ConditionalCodec(nn.Module):
     def decode(self, tokens: Tensor, ref: Tensor) -> Tensor:
         """tokens: (B, n); ref: float (B, 3, H, W) -> the reconstruction, float (B, 3, H, W) in [-1, 1]."""
         return self.decode_codes(self.quantizer.tokens_to_codes(tokens).to(ref.dtype), ref).clamp(-1, 1)
+
+
+def warp(image: Tensor, flow: Tensor) -> Tensor:
+    """image (B, C, H, W), flow (B, 2, h, w) in pixels (dx, dy), on any grid that tiles the image -> the image
+    sampled at (x + dx, y + dy), bilinearly; the flow is interpolated bilinearly to every pixel first, so cells move
+    smoothly into each other, and samples past the edge repeat the border. In float32 whatever the autocast."""
+    B, _, H, W = image.shape
+    flow = F.interpolate(flow.float(), size=(H, W), mode="bilinear", align_corners=False)  # (B, 2, H, W)
+    ys, xs = torch.meshgrid(torch.arange(H, device=image.device), torch.arange(W, device=image.device), indexing="ij")
+    # grid_sample's coordinates with align_corners=False: -1 and 1 are the outer edges, pixel i's centre at
+    # (2i + 1) / size - 1.
+    gx = (2 * (xs + flow[:, 0]) + 1) / W - 1
+    gy = (2 * (ys + flow[:, 1]) + 1) / H - 1
+    return F.grid_sample(image.float(), torch.stack([gx, gy], -1), mode="bilinear", padding_mode="border",
+                         align_corners=False)
 
 
 class VideoCodec(nn.Module):

@@ -40,6 +40,8 @@ class VideoModule(pl.LightningModule):
         calibration_batches: recent batches on which the EMA copy's quantizer statistics are re-estimated.
         init_from_intra: start the conditional codec from the intra model's weights (``ConditionalCodec.init_from``;
             the widths and quantizer must match it), so that conditional frames start at intra quality.
+        motion: the conditional decoder moves the reference by a per-cell shift before blending it in
+            (``ConditionalCodec``'s ``motion``).
     """
 
     def __init__(self, intra: str, quantizer: nn.Module, merge: int = 1, enc_dim: int = 256, enc_depth: int = 4,
@@ -47,12 +49,12 @@ class VideoModule(pl.LightningModule):
                  image_size: tuple[int, int] = (128, 256), loss: ReconstructionLoss | None = None, lr: float = 1e-3,
                  warmup_steps: int = 200, min_lr_ratio: float = 0.05, weight_decay: float = 0.05,
                  grad_clip: float = 1.0, ema_decay: float = 0.999, calibration_batches: int = 8,
-                 init_from_intra: bool = True):
+                 init_from_intra: bool = True, motion: bool = False):
         super().__init__()
         self.save_hyperparameters(ignore=["quantizer", "loss"])
         self.intra = load(intra).eval().requires_grad_(False)
         self.codec = ConditionalCodec(quantizer, image_size, self.intra.encoder.patch_size, merge, enc_dim,
-                                      enc_depth, enc_heads, dec_dim, dec_depth, dec_heads)
+                                      enc_depth, enc_heads, dec_dim, dec_depth, dec_heads, motion)
         if init_from_intra:
             try:
                 self.codec.init_from(self.intra)
