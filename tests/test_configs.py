@@ -96,7 +96,7 @@ def test_rate_distortion_overlays_set_the_byte_budget(budget):
     assert cfg.trainer.max_steps == 1000 and cfg.model.hparams.time_budget_s is None  # equal step budget
 
 
-SHAPE_GFLOPS = {"small.yaml": 5.7, "large.yaml": 19.6, "encoder-heavy.yaml": 11.4}
+SHAPE_GFLOPS = {"tiny.yaml": 3.2, "small.yaml": 5.7, "large.yaml": 19.6, "encoder-heavy.yaml": 11.4}
 
 
 @pytest.mark.parametrize("shape", sorted(SHAPE_GFLOPS))
