@@ -20,8 +20,11 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from compressor.codec.autoencoder import (Autoencoder, build_part, check_arguments, check_size, check_weights, load,
-                                          part_class, read_checkpoint, to_uint8)
+from huggingface_hub import ModelCard
+
+from compressor.codec.autoencoder import (CHECKPOINT_FORMAT, Autoencoder, build_part, check_arguments, check_config,
+                                          check_size, check_weights, load, part_class, read_checkpoint, to_uint8)
+from compressor.codec.hub import HubFolder, folder_config, video_card
 from compressor.codec.layers import Transformer, captured_args, init_weights, patchify, sincos_2d, unpatchify
 from compressor.codec.packing import token_bits
 
@@ -125,18 +128,20 @@ class ConditionalCodec(nn.Module):
         keep = torch.sigmoid(unpatchify(self.blend(y), self.patch_size, self.grid))  # (B, 1, H, W)
         return keep * ref + (1 - keep) * unpatchify(self.head(y), self.patch_size, self.grid)
 
-    def export_dict(self) -> dict:
+    def export_config(self) -> dict:
+        """Its constructor arguments and the quantizer's class path and arguments (JSON, or weights-only torch)."""
         q = self.quantizer
         return {"init_args": dict(self.init_args),
-                "quantizer": {"class_path": f"{type(q).__module__}.{type(q).__name__}", "init_args": dict(q.init_args)},
+                "quantizer": {"class_path": f"{type(q).__module__}.{type(q).__name__}", "init_args": dict(q.init_args)}}
+
+    def export_dict(self) -> dict:
+        return {**self.export_config(),
                 "state_dict": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}}
 
     @classmethod
-    def from_export(cls, export) -> "ConditionalCodec":
-        """The codec ``export_dict`` gave. Its arguments' types and sizes are checked first, then the weights against
-        a model built on the meta device, as ``Autoencoder.from_export`` does: a hostile or damaged file is a
-        ``ValueError`` before anything is allocated."""
-        where = "its conditional model"
+    def check_config(cls, export, where: str = "its conditional model") -> None:
+        """``ValueError`` unless ``export`` (``export_config``'s, or ``export_dict``'s) names a codec quantizer and
+        arguments of the declared types within bounds. Builds nothing."""
         if not (isinstance(export, dict) and isinstance(export.get("init_args"), dict)
                 and isinstance(export.get("quantizer"), dict)):
             raise ValueError(f"not a compressor checkpoint: {where} is not {{init_args, quantizer, state_dict}}")
@@ -145,6 +150,15 @@ class ConditionalCodec(nn.Module):
         if not (isinstance(spec.get("class_path"), str) and isinstance(spec.get("init_args"), dict)):
             raise ValueError(f"not a compressor checkpoint: {where}: quantizer is not {{class_path, init_args}}")
         check_arguments(part_class(spec), spec["init_args"], f"{where}: quantizer")
+
+    @classmethod
+    def from_export(cls, export) -> "ConditionalCodec":
+        """The codec ``export_dict`` gave. Its arguments' types and sizes are checked first, then the weights against
+        a model built on the meta device, as ``Autoencoder.from_export`` does: a hostile or damaged file is a
+        ``ValueError`` before anything is allocated."""
+        where = "its conditional model"
+        cls.check_config(export, where)
+        spec = export["quantizer"]
         args = {k: tuple(v) if k == "image_size" else v for k, v in export["init_args"].items()}
         try:
             with torch.device("meta"):
@@ -186,12 +200,26 @@ def warp(image: Tensor, flow: Tensor) -> Tensor:
                          align_corners=False)
 
 
-class VideoCodec(nn.Module):
+VIDEO_FORMAT = "compressor-video/1"
+MAX_GOP = 1 << 16  # frames in a group: an intra frame every 36 minutes at 30 fps
+
+
+# HubFolder: save_pretrained / from_pretrained / push_to_hub, as for the per-frame Autoencoder; config.json's format
+# tells compressor.load which of the two a folder holds.
+class VideoCodec(nn.Module, HubFolder, library_name="compressor",
+                 tags=["video-compression", "video-tokenizer", "dashcam"]):
     """Groups of ``gop`` frames: an intra frame (``intra``, a per-frame ``Autoencoder``), then conditional frames.
 
     The reference of a conditional frame is the previous frame's decoded reconstruction in float, the same values on
     both sides, so encoder and decoder never disagree about it.
+
+    Args:
+        intra: the per-frame model of intra frames.
+        inter: the conditional model of the other frames (the same frame size).
+        gop: frames in a group; frame t of a clip is intra when t % gop == 0.
     """
+
+    FORMAT = VIDEO_FORMAT
 
     def __init__(self, intra: nn.Module, inter: ConditionalCodec, gop: int = 8):
         super().__init__()
@@ -269,9 +297,37 @@ class VideoCodec(nn.Module):
     def save(self, path: str | os.PathLike) -> None:
         torch.save(self.export_dict(), path)
 
+    # ---- Hugging Face Hub folder: config.json holds what video.pt holds but the weights, which go to
+    # model.safetensors under the prefixes intra. and inter. (this module's state dict) ---------------------------
+    def hub_config(self) -> dict:
+        return {"gop": self.gop, "intra": self.intra.export_config(), "inter": self.inter.export_config()}
 
-VIDEO_FORMAT = "compressor-video/1"
-MAX_GOP = 1 << 16  # frames in a group: an intra frame every 36 minutes at 30 fps
+    @classmethod
+    def check_hub_config(cls, config: dict, overrides: dict, where: str) -> None:
+        # The mixin passes config.json's intra and inter back as constructor arguments; only gop may differ.
+        if other := sorted(k for k, v in overrides.items() if k != "gop" and v != config.get(k)):
+            raise ValueError(f"{where} is a video codec: {other} apply to per-frame models only (gop=... applies)")
+        check_size(overrides.get("gop", config.get("gop")), "gop", where, MAX_GOP)
+        check_config(config.get("intra"), f"{where}: intra")
+        ConditionalCodec.check_config(config.get("inter"), f"{where}: inter")
+
+    @classmethod
+    def from_hub(cls, config: dict, state: dict, where: str, **overrides) -> "VideoCodec":
+        """The codec of a Hub folder, through ``video_from_export``: the checks of a ``video.pt`` apply."""
+        parts = {name: {k.removeprefix(f"{name}."): v for k, v in state.items() if k.startswith(f"{name}.")}
+                 for name in ("intra", "inter")}
+        if stray := [k for k in state if not k.startswith(("intra.", "inter."))]:
+            raise ValueError(f"{where}: not a compressor checkpoint: its weights do not match its config ({stray[0]} "
+                             "belongs to neither the intra nor the conditional model)")
+        blob = {"format": VIDEO_FORMAT, "gop": config["gop"],
+                "intra": {"format": CHECKPOINT_FORMAT, "config": config["intra"], "state_dict": parts["intra"]},
+                "inter": {**config["inter"], "state_dict": parts["inter"]}}
+        return video_from_export(blob, where, overrides.get("gop"))
+
+    def generate_model_card(self, sections: dict[str, str] | None = None, image: str | None = None) -> ModelCard:
+        """The ``README.md`` of a saved folder: the mode, the frame types and their budgets, both parts, plus
+        ``sections`` (title -> markdown) and an ``image`` file name inside the folder."""
+        return video_card(self, self._hub_mixin_info.model_card_data, sections, image)
 
 
 def load_video(path: str | os.PathLike, gop: int | None = None) -> VideoCodec:
@@ -294,17 +350,23 @@ def video_from_export(blob, path: str | os.PathLike, gop: int | None = None) -> 
 
 def load_codec(path: str | os.PathLike, map_location: str | torch.device = "cpu",
                **overrides) -> Autoencoder | VideoCodec:
-    """The codec a file holds, so that callers need no flag for the mode: a ``VideoCodec`` for a video codec file
-    (``video.pt``), else the per-frame ``Autoencoder`` that ``autoencoder.load`` reads (``.pt``, ``.ckpt``, Hub
-    folder; ``overrides`` go to it). This is ``compressor.load``."""
-    if os.path.isdir(path):
-        return load(path, map_location, **overrides)
-    blob = read_checkpoint(path)
-    if isinstance(blob, dict) and blob.get("format") == VIDEO_FORMAT:
-        if overrides:
-            raise ValueError(f"{path} is a video codec: {sorted(overrides)} apply to per-frame models only")
-        return video_from_export(blob, path).to(map_location)
-    return Autoencoder.from_export(blob, **overrides).to(map_location)
+    """The codec a file or Hub folder holds, so that callers need no flag for the mode: a ``VideoCodec`` for a video
+    codec (``video.pt``, or a folder whose ``config.json`` has its format), else the per-frame ``Autoencoder`` that
+    ``autoencoder.load`` reads (``.pt``, ``.ckpt``, Hub folder; ``overrides`` go to it). This is
+    ``compressor.load``."""
+    folder = os.path.isdir(path)
+    # What says the mode: a folder's config.json (checked: a regular file of a bounded size holding a JSON object),
+    # or a file's weights-only data.
+    source = folder_config(path) if folder else read_checkpoint(path)
+    if not (isinstance(source, dict) and source.get("format") == VIDEO_FORMAT):
+        if folder:
+            return load(path, map_location, **overrides)
+        return Autoencoder.from_export(source, **overrides).to(map_location)
+    if overrides:
+        raise ValueError(f"{path} is a video codec: {sorted(overrides)} apply to per-frame models only")
+    if folder:
+        return VideoCodec.from_pretrained(path, map_location=map_location)
+    return video_from_export(source, path).to(map_location)
 
 
 class RememberingDecoder(nn.Module):
