@@ -336,7 +336,7 @@ def test_an_intact_video_codec_file_loads(tmp_path):
 @pytest.mark.parametrize("case", ["history 10**9", "history a string", "a NaN weight", "a weight missing",
                                   "intra missing", "not torch data"])
 def test_hostile_remembering_decoder_files_are_refused(tmp_path, case):
-    from compressor.codec.video import RememberingDecoder, load_remembering
+    from compressor.codec.remember import RememberingDecoder, load_remembering
 
     export = RememberingDecoder(tiny_model(), history=2).export_dict()
     state = export["state_dict"]

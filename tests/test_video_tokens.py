@@ -12,7 +12,8 @@ import torch
 
 import compressor
 from compressor.codec.quantizers import FSQ
-from compressor.codec.video import ConditionalCodec, RememberingDecoder, load_remembering, load_video, warp
+from compressor.codec.remember import RememberingDecoder, load_remembering
+from compressor.codec.video import ConditionalCodec, load_video, warp
 from compressor.data.clips import FrameClips, read_videos
 from compressor.data.synthetic import driving_clip
 from compressor.training.cli import is_video_config

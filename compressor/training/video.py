@@ -19,7 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from compressor.codec.autoencoder import load
-from compressor.codec.video import ConditionalCodec, RememberingDecoder, VideoCodec
+from compressor.codec.remember import RememberingDecoder
+from compressor.codec.video import ConditionalCodec, VideoCodec
 from compressor.metrics import model_psnr
 from compressor.training.losses import ReconstructionLoss
 from compressor.training.model_card import save_hub_folder, training_sections
