@@ -7,8 +7,8 @@ Codec API::
     data = compressor.pack(tokens)       # 224 bytes per frame
     frames = model.decode(compressor.unpack(data, num_frames=len(tokens)))
 
-``compressor.load("video.pt")`` returns a ``VideoCodec`` (``compressor.codec.video``): ``encode_clip(frames)`` /
-``decode_clip(tokens)`` code clips in groups of an intra frame and conditional frames.
+``compressor.load("video.pt")``, or a video codec's Hub folder, returns a ``VideoCodec`` (``compressor.codec.video``):
+``encode_clip(frames)`` / ``decode_clip(tokens)`` code clips in groups of an intra frame and conditional frames.
 
 The names are imported on first use, so ``import compressor.latents`` (a world-model trainer reading tokens) loads
 neither the codec nor PyAV.
@@ -22,7 +22,7 @@ def __getattr__(name: str):
         from compressor.codec import autoencoder
 
         return autoencoder.Autoencoder
-    if name == "load":  # a per-frame Autoencoder, or a VideoCodec for a video.pt: the file knows its mode
+    if name == "load":  # a per-frame Autoencoder, or a VideoCodec for a video.pt or its folder: the file knows its mode
         from compressor.codec import video
 
         return video.load_codec

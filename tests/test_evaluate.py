@@ -11,7 +11,7 @@ from compressor.utils import resolve_device
 from compressor.tools.learned_baseline import LearnedCodec, train
 from compressor.data.synthetic import driving_clip
 from compressor.data.video import list_videos
-from tests.conftest import tiny_model, write_video
+from tests.conftest import tiny_model, video_codec, write_video
 
 
 def test_token_stats():
@@ -144,6 +144,24 @@ def test_card_shows_the_last_evaluation_of_a_hub_folder(tmp_path):
     assert text.count("## Evaluation") == 1 and f"| **all (frame-weighted)** | 3 | {overall['psnr']:.2f} |" in text
     assert "Measured with `python -m compressor.tools.evaluate --checkpoint" in text and "--card" in text
     assert text.startswith(before.split("---\n", 2)[2].rstrip())  # what save_pretrained wrote is kept, above it
+
+
+def test_card_of_a_video_folder_records_its_mean_bytes(tmp_path):
+    """--card on a video codec's Hub folder: whole clips in order, the budget its mean bytes per frame."""
+    from huggingface_hub import ModelCard
+
+    clip = tmp_path / "clip.mp4"
+    write_video(str(clip), driving_clip(seed=0, num_frames=3, image_size=(128, 256)))
+    video_codec(2, gop=4).save_pretrained(tmp_path / "hub")  # I 224 B, then P frames of 80 B
+    main(["--checkpoint", str(tmp_path / "hub"), "--input", str(clip), "--output", str(tmp_path / "out"),
+          "--checkpoints-only", "--device", "cpu", "--card"])
+    [report] = json.loads((tmp_path / "out" / "report.json").read_text())["checkpoints"].values()
+    assert report["mode"].startswith("video") and report["overall"]["bytes_per_frame"] == (224 + 2 * 80) / 3
+    card = ModelCard.load(tmp_path / "hub" / "README.md")
+    results = {r.metric_name: r.metric_value for r in card.data.eval_results}
+    assert results["bytes per frame"] == 128.0 and results["PSNR (dB), mean over frames"] == round(
+        report["overall"]["psnr"], 2)
+    assert "Mode: video" in card.text and card.text.count("## Evaluation") == 1
 
 
 def test_card_needs_hub_folders(tmp_path, capsys):

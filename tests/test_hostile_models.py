@@ -226,6 +226,104 @@ def test_hostile_video_codec_files_are_refused_in_well_under_a_second(tmp_path, 
     assert refused(tmp_path / "video.pt", match) < 1.0
 
 
+def video_folder(export, folder) -> None:
+    """A Hub folder holding what a (changed) video.pt export holds, as VideoCodec.save_pretrained lays it out:
+    config.json (format, gop, the intra config, the conditional arguments) and model.safetensors (prefixed)."""
+    import safetensors.torch
+
+    config, state = {}, {}
+    for key, value in export.items():
+        if key in ("intra", "inter") and isinstance(value, dict):
+            state.update({f"{key}.{k}": v.contiguous() for k, v in value.get("state_dict", {}).items()})
+            value = value["config"] if key == "intra" else {k: v for k, v in value.items() if k != "state_dict"}
+        config[key] = value
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    safetensors.torch.save_file(state, str(folder / "model.safetensors"))
+
+
+@pytest.mark.parametrize("case", list(hostile_video_files()))
+def test_hostile_video_folders_are_refused_in_well_under_a_second(tmp_path, case):
+    """The same damage as in a video.pt, in a Hub folder: the same checks refuse it, whichever loader reads it."""
+    from compressor.codec.video import VideoCodec
+
+    change, match = hostile_video_files()[case]
+    export = video_codec().export_dict()
+    change(export)
+    video_folder(export, tmp_path / "hub")
+    assert refused(tmp_path / "hub", match) < 1.0
+    start = time.process_time()
+    with pytest.raises(ValueError, match=match):
+        VideoCodec.from_pretrained(tmp_path / "hub")
+    assert time.process_time() - start < 1.0
+
+
+def video_folder_damage() -> dict:
+    """name -> (function(folder) damaging a tiny video codec's Hub folder, the error expected)."""
+
+    def config(change):
+        def damage(folder):
+            path = folder / "config.json"
+            path.write_text(json.dumps(change(json.loads(path.read_text()))))
+        return damage
+
+    def weights(change):
+        def damage(folder):
+            import safetensors.torch
+
+            state = safetensors.torch.load_file(folder / "model.safetensors")
+            change(state)
+            safetensors.torch.save_file(state, str(folder / "model.safetensors"))
+        return damage
+
+    def intra_encoder(class_path):
+        def damage(folder):
+            path = folder / "config.json"
+            c = json.loads(path.read_text())
+            c["intra"]["encoder"] = {"class_path": class_path, "init_args": {"command": f"touch {folder / 'pwned'}"}}
+            path.write_text(json.dumps(c))
+        return damage
+
+    return {
+        "config not JSON": (lambda f: (f / "config.json").write_text("{not json"), "is not JSON"),
+        "config a list": (config(lambda c: [c]), "not a JSON object"),
+        "config too large": (config(lambda c: {**c, "pad": " " * (2 << 20)}), "larger than"),
+        "config of another library": (config(lambda c: {"hidden_size": 4}), "not a compressor"),
+        "config of a per-frame model": (config(lambda c: {**c, "format": "compressor/1"}), "not a compressor"),
+        "config a symlink to /dev/zero": (lambda f: (f / "config.json").unlink() or os.symlink("/dev/zero",
+                                                                                               f / "config.json"),
+                                          "not a regular file"),
+        "an intra class that runs a command": (intra_encoder("os.system"), "refusing to build 'os.system'"),
+        "an intra class of another package": (intra_encoder("torch.nn.Identity"), "refusing to build"),
+        "no weights": (lambda f: (f / "model.safetensors").unlink(), "no model.safetensors"),
+        "weights not safetensors": (lambda f: (f / "model.safetensors").write_bytes(b"not safetensors"),
+                                    "does not load as safetensors"),
+        "weights truncated": (lambda f: (f / "model.safetensors").write_bytes(
+            (f / "model.safetensors").read_bytes()[:1000]), "does not load as safetensors"),
+        "weights a symlink to /dev/zero": (lambda f: (f / "model.safetensors").unlink() or os.symlink(
+            "/dev/zero", f / "model.safetensors"), "not a regular file"),
+        "an intra weight of the wrong shape": (weights(lambda s: s.update({"intra.pre_quant.weight": s[
+            "intra.pre_quant.weight"][:-1].contiguous()})), "do not match"),
+        "a tensor of neither part": (weights(lambda s: s.update({"extra": torch.zeros(1)})), "neither the intra"),
+        "the two parts' weights swapped": (weights(lambda s: [s.update({k.replace("intra.", "inter.") if k.startswith(
+            "intra.") else k.replace("inter.", "intra."): s.pop(k)}) for k in list(s)]), "do not match"),
+    }
+
+
+@pytest.mark.parametrize("case", list(video_folder_damage()))
+def test_damaged_video_folders_are_refused(tmp_path, case):
+    """What only a folder can get wrong (config.json, model.safetensors): a clear ValueError, nothing run."""
+    from compressor.codec.video import VideoCodec
+
+    damage, match = video_folder_damage()[case]
+    video_codec().save_pretrained(tmp_path / "hub")
+    damage(tmp_path / "hub")
+    assert refused(tmp_path / "hub", match) < 1.0
+    with pytest.raises(ValueError, match=match):
+        VideoCodec.from_pretrained(tmp_path / "hub")
+    assert not (tmp_path / "hub" / "pwned").exists()
+
+
 def test_an_intact_video_codec_file_loads(tmp_path):
     """The checks above refuse nothing that VideoCodec.save writes: the loaded codec gives the same tokens."""
     codec = video_codec()
@@ -238,7 +336,7 @@ def test_an_intact_video_codec_file_loads(tmp_path):
 @pytest.mark.parametrize("case", ["history 10**9", "history a string", "a NaN weight", "a weight missing",
                                   "intra missing", "not torch data"])
 def test_hostile_remembering_decoder_files_are_refused(tmp_path, case):
-    from compressor.codec.video import RememberingDecoder, load_remembering
+    from compressor.codec.remember import RememberingDecoder, load_remembering
 
     export = RememberingDecoder(tiny_model(), history=2).export_dict()
     state = export["state_dict"]

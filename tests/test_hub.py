@@ -1,14 +1,17 @@
-"""The Hugging Face Hub folder: save_pretrained -> compressor.load / from_pretrained, offline, and the training export."""
+"""The Hugging Face Hub folder: save_pretrained -> compressor.load / from_pretrained, offline, and the training export;
+per-frame models and video codecs."""
 
 import json
+import shutil
 
 import pytest
 import torch
 
 import compressor
 from compressor.codec.autoencoder import Autoencoder
+from compressor.codec.video import VideoCodec
 from compressor.data.synthetic import driving_clip
-from tests.conftest import ENCODERS, QUANTIZERS, tiny_model
+from tests.conftest import ENCODERS, QUANTIZERS, tiny_model, video_codec
 
 FRAMES = driving_clip(seed=3, num_frames=4, image_size=(128, 256))
 
@@ -119,3 +122,88 @@ def test_training_exports_a_hub_folder_with_a_card(tmp_path, capsys):
     assert "procedural driving-like scenes" in card and "Steps: 2" in card and "![" in card and "(recon.png)" in card
     assert (hub / "recon.png").read_bytes() == (tmp_path / "recon.png").read_bytes()
     assert not (tmp_path / "hub.tmp").exists() and "saved" in capsys.readouterr().out
+
+
+# ---- the video codec's folder -----------------------------------------------------------------------------------
+CLIP = driving_clip(seed=3, num_frames=6, image_size=(128, 256))  # groups of 4: I P P P I P
+
+
+@pytest.mark.parametrize("merge", [1, 2])
+def test_video_folder_decodes_a_clip_to_the_same_frames(tmp_path, merge):
+    codec = video_codec(merge, gop=4)
+    codec.save_pretrained(tmp_path / "hub")
+    assert {p.name for p in (tmp_path / "hub").iterdir()} == {"config.json", "model.safetensors", "README.md"}
+    config = json.loads((tmp_path / "hub" / "config.json").read_text())
+    assert config["format"] == "compressor-video/1" and config["gop"] == 4
+    assert config["inter"]["init_args"]["merge"] == merge and config["intra"] == codec.intra.export_config()
+
+    tokens, recon = codec.encode_clip(CLIP)
+    for loaded in (compressor.load(tmp_path / "hub"), VideoCodec.from_pretrained(tmp_path / "hub")):
+        assert isinstance(loaded, VideoCodec) and not loaded.training and loaded.gop == 4
+        assert torch.equal(loaded.decode_clip(tokens), recon)  # a decoder with the folder only
+        again, _ = loaded.encode_clip(CLIP)
+        assert [t.tolist() for t in again] == [t.tolist() for t in tokens]
+        assert loaded.state_dict().keys() == codec.state_dict().keys()
+        assert all(torch.equal(loaded.state_dict()[k], v) for k, v in codec.state_dict().items())
+    assert VideoCodec.from_pretrained(tmp_path / "hub", gop=2).gop == 2  # as load_video(path, gop=2)
+    with pytest.raises(ValueError, match="per-frame models only"):
+        compressor.load(tmp_path / "hub", image_size=(256, 512))
+
+
+def test_video_card_states_the_mode_the_group_and_each_frame_types_budget(tmp_path):
+    codec = video_codec(2, gop=4)
+    codec.save_pretrained(tmp_path)
+    card = (tmp_path / "README.md").read_text()
+    assert card.startswith("---\n") and "library_name: compressor" in card and "video-compression" in card
+    assert "Mode: video, in groups of 4 frames (gop 4)" in card and "Mode: per-frame" not in card.split("(A ")[0]
+    I, P = codec.frame_formats()["I"], codec.frame_formats()["P"]
+    assert (f"| I (intra) | 1 | {I['num_tokens']} | {I['token_layout']} | {I['bits_per_token']} | "
+            f"{I['bytes_per_frame']} | {I['codebook_size']} |") in card
+    assert (f"| P (conditional) | 3 | {P['num_tokens']} | {P['token_layout']} | {P['bits_per_token']} | "
+            f"{P['bytes_per_frame']} | {P['codebook_size']} |") in card
+    assert "| P (conditional) | 3 | 64 | 8x8 row-major, a token per 2 adjacent cells across | 10 | 80 | 1000 |" in card
+    assert "compressor.codec.encoders.ViTEncoder" in card and "compressor.codec.video.ConditionalCodec" in card
+    assert "compressor.load(" in card and "encode_clip(frames)" in card and "decode_clip(tokens)" in card
+    tiny_model().save_pretrained(tmp_path / "frame")
+    assert "Mode: per-frame." in (tmp_path / "frame" / "README.md").read_text()
+
+
+def test_each_folder_loads_as_its_own_mode(tmp_path):
+    tiny_model().save_pretrained(tmp_path / "frame")
+    video_codec().save_pretrained(tmp_path / "video")
+    assert type(compressor.load(tmp_path / "frame")) is Autoencoder
+    assert type(compressor.load(tmp_path / "video")) is VideoCodec
+    with pytest.raises(ValueError, match="of format 'compressor-video/1'.*compressor.load reads every"):
+        Autoencoder.from_pretrained(tmp_path / "video")
+    with pytest.raises(ValueError, match="of format 'compressor/1'.*compressor.load reads every"):
+        VideoCodec.from_pretrained(tmp_path / "frame")
+
+
+@pytest.mark.parametrize("model", ["frame", "video"])
+@pytest.mark.parametrize("how", ["push_to_hub", "save_pretrained(push_to_hub=True)"])
+def test_push_to_hub_uploads_a_folder_that_loads(tmp_path, monkeypatch, model, how):
+    """No network: the Hub client is replaced by one that keeps what would be uploaded."""
+    import huggingface_hub.hub_mixin
+
+    uploaded = tmp_path / "uploaded"
+
+    class FakeApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, **kwargs):
+            return type("Repo", (), {"repo_id": repo_id})()
+
+        def upload_folder(self, repo_id, folder_path, **kwargs):
+            shutil.copytree(folder_path, uploaded)
+            return f"https://huggingface.co/{repo_id}"
+
+    monkeypatch.setattr(huggingface_hub.hub_mixin, "HfApi", FakeApi)
+    codec = tiny_model() if model == "frame" else video_codec()
+    if how == "push_to_hub":
+        codec.push_to_hub("user/repo")
+    else:
+        codec.save_pretrained(tmp_path / "local", push_to_hub=True, repo_id="user/repo")
+    loaded = compressor.load(uploaded)
+    assert type(loaded) is type(codec) and (uploaded / "README.md").exists()
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in codec.state_dict().items())

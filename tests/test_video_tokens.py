@@ -10,8 +10,10 @@ import sys
 import pytest
 import torch
 
+import compressor
 from compressor.codec.quantizers import FSQ
-from compressor.codec.video import ConditionalCodec, RememberingDecoder, load_remembering, load_video, warp
+from compressor.codec.remember import RememberingDecoder, load_remembering
+from compressor.codec.video import ConditionalCodec, load_video, warp
 from compressor.data.clips import FrameClips, read_videos
 from compressor.data.synthetic import driving_clip
 from compressor.training.cli import is_video_config
@@ -195,6 +197,11 @@ def test_train_py_trains_a_video_model(tmp_path):
     codec = load_video(tmp_path / "run" / "video.pt")
     encoded, recon = codec.encode_clip(driving_clip(seed=6, num_frames=4))
     assert torch.equal(codec.decode_clip(encoded), recon)
+    # the same codec as a Hub folder beside it, with the training in its card
+    hub = tmp_path / "run" / "hub"
+    assert torch.equal(compressor.load(hub).decode_clip(encoded), recon)
+    card = (hub / "README.md").read_text()
+    assert "Mode: video" in card and "Steps: 2, clips seen: 4" in card and f"`{intra}`, frozen" in card
 
 
 def test_evaluate_video_reports_every_frame_of_the_val_clips_by_group_position(tmp_path):

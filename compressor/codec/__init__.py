@@ -5,7 +5,9 @@ no data code). Import the module you need; this package imports nothing, so ``co
 - ``encoders`` / ``decoders``: the pure-ViT, conv-stem and pure-conv designs.
 - ``quantizers``: FSQ, standardized FSQ and VQ; the token <-> code round trip.
 - ``autoencoder``: ``Autoencoder`` (training and codec APIs), ``load``, checkpoints and Hub folders, ``model_id``.
-- ``hub``: the model card of a Hub folder.
+- ``hub``: the Hub folder (``HubFolder``: checked ``save_pretrained`` / ``from_pretrained``) and its model cards.
+- ``video``: conditional frames and ``VideoCodec`` (groups of an intra frame and conditional frames);
+  ``remember``: ``RememberingDecoder``, per-frame tokens decoded with the frames before them.
 - ``packing``: the storage format, a leaf that imports only numpy and torch: ``pack`` / ``unpack`` tokens to
   fixed-width bytes, ``token_bits``, ``tokens_crc32``.
 """

@@ -5,8 +5,9 @@
 - Codec API: ``encode(frames) -> tokens`` and ``decode(tokens) -> frames`` on uint8, under ``no_grad``, with
   input checks. ``encode.py``, evaluation and the latent loader only use this API.
 - Checkpoints: ``save``/``load`` of one ``.pt`` file, and the Hugging Face Hub folder (``save_pretrained`` /
-  ``from_pretrained``: ``config.json`` + ``model.safetensors`` + ``README.md``). Both rebuild the parts from class
-  paths that must lie in the codec modules, so loading never runs code from the file.
+  ``from_pretrained`` of ``compressor.codec.hub.HubFolder``: ``config.json`` + ``model.safetensors`` +
+  ``README.md``). Both rebuild the parts from class paths that must lie in the codec modules, so loading never runs
+  code from the file.
 """
 
 from __future__ import annotations
@@ -14,17 +15,14 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
-import json
 import os
-from pathlib import Path
 
-import safetensors.torch
 import torch
-from huggingface_hub import ModelCard, PyTorchModelHubMixin, constants, hf_hub_download
+from huggingface_hub import ModelCard
 from torch import Tensor, nn
 
 from compressor.codec.encoders import grid_size
-from compressor.codec.hub import model_card
+from compressor.codec.hub import MAX_CHECKPOINT_BYTES, HubFolder, model_card
 from compressor.utils import atomic_write, open_checked
 from compressor.codec.packing import token_bits
 
@@ -36,8 +34,6 @@ MAX_PARAMETERS = 1_000_000_000
 _MAX_SIZE = 1 << 16  # a width, channel count, patch side, level count, codebook size or byte budget
 _MAX_DEPTH = 128  # blocks in one stack
 _MAX_LIST = 16  # stride-2 stages (16 would be a 65536-pixel patch) or FSQ levels
-MAX_CONFIG_BYTES = 1 << 20  # config.json
-MAX_CHECKPOINT_BYTES = 16 << 30  # a .pt, .ckpt or model.safetensors (a Lightning .ckpt adds optimizer state)
 # Only classes from these modules may be named in a checkpoint, so loading never runs arbitrary code.
 _BUILDABLE_MODULES = ("compressor.codec.encoders", "compressor.codec.decoders", "compressor.codec.quantizers")
 # Checkpoints written before the codec moved into compressor.codec name its modules by their old paths.
@@ -45,9 +41,9 @@ _OLD_MODULES = {"compressor.encoders": "compressor.codec.encoders", "compressor.
                 "compressor.quantizers": "compressor.codec.quantizers"}
 
 
-# The mixin gives save_pretrained / from_pretrained / push_to_hub (file layout, config.json, Hub download and upload);
-# the tags and library name go into the model card's YAML front matter.
-class Autoencoder(nn.Module, PyTorchModelHubMixin, library_name="compressor",
+# HubFolder gives save_pretrained / from_pretrained / push_to_hub (file layout, config.json, Hub download and upload,
+# each read checked); the tags and library name go into the model card's YAML front matter.
+class Autoencoder(nn.Module, HubFolder, library_name="compressor",
                   tags=["image-compression", "image-tokenizer", "dashcam"]):
     """Frames -> ``num_tokens`` discrete tokens -> frames.
 
@@ -239,76 +235,21 @@ class Autoencoder(nn.Module, PyTorchModelHubMixin, library_name="compressor",
         model.load_state_dict(state)
         return model.eval()
 
-    # ---- Hugging Face Hub folder ---------------------------------------------------------------------------
-    def save_pretrained(self, save_directory: str | Path, *, config: dict | None = None, **kwargs) -> str | None:
-        """Write ``config.json``, ``model.safetensors`` and a ``README.md`` card (kept if one exists) to a folder
-        that ``compressor.load`` and ``Autoencoder.from_pretrained`` read. ``push_to_hub`` uploads the same files.
-        Other keyword arguments go to ``PyTorchModelHubMixin.save_pretrained`` (``model_card_kwargs`` reach
-        ``generate_model_card``)."""
-        if config is not None:  # push_to_hub passes config=None; anything else would not describe these weights
-            raise ValueError("the config of an Autoencoder is derived from its parts; do not pass one")
-        # The format tag lets a reader tell our config.json from any other library's.
-        return super().save_pretrained(save_directory, config={"format": CHECKPOINT_FORMAT, **self.export_config()},
-                                       **kwargs)
+    # ---- Hugging Face Hub folder (save_pretrained / from_pretrained / push_to_hub: HubFolder) ----------------
+    FORMAT = CHECKPOINT_FORMAT
+
+    def hub_config(self) -> dict:
+        return self.export_config()
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs) -> "Autoencoder":
-        """``PyTorchModelHubMixin.from_pretrained``, with a local folder's ``config.json`` checked first: a regular
-        file of at most ``MAX_CONFIG_BYTES`` that holds a JSON object (the mixin reads any file to its end and
-        fails on anything but an object with an ``AttributeError``)."""
-        folder = os.fspath(pretrained_model_name_or_path)
-        if os.path.isdir(folder):
-            path = os.path.join(folder, constants.CONFIG_NAME)
-            if os.path.lexists(path):
-                with open_checked(path, MAX_CONFIG_BYTES) as f:
-                    try:
-                        config = json.load(f)
-                    except ValueError as e:
-                        raise ValueError(f"{folder} is not a compressor model folder: {path} is not JSON "
-                                         f"({e})") from None
-                if not (isinstance(config, dict) and config.get("format") == CHECKPOINT_FORMAT):
-                    raise ValueError(f"{folder} is not a compressor model folder: {path} is "
-                                     + (f"of format {config.get('format')!r}" if isinstance(config, dict) else
-                                        f"a {type(config).__name__}, not a JSON object")
-                                     + f" (expected a JSON object of format {CHECKPOINT_FORMAT!r})")
-                overrides = {k: kwargs[k] for k in ("image_size", "max_bytes_per_frame") if k in kwargs}
-                check_config({**config, **overrides}, where=path)
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-
-    def _save_pretrained(self, save_directory: Path) -> None:
-        # The state dict of export_dict, not safetensors.save_model: its cloned tensors share no storage, so every
-        # name (buffers such as BatchNorm running stats and VQ usage included) is written and read back as is.
-        state = {k: v.contiguous() for k, v in self.export_dict()["state_dict"].items()}
-        safetensors.torch.save_file(state, str(save_directory / constants.SAFETENSORS_SINGLE_FILE),
-                                    metadata={"format": CHECKPOINT_FORMAT})
+    def check_hub_config(cls, config: dict, overrides: dict, where: str) -> None:
+        check_config({**config, **overrides}, where)
 
     @classmethod
-    def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir: str | Path | None,
-                         force_download: bool, local_files_only: bool, token: str | bool | None,
-                         config: dict | None = None, map_location: str | torch.device = "cpu",
-                         **overrides) -> "Autoencoder":
-        """Called by ``from_pretrained`` with the parsed ``config.json``. ``overrides`` holds the config's own
-        constructor entries, replaced by any the caller gave (``image_size=...``); the parts are rebuilt through
-        ``from_export``, so the allow-list and the shape check apply exactly as for a ``.pt`` file."""
-        if not (isinstance(config, dict) and config.get("format") == CHECKPOINT_FORMAT):
-            raise ValueError(f"{model_id} is not a compressor model folder: no config.json of format "
-                             f"{CHECKPOINT_FORMAT!r}")
-        if os.path.isdir(model_id):
-            weights = os.path.join(model_id, constants.SAFETENSORS_SINGLE_FILE)
-            if not os.path.lexists(weights):
-                raise ValueError(f"{model_id} is not a compressor model folder: no {constants.SAFETENSORS_SINGLE_FILE}")
-            open_checked(weights, MAX_CHECKPOINT_BYTES).close()  # a regular file of a sane size, not /dev/zero
-        else:  # a Hub repo id; hf_hub_download serves it from the local cache when offline
-            weights = hf_hub_download(repo_id=model_id, filename=constants.SAFETENSORS_SINGLE_FILE, revision=revision,
-                                      cache_dir=cache_dir, force_download=force_download, token=token,
-                                      local_files_only=local_files_only)
-        try:
-            state = safetensors.torch.load_file(weights, device="cpu")
-        except Exception as e:  # SafetensorError, OSError from a truncated or foreign file
-            raise ValueError(f"{model_id} is not a compressor model folder: {weights} does not load as safetensors "
-                             f"({type(e).__name__})") from None
-        return cls.from_export({"format": CHECKPOINT_FORMAT, "config": config, "state_dict": state},
-                               **overrides).to(map_location)
+    def from_hub(cls, config: dict, state: dict, where: str, **overrides) -> "Autoencoder":
+        """The model of a Hub folder, through ``from_export``: the allow-list and the shape check apply exactly as
+        for a ``.pt`` file."""
+        return cls.from_export({"format": CHECKPOINT_FORMAT, "config": config, "state_dict": state}, **overrides)
 
     def generate_model_card(self, sections: dict[str, str] | None = None, image: str | None = None) -> ModelCard:
         """The ``README.md`` of a saved folder: architecture and token budget, plus ``sections`` (title -> markdown,
@@ -338,8 +279,8 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu", **ov
 
     Loading is weights-only (``torch.load(weights_only=True)``, safetensors): no pickled code runs. Overrides such as
     ``image_size=(256, 512), max_bytes_per_frame=896`` run the same weights on another token grid. Any other file
-    raises ``ValueError`` ("not a compressor checkpoint"); a missing one ``FileNotFoundError``. A video codec file
-    (``video.pt``) is refused with a pointer to ``compressor.load``, which reads either kind.
+    raises ``ValueError`` ("not a compressor checkpoint"); a missing one ``FileNotFoundError``. A video codec
+    (``video.pt`` or its folder) is refused with a pointer to ``compressor.load``, which reads either kind.
     """
     if os.path.isdir(path):
         return Autoencoder.from_pretrained(path, map_location=map_location, **overrides)

@@ -8,20 +8,24 @@ it already had.
 
 A conditional frame may spend fewer tokens than an intra frame: ``merge`` adjacent tokens of the patch grid share
 one code (1: 128 tokens, 2: 64, 4: 32 at 128x256 with 16-px patches).
+
+A ``VideoCodec`` is saved as one ``video.pt`` (``save``) or as a Hub folder (``save_pretrained``); ``load_codec``
+(``compressor.load``) reads either, and per-frame models too, telling them apart by their format.
 """
 
 from __future__ import annotations
 
-import copy
 import os
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from huggingface_hub import ModelCard
 from torch import Tensor, nn
 
-from compressor.codec.autoencoder import (Autoencoder, build_part, check_arguments, check_size, check_weights, load,
-                                          part_class, read_checkpoint, to_uint8)
+from compressor.codec.autoencoder import (CHECKPOINT_FORMAT, Autoencoder, build_part, check_arguments, check_config,
+                                          check_size, check_weights, load, part_class, read_checkpoint, to_uint8)
+from compressor.codec.hub import HubFolder, folder_config, video_card
 from compressor.codec.layers import Transformer, captured_args, init_weights, patchify, sincos_2d, unpatchify
 from compressor.codec.packing import token_bits
 
@@ -125,18 +129,20 @@ class ConditionalCodec(nn.Module):
         keep = torch.sigmoid(unpatchify(self.blend(y), self.patch_size, self.grid))  # (B, 1, H, W)
         return keep * ref + (1 - keep) * unpatchify(self.head(y), self.patch_size, self.grid)
 
-    def export_dict(self) -> dict:
+    def export_config(self) -> dict:
+        """Its constructor arguments and the quantizer's class path and arguments (JSON, or weights-only torch)."""
         q = self.quantizer
         return {"init_args": dict(self.init_args),
-                "quantizer": {"class_path": f"{type(q).__module__}.{type(q).__name__}", "init_args": dict(q.init_args)},
+                "quantizer": {"class_path": f"{type(q).__module__}.{type(q).__name__}", "init_args": dict(q.init_args)}}
+
+    def export_dict(self) -> dict:
+        return {**self.export_config(),
                 "state_dict": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}}
 
     @classmethod
-    def from_export(cls, export) -> "ConditionalCodec":
-        """The codec ``export_dict`` gave. Its arguments' types and sizes are checked first, then the weights against
-        a model built on the meta device, as ``Autoencoder.from_export`` does: a hostile or damaged file is a
-        ``ValueError`` before anything is allocated."""
-        where = "its conditional model"
+    def check_config(cls, export, where: str = "its conditional model") -> None:
+        """``ValueError`` unless ``export`` (``export_config``'s, or ``export_dict``'s) names a codec quantizer and
+        arguments of the declared types within bounds. Builds nothing."""
         if not (isinstance(export, dict) and isinstance(export.get("init_args"), dict)
                 and isinstance(export.get("quantizer"), dict)):
             raise ValueError(f"not a compressor checkpoint: {where} is not {{init_args, quantizer, state_dict}}")
@@ -145,6 +151,15 @@ class ConditionalCodec(nn.Module):
         if not (isinstance(spec.get("class_path"), str) and isinstance(spec.get("init_args"), dict)):
             raise ValueError(f"not a compressor checkpoint: {where}: quantizer is not {{class_path, init_args}}")
         check_arguments(part_class(spec), spec["init_args"], f"{where}: quantizer")
+
+    @classmethod
+    def from_export(cls, export) -> "ConditionalCodec":
+        """The codec ``export_dict`` gave. Its arguments' types and sizes are checked first, then the weights against
+        a model built on the meta device, as ``Autoencoder.from_export`` does: a hostile or damaged file is a
+        ``ValueError`` before anything is allocated."""
+        where = "its conditional model"
+        cls.check_config(export, where)
+        spec = export["quantizer"]
         args = {k: tuple(v) if k == "image_size" else v for k, v in export["init_args"].items()}
         try:
             with torch.device("meta"):
@@ -186,12 +201,26 @@ def warp(image: Tensor, flow: Tensor) -> Tensor:
                          align_corners=False)
 
 
-class VideoCodec(nn.Module):
+VIDEO_FORMAT = "compressor-video/1"
+MAX_GOP = 1 << 16  # frames in a group: an intra frame every 36 minutes at 30 fps
+
+
+# HubFolder: save_pretrained / from_pretrained / push_to_hub, as for the per-frame Autoencoder; config.json's format
+# tells compressor.load which of the two a folder holds.
+class VideoCodec(nn.Module, HubFolder, library_name="compressor",
+                 tags=["video-compression", "video-tokenizer", "dashcam"]):
     """Groups of ``gop`` frames: an intra frame (``intra``, a per-frame ``Autoencoder``), then conditional frames.
 
     The reference of a conditional frame is the previous frame's decoded reconstruction in float, the same values on
     both sides, so encoder and decoder never disagree about it.
+
+    Args:
+        intra: the per-frame model of intra frames.
+        inter: the conditional model of the other frames (the same frame size).
+        gop: frames in a group; frame t of a clip is intra when t % gop == 0.
     """
+
+    FORMAT = VIDEO_FORMAT
 
     def __init__(self, intra: nn.Module, inter: ConditionalCodec, gop: int = 8):
         super().__init__()
@@ -269,9 +298,37 @@ class VideoCodec(nn.Module):
     def save(self, path: str | os.PathLike) -> None:
         torch.save(self.export_dict(), path)
 
+    # ---- Hugging Face Hub folder: config.json holds what video.pt holds but the weights, which go to
+    # model.safetensors under the prefixes intra. and inter. (this module's state dict) ---------------------------
+    def hub_config(self) -> dict:
+        return {"gop": self.gop, "intra": self.intra.export_config(), "inter": self.inter.export_config()}
 
-VIDEO_FORMAT = "compressor-video/1"
-MAX_GOP = 1 << 16  # frames in a group: an intra frame every 36 minutes at 30 fps
+    @classmethod
+    def check_hub_config(cls, config: dict, overrides: dict, where: str) -> None:
+        # The mixin passes config.json's intra and inter back as constructor arguments; only gop may differ.
+        if other := sorted(k for k, v in overrides.items() if k != "gop" and v != config.get(k)):
+            raise ValueError(f"{where} is a video codec: {other} apply to per-frame models only (gop=... applies)")
+        check_size(overrides.get("gop", config.get("gop")), "gop", where, MAX_GOP)
+        check_config(config.get("intra"), f"{where}: intra")
+        ConditionalCodec.check_config(config.get("inter"), f"{where}: inter")
+
+    @classmethod
+    def from_hub(cls, config: dict, state: dict, where: str, **overrides) -> "VideoCodec":
+        """The codec of a Hub folder, through ``video_from_export``: the checks of a ``video.pt`` apply."""
+        parts = {name: {k.removeprefix(f"{name}."): v for k, v in state.items() if k.startswith(f"{name}.")}
+                 for name in ("intra", "inter")}
+        if stray := [k for k in state if not k.startswith(("intra.", "inter."))]:
+            raise ValueError(f"{where}: not a compressor checkpoint: its weights do not match its config ({stray[0]} "
+                             "belongs to neither the intra nor the conditional model)")
+        blob = {"format": VIDEO_FORMAT, "gop": config["gop"],
+                "intra": {"format": CHECKPOINT_FORMAT, "config": config["intra"], "state_dict": parts["intra"]},
+                "inter": {**config["inter"], "state_dict": parts["inter"]}}
+        return video_from_export(blob, where, overrides.get("gop"))
+
+    def generate_model_card(self, sections: dict[str, str] | None = None, image: str | None = None) -> ModelCard:
+        """The ``README.md`` of a saved folder: the mode, the frame types and their budgets, both parts, plus
+        ``sections`` (title -> markdown) and an ``image`` file name inside the folder."""
+        return video_card(self, self._hub_mixin_info.model_card_data, sections, image)
 
 
 def load_video(path: str | os.PathLike, gop: int | None = None) -> VideoCodec:
@@ -294,94 +351,20 @@ def video_from_export(blob, path: str | os.PathLike, gop: int | None = None) -> 
 
 def load_codec(path: str | os.PathLike, map_location: str | torch.device = "cpu",
                **overrides) -> Autoencoder | VideoCodec:
-    """The codec a file holds, so that callers need no flag for the mode: a ``VideoCodec`` for a video codec file
-    (``video.pt``), else the per-frame ``Autoencoder`` that ``autoencoder.load`` reads (``.pt``, ``.ckpt``, Hub
-    folder; ``overrides`` go to it). This is ``compressor.load``."""
-    if os.path.isdir(path):
-        return load(path, map_location, **overrides)
-    blob = read_checkpoint(path)
-    if isinstance(blob, dict) and blob.get("format") == VIDEO_FORMAT:
-        if overrides:
-            raise ValueError(f"{path} is a video codec: {sorted(overrides)} apply to per-frame models only")
-        return video_from_export(blob, path).to(map_location)
-    return Autoencoder.from_export(blob, **overrides).to(map_location)
-
-
-class RememberingDecoder(nn.Module):
-    """Per-frame tokens decoded with the tokens of up to ``history`` frames before them: the format, the encoder and
-    every stored token stay as they are; only decoding improves.
-
-    The intra model's decoder is copied and reads, beside the current frame's codes, each earlier frame's codes
-    through its own projection. Those projections start at zero, so before training this decodes exactly as the
-    per-frame decoder; a missing earlier frame (the first frame of a clip, a gap) contributes a learned "missing"
-    vector instead, and training drops history at random so that every frame also decodes alone.
-
-    Args:
-        intra: the per-frame ``Autoencoder`` whose tokens are decoded (its decoder is copied, not shared).
-        history: K, the earlier frames read.
-    """
-
-    def __init__(self, intra: Autoencoder, history: int = 2):
-        super().__init__()
-        if history < 1:
-            raise ValueError(f"history must be >= 1, got {history}")
-        self.history = history
-        self._intra_export = intra.export_dict()  # saved with it: the tokens it reads are that model's
-        self.quantizer = copy.deepcopy(intra.quantizer)
-        self.post_quant = copy.deepcopy(intra.post_quant)
-        self.decoder = copy.deepcopy(intra.decoder)
-        self.grid, self.image_size = intra.grid, tuple(intra.image_size)
-        dim, code_dim = intra.post_quant.out_features, intra.post_quant.in_features
-        self.past = nn.ModuleList([nn.Linear(code_dim, dim) for _ in range(history)])
-        self.missing = nn.Parameter(torch.zeros(history, dim))
-        for proj in self.past:
-            nn.init.zeros_(proj.weight)
-            nn.init.zeros_(proj.bias)
-
-    def forward(self, tokens: Tensor, available: Tensor) -> Tensor:
-        """tokens: int (B, 1 + K, N), the current frame first, then frames t-1 .. t-K; available: bool (B, K),
-        whether each earlier frame exists -> recon float (B, 3, H, W)."""
-        codes = self.quantizer.tokens_to_codes(tokens).to(self.post_quant.weight.dtype)  # (B, 1 + K, N, C)
-        y = self.post_quant(codes[:, 0])
-        for k, proj in enumerate(self.past):
-            use = available[:, k, None, None]
-            y = y + torch.where(use, proj(codes[:, k + 1]), self.missing[k].expand_as(y))
-        return self.decoder(y, self.grid)
-
-    @torch.no_grad()
-    def decode_clip(self, tokens: Tensor) -> Tensor:
-        """tokens: int (T, N) of consecutive frames -> uint8 (T, 3, H, W); frame t reads frames t-1 .. t-K of the
-        clip where they exist."""
-        T = len(tokens)
-        past = [torch.roll(tokens, k, 0) for k in range(1, self.history + 1)]
-        stacked = torch.stack([tokens, *past], 1)  # (T, 1 + K, N)
-        available = torch.arange(T)[:, None] >= torch.arange(1, self.history + 1)[None]  # (T, K)
-        return torch.cat([to_uint8(self.forward(stacked[i : i + 32], available[i : i + 32]))
-                          for i in range(0, T, 32)])
-
-    def export_dict(self) -> dict:
-        return {"format": REMEMBERING_FORMAT, "history": self.history, "intra": self._intra_export,
-                "state_dict": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}}
-
-    def save(self, path: str | os.PathLike) -> None:
-        torch.save(self.export_dict(), path)
-
-
-REMEMBERING_FORMAT = "compressor-remembering/1"
-MAX_HISTORY = 64  # earlier frames a remembering decoder reads
-
-
-def load_remembering(path: str | os.PathLike) -> tuple[Autoencoder, RememberingDecoder]:
-    """(the per-frame model whose tokens it decodes, the remembering decoder) from ``RememberingDecoder.save``."""
-    blob = read_checkpoint(path)
-    if not isinstance(blob, dict) or blob.get("format") != REMEMBERING_FORMAT:
-        raise ValueError(f"{path} is not a remembering decoder file (format {REMEMBERING_FORMAT!r})")
-    try:
-        check_size(blob.get("history"), "history", "its remembering decoder", MAX_HISTORY)  # a projection per frame
-        intra = Autoencoder.from_export(blob.get("intra")).eval()
-        decoder = RememberingDecoder(intra, blob["history"])
-        check_weights(decoder, blob.get("state_dict"))
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
-    decoder.load_state_dict(blob["state_dict"])
-    return intra, decoder.eval()
+    """The codec a file or Hub folder holds, so that callers need no flag for the mode: a ``VideoCodec`` for a video
+    codec (``video.pt``, or a folder whose ``config.json`` has its format), else the per-frame ``Autoencoder`` that
+    ``autoencoder.load`` reads (``.pt``, ``.ckpt``, Hub folder; ``overrides`` go to it). This is
+    ``compressor.load``."""
+    folder = os.path.isdir(path)
+    # What says the mode: a folder's config.json (checked: a regular file of a bounded size holding a JSON object),
+    # or a file's weights-only data.
+    source = folder_config(path) if folder else read_checkpoint(path)
+    if not (isinstance(source, dict) and source.get("format") == VIDEO_FORMAT):
+        if folder:
+            return load(path, map_location, **overrides)
+        return Autoencoder.from_export(source, **overrides).to(map_location)
+    if overrides:
+        raise ValueError(f"{path} is a video codec: {sorted(overrides)} apply to per-frame models only")
+    if folder:
+        return VideoCodec.from_pretrained(path, map_location=map_location)
+    return video_from_export(source, path).to(map_location)

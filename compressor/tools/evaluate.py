@@ -380,8 +380,10 @@ def main(argv: list[str] | None = None) -> None:
                   to_markdown(r, f"{dataset}, {args.split or 'all'} clips, every frame")]
             if "comparison" in report:
                 md.append(comparison_markdown(report["comparison"]))
+            # A video codec's frames differ in size: its budget is the mean bytes per frame it measured.
+            budget = round(r["overall"]["bytes_per_frame"]) if isinstance(model, VideoCodec) else model.bytes_per_frame
             write_evaluation(path, name.removeprefix("ours: "), "\n".join(md),
-                             card_results(r["overall"], dataset, args.split, model.bytes_per_frame))
+                             card_results(r["overall"], dataset, args.split, budget))
             print(f"wrote the evaluation into {path}/README.md")
 
 

@@ -27,7 +27,8 @@ import torch
 from tqdm import tqdm
 
 from compressor.codec.autoencoder import read_checkpoint
-from compressor.codec.video import REMEMBERING_FORMAT, VideoCodec, load_remembering, load_video
+from compressor.codec.remember import REMEMBERING_FORMAT, load_remembering
+from compressor.codec.video import VideoCodec, load_video
 from compressor.data.video import read_frames
 from compressor.metrics import frame_psnr
 from compressor.tools.evaluate import select_videos

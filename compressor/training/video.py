@@ -19,9 +19,11 @@ import torch
 from torch import Tensor, nn
 
 from compressor.codec.autoencoder import load
-from compressor.codec.video import ConditionalCodec, RememberingDecoder, VideoCodec
+from compressor.codec.remember import RememberingDecoder
+from compressor.codec.video import ConditionalCodec, VideoCodec
 from compressor.metrics import model_psnr
 from compressor.training.losses import ReconstructionLoss
+from compressor.training.model_card import save_hub_folder, training_sections
 from compressor.utils import cosine
 
 
@@ -161,10 +163,13 @@ class VideoModule(pl.LightningModule):
         checkpoint["compressor_video"] = self.video_codec().export_dict()
 
     def on_train_end(self) -> None:
-        # The file a user codes with (compressor.codec.video.load_video), beside the run's checkpoints.
+        # The file a user codes with (compressor.load), beside the run's checkpoints, and the same codec as a Hub
+        # folder (hub/: config.json, model.safetensors, a card with the training), as per-frame training writes.
         if self.global_rank == 0:
             self.calibrate_ema()
-            self.video_codec().save(os.path.join(self.trainer.default_root_dir, "video.pt"))
+            codec, root = self.video_codec(), self.trainer.default_root_dir
+            codec.save(os.path.join(root, "video.pt"))
+            save_hub_folder(codec, os.path.join(root, "hub"), training_sections(self.trainer, self, None))
 
     def video_codec(self, gop: int = 8) -> VideoCodec:
         """The codec a user runs: the intra model and the EMA conditional model (a copy)."""

@@ -1,0 +1,95 @@
+"""A decoder that remembers: per-frame tokens decoded with the tokens of the frames before them.
+
+The per-frame model's tokens, their format and every stored latent stay as they are; only decoding improves
+(``docs/video.md``). Trained by ``compressor.training.video.RememberModule``; saved as ``remembering.pt``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import torch
+from torch import Tensor, nn
+
+from compressor.codec.autoencoder import Autoencoder, check_size, check_weights, read_checkpoint, to_uint8
+
+
+class RememberingDecoder(nn.Module):
+    """Per-frame tokens decoded with the tokens of up to ``history`` frames before them: the format, the encoder and
+    every stored token stay as they are; only decoding improves.
+
+    The intra model's decoder is copied and reads, beside the current frame's codes, each earlier frame's codes
+    through its own projection. Those projections start at zero, so before training this decodes exactly as the
+    per-frame decoder; a missing earlier frame (the first frame of a clip, a gap) contributes a learned "missing"
+    vector instead, and training drops history at random so that every frame also decodes alone.
+
+    Args:
+        intra: the per-frame ``Autoencoder`` whose tokens are decoded (its decoder is copied, not shared).
+        history: K, the earlier frames read.
+    """
+
+    def __init__(self, intra: Autoencoder, history: int = 2):
+        super().__init__()
+        if history < 1:
+            raise ValueError(f"history must be >= 1, got {history}")
+        self.history = history
+        self._intra_export = intra.export_dict()  # saved with it: the tokens it reads are that model's
+        self.quantizer = copy.deepcopy(intra.quantizer)
+        self.post_quant = copy.deepcopy(intra.post_quant)
+        self.decoder = copy.deepcopy(intra.decoder)
+        self.grid, self.image_size = intra.grid, tuple(intra.image_size)
+        dim, code_dim = intra.post_quant.out_features, intra.post_quant.in_features
+        self.past = nn.ModuleList([nn.Linear(code_dim, dim) for _ in range(history)])
+        self.missing = nn.Parameter(torch.zeros(history, dim))
+        for proj in self.past:
+            nn.init.zeros_(proj.weight)
+            nn.init.zeros_(proj.bias)
+
+    def forward(self, tokens: Tensor, available: Tensor) -> Tensor:
+        """tokens: int (B, 1 + K, N), the current frame first, then frames t-1 .. t-K; available: bool (B, K),
+        whether each earlier frame exists -> recon float (B, 3, H, W)."""
+        codes = self.quantizer.tokens_to_codes(tokens).to(self.post_quant.weight.dtype)  # (B, 1 + K, N, C)
+        y = self.post_quant(codes[:, 0])
+        for k, proj in enumerate(self.past):
+            use = available[:, k, None, None]
+            y = y + torch.where(use, proj(codes[:, k + 1]), self.missing[k].expand_as(y))
+        return self.decoder(y, self.grid)
+
+    @torch.no_grad()
+    def decode_clip(self, tokens: Tensor) -> Tensor:
+        """tokens: int (T, N) of consecutive frames -> uint8 (T, 3, H, W); frame t reads frames t-1 .. t-K of the
+        clip where they exist."""
+        T = len(tokens)
+        past = [torch.roll(tokens, k, 0) for k in range(1, self.history + 1)]
+        stacked = torch.stack([tokens, *past], 1)  # (T, 1 + K, N)
+        available = torch.arange(T)[:, None] >= torch.arange(1, self.history + 1)[None]  # (T, K)
+        return torch.cat([to_uint8(self.forward(stacked[i : i + 32], available[i : i + 32]))
+                          for i in range(0, T, 32)])
+
+    def export_dict(self) -> dict:
+        return {"format": REMEMBERING_FORMAT, "history": self.history, "intra": self._intra_export,
+                "state_dict": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}}
+
+    def save(self, path: str | os.PathLike) -> None:
+        torch.save(self.export_dict(), path)
+
+
+REMEMBERING_FORMAT = "compressor-remembering/1"
+MAX_HISTORY = 64  # earlier frames a remembering decoder reads
+
+
+def load_remembering(path: str | os.PathLike) -> tuple[Autoencoder, RememberingDecoder]:
+    """(the per-frame model whose tokens it decodes, the remembering decoder) from ``RememberingDecoder.save``."""
+    blob = read_checkpoint(path)
+    if not isinstance(blob, dict) or blob.get("format") != REMEMBERING_FORMAT:
+        raise ValueError(f"{path} is not a remembering decoder file (format {REMEMBERING_FORMAT!r})")
+    try:
+        check_size(blob.get("history"), "history", "its remembering decoder", MAX_HISTORY)  # a projection per frame
+        intra = Autoencoder.from_export(blob.get("intra")).eval()
+        decoder = RememberingDecoder(intra, blob["history"])
+        check_weights(decoder, blob.get("state_dict"))
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    decoder.load_state_dict(blob["state_dict"])
+    return intra, decoder.eval()
