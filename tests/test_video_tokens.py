@@ -222,6 +222,7 @@ def test_evaluate_video_reports_every_frame_of_the_val_clips_by_group_position(t
     out = tmp_path / "report"
     assert evaluate_video.main(["--checkpoint", str(tmp_path / "video.pt"), "--input", str(tmp_path),
                                 "--gop", "1", "4", "--output", str(out)]) == 0
+    assert torch.is_grad_enabled()  # the tool's no_grad ends with it: later training in the process still learns
     report = json.loads((out / "report.json").read_text())
     assert list(report["gops"]["4"]["clips"]) == ["val.mp4"]  # --split val by default
     frames = read_frames(str(tmp_path / "val.mp4"), codec.intra.image_size)

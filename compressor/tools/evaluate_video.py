@@ -132,7 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gop", type=int, nargs="+", default=[8], help="group lengths to measure (1: intra only)")
     ap.add_argument("--output", required=True, help="report folder (report.json)")
     args = ap.parse_args(argv)
-    torch.set_grad_enabled(False)
+    with torch.no_grad():  # not set_grad_enabled(False): a caller in the same process (a test run) trains after it
+        return _evaluate(args)
+
+
+def _evaluate(args) -> int:
     videos = select_videos(args.input, args.split)
     os.makedirs(args.output, exist_ok=True)
     blob = read_checkpoint(args.checkpoint)  # a clear ValueError for anything that is not weights-only torch data
