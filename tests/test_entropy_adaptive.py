@@ -18,6 +18,9 @@ from tests.test_entropy import GRID, MODEL_ID, _write_shard, moving_tokens
 
 CODEBOOKS = [1000, 1009, 1024, 15360, 16384]
 PINNED_CRC = 574601023  # zlib.crc32 of the segment in test_the_coded_bytes_are_pinned_to_the_version
+# zlib.crc32 of test_a_long_segment_codes_to_the_bytes_of_the_numpy_model's segment as compressor 3c276c5 (the numpy
+# model, before the compiled loops) wrote it.
+LONG_PINNED_CRC = 1461291539
 # zlib.crc32 of version-1 segments of the same tokens as compressor 5a5a247 (adaptive version 1) wrote them.
 V1_PINNED_CRC = {1024: 4147961560, 15360: 611742163}
 
@@ -191,6 +194,49 @@ def test_the_coded_bytes_are_pinned_to_the_version():
     tokens = moving_tokens(12, seed=11, change=0.2, codebook=1024)
     assert adaptive.VERSION == 2
     assert zlib.crc32(encode_segment(tokens, AdaptivePrior(1024, GRID, MODEL_ID))) == PINNED_CRC
+
+
+def test_a_long_segment_codes_to_the_bytes_of_the_numpy_model():
+    """400 frames of a codebook that is not a power of 2 (skipped tree branches): counts pass their limits and are
+    halved, the mixers and APMs move far from their start, the frame flag's counts pass 255. The compiled loops
+    (compressor.entropy.kernels) must give the very bytes the numpy model gave."""
+    import zlib
+
+    moving = moving_tokens(300, seed=12, change=0.2, codebook=15360)
+    tokens = torch.cat([moving, moving[-1:].expand(100, -1)])  # then a static scene
+    data = encode_segment(tokens, AdaptivePrior(15360, GRID, MODEL_ID))
+    assert zlib.crc32(data) == LONG_PINNED_CRC
+    assert torch.equal(decode_segment(data), tokens)
+
+
+def test_counts_are_summed_over_a_frame_then_halved_once():
+    """The compiled count update equals the numpy update it replaced: sums per unique context, then each context
+    over its table's limit halved once, also where one frame adds more than twice the limit."""
+    from compressor.entropy.adaptive import _Tables
+
+    def numpy_update(c, offsets, limits, idx, bits):  # compressor 3c276c5's _Tables.update
+        at, where = np.unique((idx + offsets).ravel(), return_inverse=True)
+        add = np.stack([np.bincount(where, minlength=len(at)),
+                        np.bincount(where, weights=np.repeat(bits, idx.shape[1]), minlength=len(at))], 1)
+        new = c[at] + add.astype(np.uint16)
+        over = new[:, 0] > limits[np.searchsorted(offsets, at, side="right") - 1]
+        new[over] = (new[over] + 1) >> 1
+        c[at] = new
+
+    rng = np.random.default_rng(0)
+    sizes, limits = [4, 50, 3000], [30, 255, 1023]
+    tables = _Tables(sizes, limits)
+    expected = tables.c.copy()
+    most = 0
+    for _ in range(60):
+        m = int(rng.integers(0, 500))
+        idx = np.stack([rng.integers(0, size, m) for size in sizes], 1)
+        bits = (rng.random(m) < rng.random()).astype(np.int64)
+        tables.update(idx, bits)
+        numpy_update(expected, tables.offsets, tables.limits, idx, bits)
+        assert np.array_equal(tables.c, expected)
+        most = max(most, np.bincount(idx[:, 0], minlength=4).max())
+    assert most > 2 * limits[0] and expected[:4, 0].max() > limits[0]  # the cases above were met
 
 
 @pytest.mark.parametrize("codebook", sorted(V1_PINNED_CRC))

@@ -19,7 +19,8 @@ Each decision's probability blends context orders the way PPM and CTW do: a KT e
 then each finer context's counts with ``strength`` pseudo-counts of the coarser estimate,
 ``p_k = (ones_k * 2**16 + strength_k * p_{k-1}) // (n_k + strength_k)``. Counts are halved past a limit, so the
 model follows a changing scene. Counts are updated once per frame (sums, so their order within a frame does not
-matter): that is what lets a whole frame's decisions be computed with numpy at once.
+matter): that is what lets a whole batch's decisions be computed at once. Each batch's contexts and probabilities
+are one call of a compiled loop (``compressor.entropy.kernels``, numba), all integer arithmetic.
 """
 
 from __future__ import annotations
@@ -31,29 +32,24 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from compressor.entropy import adaptive_v1
+from compressor.entropy import adaptive_v1, kernels
 from compressor.entropy.coding import digit_radices
-from compressor.entropy.mixing import APM, ONE, STRETCH, Mixer, kt
+from compressor.entropy.kernels import HASH_BITS
+from compressor.entropy.mixing import APM, ONE, Mixer, kt
 from compressor.entropy.priors import Prior
 
 KIND = "adaptive"
 VERSION = 2  # in the segment header (prior_id): any change to the model below must bump it
 CODER_ID = 2  # the header's coder byte: constriction 0.5 ANS, 24-bit, Bernoulli decisions
-P_MIN = 16  # each side of a decision keeps >= 16 / 2**16: a wrong guess costs at most 12 bits
 FRAME_P_MIN = 1 << 10  # the frame flag's less likely side keeps >= 2**-6, which bounds frames per payload byte
-HASH_BITS = 22  # tree contexts (token x node) are hashed into tables of 2**22 counts
 TREE_STRENGTH = (0, 2, 2, 2)  # the chain blend's pseudo-counts (its first order takes none)
 FLAG_STRENGTH = (0, 4, 2)
 FLAG_RATE = TREE_RATE = 4  # the mixers' steps (VQ val, ideal bits/token: 1.380 at 1, 1.376 at 4; 64 diverged)
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _FLAG_SALTS = np.array([1, 2], np.uint64)  # one salt per hashed table, so that their keys do not collide alike
 _TREE_SALTS = np.array([3, 4, 5, 6], np.uint64)
 # The least a frame can cost in the payload: its frame flag at >= FRAME_P_MIN less the ANS's rounding (its state
 # stays >= 2**32 and frequencies < 2**24, so a decode step removes at most log2(1 + 2**-8) bits less than the cost).
 MIN_FRAME_BITS = -math.log2(1 - FRAME_P_MIN / ONE) - math.log2(1 + 2.0**-8)
-# Buckets of "frames since this position last changed" (the last bucket: unknown, a segment's second frame).
-_AGE_BUCKET = np.minimum(np.array([0, 1, 2, 3, 3, 3, 4, 4, 4, 4, 4, 4] + [5] * 244), 5)
-_NEIGHBOUR_BUCKET = np.array([0, 1, 2, 3, 3, 4, 4, 4, 4])  # changed among the 8 neighbours in the last frame
 _O1 = 6 * 7 * 6  # (now, age, ring) flag contexts
 _RATE_EDGES = np.array([1, 3, 6, 12, 20, 32, 48])  # a frame's changed share (of 64) -> buckets 0..7
 
@@ -61,8 +57,7 @@ _RATE_EDGES = np.array([1, 3, 6, 12, 20, 32, 48])  # a frame's changed share (of
 class _Tables:
     """Binary counts (n, ones) per context for several tables at once, each halved past its own limit so that old
     statistics fade. The tables sit end to end in one (contexts, 2) array, so a batch reads every table's counts
-    with one gather (n and ones side by side: one cache miss per hashed context, not two) and a frame's update is
-    one sort.
+    with one gather (n and ones side by side: one cache miss per hashed context, not two).
 
     Args:
         sizes: contexts per table.
@@ -85,20 +80,7 @@ class _Tables:
     def update(self, idx: np.ndarray, bits: np.ndarray) -> None:
         """Add a frame's decisions: idx (m, k), bits (m,). A context may occur many times: sums, so their order
         does not matter."""
-        flat = (idx + self.offsets).ravel()
-        at, where = np.unique(flat, return_inverse=True)  # (np.add.at is no faster on numpy 1.26)
-        c = self.c[at] + np.stack([np.bincount(where, minlength=len(at)),
-                                   np.bincount(where, weights=np.repeat(bits, idx.shape[1]), minlength=len(at))],
-                                  1).astype(np.uint16)  # (contexts, 2)
-        over = c[:, 0] > self.limits[np.searchsorted(self.offsets, at, side="right") - 1]
-        c[over] = (c[over] + 1) >> 1
-        self.c[at] = c
-
-
-def _hash(key: np.ndarray, salt: np.ndarray | int) -> np.ndarray:
-    """uint64 keys -> indexes into a 2**HASH_BITS table (Fibonacci hashing; uint64 products wrap, deterministic)."""
-    key = key ^ np.asarray(salt, np.uint64)
-    return ((key * _GOLDEN) >> np.uint64(64 - HASH_BITS)).astype(np.int64)
+        kernels.update_counts(self.c, self.offsets, self.limits, idx, bits)
 
 
 def _clip(p: np.ndarray, lo: int, hi: int) -> np.ndarray:
@@ -117,7 +99,7 @@ class _Stage:
 
     def __init__(self, sizes: list[int], limits: list[int], chain: tuple[int, ...], sets: int, apm_contexts: int,
                  rate: int):
-        self.tables, self.chain = _Tables(sizes, limits), chain
+        self.tables, self.chain = _Tables(sizes, limits), np.array(chain, np.int64)
         inputs = len(sizes) + 2  # the chain blend, each table, a bias
         self.mixer = Mixer(inputs, sets, [ONE] + [0] * (inputs - 1), rate)
         self.apm = APM(apm_contexts)
@@ -125,20 +107,14 @@ class _Stage:
         self._learned: list[tuple] = []
 
     def predict(self, idx: np.ndarray, sel: np.ndarray, apm_ctx: np.ndarray) -> np.ndarray:
-        n, ones = self.tables.counts(idx)  # (m, k)
-        est = ((2 * ones + 1) << 15) // (n + 1)  # every table's KT estimate, in (0, 2**16)
-        p = est[:, 0]
-        for j in range(1, len(self.chain)):  # the chain blend, coarse to fine
-            p = ((ones[:, j] << 16) + self.chain[j] * p) // (n[:, j] + self.chain[j])
-        m, k = idx.shape
-        st = np.empty((m, k + 2), np.int64)  # stretched inputs: the blend, each table, a bias
-        st[:, 0] = STRETCH[_clip(p, P_MIN, ONE - P_MIN) >> 4]
-        st[:, 1:k + 1] = STRETCH[est >> 4]
-        st[:, k + 1] = 256
-        p_mix = self.mixer.predict(st, sel)
-        p_apm, apm_state = self.apm.refine(p_mix, apm_ctx)
-        self._pending = (idx, st, sel, p_mix, *apm_state)
-        return _clip((p_mix + p_apm) >> 1, P_MIN, ONE - P_MIN)  # (3 parts APM to 1 cost more on VQ val)
+        """P(1) * 2**16 (m,) for a batch: idx (m, tables) a context per table, sel (m,) the mixer's weight set,
+        apm_ctx (m,) the APM's row. Each table's KT estimate, the chain blend of the first ones (coarse to fine),
+        then the mixer over them all (stretched) and the APM (``kernels.predict`` computes it in one pass)."""
+        t = self.tables
+        p, st, p_mix, apm_at, apm_w = kernels.predict(t.c, t.offsets, self.chain, self.mixer.w, sel, self.apm.t,
+                                                      apm_ctx, idx)
+        self._pending = (idx, st, sel, p_mix, apm_at, apm_w)
+        return p
 
     def learn(self, bits: np.ndarray) -> None:
         """The bits of the batch last predicted."""
@@ -198,29 +174,21 @@ class _Model:
         return _clip(kt(ones[:, 0], n[:, 0]), FRAME_P_MIN, ONE - FRAME_P_MIN)
 
     # ---- step 2: per-position flags ---------------------------------------------------------------------------
-    def flags(self, phase: str, changed_now: np.ndarray | None = None) -> np.ndarray:
-        """P(changed) for the phase's positions; phase B needs ``changed_now`` (N + 1,), phase A's flags filled in."""
-        pos = self.phase_a if phase == "a" else self.phase_b
-        cross = self.cross[pos]
-        if phase == "a":
-            now, rate = np.full(len(pos), 5), np.full(len(pos), self.last_rate)
-            pattern = (self.changed[cross] << np.arange(4)).sum(1)
-        else:
-            now = changed_now[cross].sum(1)
-            rate = np.full(len(pos), _bucket(changed_now[self.phase_a].sum(), len(self.phase_a)))
-            pattern = 16 + (changed_now[cross] << np.arange(4)).sum(1)
-        if self.frames < 2:  # frame 1: nothing is known about earlier changes
-            age, ring = np.full(len(pos), 6), np.full(len(pos), 5)
-        else:
-            age = _AGE_BUCKET[np.minimum(self.age[pos], 255)]
-            ring = _NEIGHBOUR_BUCKET[self.changed[self.ring[pos]].sum(1)]
-        o1 = (now * 7 + age) * 6 + ring
-        held = self.prev[pos] * 8
-        keys = np.stack([held + now, (held + age) * 8 + ring], 1).astype(np.uint64)  # (m, 2)
-        hashed = _hash(keys, _FLAG_SALTS)
-        idx = np.stack([now, o1, o1 * self.n + pos, hashed[:, 0], (rate * 6 + now) * 7 + age,
-                        (pattern * 7 + age) * 6 + ring, hashed[:, 1]], 1)  # (m, 7), one column per table
-        return self.flag_stage.predict(idx, now * 9 + rate, now * 7 + age)
+    def flags(self, phase: str, changed_now: np.ndarray) -> np.ndarray:
+        """P(changed) for the phase's positions ("a" or "b"); ``changed_now`` (N + 1,) this frame's changes, phase
+        A's filled in for phase B."""
+        # Per position: now (phase A: 5, unknown; phase B: how many of its 4 neighbours changed in this frame),
+        # age (the bucket of frames since it last changed), ring (how many of its 8 neighbours changed in the last
+        # frame), o1 = (now, age, ring), the token held; the frame's change rate (phase A: the last frame's; phase B:
+        # phase A's in this frame) and the pattern of the 4 neighbours' changes (last frame's, or this frame's).
+        # (m, 7) contexts: now, o1, (o1, position), hashed (token, now), (rate, now, age), (pattern, age, ring),
+        # hashed (token, age, ring); the mixer's weights by (now, rate), the APM's row by (now, age).
+        b = phase == "b"
+        pos = self.phase_b if b else self.phase_a
+        rate = _bucket(changed_now[self.phase_a].sum(), len(self.phase_a)) if b else self.last_rate
+        idx, sel, apm_ctx = kernels.flag_contexts(pos, self.cross, self.ring, self.changed, changed_now, b,
+                                                  self.frames >= 2, rate, self.prev, self.age, _FLAG_SALTS)
+        return self.flag_stage.predict(idx, sel, apm_ctx)
 
     def flag_bits(self, bits: np.ndarray) -> None:
         """The bits of the batch last returned by ``flags``."""
@@ -230,7 +198,7 @@ class _Model:
     def tree_begin(self, pos: np.ndarray) -> None:
         """Start the tree of a frame's changed positions ``pos``: what ``tree`` needs at every level."""
         prev, prev2 = self.prev[pos], self.prev2[pos]
-        self._prev, self._no_prev = prev, prev == self.none
+        self._prev = prev
         # Candidates: the 4 neighbours' previous tokens and this position's one before the last (motion, flicker).
         self._cand = np.concatenate([self.prev[self.cross[pos]], prev2[:, None]], 1)  # (m, 5)
         # The hashed contexts' keys that do not change with the level: previous token, previous two, position.
@@ -240,29 +208,15 @@ class _Model:
     def tree(self, level: int, prefix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For the tokens at ``tree_begin``'s positions whose top ``level`` bits are ``prefix``: which have a real
         choice at this level (mask), and P(next bit = 1) for those."""
-        below = self.depth - 1 - level
-        coded = ((2 * prefix + 1) << below) < self.k  # else the 1-branch holds no code: the bit is 0
-        node = prefix | (1 << level)
-        prev = self._prev
-        # Where the prefix stands against the previous token's top bits (-2..2, 5 = no previous token), and the
-        # previous token's next two bits: FSQ tokens move by small steps of their channels, which are bit fields.
-        diff = np.where(self._no_prev, 5, _clip(prefix - (prev >> (below + 1)), -2, 2) + 2)
-        nxt = (prev >> (below - 1)) & 3 if below else (prev & 1) * 2
-        # How many candidates share the prefix and go on with a 1, with a 0.
-        step = (self._cand >> below) - 2 * prefix[:, None]  # (m, 5)
-        ones, zeros = (step == 1).sum(1), (step == 0).sum(1)
+        # The node (prefix | 1 << level); where the prefix stands against the previous token's top bits (-2..2,
+        # 5 = no previous token), and the previous token's next two bits: FSQ tokens move by small steps of their
+        # channels, which are bit fields; how many candidates share the prefix and go on with a 1, with a 0.
         # Hashed: the previous token's top bits at this level (tokens near it in the codebook share these
         # statistics), the previous token, the previous two, the position; each with the node.
-        keys = np.empty((len(prefix), 4), np.uint64)
-        keys[:, 0] = prev.astype(np.uint64) >> np.uint64(max(0, self.depth - level - 2)) << np.uint64(self.depth + 1)
-        keys[:, 1:] = self._keys
-        keys |= node.astype(np.uint64)[:, None]
-        hashed = _hash(keys, _TREE_SALTS)  # (m, 4)
-        sel = level * 6 + diff
-        idx = np.stack([node, hashed[:, 0], hashed[:, 1], hashed[:, 2], sel * 4 + nxt,
-                        ((level * 6 + ones) * 6 + zeros) * 2 + (diff == 2), hashed[:, 3]], 1)  # (m, 7)
-        if not coded.all():
-            idx, sel = idx[coded], sel[coded]
+        # (m, 7) contexts: node, hashed top bits, hashed previous, hashed previous two, (level, where, next two),
+        # (level, ones, zeros, where == 0), hashed position; sel (level, where) picks weights and APM row.
+        coded, idx, sel = kernels.tree_contexts(level, self.depth, self.k, prefix, self._prev, self._cand,
+                                                self._keys, _TREE_SALTS)
         return coded, self.tree_stage.predict(idx, sel, sel)
 
     def tree_bits(self, bits: np.ndarray) -> None:
