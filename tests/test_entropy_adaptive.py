@@ -17,10 +17,13 @@ from tests.stream_fuzz import cases, set_field, with_payload
 from tests.test_entropy import GRID, MODEL_ID, _write_shard, moving_tokens
 
 CODEBOOKS = [1000, 1009, 1024, 15360, 16384]
-PINNED_CRC = 574601023  # zlib.crc32 of the segment in test_the_coded_bytes_are_pinned_to_the_version
-# zlib.crc32 of test_a_long_segment_codes_to_the_bytes_of_the_numpy_model's segment as compressor 3c276c5 (the numpy
-# model, before the compiled loops) wrote it.
-LONG_PINNED_CRC = 1461291539
+# zlib.crc32 of the segment in test_the_coded_bytes_are_pinned_to_the_version, by adaptive version (version 2 as
+# compressor bbbbd5e wrote it).
+PINNED_CRC = {2: 574601023, 3: 1396128932}
+# zlib.crc32 of test_a_long_segment_codes_to_the_bytes_of_the_numpy_model's segment: version 2 as compressor 3c276c5
+# (the numpy model, before the compiled loops) wrote it; version 3 (the same loops, other mixer steps) pinned at its
+# introduction.
+LONG_PINNED_CRC = {2: 1461291539, 3: 2811780336}
 # zlib.crc32 of version-1 segments of the same tokens as compressor 5a5a247 (adaptive version 1) wrote them.
 V1_PINNED_CRC = {1024: 4147961560, 15360: 611742163}
 
@@ -192,20 +195,33 @@ def test_the_coded_bytes_are_pinned_to_the_version():
     from compressor.entropy import adaptive
 
     tokens = moving_tokens(12, seed=11, change=0.2, codebook=1024)
-    assert adaptive.VERSION == 2
-    assert zlib.crc32(encode_segment(tokens, AdaptivePrior(1024, GRID, MODEL_ID))) == PINNED_CRC
+    assert adaptive.VERSION == 3
+    assert zlib.crc32(encode_segment(tokens, AdaptivePrior(1024, GRID, MODEL_ID))) == PINNED_CRC[3]
 
 
-def test_a_long_segment_codes_to_the_bytes_of_the_numpy_model():
+def test_version_2_segments_still_code_and_decode_to_their_bytes():
+    """Latents entropy-coded with version 2 (before the mixers' steps changed) stay readable, and version 2 still
+    writes its own bytes: the header's version picks the steps."""
+    import zlib
+
+    tokens = moving_tokens(12, seed=11, change=0.2, codebook=1024)
+    old = encode_segment(tokens, AdaptivePrior(1024, GRID, MODEL_ID, version=2))
+    assert zlib.crc32(old) == PINNED_CRC[2]
+    assert torch.equal(decode_segment(old), tokens)
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_a_long_segment_codes_to_the_bytes_of_the_numpy_model(version):
     """400 frames of a codebook that is not a power of 2 (skipped tree branches): counts pass their limits and are
     halved, the mixers and APMs move far from their start, the frame flag's counts pass 255. The compiled loops
-    (compressor.entropy.kernels) must give the very bytes the numpy model gave."""
+    (compressor.entropy.kernels) must give the very bytes the numpy model gave (version 2), and version 3 the bytes
+    it was pinned to."""
     import zlib
 
     moving = moving_tokens(300, seed=12, change=0.2, codebook=15360)
     tokens = torch.cat([moving, moving[-1:].expand(100, -1)])  # then a static scene
-    data = encode_segment(tokens, AdaptivePrior(15360, GRID, MODEL_ID))
-    assert zlib.crc32(data) == LONG_PINNED_CRC
+    data = encode_segment(tokens, AdaptivePrior(15360, GRID, MODEL_ID, version=version))
+    assert zlib.crc32(data) == LONG_PINNED_CRC[version]
     assert torch.equal(decode_segment(data), tokens)
 
 

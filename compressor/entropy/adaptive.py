@@ -39,12 +39,14 @@ from compressor.entropy.mixing import APM, ONE, Mixer, kt
 from compressor.entropy.priors import Prior
 
 KIND = "adaptive"
-VERSION = 2  # in the segment header (prior_id): any change to the model below must bump it
+VERSION = 3  # in the segment header (prior_id): any change to the model below must bump it
 CODER_ID = 2  # the header's coder byte: constriction 0.5 ANS, 24-bit, Bernoulli decisions
 FRAME_P_MIN = 1 << 10  # the frame flag's less likely side keeps >= 2**-6, which bounds frames per payload byte
 TREE_STRENGTH = (0, 2, 2, 2)  # the chain blend's pseudo-counts (its first order takes none)
 FLAG_STRENGTH = (0, 4, 2)
-FLAG_RATE = TREE_RATE = 4  # the mixers' steps (VQ val, ideal bits/token: 1.380 at 1, 1.376 at 4; 64 diverged)
+# The mixers' steps (flags, tree) by version. Version 2's step of 4 left the mixers barely moving from their start
+# (all weight on the chain blend); 128 / 256 cut FSQ val bits by 6% and VQ's by 3% at the same speed (docs/entropy.md).
+RATES = {2: (4, 4), 3: (128, 256)}
 _FLAG_SALTS = np.array([1, 2], np.uint64)  # one salt per hashed table, so that their keys do not collide alike
 _TREE_SALTS = np.array([3, 4, 5, 6], np.uint64)
 # The least a frame can cost in the payload: its frame flag at >= FRAME_P_MIN less the ANS's rounding (its state
@@ -141,8 +143,9 @@ class _Model:
     batch's bits; ``end_frame`` updates the counts with the frame's decisions and moves the frame context on.
     """
 
-    def __init__(self, codebook_size: int, grid: tuple[int, int]):
+    def __init__(self, codebook_size: int, grid: tuple[int, int], rates: tuple[int, int] = RATES[VERSION]):
         h, w = grid
+        flag_rate, tree_rate = rates
         self.k, self.n = codebook_size, h * w
         self.depth = max(1, (codebook_size - 1).bit_length())  # tree levels: bits of the largest token
         self.none = 1 << self.depth  # "no token" (before a segment's first frame, off the grid): no prefix matches
@@ -152,14 +155,14 @@ class _Model:
         # Flags: now, (now, age, around), that at each position, the token held, the frame's change rate, the
         # pattern of the 4 neighbours' changes, the token held with its age.
         self.flag_stage = _Stage([6, _O1, _O1 * self.n, 1 << HASH_BITS, 9 * 6 * 7, 2 * 16 * 7 * 6, 1 << HASH_BITS],
-                                 [4095, 1023, 255, 255, 1023, 1023, 255], FLAG_STRENGTH, 6 * 9, 6 * 7, FLAG_RATE)
+                                 [4095, 1023, 255, 255, 1023, 1023, 255], FLAG_STRENGTH, 6 * 9, 6 * 7, flag_rate)
         d = self.depth
         # Tree: node, previous token's top bits, previous token, previous two, where the prefix stands against the
         # previous token's, how many candidate tokens (neighbours' previous, this position's one before) agree,
         # the node at this position.
         self.tree_stage = _Stage([1 << d, 1 << HASH_BITS, 1 << HASH_BITS, 1 << HASH_BITS, d * 6 * 4, d * 6 * 6 * 2,
                                   1 << HASH_BITS], [1023, 255, 255, 255, 1023, 1023, 255], TREE_STRENGTH, d * 6, d * 6,
-                                 TREE_RATE)
+                                 tree_rate)
         self.prev = np.full(self.n + 1, self.none, np.int64)  # tokens of frame t-1 (N + padding slot), and t-2
         self.prev2 = np.full(self.n + 1, self.none, np.int64)
         self.frames = 0
@@ -269,8 +272,8 @@ class AdaptivePrior(Prior):
         if not 2 <= codebook_size <= 1 << 16 or not (1 <= grid[0] <= 255 and 1 <= grid[1] <= 255):
             raise ValueError(f"the adaptive prior codes 2..65536 codes on grids up to 255x255, got {codebook_size} "
                              f"codes on {tuple(grid)}")
-        if version not in (1, VERSION):
-            raise ValueError(f"adaptive prior version {version}; this code reads versions 1 and {VERSION}")
+        if version != 1 and version not in RATES:
+            raise ValueError(f"adaptive prior version {version}; this code reads versions 1 to {VERSION}")
         super().__init__(codebook_size, digit_radices(codebook_size), grid, model_id)
         self.version = version
 
@@ -280,13 +283,15 @@ class AdaptivePrior(Prior):
 
     @classmethod
     def from_id(cls, prior_id: str, model_id: str = "") -> "AdaptivePrior":
-        """The prior a segment header names: version 2, or version 1 for segments written before it
-        (``ValueError`` for another version or impossible parameters)."""
+        """The prior a segment header names: version 3, or 1 or 2 for segments written before it (``ValueError`` for
+        another version or impossible parameters)."""
         version, h, w, codebook = struct.unpack("<HBBI", bytes.fromhex(prior_id))
         return cls(codebook, (h, w), model_id, version)
 
     def _new_model(self) -> _Model | adaptive_v1._Model:
-        return (_Model if self.version == VERSION else adaptive_v1._Model)(self.codebook_size, self.grid)
+        if self.version == 1:
+            return adaptive_v1._Model(self.codebook_size, self.grid)
+        return _Model(self.codebook_size, self.grid, RATES[self.version])
 
     def max_frames(self, payload_bytes: int) -> int:
         """Every frame costs at least MIN_FRAME_BITS; the payload's words hold at most 32 bits each, its initial

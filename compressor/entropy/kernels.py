@@ -1,4 +1,4 @@
-"""The adaptive model's (version 2, ``compressor.entropy.adaptive``) batch loops, compiled with numba.
+"""The adaptive model's (versions 2 and 3, ``compressor.entropy.adaptive``) batch loops, compiled with numba.
 
 A batch is a few dozen decisions (one tree level, one checkerboard phase), so numpy spent more time starting its
 ~90 calls per batch than computing them; one compiled call per batch does the same integer arithmetic in one pass.
