@@ -111,22 +111,34 @@ class ViTOverlapDecoder(ViTDecoder):
     def __init__(self, patch_size: int = 16, dim: int = 384, depth: int = 6, heads: int = 6, mlp_ratio: float = 4.0):
         super().__init__(patch_size, dim, depth, heads, mlp_ratio)
         self.init_args = captured_args(locals())  # lets a checkpoint rebuild the model
-        tile = 2 * patch_size
-        self.head = nn.Linear(dim, 3 * tile * tile)
+        self.head = nn.Linear(dim, 3 * (2 * patch_size) ** 2)
         init_weights(self.head)
-        ramp = 1 - (torch.arange(tile) + 0.5 - patch_size).abs() / patch_size  # tent: pairs sum to 1 at stride p
-        self.register_buffer("window", torch.outer(ramp, ramp), persistent=False)
+        self.register_buffer("window", tent_window(patch_size), persistent=False)
 
     def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
         """x: (B, N, D), grid: (h, w) with h*w = N -> frames: (B, 3, h*p, w*p)."""
-        p, (h, w) = self.patch_size, grid
-        x = x + sincos_2d(h, w, self.dim, x.device).to(x.dtype)
-        tiles = rearrange(self.head(self.transformer(x)), "b n (c t) -> b c t n", c=3)  # (B, 3, (2p)^2, N)
-        window = self.window.flatten().to(tiles.dtype)
-        fold = dict(output_size=(h * p, w * p), kernel_size=2 * p, stride=p, padding=p // 2)
-        out = F.fold(rearrange(tiles * window[:, None], "b c t n -> b (c t) n"), **fold)  # (B, 3, H, W)
-        weight = F.fold(window[None, :, None].expand(1, -1, h * w), **fold)  # (1, 1, H, W): 1 inside, less at borders
-        return out / weight
+        x = x + sincos_2d(*grid, self.dim, x.device).to(x.dtype)
+        return paint_tiles(self.head(self.transformer(x)), self.window, grid)
+
+
+def tent_window(patch_size: int) -> Tensor:
+    """(2p, 2p) separable triangular window: neighbouring tiles' windows, a patch apart, sum to one."""
+    tile = 2 * patch_size
+    ramp = 1 - (torch.arange(tile) + 0.5 - patch_size).abs() / patch_size
+    return torch.outer(ramp, ramp)
+
+
+def paint_tiles(tiles: Tensor, window: Tensor, grid: tuple[int, int]) -> Tensor:
+    """tiles: (B, N, 3 (2p)^2), one per grid cell, each over its patch plus half a patch around; window: (2p, 2p)
+    -> frames (B, 3, h p, w p), every pixel the window-weighted mean of the tiles over it (renormalised at the
+    frame's border, where fewer overlap)."""
+    (h, w), p = grid, window.shape[0] // 2
+    tiles = rearrange(tiles, "b n (c t) -> b c t n", c=3)  # (B, 3, (2p)^2, N)
+    window = window.flatten().to(tiles.dtype)
+    fold = dict(output_size=(h * p, w * p), kernel_size=2 * p, stride=p, padding=p // 2)
+    out = F.fold(rearrange(tiles * window[:, None], "b c t n -> b (c t) n"), **fold)  # (B, 3, H, W)
+    weight = F.fold(window[None, :, None].expand(1, -1, h * w), **fold)  # (1, 1, H, W): 1 inside, less at borders
+    return out / weight
 
 
 class ConvUpsampleDecoder(nn.Module):

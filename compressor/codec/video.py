@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from compressor.codec.autoencoder import (CHECKPOINT_FORMAT, Autoencoder, build_part, check_arguments, check_config,
                                           check_size, check_weights, load, part_class, read_checkpoint, to_uint8)
+from compressor.codec.decoders import ViTOverlapDecoder, paint_tiles, tent_window
 from compressor.codec.hub import HubFolder, folder_config, video_card
 from compressor.codec.layers import Transformer, captured_args, init_weights, patchify, sincos_2d, unpatchify
 from compressor.codec.packing import token_bits
@@ -43,11 +44,13 @@ class ConditionalCodec(nn.Module):
         motion: the decoder also moves the reference before blending it in: a shift per grid cell, read from the
             tokens and interpolated smoothly between cells (``warp``), so a scene that moves, as a road does under a
             car driving forward, can still be kept instead of drawn again. It starts at no motion.
+        overlap: the pixel head paints overlapping tiles blended with a tent window (``ViTOverlapDecoder``'s head,
+            no block grid) instead of one patch per cell; ``init_from`` needs it to match the intra decoder.
     """
 
     def __init__(self, quantizer: nn.Module, image_size: tuple[int, int] = (128, 256), patch_size: int = 16,
                  merge: int = 1, enc_dim: int = 256, enc_depth: int = 4, enc_heads: int = 4, dec_dim: int = 384,
-                 dec_depth: int = 6, dec_heads: int = 6, motion: bool = False):
+                 dec_depth: int = 6, dec_heads: int = 6, motion: bool = False, overlap: bool = False):
         super().__init__()
         self.init_args = captured_args({k: v for k, v in locals().items() if k != "quantizer"})
         h, w = image_size
@@ -68,7 +71,10 @@ class ConditionalCodec(nn.Module):
         self.post_quant = nn.Linear(quantizer.dim, merge * dec_dim)
         self.ref_embed = nn.Linear(3 * p2, dec_dim)
         self.decoder = Transformer(dec_dim, dec_depth, dec_heads)
-        self.head = nn.Linear(dec_dim, 3 * p2)  # pixels from the tokens
+        self.overlap = overlap
+        self.head = nn.Linear(dec_dim, 3 * (4 * p2 if overlap else p2))  # pixels from the tokens
+        if overlap:
+            self.register_buffer("window", tent_window(patch_size), persistent=False)
         self.blend = nn.Linear(dec_dim, p2)  # per pixel: how much of the reference to keep instead
         self.motion = motion
         self.flow = nn.Linear(dec_dim, 2) if motion else None  # per cell: (dx, dy) of the reference, in cells
@@ -85,8 +91,11 @@ class ConditionalCodec(nn.Module):
     @torch.no_grad()
     def init_from(self, intra: nn.Module) -> None:
         """Start from a trained per-frame model of the same widths (a ``ViTEncoder``/``ViTDecoder`` ``Autoencoder``
-        with this quantizer): the frame's path gets its weights, the reference's paths stay at zero, and the blend
-        starts at 5% reference, so a conditional frame first decodes about as the intra model would."""
+        with this quantizer; a ``ViTOverlapDecoder`` one if ``overlap``): the frame's path gets its weights, the
+        reference's paths stay at zero, and the blend starts at 5% reference, so a conditional frame first decodes
+        about as the intra model would."""
+        if self.overlap != isinstance(intra.decoder, ViTOverlapDecoder):
+            raise AttributeError(f"overlap={self.overlap} but the intra decoder is a {type(intra.decoder).__name__}")
         p2 = 3 * self.patch_size ** 2
         self.enc_embed.weight[:, :p2] = intra.encoder.embed.weight
         self.enc_embed.bias.copy_(intra.encoder.embed.bias)
@@ -127,7 +136,9 @@ class ConditionalCodec(nn.Module):
             cells = rearrange(self.flow(y), "b (h w) c -> b c h w", h=self.grid[0])  # (B, 2, h, w)
             ref = warp(ref, cells.float() * self.patch_size)
         keep = torch.sigmoid(unpatchify(self.blend(y), self.patch_size, self.grid))  # (B, 1, H, W)
-        return keep * ref + (1 - keep) * unpatchify(self.head(y), self.patch_size, self.grid)
+        drawn = (paint_tiles(self.head(y), self.window, self.grid) if self.overlap
+                 else unpatchify(self.head(y), self.patch_size, self.grid))
+        return keep * ref + (1 - keep) * drawn
 
     def export_config(self) -> dict:
         """Its constructor arguments and the quantizer's class path and arguments (JSON, or weights-only torch)."""

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from compressor.codec.autoencoder import load
+from compressor.codec.decoders import ViTOverlapDecoder
 from compressor.codec.remember import RememberingDecoder
 from compressor.codec.video import ConditionalCodec, VideoCodec
 from compressor.metrics import model_psnr
@@ -44,6 +45,8 @@ class VideoModule(pl.LightningModule):
             the widths and quantizer must match it), so that conditional frames start at intra quality.
         motion: the conditional decoder moves the reference by a per-cell shift before blending it in
             (``ConditionalCodec``'s ``motion``).
+        overlap: the conditional decoder paints overlapping tiles (``ConditionalCodec``'s ``overlap``); None: as the
+            intra model's decoder does (``ViTOverlapDecoder`` or not).
     """
 
     def __init__(self, intra: str, quantizer: nn.Module, merge: int = 1, enc_dim: int = 256, enc_depth: int = 4,
@@ -51,12 +54,14 @@ class VideoModule(pl.LightningModule):
                  image_size: tuple[int, int] = (128, 256), loss: ReconstructionLoss | None = None, lr: float = 1e-3,
                  warmup_steps: int = 200, min_lr_ratio: float = 0.05, weight_decay: float = 0.05,
                  grad_clip: float = 1.0, ema_decay: float = 0.999, calibration_batches: int = 8,
-                 init_from_intra: bool = True, motion: bool = False):
+                 init_from_intra: bool = True, motion: bool = False, overlap: bool | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["quantizer", "loss"])
         self.intra = load(intra).eval().requires_grad_(False)
+        if overlap is None:  # paint pixels as the intra model does, so that init_from_intra can copy its head
+            overlap = isinstance(self.intra.decoder, ViTOverlapDecoder)
         self.codec = ConditionalCodec(quantizer, image_size, self.intra.encoder.patch_size, merge, enc_dim,
-                                      enc_depth, enc_heads, dec_dim, dec_depth, dec_heads, motion)
+                                      enc_depth, enc_heads, dec_dim, dec_depth, dec_heads, motion, overlap)
         if init_from_intra:
             try:
                 self.codec.init_from(self.intra)
