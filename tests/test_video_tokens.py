@@ -57,10 +57,11 @@ def test_conditional_frames_use_the_reference():
 
 
 
-def test_a_conditional_codec_started_from_the_intra_model_codes_as_it_does():
-    intra = tiny_model()
+@pytest.mark.parametrize("design", ["vit", "vit-overlap"])
+def test_a_conditional_codec_started_from_the_intra_model_codes_as_it_does(design):
+    intra = tiny_model(design)
     inter = ConditionalCodec(FSQ([8, 8, 8, 6, 5]), merge=1, enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=48,
-                             dec_depth=1, dec_heads=2).eval()
+                             dec_depth=1, dec_heads=2, overlap=design == "vit-overlap").eval()
     inter.init_from(intra)
     torch.nn.init.constant_(inter.blend.bias, -30.0)  # no reference at all: exactly the intra path
     frames = driving_clip(seed=8, num_frames=4)
@@ -69,6 +70,21 @@ def test_a_conditional_codec_started_from_the_intra_model_codes_as_it_does():
     assert (tokens == intra.encode(frames)).float().mean() > 0.99  # float sums in another order may flip a few
     same = intra.encode(frames)
     assert torch.allclose(inter.decode(same, ref), intra.reconstruct(same), atol=1e-4)
+
+
+def test_video_training_paints_pixels_as_its_intra_model_does(tmp_path):
+    """The recipe's intra model paints overlapping tiles: a VideoModule on it builds an overlap head by default and
+    starts from its weights; a codec whose head does not match is refused with the reason."""
+    from compressor.training.video import VideoModule
+
+    intra = tiny_model("vit-overlap")
+    intra.save(tmp_path / "intra.pt")
+    args = dict(quantizer=FSQ([8, 8, 8, 6, 5]), enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=48, dec_depth=1,
+                dec_heads=2)
+    module = VideoModule(str(tmp_path / "intra.pt"), **args)
+    assert module.codec.overlap and torch.equal(module.codec.head.weight, intra.decoder.head.weight)
+    with pytest.raises(ValueError, match="ViTOverlapDecoder"):
+        VideoModule(str(tmp_path / "intra.pt"), overlap=False, **args)
 
 
 def test_warp_moves_by_whole_and_half_pixels_and_repeats_the_border():
