@@ -6,8 +6,9 @@
     python encode.py ... --entropy-code --prior runs/x/prior-temporal.pt    # or with a fitted prior
 
 A video codec (``video.pt`` from ``configs/video-224B.yaml``) writes video-mode latents, with no flag: each segment
-is coded in groups of the codec's ``gop`` frames (an intra frame, then conditional frames), and each sample's json
-says which frames are intra (``frame_types``) and how many tokens each type holds (``frame_formats``).
+is coded in groups of the codec's ``gop`` frames (``--gop`` changes it; an intra frame, then conditional frames), and
+each sample's json says which frames are intra (``frame_types``) and how many tokens each type holds
+(``frame_formats``).
 
 Re-running the same command resumes: finished videos are skipped, partial shards are redone. The output folder
 gets manifest.json and a dataset card, README.md (model, preprocessing, token layout, counts, how to read it).
@@ -21,7 +22,7 @@ import sys
 import torch
 
 from compressor.codec.autoencoder import model_id
-from compressor.codec.video import VideoCodec, load_codec
+from compressor.codec.video import MAX_GOP, VideoCodec, load_codec
 from compressor.entropy.adaptive import AdaptivePrior
 from compressor.entropy.stream import load_prior
 from compressor.utils import rank_world
@@ -49,6 +50,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--prior", default=None,
                     help="fitted prior file for --entropy-code (default: the adaptive coder, which needs none)")
     ap.add_argument("--strict", action="store_true", help="exit non-zero if any video failed or was truncated")
+    ap.add_argument("--gop", type=int, default=None,
+                    help="video codecs: frames per group (an intra frame, then conditional frames); default: the "
+                         "group saved in the codec")
     ap.add_argument("--search-steps", type=int, default=0,
                     help="encode-time token search (FSQ models): tokens this model's decoder reconstructs better, same "
                          "format and bytes, about 2x the decoder's cost per step; 0: plain encode")
@@ -65,6 +69,12 @@ def main(argv=None) -> int:
         model = load_codec(args.checkpoint)
     except Exception as e:
         sys.exit(f"error: cannot load checkpoint {args.checkpoint}: {type(e).__name__}: {e}")
+    if args.gop is not None:
+        if not isinstance(model, VideoCodec):
+            sys.exit(f"error: --gop is for video codecs; {args.checkpoint} is a per-frame model (every frame is intra)")
+        if not 1 <= args.gop <= MAX_GOP:
+            sys.exit(f"error: --gop must be in [1, {MAX_GOP}], got {args.gop}")
+        model.gop = args.gop
     if isinstance(model, VideoCodec) and args.search_steps:
         sys.exit(f"error: --search-steps is for per-frame models; {args.checkpoint} is a video codec")
     prior = None

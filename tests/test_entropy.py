@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from compressor.latents import LatentDataset
 from compressor.codec.packing import from_digits, to_digits
+from compressor.entropy.adaptive import AdaptivePrior
 from compressor.entropy.coding import Decoder, Encoder, digit_radices, quantized_cdfs
 from compressor.entropy.fit import fit_temporal
 from compressor.entropy.priors import FactorisedPrior, StaticPrior, TemporalPrior
@@ -298,6 +299,17 @@ def test_cli_train_code_report(priors, tmp_path):
     assert r.returncode == 0, r.stderr
     rows = json.load(open(tmp_path / "report" / "report.json"))["rows"]
     assert [r["exact"] for r in rows] == [True] * 9 and rows[0]["bytes_per_frame"] == 224  # 9: the adaptive row
+    # an older adaptive version beside the current one, on the same tokens: each row codes with its own version
+    static = ckpt.parent / "prior-static.pt"  # these tokens' json names no format: the prior gives it
+    r = run("report", "--prior", static, "--input", tmp_path / "val", "--adaptive-versions", 2, 3, "--output",
+            tmp_path / "versions")
+    assert r.returncode == 0, r.stderr
+    rows = [r for r in json.load(open(tmp_path / "versions" / "report.json"))["rows"]
+            if r["method"].startswith("adaptive")]
+    assert [r["method"] for r in rows] == ["adaptive v2 (no fitted prior)", "adaptive v3 (no fitted prior)"]
+    assert [AdaptivePrior.from_id(r["prior_id"]).version for r in rows] == [2, 3] and all(r["exact"] for r in rows)
+    r = run("report", "--prior", static, "--input", tmp_path / "val", "--adaptive-versions", 9)
+    assert r.returncode == 2 and "adaptive prior version 9" in r.stderr
     # shards of another model are refused by name
     bad = tmp_path / "bad"
     os.makedirs(bad)

@@ -194,3 +194,29 @@ def test_damaged_video_mode_samples_are_refused(tmp_path):
     with wds.TarWriter(path) as tar:
         tar.write(make_sample(good, {**base, "frame_types": "IPPPI"}))
     assert len(list(read_segments(path))) == 1
+
+
+def test_encode_py_gop_changes_the_group_and_a_resume_must_keep_it(tmp_path, codec_file, videos):
+    import encode as encode_py
+
+    out = tmp_path / "lat"
+    args = ["--checkpoint", codec_file, "--input", videos, "--output", str(out), "--workers", "0"]
+    assert encode_py.main(args + ["--gop", "3"]) == 0
+    (seg,) = [s for shard in out.glob("*.tar") for s in read_segments(str(shard)) if s["meta"]["source"] == "long.mp4"]
+    assert seg["meta"]["gop"] == 3 and seg["meta"]["frame_types"] == "IPPIPPIPPI"
+    codec = compressor.load(codec_file)
+    codec.gop = 3
+    tokens, recon = codec.encode_clip(read_frames(os.path.join(videos, "long.mp4")))
+    stored = unpad(seg["tokens"], frame_tokens(seg["meta"]))
+    assert all(torch.equal(a, b) for a, b in zip(stored, tokens, strict=True))
+    assert torch.equal(codec.decode_clip(stored), recon)
+    assert "groups of 3 frames" in (out / "README.md").read_text()
+    # Resuming with the codec's own group (4) would add groups of 4 to a folder of groups of 3: refused up front.
+    with pytest.raises(SystemExit, match="holds groups of 3 frames.*--gop 3"):
+        encode_py.main(args)
+    with pytest.raises(SystemExit, match="--gop must be in"):
+        encode_py.main(args + ["--gop", "0"])
+    tiny_model().save(tmp_path / "model.pt")
+    with pytest.raises(SystemExit, match="--gop is for video codecs"):
+        encode_py.main(["--checkpoint", str(tmp_path / "model.pt"), "--input", videos, "--output",
+                        str(tmp_path / "other"), "--gop", "3"])

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 
 import compressor
 from compressor.codec.quantizers import FSQ
@@ -208,8 +209,14 @@ def test_train_py_trains_a_video_model(tmp_path):
            "--model.init_args.enc_dim", "32", "--model.init_args.dec_dim", "32", "--model.init_args.enc_heads", "2",
            "--model.init_args.dec_heads", "2", "--model.init_args.init_from_intra", "false",
            "--data.batch_size", "2", "--trainer.val_check_interval", "1", "--trainer.limit_val_batches", "1",
-           "--trainer.precision", "32-true", "--trainer.enable_progress_bar", "false"]
-    subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "WANDB_MODE": "disabled"}, timeout=600)
+           "--trainer.enable_progress_bar", "false"]
+    env = {**os.environ, "WANDB_MODE": "disabled", "CUDA_VISIBLE_DEVICES": ""}
+    run = subprocess.run(cmd, cwd=REPO, env=env, timeout=600, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    # The config's auto_precision measured both precisions on this CPU and trained in the faster one.
+    line = next(l for l in run.stdout.splitlines() if l.startswith("auto_precision:"))
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert line.split()[1] == saved["trainer"]["precision"] in ("bf16-mixed", "32-true")
     codec = load_video(tmp_path / "run" / "video.pt")
     encoded, recon = codec.encode_clip(driving_clip(seed=6, num_frames=4))
     assert torch.equal(codec.decode_clip(encoded), recon)

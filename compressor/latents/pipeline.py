@@ -363,25 +363,35 @@ def is_done(entry: dict | None, path: str) -> bool:
     return bool(signature) and all(entry.get(k) == v for k, v in signature.items())
 
 
+def first_recorded_meta(output: str, recorded: dict) -> dict:
+    """The json of the first sample of ``output``'s recorded shards ({} for an empty folder)."""
+    for name in sorted(recorded["shards"]):
+        for segment in read_segments(os.path.join(output, name)):
+            return segment["meta"]
+    return {}
+
+
 def recorded_model_id(output: str, recorded: dict) -> str | None:
     """The model whose tokens ``output`` already holds: from the manifests, or, for folders written before manifests
     named it, from the first sample of a recorded shard. None for an empty folder."""
-    if recorded.get("model_id"):
-        return recorded["model_id"]
-    for name in sorted(recorded["shards"]):
-        for segment in read_segments(os.path.join(output, name)):
-            return segment["meta"].get("model_id")
-    return None
+    return recorded.get("model_id") or first_recorded_meta(output, recorded).get("model_id")
 
 
 def check_same_model(output: str, model: Autoencoder | VideoCodec, recorded: dict | None = None) -> str:
-    """Refuse to add ``model``'s tokens to a folder that holds another model's: a resumed job with a different
-    checkpoint would otherwise leave a dataset whose shards disagree. Returns the model's id."""
+    """Refuse to add ``model``'s tokens to a folder that holds another model's, or (video codecs) the same model's
+    in groups of another length: a resumed job with a different checkpoint or ``--gop`` would otherwise leave a
+    dataset whose shards disagree with each other and with its card. Returns the model's id."""
+    recorded = load_manifests(output) if recorded is None else recorded
     this_model = model_id(model)
-    held = recorded_model_id(output, load_manifests(output) if recorded is None else recorded)
+    held = recorded_model_id(output, recorded)
     if held not in (None, this_model):
         raise ValueError(f"{output} holds tokens of model {held}, and this checkpoint is model {this_model}: "
                          "encode into a new --output (or delete the folder to start over)")
+    if held is not None and isinstance(model, VideoCodec):
+        gop = first_recorded_meta(output, recorded).get("gop", model.gop)
+        if gop != model.gop:
+            raise ValueError(f"{output} holds groups of {gop} frames and this run codes groups of {model.gop}: "
+                             f"resume with --gop {gop}, or encode into a new --output")
     return this_model
 
 

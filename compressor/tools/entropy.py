@@ -143,6 +143,8 @@ def main(argv=None) -> int:
     r.add_argument("--input", required=True, nargs="+", help="token shards to measure on (the val clips)")
     r.add_argument("--output", default=None, help="directory for report.json and report.md")
     r.add_argument("--constriction", action="store_true", help="also code the temporal prior with constriction")
+    r.add_argument("--adaptive-versions", type=int, nargs="+", default=None,
+                   help="adaptive coder versions to measure (default: the current one; older ones decode old segments)")
     args = ap.parse_args(argv)
     try:
         if args.command == "train":
@@ -153,7 +155,8 @@ def main(argv=None) -> int:
             from compressor.tools.entropy_report import report
 
             report(args.prior, load_segments(args.input), args.output, inputs=args.input,
-                   with_constriction=args.constriction)
+                   with_constriction=args.constriction,
+                   **({"adaptive_versions": tuple(args.adaptive_versions)} if args.adaptive_versions else {}))
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

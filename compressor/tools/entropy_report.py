@@ -14,7 +14,7 @@ import zstandard
 
 from compressor.benchmark import write_report
 from compressor.codec.packing import from_digits, to_digits, pack, unpack
-from compressor.entropy.adaptive import AdaptivePrior
+from compressor.entropy.adaptive import VERSION as ADAPTIVE_VERSION, AdaptivePrior
 from compressor.entropy.priors import TemporalPrior, one_thread
 from compressor.entropy.stream import FITTED_KINDS, HEADER_BYTES, decode_segment, encode_segment, load_prior
 from compressor.latents.shards import grid_of
@@ -89,7 +89,7 @@ def _prior_row(prior, segments: list[dict]) -> dict:
         counts[0], counts[1] = counts[0] + len(data), counts[1] + len(seg["tokens"])
     return {"bytes_per_frame_by_source": {k: round(b / max(n, 1), 2) for k, (b, n) in by_source.items()},
             "method": (f"prior ({'abcd'[FITTED_KINDS.index(prior.kind)]}) {prior.kind}" if prior.kind in FITTED_KINDS
-                       else "adaptive (no fitted prior)"),
+                       else f"adaptive v{prior.version} (no fitted prior)"),
             "prior_id": prior.prior_id(), "bytes": size, "ideal_bits": ideal, "encode_s": enc_s, "decode_s": dec_s,
             "exact": bool(exact),
             "coder": "compressai rANS, 16-bit" if prior.coder == 1 else "constriction ANS, 24-bit"}
@@ -139,9 +139,10 @@ def _constriction_round_trip(prior: TemporalPrior, digits: torch.Tensor):
 
 
 def report(prior_paths: list[str], segments: list[dict], output: str | None, inputs: list[str] | None = None,
-           with_constriction: bool = False) -> dict:
-    """The adaptive coder and every prior against fixed packing, lzma and zstd on ``segments`` (read from the token
-    files ``inputs``)."""
+           with_constriction: bool = False, adaptive_versions: tuple[int, ...] = (ADAPTIVE_VERSION,)) -> dict:
+    """The adaptive coder (each of ``adaptive_versions``: older ones show what a version change bought on the same
+    tokens) and every prior against fixed packing, lzma and zstd on ``segments`` (read from the token files
+    ``inputs``)."""
     priors = [load_prior(p) for p in prior_paths]
     for prior, path in zip(priors, prior_paths):
         for seg in segments:
@@ -173,7 +174,8 @@ def report(prior_paths: list[str], segments: list[dict], output: str | None, inp
         if not priors:
             raise
         fmt = {"codebook_size": priors[0].codebook_size, "grid": tuple(priors[0].grid), "model_id": priors[0].model_id}
-    rows.append(_prior_row(AdaptivePrior(fmt["codebook_size"], fmt["grid"], fmt["model_id"]), segments))
+    for version in adaptive_versions:
+        rows.append(_prior_row(AdaptivePrior(fmt["codebook_size"], fmt["grid"], fmt["model_id"], version), segments))
     for prior in priors:
         rows.append(_prior_row(prior, segments))
         if with_constriction and isinstance(prior, TemporalPrior):

@@ -4,10 +4,11 @@ Every run starts from ``configs/base.yaml`` (the plumbing every run shares and t
 ``--config`` files given are overlays on it, applied in order. The frame size is set once, as ``data.image_size``,
 and the model follows it.
 
-``auto_precision: true`` (the base's setting) makes a single-process CPU run time a few training steps of its own
-model in bf16 autocast and in float32 before fit, and train in the faster one: which is faster depends on the CPU
-(twice as fast in bf16 on AMD EPYC, 0.56x on an Intel Xeon, both with AVX-512 BF16). GPUs and multi-process runs
-keep ``trainer.precision`` as configured.
+``auto_precision: true`` (the base's and the video configs' setting) makes a single-process CPU run time a few
+training steps of its own model (a video run: of its intra model) in bf16 autocast and in float32 before fit, and
+train in the faster one: which is faster depends on the CPU (twice as fast in bf16 on AMD EPYC with AVX-512 BF16,
+0.56x on an Intel Xeon that has it too, 0.04x on an AMD EPYC without AVX-512). GPUs and multi-process runs keep
+``trainer.precision`` as configured.
 """
 
 from __future__ import annotations
@@ -29,21 +30,35 @@ CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.a
 BASE_CONFIG = os.path.join(CONFIGS, "base.yaml")
 
 
-class CompressorCLI(LightningCLI):
-    def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("data.image_size", "model.image_size")
+class AutoPrecision:
+    """``auto_precision``: a LightningCLI mixin that, for a single-process CPU fit, trains in whichever of bf16-mixed
+    and 32-true a short measurement on ``precision_probe()`` (an ``Autoencoder``) finds faster."""
+
+    def add_auto_precision(self, parser) -> None:
         parser.add_argument("--auto_precision", type=bool, default=False,
                             help="on a CPU, train in bf16-mixed or 32-true, whichever a short measurement finds faster")
+
+    def precision_probe(self) -> Autoencoder:
+        raise NotImplementedError
 
     def instantiate_trainer(self, **kwargs):
         config = self.config[self.subcommand] if self.subcommand else self.config
         if self.subcommand == "fit" and config.get("auto_precision") and _single_cpu_process(config.trainer):
             batch = self.datamodule.hparams.batch_size if self.datamodule is not None else 16
-            choice, rates = fastest_cpu_precision(self.model.autoencoder, batch)
+            choice, rates = fastest_cpu_precision(self.precision_probe(), batch)
             speeds = ", ".join(f"{name} {rate:.1f} img/s" for name, rate in rates.items())
             print(f"auto_precision: {choice} ({speeds}, batch {batch})", flush=True)
             config.trainer.precision = kwargs["precision"] = choice  # config.yaml records the choice
         return super().instantiate_trainer(**kwargs)
+
+
+class CompressorCLI(AutoPrecision, LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("data.image_size", "model.image_size")
+        self.add_auto_precision(parser)
+
+    def precision_probe(self) -> Autoencoder:
+        return self.model.autoencoder
 
 
 def _single_cpu_process(trainer) -> bool:
@@ -75,9 +90,14 @@ def is_video_config(args: list[str]) -> bool:
     return False
 
 
-class VideoCLI(LightningCLI):
+class VideoCLI(AutoPrecision, LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.image_size", "model.init_args.image_size")
+        self.add_auto_precision(parser)
+
+    def precision_probe(self) -> Autoencoder:
+        # The frozen intra model is a ViT autoencoder like the part that trains: the same precision suits both.
+        return self.model.intra
 
 
 def video_cli(args: list[str] | None = None, run: bool = True) -> VideoCLI:
