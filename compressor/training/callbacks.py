@@ -87,8 +87,8 @@ class ThroughputMonitor(pl.Callback):
     with ``torch.utils.flop_counter`` at the start of fit.
 
     Args:
-        peak_tflops: the card's peak in the training precision; if None, measured once with a matmul
-            (bf16 on GPUs, float32 on CPUs).
+        peak_tflops: the card's peak in the training precision; if None, measured once with a matmul in the
+            trainer's precision (bf16 for bf16-mixed, else float32).
         log_every_n_steps: how often to log.
     """
 
@@ -102,8 +102,10 @@ class ThroughputMonitor(pl.Callback):
         if self.peak_tflops:
             self.peak_flops = self.peak_tflops * 1e12
         else:
-            dtype = torch.bfloat16 if pl_module.device.type == "cuda" else torch.float32
-            self.peak_flops = matmul_peak_flops(pl_module.device, dtype, min_time=0.5)
+            # The ceiling of the precision the matmuls run in: bf16 under bf16-mixed (8x float32 on AMX CPUs).
+            dtype = torch.bfloat16 if "bf16" in str(trainer.precision) else torch.float32
+            size = 2048 if pl_module.device.type == "cpu" else 8192  # as bench_train measures it
+            self.peak_flops = matmul_peak_flops(pl_module.device, dtype, size=size, min_time=0.5)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._t0 = time.perf_counter()
