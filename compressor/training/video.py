@@ -201,7 +201,8 @@ class RememberModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["loss"])
         self.intra = load(intra).eval().requires_grad_(False)
-        self.codec = RememberingDecoder(self.intra, history)
+        # in train mode: its parts are copies of the intra model's, in eval mode, and Lightning keeps modes as they are
+        self.codec = RememberingDecoder(self.intra, history).train()
         self.ema = copy.deepcopy(self.codec).requires_grad_(False)
         self.loss = loss or ReconstructionLoss()
 

@@ -1,0 +1,56 @@
+"""RememberModule (compressor.training.video) as configs/video-remember.yaml builds it: one optimizer step fine-tunes
+the copied decoder and the projections, and leaves the per-frame model and the meaning of its tokens alone."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from compressor.training.cli import video_cli
+from compressor.training.video import RememberModule
+from tests.conftest import tiny_model
+from tests.test_distributed import write_frame_shards
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def moved(before: dict[str, torch.Tensor], module: torch.nn.Module) -> set[str]:
+    return {k for k, v in module.state_dict().items() if not torch.equal(v, before[k])}
+
+
+@pytest.mark.parametrize("quantizer", ["fsq", "vq"])
+def test_one_step_of_the_remember_config_fine_tunes_the_decoder_and_freezes_the_tokens(tmp_path, quantizer):
+    write_frame_shards(tmp_path / "shards", [8, 8])
+    write_frame_shards(tmp_path / "shards", [4], split="val", start=100)
+    tiny_model(quantizer=quantizer).save(tmp_path / "intra.pt")
+    cli = video_cli(["--config", os.path.join(REPO, "configs", "video-remember.yaml"),
+                     "--data.shards", str(tmp_path / "shards"), "--model.init_args.intra", str(tmp_path / "intra.pt"),
+                     "--data.batch_size", "2", "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0",
+                     "--trainer.precision", "32-true", "--trainer.accelerator", "cpu", "--trainer.callbacks", "[]",
+                     "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false",
+                     "--trainer.default_root_dir", str(tmp_path / "run")], run=False)
+    module = cli.model
+    assert isinstance(module, RememberModule) and module.hparams.history == 2 and cli.datamodule.hparams.clip_len == 3
+    codec = module.codec
+    trainable = {name.split(".")[0] for name, p in codec.named_parameters() if p.requires_grad}
+    assert trainable == {"post_quant", "decoder", "past", "missing"}
+    assert all(m.training for m in codec.decoder.modules())  # fine-tuned as trained, not in the intra's eval mode
+    intra, parts, ema = snapshot(module.intra), snapshot(codec), snapshot(module.ema)
+
+    cli.trainer.fit(module, cli.datamodule)
+
+    assert cli.trainer.global_step == 1
+    assert not moved(intra, module.intra)  # the encoder and every stored token stay valid
+    changed = moved(parts, codec)
+    for part in (codec.post_quant, codec.decoder, codec.past):  # the decoder is fine-tuned, not only the projections
+        prefix = next(n for n, m in codec.named_children() if m is part)
+        names = {f"{prefix}.{k}" for k, v in part.state_dict().items() if v.is_floating_point()}
+        assert names <= changed, f"{prefix}: {sorted(names - changed)} did not move"
+    assert not any(k.startswith("quantizer.") for k in changed)  # what a token means stays the intra model's
+    assert (tmp_path / "run" / "remembering.pt").exists()
