@@ -53,4 +53,5 @@ def test_one_step_of_the_remember_config_fine_tunes_the_decoder_and_freezes_the_
         names = {f"{prefix}.{k}" for k, v in part.state_dict().items() if v.is_floating_point()}
         assert names <= changed, f"{prefix}: {sorted(names - changed)} did not move"
     assert not any(k.startswith("quantizer.") for k in changed)  # what a token means stays the intra model's
+    assert moved(ema, module.ema)  # the EMA follows the step (not one step behind)
     assert (tmp_path / "run" / "remembering.pt").exists()
