@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import pytorch_lightning as pl
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from compressor.codec.layers import set_grad_checkpointing
 
