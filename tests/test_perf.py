@@ -126,3 +126,14 @@ def test_throughput_monitor_logs_mfu_during_fit(tmp_path):
     assert 2.5 * linear < metrics["perf/tflops"] * 1e12 / ips < 6 * linear
     assert metrics["perf/mfu"] == pytest.approx(metrics["perf/tflops"] / 0.05, rel=1e-4)  # the peak given above
     assert ips > 2 / fit_seconds  # one step (batch 2) is shorter than the whole fit
+
+
+@pytest.mark.slow
+def test_kernel_benchmark_times_every_part(tmp_path):
+    from compressor.tools.bench_kernels import main as bench_kernels_main
+
+    bench_kernels_main(["--config", "demo.yaml", "--batch-size", "2", "--min-time", "0.01", "--output", str(tmp_path)])
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert {r["part"].split(",")[0] for r in rows} == {"MS-SSIM loss", "attention", "AdamW step"}
+    assert len([r for r in rows if r["part"].startswith("attention")]) == 2 * 2 * 2  # 2 stacks x 2 kernels x 2 dtypes
+    assert all(r["ms"] > 0 for r in rows)
