@@ -138,3 +138,26 @@ def test_overlays_cost_the_vits_training_flops_and_what_their_comments_say():
         key = "convstem-*.yaml" if name.startswith("convstem-") else name  # the three norms share a row
         stated = float(re.search(rf"#\s+{re.escape(key)}\s.*?(\d+\.\d+)", table).group(1))
         assert gflops == pytest.approx(stated, abs=0.01), name
+
+
+def test_bench_resolution_lets_the_token_grid_follow_the_input():
+    from compressor.tools.bench_resolution import build
+
+    model = build("experiments/encoders/convstem-group.yaml", (256, 512))
+    assert model.image_size == (256, 512) and model.num_tokens == 512 and model.bytes_per_frame == 896
+    assert type(model.encoder) is ConvStemViTEncoder
+
+
+def test_bench_resolution_skips_what_is_too_slow_and_tables_the_ratios():
+    from compressor.tools.bench_resolution import measure, to_markdown
+
+    skipped = measure("experiments/encoders/vit.yaml", (128, 256), "cpu", False, 1, 1, 0.01, max_step_s=0.0)
+    assert skipped["tokens"] == 128 and "took" in skipped["skipped"] and "encode_fps" not in skipped
+    rows = [{"config": "vit", "resolution": "128x256", "tokens": 128, "encode_gflops_per_frame": 1.0,
+             "encode_fps": 10.0, "encode_batch": 1, "encoder_train_images_per_s": 5.0, "train_gflops_per_image": 11.6,
+             "train_images_per_s": 2.0, "train_batch": 1, "peak_memory_mb": 1.0},
+            {**skipped, "config": "vit", "resolution": "256x512"}]
+    rows.append({**rows[0], "config": "convnext", "encode_fps": 15.0, "train_images_per_s": 1.0})
+    md = to_markdown(rows, "cpu", [(128, 256), (256, 512)])
+    assert "| convnext | 1.50 |  |" in md and "| convnext | 0.50 |  |" in md  # encode, then training, ratios
+    assert "skipped: one training step" in md
