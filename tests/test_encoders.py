@@ -81,14 +81,21 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path, design):
 
 
 @pytest.mark.parametrize("norm", ["group", "layer", "batch"])
-def test_every_stem_stage_is_normalised(norm):
-    # The old ConvStemEncoder had nothing holding its activations' scale; with a norm in every stage the stem's
-    # output does not change when the input is scaled (BatchNorm in training mode: batch statistics).
+def test_every_stem_stage_is_normalised_and_keeps_brightness(norm):
+    # The old ConvStemEncoder had nothing holding its activations' scale: 100x the input gave 100x the features.
     torch.manual_seed(0)
     stem = ConvStem([8, 16, 16, 32], dim=32, norm=norm).train()
     x = torch.rand(2, 3, 64, 128) * 2 - 1
-    assert torch.allclose(stem(10 * x), stem(x), atol=1e-4)
     assert stem(x).shape == (2, 32, 4, 8)
+    inner = stem.stages(x).std()  # after the last stage's norm and ReLU: about unit scale, whatever the input's
+    assert 0.2 < inner < 2 and 0.2 < stem.stages(100 * x).std() < 2
+    # A normalised stem must keep the frame's brightness: with instance norm (one channel a group) a frame brightened
+    # by a quarter of the range moved the features 0.16x as far as another frame did; with these norms about 1x.
+    stem.eval()
+    torch.manual_seed(1)
+    x, other = torch.rand(1, 3, 64, 128) - 1, torch.rand(1, 3, 64, 128) - 1  # dark frames in [-1, 0]
+    with torch.no_grad():
+        assert (stem(x + 0.5) - stem(x)).norm() > 0.5 * (stem(other) - stem(x)).norm()
 
 
 def test_norm_is_checked_when_built_and_when_loaded(tmp_path):

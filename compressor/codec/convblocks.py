@@ -31,9 +31,13 @@ class LayerNorm2d(nn.LayerNorm):
 
 def conv_norm(kind: str, channels: int) -> nn.Module:
     """The normalisation of a conv stage: ``"group"`` (GroupNorm, up to 32 groups, as in taming / LDM),
-    ``"layer"`` (LayerNorm over channels) or ``"batch"`` (BatchNorm2d, Xiao et al.'s choice)."""
+    ``"layer"`` (LayerNorm over channels) or ``"batch"`` (BatchNorm2d, Xiao et al.'s choice).
+
+    GroupNorm keeps at least 8 channels a group: with one channel a group (instance norm) each channel's mean over the
+    frame is removed, and with it the frame's overall brightness and colour, which a codec must keep.
+    """
     if kind == "group":
-        return nn.GroupNorm(math.gcd(32, channels), channels)
+        return nn.GroupNorm(math.gcd(32, max(1, channels // 8)), channels)
     if kind == "layer":
         return LayerNorm2d(channels)
     if kind == "batch":
@@ -55,8 +59,10 @@ class ConvStem(nn.Module):
         super().__init__()
         stages, c_in = [], 3
         for c in channels:
-            # No conv bias: the norm that follows removes it.
-            stages += [nn.Conv2d(c_in, c, 3, stride=2, padding=1, bias=False), conv_norm(norm, c), nn.ReLU()]
+            # BatchNorm removes a conv bias; GroupNorm and LayerNorm need one, or a frame and the same frame scaled
+            # about mid-grey (black and dark grey) would normalise to the same features.
+            stages += [nn.Conv2d(c_in, c, 3, stride=2, padding=1, bias=norm != "batch"), conv_norm(norm, c),
+                       nn.ReLU()]
             c_in = c
         self.stages = nn.Sequential(*stages)
         self.proj = nn.Conv2d(c_in, dim, 1)
