@@ -17,7 +17,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def write_frame_shards(directory, counts, split="train", size=(128, 256), start=0) -> int:
-    """Shards in make_shards.py's format; frame k carries its id in its first two pixels."""
+    """Shards in compressor.tools.make_shards' format; frame k carries its id in its first two pixels."""
     os.makedirs(directory, exist_ok=True)
     k = start
     for s, n in enumerate(counts):

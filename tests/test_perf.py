@@ -82,24 +82,30 @@ def test_flops_and_the_matmul_ceiling():
 
 
 @pytest.mark.slow
-def test_training_benchmark_row_on_the_cpu():
-    row = measure("demo", "demo.yaml", "cpu", batch=2, encode_batches=(1, 2), min_time=0.05, peak=1e11,
-                  grad_checkpointing=True, compile_model=False, with_encode=True)
-    assert row["train_images_per_s"] > 0 and 0 < row["mfu"] and row["encode_batch"] in (1, 2)
-    assert row["train_gflops_per_image"] > 0 and row["peak_memory_mb"] >= 0
-    md = to_markdown({"device": "cpu", "batch": 2, "precision": "float32", "matmul_tflops": 0.1, "compile": False,
+def test_training_benchmark_row_times_the_real_training_step_on_shards(tmp_path, video_dir):
+    from compressor.tools.make_shards import main as make_shards
+
+    shards = tmp_path / "shards"
+    make_shards(["--input", video_dir, "--output", str(shards)])
+    row = measure("demo", "demo.yaml", "cpu", batch=2, encode_batches=(1, 2), peak=1e11, path=("32-true", "matmul"),
+                  grad_checkpointing=True, compile_model=False, with_encode=True, shards=str(shards), steps=3,
+                  warmup=1, profile=True, min_time=0.05)
+    assert row["train_images_per_s"] > 0 and row["loop_images_per_s"] > 0 and 0 < row["mfu"]
+    assert row["encode_batch"] in (1, 2) and row["attention"] == "matmul" and "aten::" in row["profile"]
+    md = to_markdown({"device": "cpu", "batch": 2, "ceilings_tflops": {"32-true": 0.1}, "compile": False,
                       "rows": [row]})
-    assert "| demo | on |" in md
+    assert "| demo | 32-true | matmul | on |" in md and "### Profile: demo" in md
 
 
 @pytest.mark.slow
-def test_training_benchmark_of_chosen_configs_in_bf16(tmp_path):
-    bench_train_main(["--config", "demo.yaml", "--batch-size", "2", "--min-time", "0.05", "--precision", "bf16",
-                      "--output", str(tmp_path)])
+def test_training_benchmark_of_chosen_configs_on_two_paths(tmp_path):
+    bench_train_main(["--config", "demo.yaml", "--batch-size", "2", "--steps", "2", "--warmup", "1", "--min-time",
+                      "0.05", "--path", "bf16-matmul", "fp32", "--output", str(tmp_path)])
     result = json.loads((tmp_path / "bench.json").read_text())
-    assert result["precision"] == "torch.bfloat16"
+    assert [(r["precision"], r["attention"]) for r in result["rows"]] == [("bf16-mixed", "matmul"), ("32-true", "sdpa")]
+    assert set(result["ceilings_tflops"]) == {"bf16-mixed", "32-true"}
     assert [(r["config"], r["file"], r["batch"], r["grad_checkpointing"]) for r in result["rows"]] == [
-        ("demo", "demo.yaml", 2, False)]
+        ("demo", "demo.yaml", 2, False)] * 2
 
 
 @pytest.mark.slow

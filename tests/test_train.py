@@ -9,6 +9,7 @@ from compressor.data.datamodule import FramesDataModule
 from compressor.training.losses import CompressionLoss, PatchDiscriminator, PerceptualLoss
 from compressor.training.cli import cli
 from compressor.training.module import CompressorModule
+from compressor.codec.layers import Attention
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
@@ -138,13 +139,15 @@ def test_wsd_schedule_of_a_run_and_of_a_cool_down_branched_from_its_constant_pha
     assert branch.trainer.lr_scheduler_configs[0].scheduler.get_last_lr()[0] == pytest.approx(1e-4)  # lr 1e-3 x 0.1
 
 
-def test_auto_precision_measures_both_on_a_cpu_and_keeps_the_faster(capsys):
-    from compressor.training.perf import fastest_cpu_precision
+def test_auto_precision_measures_every_cpu_path_and_keeps_the_fastest(capsys):
+    from compressor.training.perf import CPU_PATHS, fastest_cpu_path
     from tests.conftest import tiny_model
 
-    choice, rates = fastest_cpu_precision(tiny_model(), batch=2, min_time=0.05)
-    assert set(rates) == {"bf16-mixed", "32-true"} and all(r > 0 for r in rates.values())
+    model = tiny_model()
+    choice, rates = fastest_cpu_path(model, batch=2, min_time=0.05)
+    assert set(rates) == set(CPU_PATHS) and all(r > 0 for r in rates.values())
     assert choice == max(rates, key=rates.get)
+    assert {m.kernel for m in model.modules() if hasattr(m, "kernel")} == {"sdpa"}  # timed on a copy
 
 
 @pytest.mark.slow
@@ -153,6 +156,8 @@ def test_cli_auto_precision_trains_in_the_precision_it_measured(tmp_path, capsys
                    "--trainer.default_root_dir", str(tmp_path)])
     line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("auto_precision:"))
     assert line.split()[1] == run.trainer.precision in ("bf16-mixed", "32-true")
+    kernels = {m.kernel for m in run.model.modules() if isinstance(m, Attention)}
+    assert kernels == {line.split()[3]} and line.split()[4] == "attention"
 
 
 def test_calibrate_ema_also_fits_the_whitening_of_whitened_fsq():

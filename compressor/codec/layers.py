@@ -27,7 +27,19 @@ def sincos_2d(grid_h: int, grid_w: int, dim: int, device: torch.device | None = 
     return torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1)
 
 
+ATTENTION_KERNELS = ("sdpa", "matmul")
+
+
 class Attention(nn.Module):
+    """Multi-head self-attention. x: (B, N, D) -> (B, N, D).
+
+    ``kernel`` picks how the attention itself is computed (same function, different speed; see
+    ``set_attention_kernel``): ``"sdpa"``, PyTorch's fused kernel (flash attention where available), or
+    ``"matmul"``, two batched matmuls and a float32 softmax. On CPUs with AMX, SDPA's bf16 backward is slower
+    than its float32 one (14 ms against 5.7 a call at the recipe's shapes), while bf16 matmuls run on AMX tiles:
+    the matmul form trains the recipe about 20% faster in bf16 there (docs/speed.md).
+    """
+
     def __init__(self, dim: int, heads: int):
         super().__init__()
         if dim % heads:
@@ -35,11 +47,39 @@ class Attention(nn.Module):
         self.heads = heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
+        self.kernel = "sdpa"
 
     def forward(self, x: Tensor, causal: bool = False) -> Tensor:
         q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
-        x = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # flash / memory-efficient where available
+        if self.kernel == "matmul":
+            x = matmul_attention(q, k, v, causal)
+        else:
+            x = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # flash / memory-efficient where available
         return self.proj(rearrange(x, "b h n d -> b n (h d)"))
+
+
+def matmul_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False) -> Tensor:
+    """softmax(q k^T / sqrt(d)) v with the softmax in float32. q, k, v: (B, h, N, d) -> (B, h, N, d)."""
+    scores = (q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5  # (B, h, N, N)
+    if causal:
+        n = scores.shape[-1]
+        mask = torch.ones(n, n, dtype=torch.bool, device=scores.device).triu(1)
+        scores = scores.masked_fill(mask, float("-inf"))
+    return scores.softmax(-1).to(v.dtype) @ v
+
+
+def set_attention_kernel(model: nn.Module, kernel: str) -> int:
+    """Compute every ``Attention`` of ``model`` with ``kernel`` (one of ``ATTENTION_KERNELS``); returns how many.
+
+    A speed choice, not part of the model: checkpoints do not record it, and the outputs agree within the
+    precision's tolerance (a test). ``training.perf.fastest_cpu_path`` picks it by measurement.
+    """
+    if kernel not in ATTENTION_KERNELS:
+        raise ValueError(f"attention kernel must be one of {ATTENTION_KERNELS}, not {kernel!r}")
+    layers = [m for m in model.modules() if isinstance(m, Attention)]
+    for m in layers:
+        m.kernel = kernel
+    return len(layers)
 
 
 class Block(nn.Module):

@@ -103,7 +103,7 @@ class Whitening(nn.Module):
 
     Like ``BatchNorm1d``: batch statistics in training (gradients flow through them), running statistics (buffers,
     saved with the model) at inference, ``reset_running_stats`` and ``momentum=None`` for a cumulative average, which
-    ``CompressorModule.calibrate_ema`` uses to re-estimate them for the EMA weights.
+    ``compressor.training.core.calibrate_ema`` uses to re-estimate them for the EMA weights.
 
     Args:
         num_features: channels C.

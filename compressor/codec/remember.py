@@ -22,7 +22,9 @@ class RememberingDecoder(nn.Module):
     The intra model's decoder is copied and reads, beside the current frame's codes, each earlier frame's codes
     through its own projection. Those projections start at zero, so before training this decodes exactly as the
     per-frame decoder; a missing earlier frame (the first frame of a clip, a gap) contributes a learned "missing"
-    vector instead, and training drops history at random so that every frame also decodes alone.
+    vector instead, and training drops history at random so that every frame also decodes alone. Training fine-tunes
+    the copied decoder (``post_quant`` and ``decoder``) with the projections; the quantizer, which says what a token
+    means, stays frozen.
 
     Args:
         intra: the per-frame ``Autoencoder`` whose tokens are decoded (its decoder is copied, not shared).
@@ -35,9 +37,11 @@ class RememberingDecoder(nn.Module):
             raise ValueError(f"history must be >= 1, got {history}")
         self.history = history
         self._intra_export = intra.export_dict()  # saved with it: the tokens it reads are that model's
-        self.quantizer = copy.deepcopy(intra.quantizer)
-        self.post_quant = copy.deepcopy(intra.post_quant)
-        self.decoder = copy.deepcopy(intra.decoder)
+        # Copies of a frozen intra model's parts would stay frozen: the decoder side is made trainable again
+        # (it is fine-tuned with the projections), the token -> code map stays the intra model's.
+        self.quantizer = copy.deepcopy(intra.quantizer).requires_grad_(False)
+        self.post_quant = copy.deepcopy(intra.post_quant).requires_grad_(True)
+        self.decoder = copy.deepcopy(intra.decoder).requires_grad_(True)
         self.grid, self.image_size = intra.grid, tuple(intra.image_size)
         dim, code_dim = intra.post_quant.out_features, intra.post_quant.in_features
         self.past = nn.ModuleList([nn.Linear(code_dim, dim) for _ in range(history)])

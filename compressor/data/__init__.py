@@ -8,5 +8,5 @@ does not load Lightning.
 - ``synthetic``: procedural driving-like scenes for the offline demo.
 - ``datamodule``: ``FramesDataModule`` and its datasets.
 
-The frame shards are written by ``python -m compressor.tools.make_shards`` (``data/make_shards.py``).
+The frame shards are written by ``python -m compressor.tools.make_shards`` (``compressor-make-shards``).
 """

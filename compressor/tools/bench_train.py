@@ -1,18 +1,20 @@
-"""One-command training benchmark: pure ViT against conv stem, at the default and at comma.ai scale.
+"""One-command training benchmark: the step ``train.py fit`` runs, timed per design, CPU path and batch size.
 
-    python -m compressor.tools.bench_train --device cpu --output reports/bench-train-cpu   # CPU mode (small batches)
-    python -m compressor.tools.bench_train --output reports/bench-gpu   # --device auto: a GPU when there is one, ~3 min
-    python -m compressor.tools.bench_train --config cpu-best-224B.yaml cpu-convstem-224B.yaml --batch-size 16 \
-        --precision bf16 --output reports/bench-train-cpu-recipe                    # any configs, as they train
+    python -m compressor.tools.bench_train --config base.yaml --path all --input SHARD_DIR --profile \
+        --output reports/bench-train-paths         # the recipe on every CPU path, on real frames, with a profile
+    python -m compressor.tools.bench_train --device cpu --output reports/bench-train-cpu   # the four default designs
+    python -m compressor.tools.bench_train --output reports/bench-gpu   # --device auto: a GPU when there is one
 
-Per config: parameters; training FLOPs per image (forward + loss + backward, ``torch.utils.flop_counter``);
-training images/s (AdamW steps on random frames; bf16 autocast on CUDA, float32 on the CPU unless ``--precision``
-says otherwise); MFU against the matmul ceiling measured on the same device in the same precision; encode frames/s
-at the best batch size; peak memory of the training step. Also the gradient-checkpointing trade-off (images/s and peak memory, on and off).
-Each measurement runs in a fresh process, so peak memory is its own. Configs are resolved on ``configs/base.yaml`` by
-the parser ``train.py`` uses, so it needs the ``[train]`` extra.
+Every row trains the model its config resolves to (``configs/base.yaml`` plus the overlay) through the
+LightningModule's own ``training_step`` inside a Trainer (loss, AdamW, clipping and EMA included), on ``--input``
+(procedural frames without), for ``--warmup`` untimed then ``--steps`` timed steps (``tools.step_timer``): the same
+step and the same timing as ``ThroughputMonitor`` in a real run. Per row: parameters; training FLOPs per image
+(``torch.utils.flop_counter``); step images/s (data loading excluded, as ``ThroughputMonitor``) and loop images/s
+(included); GFLOP/s and MFU against the matmul ceiling measured in the row's precision in the same run; encode
+frames/s at the best batch size; peak memory. With ``--profile``, the top operators of two steps per row. A path is
+a trainer precision and an attention kernel (``training.perf.CPU_PATHS``; ``auto``: the one ``auto_precision``
+picks here). Each row runs in a fresh process, so peak memory and compiled graphs are its own.
 """
-
 from __future__ import annotations
 
 import argparse
@@ -20,11 +22,11 @@ import os
 
 import torch
 
-from compressor.benchmark import (device_name, peak_rss_mb, rss_mb, run_isolated, seconds_per_call, sync,
-                                  write_report)
-from compressor.codec.layers import set_grad_checkpointing
+from compressor.benchmark import device_name, peak_rss_mb, rss_mb, run_isolated, seconds_per_call, write_report
 from compressor.training.cli import CONFIGS, autoencoder_from, resolve
-from compressor.training.perf import matmul_peak_flops, train_flops_per_image, train_images_per_s
+from compressor.codec.layers import set_attention_kernel
+from compressor.tools.step_timer import fit_step_rate
+from compressor.training.perf import CPU_PATHS, fastest_cpu_path, matmul_peak_flops, train_flops_per_image
 from compressor.utils import num_params, resolve_device
 
 DEFAULT_CONFIGS = {"vit (default)": "vit-224B.yaml", "convstem (default)": "convstem-224B.yaml",
@@ -46,75 +48,119 @@ def model_from_config(name: str):
     return autoencoder_from(resolve(["--config", os.path.join(CONFIGS, name)]))
 
 
-def measure(label: str, config: str, device: str, batch: int, encode_batches, min_time: float, peak: float,
-            grad_checkpointing: bool, compile_model: bool, with_encode: bool, bf16: bool | None = None) -> dict:
-    torch.manual_seed(0)
-    bf16 = device.startswith("cuda") if bf16 is None else bf16
-    model = model_from_config(config).to(device).train()
-    if grad_checkpointing:
-        set_grad_checkpointing(model)
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
+def measure(label: str, config: str, device: str, batch: int, encode_batches, peak: float, path: tuple[str, str],
+            grad_checkpointing: bool, compile_model: bool, with_encode: bool, shards: str | None, steps: int,
+            warmup: int, profile: bool, min_time: float = 3.0) -> dict:
+    precision, attention = path
     base = rss_mb()
-    rate = train_images_per_s(model, batch, device, bf16, min_time, compile_model)
-    sync(device)
+    timing = fit_step_rate([os.path.join(CONFIGS, config)], batch, device, precision, attention, steps, warmup,
+                           shards, compile_model, grad_checkpointing, profile_steps=2 if profile else 0)
     peak_mb = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else peak_rss_mb() - base
-    flops = train_flops_per_image(model)  # after the memory reading: counting builds a copy of the model
-    row = {"config": label, "file": config, "grad_checkpointing": grad_checkpointing, "batch": batch,
-           "params_m": num_params(model) / 1e6, "train_gflops_per_image": flops / 1e9,
-           "train_images_per_s": rate, "mfu": rate * flops / peak, "peak_memory_mb": peak_mb}
+    model = model_from_config(config).to(device)
+    flops = train_flops_per_image(model)
+    rate = timing["step_images_per_s"]
+    row = {"config": label, "file": config, "precision": precision, "attention": attention,
+           "grad_checkpointing": grad_checkpointing, "batch": batch, "params_m": num_params(model) / 1e6,
+           "train_gflops_per_image": flops / 1e9, "train_images_per_s": rate,
+           "loop_images_per_s": timing["loop_images_per_s"], "gflops_per_s": rate * flops / 1e9,
+           "mfu": rate * flops / peak, "peak_memory_mb": peak_mb, "profile": timing["profile"]}
     if with_encode:
-        row["encode_fps"], row["encode_batch"] = _encode_rate(model.eval(), encode_batches, device, bf16, min_time)
+        set_attention_kernel(model, attention)
+        row["encode_fps"], row["encode_batch"] = _encode_rate(model.eval(), encode_batches, device,
+                                                              precision.startswith("bf16"), min_time)
     return row
 
 
-def run_all(device: str, batch: int, encode_batches, min_time: float, threads: int, compile_model: bool,
-            checkpointing_configs, configs: dict[str, str] = DEFAULT_CONFIGS, bf16: bool | None = None, log=print) -> dict:
-    """Benchmark ``configs`` (label -> file in configs/); ``bf16`` autocast defaults to on for CUDA only."""
+def run_all(device: str, batch: int, encode_batches, threads: int, compile_model: bool, checkpointing_configs,
+            configs: dict[str, str] = DEFAULT_CONFIGS, paths: list[tuple[str, str]] = (("32-true", "sdpa"),),
+            shards: str | None = None, steps: int = 20, warmup: int = 5, profile: bool = False,
+            min_time: float = 3.0, log=print) -> dict:
+    """Benchmark ``configs`` (label -> file in configs/) on each of ``paths`` ((precision, attention) pairs)."""
     torch.set_num_threads(threads)
-    bf16 = device.startswith("cuda") if bf16 is None else bf16
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    peak = matmul_peak_flops(device, dtype, size=8192 if device.startswith("cuda") else 2048)
-    log(f"matmul ceiling: {peak / 1e12:.2f} TFLOP/s ({dtype})")
+    ceilings = {}
+    for precision in sorted({p for p, _ in paths}):
+        dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float32
+        ceilings[precision] = matmul_peak_flops(device, dtype, size=8192 if device.startswith("cuda") else 2048)
+        log(f"matmul ceiling: {ceilings[precision] / 1e12:.2f} TFLOP/s ({dtype})")
     jobs = [(label, cfg, False, True) for label, cfg in configs.items()]
     jobs += [(label, configs[label], True, False) for label in checkpointing_configs]
     cases = [dict(label=label, config=cfg, device=device, batch=batch, encode_batches=encode_batches,
-                  min_time=min_time, peak=peak, grad_checkpointing=gc, compile_model=compile_model,
-                  with_encode=with_encode, bf16=bf16) for label, cfg, gc, with_encode in jobs]
+                  peak=ceilings[path[0]], path=path, grad_checkpointing=gc, compile_model=compile_model,
+                  with_encode=with_encode, shards=shards, steps=steps, warmup=warmup, profile=profile,
+                  min_time=min_time)
+             for path in paths for label, cfg, gc, with_encode in jobs]
     rows = run_isolated(measure, cases, threads, log=lambda row: log(
-        f"{row['config']:24s} gc={row['grad_checkpointing']!s:5s} {row['train_images_per_s']:8.2f} img/s  "
+        f"{row['config']:24s} {row['precision']:10s} {row['attention']:6s} gc={row['grad_checkpointing']!s:5s} "
+        f"{row['train_images_per_s']:8.2f} img/s (loop {row['loop_images_per_s'] or 0:.2f})  "
         f"MFU {100 * row['mfu']:5.1f}%  peak {row['peak_memory_mb']:8.0f} MB"
         + (f"  encode {row['encode_fps']:.1f} fps @ {row['encode_batch']}" if "encode_fps" in row else "")))
-    return {"device": device_name(device, threads, "bf16" if bf16 else "float32"), "matmul_tflops": peak / 1e12, "precision": str(dtype),
-            "batch": batch, "compile": compile_model, "rows": rows}
+    return {"device": device_name(device, threads, "/".join(sorted(ceilings))), "cpu": cpu_flags(),
+            "ceilings_tflops": {p: c / 1e12 for p, c in ceilings.items()}, "batch": batch, "compile": compile_model,
+            "shards": shards, "steps": steps, "warmup": warmup, "rows": rows}
+
+
+def cpu_flags() -> dict:
+    """The CPU's model name and the flags that decide its fast paths (from ``/proc/cpuinfo``, as ``lscpu``)."""
+    info = {"model": None, "flags": []}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and info["model"] is None:
+                    info["model"] = value.strip()
+                elif key.strip() == "flags":
+                    info["flags"] = sorted(set(value.split()) & {"avx2", "avx512f", "avx512_bf16", "amx_bf16",
+                                                                "amx_tile", "avx512_fp16", "avx_vnni"})
+                    break
+    except OSError:
+        pass
+    return info
 
 
 def to_markdown(result: dict) -> str:
-    lines = [f"{result['device']}; training batch {result['batch']}; {result['precision']}; matmul ceiling "
-             f"{result['matmul_tflops']:.2f} TFLOP/s; torch.compile {'on' if result['compile'] else 'off'}.", "",
-             "| config | grad checkpointing | params (M) | train GFLOPs/image | train images/s | MFU | peak memory (MB) "
-             "| encode frames/s (batch) |", "|---|---|---|---|---|---|---|---|"]
+    ceilings = ", ".join(f"{p} {c:.2f}" for p, c in result["ceilings_tflops"].items())
+    cpu = result.get("cpu") or {}
+    lines = [f"{result['device']}; CPU flags {', '.join(cpu.get('flags', [])) or 'n/a'}; training batch "
+             f"{result['batch']}; matmul ceilings (TFLOP/s) {ceilings}; torch.compile "
+             f"{'on' if result['compile'] else 'off'}; data {result.get('shards') or 'procedural frames'}; "
+             f"{result.get('steps')} timed steps after {result.get('warmup')}.", "",
+             "| config | precision | attention | grad checkpointing | params (M) | train GFLOPs/image | "
+             "step images/s | loop images/s | GFLOP/s | MFU | peak memory (MB) | encode frames/s (batch) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         enc = f"{r['encode_fps']:.1f} ({r['encode_batch']})" if "encode_fps" in r else ""
-        lines.append(f"| {r['config']} | {'on' if r['grad_checkpointing'] else 'off'} | {r['params_m']:.1f} | "
-                     f"{r['train_gflops_per_image']:.1f} | {r['train_images_per_s']:.2f} | {100 * r['mfu']:.1f}% | "
-                     f"{r['peak_memory_mb']:.0f} | {enc} |")
+        loop = f"{r['loop_images_per_s']:.2f}" if r.get("loop_images_per_s") else ""
+        lines.append(f"| {r['config']} | {r['precision']} | {r['attention']} | "
+                     f"{'on' if r['grad_checkpointing'] else 'off'} | {r['params_m']:.1f} | "
+                     f"{r['train_gflops_per_image']:.1f} | {r['train_images_per_s']:.2f} | {loop} | "
+                     f"{r['gflops_per_s']:.0f} | {100 * r['mfu']:.1f}% | {r['peak_memory_mb']:.0f} | {enc} |")
+    for r in result["rows"]:
+        if r.get("profile"):
+            lines += ["", f"### Profile: {r['config']}, {r['precision']}, {r['attention']} (two steps)", "", "```",
+                      r["profile"].rstrip(), "```"]
     return "\n".join(lines) + "\n"
+
+
+PATHS = {"bf16-matmul": ("bf16-mixed", "matmul"), "bf16-sdpa": ("bf16-mixed", "sdpa"), "fp32": ("32-true", "sdpa")}
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m compressor.tools.bench_train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto", help="cuda, cpu or auto")
-    ap.add_argument("--batch-size", type=int, default=None, help="training batch (default: 64 on CUDA, 4 on the CPU)")
-    ap.add_argument("--min-time", type=float, default=None, help="seconds per timing (default 3)")
+    ap.add_argument("--batch-size", type=int, default=None, help="training batch (default: 64 on CUDA, 16 on the CPU)")
+    ap.add_argument("--steps", type=int, default=20, help="timed training steps per row")
+    ap.add_argument("--warmup", type=int, default=5, help="untimed steps first (kernel choice, compiles)")
+    ap.add_argument("--min-time", type=float, default=3.0, help="seconds per encode timing")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--compile", action="store_true", help="torch.compile the training step (eager if it fails)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the training forward (eager if it fails)")
     ap.add_argument("--config", nargs="+", default=None, metavar="NAME.yaml",
                     help="configs/ overlays to measure instead of the four default designs")
-    ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32", "both"],
-                    help="autocast for the timed steps (auto: bf16 on CUDA, float32 on the CPU; both: one table each, "
-                         "what train.py's auto_precision chooses between on a CPU)")
+    ap.add_argument("--path", nargs="+", default=["auto"], choices=["auto", "all", *PATHS],
+                    help="precision and attention kernel per row (auto: bf16 with SDPA on CUDA; on the CPU the path "
+                         "train.py's auto_precision picks here; all: every CPU path)")
+    ap.add_argument("--input", default=None, help="frame shards to train on (default: procedural frames)")
+    ap.add_argument("--profile", action="store_true", help="also print and save the top operators of two steps")
     ap.add_argument("--output", default=None, help="directory for bench.json and bench.md")
     args = ap.parse_args(argv)
     args.device = resolve_device(args.device)
@@ -122,12 +168,21 @@ def main(argv=None) -> None:
     configs = {os.path.splitext(c)[0]: c for c in args.config} if args.config else DEFAULT_CONFIGS
     checkpointing = [] if args.config else (["vit (comma scale)", "convstem (comma scale)"] if cuda
                                             else ["vit (comma scale)"])
-    precisions = {"auto": [None], "bf16": [True], "fp32": [False], "both": [True, False]}[args.precision]
-    results = [run_all(args.device, args.batch_size or (64 if cuda else 4),
-                       (128, 256, 512, 1024) if cuda else (1, 4, 16), args.min_time or 3.0,
-                       args.threads, args.compile, checkpointing, configs, bf16) for bf16 in precisions]
-    result = results[0] if len(results) == 1 else {"precisions": results}
-    md = "\n".join(to_markdown(r) for r in results)
+    batch = args.batch_size or (64 if cuda else 16)
+    paths = []
+    for name in args.path:
+        if name == "all":
+            paths += list(CPU_PATHS)
+        elif name == "auto":
+            paths.append(("bf16-mixed", "sdpa") if cuda else
+                         fastest_cpu_path(model_from_config(next(iter(configs.values()))), batch)[0])
+        else:
+            paths.append(PATHS[name])
+    paths = list(dict.fromkeys(paths))
+    result = run_all(args.device, batch, (128, 256, 512, 1024) if cuda else (1, 4, 16), args.threads, args.compile,
+                     checkpointing, configs, paths, args.input, args.steps, args.warmup, args.profile,
+                     args.min_time)
+    md = to_markdown(result)
     print(md)
     if args.output:
         write_report(args.output, "bench", result, md)

@@ -70,8 +70,12 @@ def _git_commit() -> str | None:
 
 
 def run(name: str, configs: list[str], images: int, shards: str, videos: list[str], overrides: list[str],
-        force: bool = False, branch_from: str | None = None) -> dict:
+        force: bool = False, branch_from: str | None = None, other_sets: dict[str, list[str]] | None = None) -> dict:
     """Train NAME to ``images`` images seen and evaluate it; returns the result record.
+
+    ``other_sets``: further val sets (name -> videos), each scored apart under ``val_sets`` (per clip and clip
+    mean), e.g. the new-camera clips of ``../shared/dashcam-extra``, so a gain on the training cameras is checked on
+    cameras no training clip has.
 
     ``branch_from``: a training checkpoint of another run that a fresh start of NAME resumes from (its step, weights,
     optimizer and data position), e.g. a WSD constant-phase checkpoint whose cool-down NAME is.
@@ -143,6 +147,8 @@ def run(name: str, configs: list[str], images: int, shards: str, videos: list[st
         "codebook_usage": ev["overall"]["codebook_usage"],
         "token_entropy_bits": ev["overall"]["token_entropy_bits"],
         "decode_fps": ev["overall"]["decode_fps"],
+        "val_sets": {set_name: _score(evaluate(model, set_videos))
+                     for set_name, set_videos in (other_sets or {}).items()},
         "eval_seconds": time.perf_counter() - t0,
         "commit": _git_commit(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
@@ -150,8 +156,15 @@ def run(name: str, configs: list[str], images: int, shards: str, videos: list[st
     }
     with atomic_write(result_path) as tmp, open(tmp, "w") as f:  # its presence marks the run as done
         json.dump(result, f, indent=1)
-    print(f"{name}: clip-mean PSNR {result['psnr_clip_mean']:.2f} dB, codebook use {result['codebook_usage']:.1%}")
+    others = "".join(f", {k} {v['psnr_clip_mean']:.2f} dB" for k, v in result["val_sets"].items())
+    print(f"{name}: clip-mean PSNR {result['psnr_clip_mean']:.2f} dB{others}, codebook use "
+          f"{result['codebook_usage']:.1%}")
     return result
+
+
+def _score(ev: dict) -> dict:
+    return {"clips": {c["clip"]: c["psnr"] for c in ev["clips"]}, "psnr_clip_mean": ev["overall"]["psnr_clip_mean"],
+            "codebook_usage": ev["overall"]["codebook_usage"]}
 
 
 def _read_json(path: str):
@@ -173,8 +186,8 @@ def table(root: str = REPORTS, baseline: str | None = None) -> str:
     clips = sorted({c for r in results for c in r["clips"]})
     short = [c.split("__")[-1].removesuffix(".mp4") for c in clips]
     base = next((r for r in results if r["name"] == baseline), None)
-    lines = ["| run | images | " + " | ".join(short) + " | clip mean | vs base | codebook use | img/s | changes |",
-             "|---|---:|" + "---:|" * len(clips) + "---:|---:|---:|---:|---|"]
+    lines = ["| run | images | " + " | ".join(short) + " | clip mean | vs base | new cameras | codebook use | img/s "
+             "| changes |", "|---|---:|" + "---:|" * len(clips) + "---:|---:|---:|---:|---:|---|"]
     for r in sorted(results, key=lambda r: (r["images"], -r["psnr_clip_mean"])):
         delta = f"{r['psnr_clip_mean'] - base['psnr_clip_mean']:+.2f}" if base and r["images"] == base["images"] else ""
         ips = f"{r['train_images_per_s']:.1f}" if r.get("train_images_per_s") else ""
@@ -182,8 +195,9 @@ def table(root: str = REPORTS, baseline: str | None = None) -> str:
         first = 1 if base and r["configs"][:1] == base["configs"][:1] else 0  # the baseline's own config is no change
         overlays = [os.path.basename(c) for c in r["configs"][first:] if "experiments" not in os.path.dirname(c)]
         changes = ", ".join(overlays + r["overrides"]) or "-"
+        extra = " / ".join(f"{v['psnr_clip_mean']:.2f}" for v in (r.get("val_sets") or {}).values())
         lines.append(f"| {r['name']} | {r['images']:,} | {cells} | **{r['psnr_clip_mean']:.2f}** | {delta} | "
-                     f"{r['codebook_usage']:.1%} | {ips} | {changes} |")
+                     f"{extra} | {r['codebook_usage']:.1%} | {ips} | {changes} |")
     return "\n".join(lines)
 
 
@@ -335,6 +349,8 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--input", nargs="+", default=["../shared/dashcam"],
                    help="the videos evaluated on: directories with MANIFEST.tsv (--split picks the clips)")
     r.add_argument("--split", default="val")
+    r.add_argument("--other-input", nargs="*", default=["../shared/dashcam-extra"],
+                   help="further val sets, each scored apart (result.json's val_sets); absent folders are skipped")
     r.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="LightningCLI overrides, e.g. model.lr=2e-3")
     r.add_argument("--force", action="store_true", help="re-run even if result.json exists")
     r.add_argument("--branch-from", default=None, metavar="CKPT",
@@ -361,8 +377,10 @@ def main(argv: list[str] | None = None) -> None:
         from compressor.tools.evaluate import select_videos
 
         images = args.images or images_for_flops(args.config, args.set, args.flops)
+        others = {os.path.basename(os.path.normpath(d)): select_videos([d], args.split)
+                  for d in args.other_input if os.path.isdir(d)}
         run(args.name, args.config, images, args.shards, select_videos(args.input, args.split), args.set,
-            args.force, args.branch_from)
+            args.force, args.branch_from, others)
     else:
         md = table(args.reports, args.baseline)
         with atomic_write(os.path.join(args.reports, "table.md")) as tmp, open(tmp, "w") as f:

@@ -11,7 +11,8 @@ import torch
 import torchvision
 
 from compressor.metrics import frame_psnr, model_psnr
-from compressor.training.model_card import save_hub_folder, training_sections
+from compressor.training.core import export
+from compressor.training.model_card import training_sections
 from compressor.training.perf import matmul_peak_flops, train_flops_per_image
 from compressor.utils import atomic_write
 from compressor.codec.packing import pack, unpack
@@ -41,14 +42,12 @@ class ExportCallback(pl.Callback):
         os.makedirs(out_dir, exist_ok=True)
         pl_module.calibrate_ema()  # the last steps may have come after the last validation
         model = pl_module.ema.eval()
-        model_path = os.path.join(out_dir, "model.pt")
-        model.save(model_path)
+        hub_dir = os.path.join(out_dir, "hub")
 
         loaders = trainer.datamodule.val_dataloader() if trainer.datamodule else []
         frames = _take(loaders, self.num_frames)
-        hub_dir = os.path.join(out_dir, "hub")
         if frames is None:
-            save_hub_folder(model, hub_dir, training_sections(trainer, pl_module, None))
+            model_path = export(model, out_dir, "model.pt", training_sections(trainer, pl_module, None))
             print(f"saved {model_path} and {hub_dir} (no validation frames for a reconstruction check)")
             return
         frames = frames.to(pl_module.device)
@@ -60,7 +59,7 @@ class ExportCallback(pl.Callback):
         grid = torch.cat([frames, recon], dim=2).cpu().float() / 255
         torchvision.utils.save_image(grid, image_path, nrow=min(4, len(frames)), padding=2)
         evaluation = {"psnr": psnr, "frames": len(frames), "bytes_per_frame": len(data) // len(frames)}
-        save_hub_folder(model, hub_dir, training_sections(trainer, pl_module, evaluation), image_path)
+        model_path = export(model, out_dir, "model.pt", training_sections(trainer, pl_module, evaluation), image_path)
         print(f"saved {model_path}, {image_path} and {hub_dir}")
         print(f"PSNR {psnr:.2f} dB on {len(frames)} validation frames at {len(data) // len(frames)} bytes/frame "
               f"({model.num_tokens} tokens x {model.bits_per_token} bits)")
@@ -87,8 +86,8 @@ class ThroughputMonitor(pl.Callback):
     with ``torch.utils.flop_counter`` at the start of fit.
 
     Args:
-        peak_tflops: the card's peak in the training precision; if None, measured once with a matmul
-            (bf16 on GPUs, float32 on CPUs).
+        peak_tflops: the card's peak in the training precision; if None, measured once with a matmul in the
+            trainer's precision (bf16 for bf16-mixed, else float32).
         log_every_n_steps: how often to log.
     """
 
@@ -102,8 +101,10 @@ class ThroughputMonitor(pl.Callback):
         if self.peak_tflops:
             self.peak_flops = self.peak_tflops * 1e12
         else:
-            dtype = torch.bfloat16 if pl_module.device.type == "cuda" else torch.float32
-            self.peak_flops = matmul_peak_flops(pl_module.device, dtype, min_time=0.5)
+            # The ceiling of the precision the matmuls run in: bf16 under bf16-mixed (8x float32 on AMX CPUs).
+            dtype = torch.bfloat16 if "bf16" in str(trainer.precision) else torch.float32
+            size = 2048 if pl_module.device.type == "cpu" else 8192  # as bench_train measures it
+            self.peak_flops = matmul_peak_flops(pl_module.device, dtype, size=size, min_time=0.5)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._t0 = time.perf_counter()

@@ -5,10 +5,10 @@ Every run starts from ``configs/base.yaml`` (the plumbing every run shares and t
 and the model follows it.
 
 ``auto_precision: true`` (the base's and the video configs' setting) makes a single-process CPU run time a few
-training steps of its own model (a video run: of its intra model) in bf16 autocast and in float32 before fit, and
-train in the faster one: which is faster depends on the CPU (twice as fast in bf16 on AMD EPYC with AVX-512 BF16,
-0.56x on an Intel Xeon that has it too, 0.04x on an AMD EPYC without AVX-512). GPUs and multi-process runs keep
-``trainer.precision`` as configured.
+training steps of its own model (a video run: of its intra model) on each CPU path before fit (bf16 autocast with
+matmul or SDPA attention, float32) and train on the fastest: which wins depends on the CPU (docs/speed.md: bf16
+with matmul attention on an Intel Xeon with AMX, bf16 on AMD EPYC with AVX-512 BF16, float32 on an AMD EPYC
+without AVX-512, where bf16 runs at 0.04x). GPUs and multi-process runs keep ``trainer.precision`` as configured.
 """
 
 from __future__ import annotations
@@ -24,15 +24,17 @@ from pytorch_lightning.cli import LightningCLI
 from compressor.codec.autoencoder import Autoencoder, build_part
 from compressor.data.datamodule import FramesDataModule
 from compressor.training.module import CompressorModule
-from compressor.training.perf import fastest_cpu_precision
+from compressor.codec.layers import set_attention_kernel
+from compressor.training.perf import fastest_cpu_path
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 BASE_CONFIG = os.path.join(CONFIGS, "base.yaml")
 
 
 class AutoPrecision:
-    """``auto_precision``: a LightningCLI mixin that, for a single-process CPU fit, trains in whichever of bf16-mixed
-    and 32-true a short measurement on ``precision_probe()`` (an ``Autoencoder``) finds faster."""
+    """``auto_precision``: a LightningCLI mixin that, for a single-process CPU fit, trains on whichever of the CPU
+    paths (``perf.CPU_PATHS``: bf16-mixed with matmul or SDPA attention, 32-true) a short measurement on
+    ``precision_probe()`` (an ``Autoencoder``) finds fastest."""
 
     def add_auto_precision(self, parser) -> None:
         parser.add_argument("--auto_precision", type=bool, default=False,
@@ -45,10 +47,11 @@ class AutoPrecision:
         config = self.config[self.subcommand] if self.subcommand else self.config
         if self.subcommand == "fit" and config.get("auto_precision") and _single_cpu_process(config.trainer):
             batch = self.datamodule.hparams.batch_size if self.datamodule is not None else 16
-            choice, rates = fastest_cpu_precision(self.precision_probe(), batch)
-            speeds = ", ".join(f"{name} {rate:.1f} img/s" for name, rate in rates.items())
-            print(f"auto_precision: {choice} ({speeds}, batch {batch})", flush=True)
-            config.trainer.precision = kwargs["precision"] = choice  # config.yaml records the choice
+            (precision, attention), rates = fastest_cpu_path(self.precision_probe(), batch)
+            speeds = ", ".join(f"{p}/{a} {rate:.1f} img/s" for (p, a), rate in rates.items())
+            print(f"auto_precision: {precision} with {attention} attention ({speeds}, batch {batch})", flush=True)
+            config.trainer.precision = kwargs["precision"] = precision  # config.yaml records the choice
+            set_attention_kernel(self.model, attention)
         return super().instantiate_trainer(**kwargs)
 
 

@@ -2,7 +2,8 @@
 
 ``compressor.codec.hub`` writes the codec half of the card (mode, architecture, token budget); this module adds the
 training data, the steps and images (or clips) seen, and the reconstruction check of ``ExportCallback``. Per-frame
-training (``ExportCallback``) and video training (``VideoModule.on_train_end``) both write it.
+training (``ExportCallback``) and video training (``VideoModule.on_train_end``) both write it through
+``core.export``.
 """
 
 from __future__ import annotations

@@ -6,13 +6,10 @@ channels-last, gradient checkpointing) is the ``speed.SpeedOptions`` callback's 
 
 from __future__ import annotations
 
-import copy
-import math
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Literal
-from contextlib import nullcontext
 
 import pytorch_lightning as pl
 import torch
@@ -20,10 +17,10 @@ from jsonargparse import lazy_instance
 from torch import Tensor, nn
 
 from compressor.codec.autoencoder import Autoencoder
-from compressor.codec.quantizers import Whitening
 from compressor.metrics import model_psnr, ms_ssim_01
+from compressor.training.core import calibrate_ema, ema_copy, optimizers, param_groups, update_ema
 from compressor.training.losses import CompressionLoss
-from compressor.utils import cosine, token_entropy_bits, wsd
+from compressor.utils import token_entropy_bits
 
 
 class CompressorModule(pl.LightningModule):
@@ -34,8 +31,8 @@ class CompressorModule(pl.LightningModule):
 
     Args:
         encoder: ``ViTEncoder``, ``ConvStemEncoder`` or ``ConvEncoder``.
-        quantizer: ``FSQ``, ``StandardizedFSQ`` or ``VQ``.
-        decoder: ``ViTDecoder``, ``ViTRefineDecoder``, ``ConvStemDecoder`` or ``ConvDecoder``.
+        quantizer: ``FSQ``, ``StandardizedFSQ``, ``WhitenedFSQ`` or ``VQ``.
+        decoder: ``ViTDecoder``, ``ViTRefineDecoder``, ``ViTOverlapDecoder``, ``ConvUpsampleDecoder`` or ``ConvDecoder``.
         loss: the objective; ``CompressionLoss()`` (L1 + MSE + 0.2 (1 - MS-SSIM)) when not given.
         image_size: (H, W) of training frames (linked to ``data.image_size`` by ``train.py``).
         max_bytes_per_frame: token budget asserted by the autoencoder.
@@ -80,7 +77,7 @@ class CompressorModule(pl.LightningModule):
         self.save_hyperparameters(ignore=["encoder", "quantizer", "decoder", "loss"])
         self.automatic_optimization = False
         self.autoencoder = Autoencoder(encoder, quantizer, decoder, image_size, max_bytes_per_frame)
-        self.ema = copy.deepcopy(self.autoencoder).requires_grad_(False)  # no grads, so DDP ignores it
+        self.ema = ema_copy(self.autoencoder)
         self.loss = loss
         # Set by speed.SpeedOptions: a compiled forward (a plain object, so its weights, the autoencoder's, are
         # not registered twice) and the memory format of input batches.
@@ -147,40 +144,15 @@ class CompressorModule(pl.LightningModule):
         """Wall-clock training time so far, across resumes."""
         return self._train_seconds + (time.perf_counter() - self._t_start if self._t_start else 0.0)
 
-    @torch.no_grad()
     def _update_ema(self) -> None:
-        step = self.global_step
-        decay = min(self.hparams.ema_decay, (1 + step) / (10 + step))
-        torch._foreach_lerp_(list(self.ema.parameters()), list(self.autoencoder.parameters()), 1 - decay)
-        for ema_buf, buf in zip(self.ema.buffers(), self.autoencoder.buffers()):
-            ema_buf.copy_(buf)
+        update_ema(self.ema, self.autoencoder, self.global_step, self.hparams.ema_decay)
 
-    @torch.no_grad()
     def calibrate_ema(self) -> None:
-        """Re-estimate the EMA model's normalization statistics on its own encoder outputs.
-
-        ``_update_ema`` copies the live model's buffers, but running statistics such as StandardizedFSQ's belong to
-        the weights that produced them: on EMA weights that trail the live ones, the copied means sat up to half a
-        standard deviation off centre (a 750-step run). As ``torch.optim.swa_utils.update_bn`` does for SWA, this
-        recomputes them as a plain average over the last ``calibration_batches`` training batches, and only for
-        the normalization layers (a forward in train mode would also restart the EMA copy's dead VQ codes).
-        """
-        norms = [m for m in self.ema.modules() if isinstance(m, (torch.nn.modules.batchnorm._BatchNorm, Whitening))]
-        if not norms or not self._recent_frames:
-            return
-        saved = [(m.momentum, m.training) for m in norms]
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None  # a cumulative average over the calibration batches
-            m.train()
-        context = self.trainer.precision_plugin.forward_context() if self._trainer is not None else nullcontext()
-        with context:
-            for frames in self._recent_frames:
-                x = frames.float() / 127.5 - 1
-                self.ema.encode_to_codes(x)
-        for m, (momentum, training) in zip(norms, saved):
-            m.momentum = momentum
-            m.train(training)
+        """Re-estimate the EMA model's normalization statistics on its own encoder outputs over the last
+        ``calibration_batches`` training batches (``core.calibrate_ema`` says why)."""
+        context = self.trainer.precision_plugin.forward_context() if self._trainer is not None else None
+        calibrate_ema(self.ema, self._recent_frames, lambda frames: self.ema.encode_to_codes(frames.float() / 127.5 - 1),
+                      context)
 
     def on_validation_epoch_start(self) -> None:
         self.calibrate_ema()
@@ -215,39 +187,14 @@ class CompressorModule(pl.LightningModule):
 
     # ---- optimisation -------------------------------------------------------------------------------------
     def configure_optimizers(self):
-        decay, no_decay = [], []
-        for name, p in self.autoencoder.named_parameters():
-            (decay if p.ndim >= 2 and "codebook" not in name else no_decay).append(p)
-        groups = [{"params": decay, "weight_decay": self.hparams.weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}]
+        groups = param_groups(self.autoencoder.named_parameters(), self.hparams.weight_decay)
         if self.loss.discriminator is not None:
             groups.append({"params": list(self.loss.discriminator.parameters()), "weight_decay": 0.0})
-        opt = torch.optim.AdamW(groups, lr=self.hparams.lr, betas=tuple(self.hparams.betas))
-        total = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
-        if not math.isfinite(total):
-            raise ValueError("set trainer.max_steps: the learning-rate schedule needs a known length")
-        if self.hparams.schedule not in ("cosine", "wsd"):
-            raise ValueError(f"schedule must be 'cosine' or 'wsd', not {self.hparams.schedule!r}")
-        if not 0 <= self.hparams.cooldown_fraction <= 1:
-            raise ValueError(f"cooldown_fraction must be in [0, 1], not {self.hparams.cooldown_fraction}")
-        warmup, floor = self.hparams.warmup_steps, self.hparams.min_lr_ratio
-        decay = ((lambda p: wsd(p, self.hparams.cooldown_fraction, floor)) if self.hparams.schedule == "wsd"
-                 else (lambda p: cosine(p, floor)))
-
-        budget = self.hparams.time_budget_s
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            if budget:
-                progress = min(1.0, self.train_seconds() / budget)
-            else:
-                # WSD counts from step 0, so its cool-down starts at a round step: (1 - cooldown_fraction) x total.
-                start = 0 if self.hparams.schedule == "wsd" else warmup
-                progress = min(1.0, (step - start) / max(1, total - start))
-            return decay(progress)
-
-        return [opt], [{"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, schedule), "interval": "step"}]
+        hp = self.hparams
+        budget = hp.time_budget_s  # the cosine follows wall-clock time instead of steps
+        return optimizers(groups, self.trainer, hp.lr, hp.betas, hp.warmup_steps, hp.min_lr_ratio,
+                          schedule=hp.schedule, cooldown_fraction=hp.cooldown_fraction,
+                          progress=(lambda: self.train_seconds() / budget) if budget else None)
 
     # ---- export -------------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -1,6 +1,6 @@
-"""FLOPs of a training step (torch's ``FlopCounterMode``, grouped-conv backward corrected), its measured speed in each
-precision, and the matmul ceiling (for ``callbacks.ThroughputMonitor``, the CLI's ``auto_precision`` and
-``bench_train``)."""
+"""FLOPs of a training step (torch's ``FlopCounterMode``, grouped-conv backward corrected), its measured speed on each
+CPU path (precision and attention kernel), and the matmul ceiling (for ``callbacks.ThroughputMonitor``, the CLI's
+``auto_precision`` and ``bench_train``)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode, conv_backward_flop
 
 from compressor.benchmark import seconds_per_call
 from compressor.codec.autoencoder import Autoencoder
+from compressor.codec.layers import set_attention_kernel
 from compressor.training.losses import ReconstructionLoss
 from compressor.training.speed import EagerFallback
 
@@ -53,12 +54,15 @@ def matmul_peak_flops(device: str | torch.device, dtype: torch.dtype, size: int 
 
 
 def train_images_per_s(model: Autoencoder, batch: int, device: str, bf16: bool, min_time: float = 3.0,
-                       compile_model: bool = False, warmup: int = 2) -> float:
-    """Training images/s of ``model``: full steps (forward, loss, backward, AdamW) on random frames.
+                       compile_model: bool = False, warmup: int = 2, attention: str | None = None) -> float:
+    """Training images/s of ``model``: full steps (forward, loss, backward, fused AdamW) on random frames.
 
-    The steps change ``model``'s weights; time a copy when they matter.
+    ``attention``: the attention kernel to time (``layers.set_attention_kernel``; None: as the model is set). The
+    steps change ``model``'s weights; time a copy when they matter.
     """
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    if attention is not None:
+        set_attention_kernel(model, attention)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     loss_fn = ReconstructionLoss()
     forward = EagerFallback(model) if compile_model else model  # torch.compile fails at the first call, if at all
     x = torch.rand(batch, 3, *model.image_size, device=device) * 2 - 1
@@ -74,13 +78,22 @@ def train_images_per_s(model: Autoencoder, batch: int, device: str, bf16: bool, 
     return batch / seconds_per_call(step, min_time, warmup)  # warm-up: kernel selection, compilation, optimizer
 
 
-def fastest_cpu_precision(model: Autoencoder, batch: int, min_time: float = 1.0) -> tuple[str, dict[str, float]]:
-    """``"bf16-mixed"`` or ``"32-true"``, whichever trains ``model`` faster on this CPU, and both images/s.
+# The training paths a CPU run chooses among: (trainer precision, attention kernel).
+CPU_PATHS = (("bf16-mixed", "matmul"), ("bf16-mixed", "sdpa"), ("32-true", "sdpa"))
 
-    bf16 autocast is about twice fp32's speed on AMD EPYC CPUs with AVX-512 BF16, but 0.56x on an Intel Xeon that
-    also has it (FACTS.md), so it is measured on a copy of the model rather than assumed.
+
+def fastest_cpu_path(model: Autoencoder, batch: int, min_time: float = 1.0
+                     ) -> tuple[tuple[str, str], dict[tuple[str, str], float]]:
+    """The (precision, attention kernel) of ``CPU_PATHS`` that trains ``model`` fastest on this CPU, and the
+    images/s of each.
+
+    Which wins depends on the CPU, not on its vendor (docs/speed.md): bf16 autocast is about twice float32 on AMD
+    EPYC with AVX-512 BF16; on an Intel Xeon with AMX, bf16 matmuls are 8x float32's but SDPA's bf16 backward is
+    slower than its float32 one, so bf16 pays there only with matmul attention; a CPU without AVX-512 BF16 has no
+    fast bf16 kernels at all (bf16 0.04x float32). So it is measured on a copy of the model rather than assumed.
     """
     probe = type(model).from_export(model.export_dict()).cpu().train()
-    rates = {name: train_images_per_s(probe, batch, "cpu", bf16=name == "bf16-mixed", min_time=min_time, warmup=1)
-             for name in ("bf16-mixed", "32-true")}
+    rates = {(precision, attention): train_images_per_s(probe, batch, "cpu", bf16=precision == "bf16-mixed",
+                                                        min_time=min_time, warmup=1, attention=attention)
+             for precision, attention in CPU_PATHS}
     return max(rates, key=rates.get), rates

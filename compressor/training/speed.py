@@ -9,10 +9,11 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import pytorch_lightning as pl
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from compressor.codec.layers import set_grad_checkpointing
 
@@ -22,20 +23,21 @@ class EagerFallback:
 
     A missing backend or a graph break makes training slower, not wrong, so it warns instead of stopping a run.
     A plain object rather than an ``nn.Module``, so the model's weights are not registered a second time.
+    ``model`` may be any function of tensors (the loss compiles ``metrics.ms_ssim_unit`` this way).
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: Callable, **compile_options):
         self.model = model
-        self.compiled = torch.compile(model)
+        self.compiled = torch.compile(model, **compile_options)
 
-    def __call__(self, x: Tensor) -> dict[str, Tensor]:
+    def __call__(self, *args: Tensor):
         if self.compiled is not None:
             try:
-                return self.compiled(x)
+                return self.compiled(*args)
             except Exception as e:  # noqa: BLE001  any backend failure
                 warnings.warn(f"torch.compile failed ({type(e).__name__}: {str(e)[:200]}); continuing in eager mode")
                 self.compiled = None
-        return self.model(x)
+        return self.model(*args)
 
 
 class SpeedOptions(pl.Callback):

@@ -10,8 +10,6 @@ costs one forward and backward pass per conditional frame (no back-propagation t
 from __future__ import annotations
 
 import copy
-import math
-import os
 from collections import deque
 
 import pytorch_lightning as pl
@@ -24,8 +22,8 @@ from compressor.codec.remember import RememberingDecoder
 from compressor.codec.video import ConditionalCodec, VideoCodec
 from compressor.metrics import model_psnr
 from compressor.training.losses import ReconstructionLoss
-from compressor.training.model_card import save_hub_folder, training_sections
-from compressor.utils import cosine
+from compressor.training.core import calibrate_ema, ema_copy, export, optimizers, param_groups, update_ema
+from compressor.training.model_card import training_sections
 
 
 class VideoModule(pl.LightningModule):
@@ -69,7 +67,7 @@ class VideoModule(pl.LightningModule):
                 raise ValueError(f"init_from_intra needs the conditional codec built like the intra model {intra} "
                                  f"(a ViT encoder and decoder of the same widths and depths, the same quantizer); "
                                  f"set them to match or init_from_intra false: {e}") from e
-        self.ema = copy.deepcopy(self.codec).requires_grad_(False)
+        self.ema = ema_copy(self.codec)
         self.loss = loss or ReconstructionLoss()
         self._recent: deque[tuple[Tensor, Tensor]] = deque(maxlen=calibration_batches)
 
@@ -107,29 +105,14 @@ class VideoModule(pl.LightningModule):
         self.log("train/psnr", torch.cat(psnrs).mean(), prog_bar=True, batch_size=len(clips))
         return loss
 
-    def on_before_zero_grad(self, optimizer) -> None:
-        # After each optimizer step: move the EMA copy towards the live weights.
-        with torch.no_grad():
-            step = self.global_step
-            decay = min(self.hparams.ema_decay, (1 + step) / (10 + step))
-            torch._foreach_lerp_(list(self.ema.parameters()), list(self.codec.parameters()), 1 - decay)
+    def optimizer_step(self, *args, **kwargs) -> None:
+        pl.LightningModule.optimizer_step(self, *args, **kwargs)  # not super(): RememberModule borrows this method
+        update_ema(self.ema, self.codec, self.global_step, self.hparams.ema_decay)  # after each optimizer step
 
-    @torch.no_grad()
     def calibrate_ema(self) -> None:
-        """The EMA copy's quantizer statistics, re-estimated on its own encoder outputs (see
-        ``CompressorModule.calibrate_ema`` for why copying the live statistics is wrong)."""
-        norms = [m for m in self.ema.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        if not norms or not self._recent:
-            return
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None
-            m.train()
-        for x, ref in self._recent:
-            self.ema.encode_to_codes(x, ref)
-        for m in norms:
-            m.momentum = 0.01
-            m.eval()
+        """The EMA copy's quantizer statistics, re-estimated on its own encoder outputs (``core.calibrate_ema``)."""
+        context = self.trainer.precision_plugin.forward_context() if self._trainer is not None else None
+        calibrate_ema(self.ema, self._recent, lambda pair: self.ema.encode_to_codes(*pair), context)
 
     def on_validation_epoch_start(self) -> None:
         self.calibrate_ema()
@@ -144,21 +127,9 @@ class VideoModule(pl.LightningModule):
                      batch_size=len(clips), sync_dist=True)
 
     def configure_optimizers(self):
-        decay = [p for p in self.codec.parameters() if p.ndim >= 2]
-        no_decay = [p for p in self.codec.parameters() if p.ndim < 2]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=self.hparams.lr, betas=(0.9, 0.95))
-        total = self.trainer.max_steps
-        if total is None or total <= 0 or not math.isfinite(total):
-            raise ValueError("set trainer.max_steps: the learning-rate schedule needs a known length")
-        warmup, floor = self.hparams.warmup_steps, self.hparams.min_lr_ratio
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return cosine((step - warmup) / max(1, total - warmup), floor)
-
-        return [opt], [{"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, schedule), "interval": "step"}]
+        hp = self.hparams
+        return optimizers(param_groups(self.codec.named_parameters(), hp.weight_decay), self.trainer, hp.lr,
+                          (0.9, 0.95), hp.warmup_steps, hp.min_lr_ratio)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         torch.nn.utils.clip_grad_norm_(self.codec.parameters(), self.hparams.grad_clip)
@@ -172,9 +143,8 @@ class VideoModule(pl.LightningModule):
         # folder (hub/: config.json, model.safetensors, a card with the training), as per-frame training writes.
         if self.global_rank == 0:
             self.calibrate_ema()
-            codec, root = self.video_codec(), self.trainer.default_root_dir
-            codec.save(os.path.join(root, "video.pt"))
-            save_hub_folder(codec, os.path.join(root, "hub"), training_sections(self.trainer, self, None))
+            export(self.video_codec(), self.trainer.default_root_dir, "video.pt",
+                   training_sections(self.trainer, self, None))
 
     def video_codec(self, gop: int = 8) -> VideoCodec:
         """The codec a user runs: the intra model and the EMA conditional model (a copy)."""
@@ -201,8 +171,9 @@ class RememberModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["loss"])
         self.intra = load(intra).eval().requires_grad_(False)
-        self.codec = RememberingDecoder(self.intra, history)
-        self.ema = copy.deepcopy(self.codec).requires_grad_(False)
+        # in train mode: its parts are copies of the intra model's, in eval mode, and Lightning keeps modes as they are
+        self.codec = RememberingDecoder(self.intra, history).train()
+        self.ema = ema_copy(self.codec)
         self.loss = loss or ReconstructionLoss()
 
     def train(self, mode: bool = True):
@@ -235,10 +206,10 @@ class RememberModule(pl.LightningModule):
         self.log("val/psnr", model_psnr(self.ema(tokens, available).float(), x).mean(), prog_bar=True,
                  batch_size=len(clips), sync_dist=True)
 
-    on_before_zero_grad = VideoModule.on_before_zero_grad  # the same EMA of self.codec
+    optimizer_step = VideoModule.optimizer_step  # the same EMA of self.codec, optimizer and clipping
     configure_optimizers = VideoModule.configure_optimizers
     configure_gradient_clipping = VideoModule.configure_gradient_clipping
 
     def on_train_end(self) -> None:
-        if self.global_rank == 0:
-            self.ema.save(os.path.join(self.trainer.default_root_dir, "remembering.pt"))
+        if self.global_rank == 0:  # nothing to calibrate: the quantizer is the intra model's, frozen
+            export(self.ema, self.trainer.default_root_dir, "remembering.pt", {})

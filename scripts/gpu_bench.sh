@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The one-command GPU benchmark, for a machine with CUDA PyTorch and no network:
-#   bash compressor/tools/gpu_bench.sh [OUTPUT_DIR]        # default reports/bench-gpu; about 3-4 minutes
+#   bash scripts/gpu_bench.sh [OUTPUT_DIR]          # default reports/bench-gpu; about 3-4 minutes
 # It resolves configs with train.py's LightningCLI parser, so it needs the [train] extra beside torch. Where the image
 # lacks them, bring their wheels in wheels/, fetched once on a machine with package access:
 #   pip download -d wheels einops==0.8.2 pytorch-msssim==1.0.0 pytorch-lightning==2.6.6 "jsonargparse[signatures]==4.53.0"
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.."  # the repository root, where compressor/ and configs/ are
 OUT="${1:-reports/bench-gpu}"
 PY="${PYTHON:-python3}"
 if ! "$PY" -c "import einops, pytorch_msssim, pytorch_lightning, jsonargparse" 2>/dev/null; then

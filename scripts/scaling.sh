@@ -3,7 +3,7 @@
 # (cpu-vit-224B-aug, plain FSQ) and the recommended one (cpu-best-224B, StandardizedFSQ) at several image budgets, and
 # the conv stem under the recommended recipe. Finished runs are skipped, so this resumes where it stopped. Run it
 # alone: on 2 cores anything beside a training run stalls it (docs/experiments.md).
-#   bash compressor/tools/scaling.sh SHARD_DIR   # SHARD_DIR from compressor.tools.make_shards
+#   bash scripts/scaling.sh SHARD_DIR   # SHARD_DIR from compressor.tools.make_shards
 set -euo pipefail
 SHARDS="${1:?frame shards from compressor.tools.make_shards}"
 PROXY=configs/experiments/proxy.yaml

@@ -1,6 +1,6 @@
 """A long static scene from real frames: one val frame held for N frames with +-1 grey-level noise, tokenized.
 
-    python reports/entropy-adaptive/static_scene.py --checkpoint MODEL --video VAL_CLIP --frames 600 --output DIR
+    python scripts/static_scene.py --checkpoint MODEL --video VAL_CLIP --frames 600 --output DIR
 
 Writes DIR/static.npy (T, h, w) and DIR/static.json (commaVQ layout, read by ``compressor.tools.entropy report``).
 The noise stands in for sensor noise on a parked car: the tokens still flicker where a code boundary is close.

@@ -2,9 +2,9 @@
 # The proxy-budget ablations of reports/experiments/table.md: each run changes one thing from cpu-vit-224B-aug and
 # trains for the same 12,000 images; "recipe-*" runs combine the changes that won. Finished runs are skipped, so
 # this resumes where it stopped.
-#   bash compressor/tools/ablations.sh SHARD_DIR [OLD_SHARD_DIR]   # SHARD_DIR from data/make_shards.py
+#   bash scripts/ablations.sh SHARD_DIR [OLD_SHARD_DIR]   # SHARD_DIR from compressor.tools.make_shards
 set -euo pipefail
-SHARDS="${1:?frame shards from data/make_shards.py}"
+SHARDS="${1:?frame shards from compressor.tools.make_shards}"
 OLD="${2:-}"  # the 12 training clips of the first data set (+ the same val shards), for the data ablation
 IMAGES="${IMAGES:-12000}"
 BASE="configs/cpu-vit-224B-aug.yaml configs/experiments/proxy.yaml"
