@@ -338,7 +338,7 @@ def check_size(value, name: str, where: str, high: int = _MAX_SIZE) -> None:
 
 def check_arguments(cls: type, init_args: dict, where: str) -> None:
     """Refuse, with ``ValueError``, constructor arguments of ``cls`` that it does not declare, or whose values do not
-    have the declared type (int, list[int], float, tuple[int, int], bool) within bounds. Builds nothing."""
+    have the declared type (int, list[int], float, tuple[int, int], bool, str) within bounds. Builds nothing."""
     params = inspect.signature(cls).parameters
     for key, value in init_args.items():
         at = f"{where}.{key}"
@@ -359,6 +359,10 @@ def check_arguments(cls: type, init_args: dict, where: str) -> None:
         elif kind == "bool":
             if type(value) is not bool:
                 raise ValueError(f"not a compressor checkpoint: {at} is {value!r}, not true or false")
+        elif kind == "str":  # a choice by name (a stem's norm): short; the class itself refuses unknown names
+            if type(value) is not str or not 1 <= len(value) <= 32:
+                raise ValueError(f"not a compressor checkpoint: {at} is {value!r:.40}, not a name of 1 to 32 "
+                                 "characters")
         else:
             raise ValueError(f"not a compressor checkpoint: {at}: "
                              + ("no such argument" if kind is None else f"an argument of unchecked type {kind}"))

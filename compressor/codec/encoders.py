@@ -10,6 +10,7 @@ from __future__ import annotations
 from einops import rearrange
 from torch import Tensor, nn
 
+from compressor.codec.convblocks import ConvMLPBlock, ConvNeXtBlock, ConvStem
 from compressor.codec.layers import captured_args, ResBlock, Transformer, init_weights, patchify, sincos_2d
 
 
@@ -143,3 +144,124 @@ class ConvEncoder(nn.Module):
         """frames: (B, 3, H, W) -> latents: (B, H/p * W/p, C)."""
         return rearrange(self.net(frames), "b c h w -> b (h w) c")
 
+
+
+class ConvStemViTEncoder(nn.Module):
+    """Conv stem as Xiao et al. 2021 build it, then transformer blocks: convolution low, attention high.
+
+    The stem (``convblocks.ConvStem``) has stride-2 3x3 conv + norm + ReLU stages and a 1x1 projection to ``dim``;
+    ``len(stem_channels)`` stages give a ``2**len`` pixel grid (4 -> 16 px, 128 tokens at 128x256). Xiao et al. size
+    the stem like one transformer block and drop a block, so FLOPs stay equal to the ViT's. Unlike the older
+    ``ConvStemEncoder`` (no normalization, kept so that its checkpoints load), every stage is normalised.
+
+    Args:
+        stem_channels: output channels of each stride-2 stage.
+        dim: transformer width.
+        depth: number of transformer blocks.
+        heads: attention heads.
+        mlp_ratio: MLP hidden width over `dim`.
+        norm: the stem's normalization, ``"group"``, ``"layer"`` (over channels) or ``"batch"``.
+    """
+
+    def __init__(
+        self,
+        stem_channels: list[int] = [32, 64, 128, 256],  # noqa: B006
+        dim: int = 256,
+        depth: int = 3,
+        heads: int = 4,
+        mlp_ratio: float = 4.0,
+        norm: str = "group",
+    ):
+        super().__init__()
+        self.init_args = captured_args(locals())  # lets a checkpoint rebuild the model
+        self.patch_size = 2 ** len(stem_channels)
+        self.dim = dim
+        self.stem = ConvStem(stem_channels, dim, norm)
+        self.transformer = Transformer(dim, depth, heads, mlp_ratio)
+        init_weights(self.transformer)
+
+    def forward(self, frames: Tensor) -> Tensor:
+        """frames: (B, 3, H, W) -> latents: (B, H/p * W/p, D)."""
+        x = self.stem(frames)  # (B, D, H/p, W/p)
+        h, w = x.shape[-2:]
+        x = rearrange(x, "b d h w -> b (h w) d") + sincos_2d(h, w, self.dim, frames.device).to(x.dtype)
+        return self.transformer(x)
+
+
+class ConvNeXtEncoder(nn.Module):
+    """All convolution (Xie's corner): the normalised conv stem, then ConvNeXt blocks at the token grid.
+
+    The same stem as ``ConvStemViTEncoder`` with the transformer replaced by ConvNeXt blocks (7x7 depthwise,
+    LayerNorm, inverted MLP, layer scale), so the two differ only in how the token grid mixes. No position embedding:
+    the convolutions' padding tells positions apart.
+
+    Args:
+        stem_channels: output channels of each stride-2 stage; ``2**len`` is the token grid's pixel size.
+        dim: width at the token grid.
+        depth: ConvNeXt blocks at the token grid.
+        mlp_ratio: inverted-MLP hidden width over `dim`.
+        norm: the stem's normalization, ``"group"``, ``"layer"`` or ``"batch"``.
+    """
+
+    def __init__(
+        self,
+        stem_channels: list[int] = [32, 64, 128, 256],  # noqa: B006
+        dim: int = 256,
+        depth: int = 5,
+        mlp_ratio: float = 4.0,
+        norm: str = "layer",
+    ):
+        super().__init__()
+        self.init_args = captured_args(locals())  # lets a checkpoint rebuild the model
+        self.patch_size = 2 ** len(stem_channels)
+        self.dim = dim
+        self.stem = ConvStem(stem_channels, dim, norm)
+        self.blocks = nn.Sequential(*[ConvNeXtBlock(dim, mlp_ratio) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        init_weights(self.blocks)
+
+    def forward(self, frames: Tensor) -> Tensor:
+        """frames: (B, 3, H, W) -> latents: (B, H/p * W/p, D)."""
+        x = self.blocks(self.stem(frames))  # (B, D, H/p, W/p)
+        return self.norm(rearrange(x, "b d h w -> b (h w) d"))
+
+
+class ConvViTEncoder(nn.Module):
+    """ViTEncoder whose blocks also mix locally: a depthwise 3x3 conv on the token grid inside each MLP (the
+    "convolutional ViT"). The patchify embedding, sincos positions, widths and depth are the ViT's; the depthwise
+    convs add about 1% to its FLOPs.
+
+    Args:
+        patch_size: side of the square patch; one token per patch.
+        dim: transformer width.
+        depth: number of blocks.
+        heads: attention heads.
+        mlp_ratio: MLP hidden width over `dim`.
+    """
+
+    def __init__(
+        self,
+        patch_size: int = 16,
+        dim: int = 256,
+        depth: int = 4,
+        heads: int = 4,
+        mlp_ratio: float = 4.0,
+    ):
+        super().__init__()
+        self.init_args = captured_args(locals())  # lets a checkpoint rebuild the model
+        self.patch_size = patch_size
+        self.dim = dim
+        self.embed = nn.Linear(3 * patch_size * patch_size, dim)
+        self.blocks = nn.ModuleList([ConvMLPBlock(dim, heads, mlp_ratio) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        init_weights(self)
+
+    def forward(self, frames: Tensor) -> Tensor:
+        """frames: (B, 3, H, W) -> latents: (B, H/p * W/p, D)."""
+        H, W = frames.shape[-2:]
+        grid = (H // self.patch_size, W // self.patch_size)
+        x = self.embed(patchify(frames, self.patch_size))  # (B, N, D)
+        x = x + sincos_2d(*grid, self.dim, frames.device).to(x.dtype)
+        for block in self.blocks:
+            x = block(x, grid)
+        return self.norm(x)

@@ -1,11 +1,11 @@
-"""FLOPs of a training step (Lightning's ``measure_flops``), its measured speed on each CPU path (precision and
-attention kernel), and the matmul ceiling (for ``callbacks.ThroughputMonitor``, the CLI's ``auto_precision`` and
-``bench_train``)."""
+"""FLOPs of a training step (torch's ``FlopCounterMode``, grouped-conv backward corrected), its measured speed on each
+CPU path (precision and attention kernel), and the matmul ceiling (for ``callbacks.ThroughputMonitor``, the CLI's
+``auto_precision`` and ``bench_train``)."""
 
 from __future__ import annotations
 
 import torch
-from lightning_fabric.utilities.throughput import measure_flops
+from torch.utils.flop_counter import FlopCounterMode, conv_backward_flop
 
 from compressor.benchmark import seconds_per_call
 from compressor.codec.autoencoder import Autoencoder
@@ -23,7 +23,26 @@ def train_flops_per_image(model: Autoencoder, image_size: tuple[int, int] | None
     probe = type(model).from_export(model.export_dict()).cpu().train()
     x = torch.rand(1, 3, h, w) * 2 - 1
     loss_fn = ReconstructionLoss()
-    return float(measure_flops(probe, lambda: probe(x), lambda out: loss_fn(out["recon"], x)["loss"]))
+    with flop_counter() as fc:
+        loss_fn(probe(x)["recon"], x)["loss"].backward()
+    return float(fc.get_total_flops())
+
+
+def flop_counter() -> FlopCounterMode:
+    """torch's ``FlopCounterMode`` with grouped convolutions' backward counted right (``_conv_backward_flop``)."""
+    return FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flop})
+
+
+def _conv_backward_flop(grad_out_shape, x_shape, w_shape, bias, stride, padding, dilation, transposed, output_padding,
+                        groups, output_mask, out_shape, **kwargs) -> int:
+    """torch's count of a convolution's backward with the weight gradient divided by ``groups``: torch 2.14 counts it
+    as a dense convolution, so a 1024-channel depthwise 3x3 conv's backward read as 1000x its forward. Ungrouped
+    convolutions count as before."""
+    torch_formula = conv_backward_flop.__wrapped__  # the formula on shapes, under torch's shape wrapper
+    args = (grad_out_shape, x_shape, w_shape, bias, stride, padding, dilation, transposed, output_padding, groups)
+    grad_input = torch_formula(*args, [output_mask[0], False], out_shape=out_shape, **kwargs)
+    grad_weight = torch_formula(*args, [False, output_mask[1]], out_shape=out_shape, **kwargs)
+    return grad_input + grad_weight // groups
 
 
 def matmul_peak_flops(device: str | torch.device, dtype: torch.dtype, size: int = 4096, min_time: float = 1.0) -> float:
