@@ -1,6 +1,6 @@
 """``compressor-world-model`` (``python -m compressor.worldmodel``): train, score, generate, probe.
 
-    compressor-world-model train --config configs/world-model.yaml --output runs/world-model
+    compressor-world-model train --config configs/world-model/reference.yaml --output runs/world-model
     compressor-world-model score --checkpoint runs/world-model/world_model.pt --compressor ../shared/models/recipe-48k \\
         --output reports/world-model
     compressor-world-model generate --checkpoint runs/world-model/world_model.pt \\
@@ -33,9 +33,9 @@ PROBE = {"dim": 128, "depth": 2, "heads": 4, "context_frames": 4, "dropout": 0.1
 def _model_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--head", choices=sorted(HEADS), default="full",
                     help="full softmax over the codebook, or digits: one independent softmax per FSQ digit")
-    ap.add_argument("--context-frames", type=int, default=8, help="T: frames per window (the first is context only)")
+    ap.add_argument("--context-frames", type=int, default=4, help="T: frames per window (the first is context only)")
     ap.add_argument("--dim", type=int, default=256)
-    ap.add_argument("--depth", type=int, default=6)
+    ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--dropout", type=float, default=0.1)
     ap.add_argument("--copy-hint", action=argparse.BooleanOptionalAction, default=True,
@@ -45,13 +45,13 @@ def _model_args(ap: argparse.ArgumentParser) -> None:
 def _train_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--train", nargs="+", default=[f"{LATENTS}/train"], help="training latents")
     ap.add_argument("--holdout", type=float, default=0.1, help="share of train videos held out for early stopping")
-    ap.add_argument("--max-steps", type=int, default=2000)
+    ap.add_argument("--max-steps", type=int, default=3000)
     ap.add_argument("--max-minutes", type=float, default=None, help="stop after this wall time too")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--weight-decay", type=float, default=0.1)
-    ap.add_argument("--warmup-steps", type=int, default=100)
-    ap.add_argument("--val-every", type=int, default=200, help="steps between early-stopping checks")
+    ap.add_argument("--warmup-steps", type=int, default=50)
+    ap.add_argument("--val-every", type=int, default=150, help="steps between early-stopping checks")
     ap.add_argument("--patience", type=int, default=4)
     ap.add_argument("--precision", default="32-true", help="32-true or bf16-mixed (measure: see docs/world-model.md)")
     ap.add_argument("--stride", type=int, default=1, help="frames between training window starts")

@@ -34,9 +34,9 @@ class WorldModelConfig:
     codebook_size: int = 15360  # from the latents' metadata
     num_tokens: int = 128  # tokens per frame (the 8x16 grid, row-major)
     radices: list[int] = field(default_factory=lambda: [8, 8, 8, 6, 5])  # FSQ levels, least significant first
-    context_frames: int = 8  # T: frames per window; the first is context only in training
+    context_frames: int = 4  # T: frames per window; the first is context only in training
     dim: int = 256
-    depth: int = 6
+    depth: int = 4
     heads: int = 8
     dropout: float = 0.1  # 14k frames is little data for millions of parameters: it memorises without it
     head: str = "full"  # "full" softmax over the codebook or "digits" (factorised FSQ head)

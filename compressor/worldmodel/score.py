@@ -119,11 +119,11 @@ def pixel_scores(model: WorldModel, codec, segments: list[Segment], horizons: tu
         chunk = starts[i : i + batch_size]
         past = torch.stack([s.tokens[t - P + 1 : t + 1] for s, t in chunk])  # (B, P, N), frame t last
         pred = model.rollout(past, H)  # (B, H, N)
+        copy = codec.decode(past[:, -1])  # uint8 (B, 3, H, W): frame t, the copy baseline at every horizon
         for h in horizons:
             truth = torch.stack([s.tokens[t + h] for s, t in chunk])
             real = codec.decode(truth)
             guess = codec.decode(pred[:, h - 1])
-            copy = codec.decode(past[:, -1])
             m_psnr, c_psnr = frame_psnr(guess, real), frame_psnr(copy, real)
             m_ssim, c_ssim = frame_ms_ssim(guess, real), frame_ms_ssim(copy, real)
             for b, (s, _) in enumerate(chunk):
