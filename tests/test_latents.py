@@ -125,20 +125,17 @@ def _write_drifting_latents(folder, seed: int) -> None:
 
 @pytest.mark.slow
 def test_world_model_example_beats_the_unigram_baseline(tmp_path):
-    _write_drifting_latents(tmp_path, 0)
+    _write_drifting_latents(tmp_path / "latents", 0)
     spec = importlib.util.spec_from_file_location("world_model", os.path.join(REPO, "examples", "world_model.py"))
     world_model = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(world_model)
-    # Scored on its own training latents, --val-input must agree with the training loss: 150 steps on 8 clips teach
-    # this tiny model those clips, not copying in general, so held-out clips would test the model, not the scoring.
-    result = world_model.main(["--input", str(tmp_path), "--steps", "150", "--vocab", "64",
-                               "--val-input", str(tmp_path), "--output", str(tmp_path / "wm.json")])
+    # Scored on its own training latents: 150 steps on 8 clips teach this small model those clips, so held-out
+    # clips would test the model, not the example (tests/test_world_model.py tests the package).
+    result = world_model.main(["--train", str(tmp_path / "latents"), "--val", str(tmp_path / "latents"),
+                               "--steps", "150", "--output", str(tmp_path / "run")])
     # About 6 bits/token without context; with it, about 0.1 x 6 bits for the changed tokens plus their positions.
-    assert result["final_bits"] < result["unigram_bits"] - 1, result
-    assert result["val_tokens"] == 8 * 15 * 128  # 8 clips x 15 predicted frames x 128 tokens
-    assert result["val_bits_per_token"] == pytest.approx(result["final_bits"], abs=0.5), result
-    assert result["val_bits_per_frame"] == pytest.approx(128 * result["val_bits_per_token"])
-    assert json.loads((tmp_path / "wm.json").read_text())["val_tokens"] == result["val_tokens"]
+    assert result["val_bits_per_token"] < result["unigram_bits_per_token"] - 1, result
+    assert result["val_tokens"] == 8 * 15 * 128  # 8 clips x 15 frames with a past x 128 tokens
 
 
 def test_npz_renamed_npy_and_oversized_npy_headers_are_damaged_shards(tmp_path):

@@ -1,0 +1,3 @@
+from compressor.worldmodel.cli import main
+
+main()

@@ -1,0 +1,144 @@
+"""Token segments for the world model: read (verified) with ``LatentDataset``, held in memory, cut into windows.
+
+The recipe-48k latents are 14k train frames x 128 tokens (14 MB as int64): holding them in memory lets the training
+split hold out whole source videos for early stopping, and lets scoring walk every frame of every segment in order.
+Reads go through ``LatentDataset`` (manifests, CRCs, one model's tokens), so encode.py's shards and commaVQ-layout
+``.npy`` folders both work.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import Dataset
+
+from compressor.entropy.coding import digit_radices
+from compressor.latents import LatentDataset
+from compressor.latents.shards import grid_of
+
+
+@dataclass
+class Segment:
+    """One segment of one video: ``tokens`` int64 (T, N), in frame order."""
+
+    source: str
+    index: int
+    tokens: torch.Tensor
+
+
+@dataclass
+class TokenFormat:
+    """What a model is built for: codebook size, tokens per frame, grid, digit radices, model id."""
+
+    codebook_size: int
+    num_tokens: int
+    grid: tuple[int, int]
+    radices: list[int]
+    model_id: str
+
+
+def read_segments(shards: str | list[str]) -> tuple[list[Segment], TokenFormat]:
+    """Every segment of latent shards (a folder, glob or list; commaVQ ``.npy`` folders too) and their format.
+
+    The radices are the FSQ levels when the codebook factors into them (15360 -> [8, 8, 8, 6, 5], the recipe's
+    levels, least significant first: ``compressor.entropy.coding.digit_radices``); for a VQ (commaVQ's 1024 codes)
+    they are mere base-8 digits, so the factorised head is then a weak model and the full softmax is the one to use.
+    """
+    frames: dict[tuple[str, int], list[torch.Tensor]] = {}
+    meta: dict | None = None
+    for item in LatentDataset(shards, seq_len=1):
+        frames.setdefault((item["source"], item["segment"]), []).append(item["tokens"][0])
+        if meta is None:
+            meta = {"model_id": item["model_id"]}
+    if not frames:
+        raise ValueError(f"no token frames in {shards}")
+    segments = [Segment(src, seg, torch.stack(f)) for (src, seg), f in frames.items()]
+    return segments, _format(shards, segments, meta["model_id"])
+
+
+def _format(shards, segments: list[Segment], model_id: str) -> TokenFormat:
+    from compressor.latents.shards import expand_urls, read_segments as raw_segments
+
+    first = next(raw_segments(expand_urls(shards)[0]))["meta"]  # one segment's metadata says the layout
+    num_tokens = segments[0].tokens.shape[1]
+    codebook = int(first.get("codebook_size") or 2 ** int(first.get("bits_per_token", 14)))
+    grid = grid_of(first) or (1, num_tokens)
+    if max(int(s.tokens.max()) for s in segments) >= codebook:
+        raise ValueError(f"tokens beyond the codebook of {codebook} codes in {shards}")
+    return TokenFormat(codebook, num_tokens, tuple(grid), digit_radices(codebook), model_id)
+
+
+def split_holdout(segments: list[Segment], fraction: float) -> tuple[list[Segment], list[Segment]]:
+    """Hold out whole source videos (at least one, by a hash of their names) for early stopping: windows of the
+    same video on both sides would make the val loss a memorisation test."""
+    sources = sorted({s.source for s in segments}, key=lambda s: zlib.crc32(s.encode()))
+    if len(sources) < 2 or fraction <= 0:
+        return segments, []
+    held = set(sources[: max(1, round(fraction * len(sources)))])
+    return [s for s in segments if s.source not in held], [s for s in segments if s.source in held]
+
+
+class TokenWindows(Dataset):
+    """Windows of ``frames`` consecutive frames of each segment, starting every ``stride`` frames: (frames, N).
+
+    A segment shorter than a window gives none. Args:
+        segments: the segments.
+        frames: frames per window (the model's context).
+        stride: frames between window starts.
+    """
+
+    def __init__(self, segments: list[Segment], frames: int, stride: int = 1):
+        self.segments = segments
+        self.frames = frames
+        self.index = [(i, start) for i, s in enumerate(segments)
+                      for start in range(0, len(s.tokens) - frames + 1, stride)]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        seg, start = self.index[i]
+        return self.segments[seg].tokens[start : start + self.frames]  # (T, N)
+
+
+def scoring_windows(length: int, frames: int) -> list[tuple[int, int, int]]:
+    """How to score every frame 1..length-1 of a segment teacher-forced, each with at least half a window of context
+    where the segment allows: (window start, window end, first scored frame), windows ``frames`` long (shorter only
+    when the segment is), overlapping by half, each scoring the frames the previous one did not."""
+    if length < 2:
+        return []
+    if length <= frames:
+        return [(0, length, 1)]
+    step = max(1, frames // 2)
+    out, scored = [], 1
+    start = 0
+    while scored < length:
+        start = min(start, length - frames)
+        out.append((start, start + frames, scored))
+        scored = start + frames
+        start += step
+    return out
+
+
+def unigram_counts(segments: list[Segment], codebook_size: int) -> torch.Tensor:
+    """Token counts over every frame (float64, (V,))."""
+    counts = torch.zeros(codebook_size, dtype=torch.float64)
+    for s in segments:
+        counts += torch.bincount(s.tokens.flatten(), minlength=codebook_size).double()
+    return counts
+
+
+def repeat_share(segments: list[Segment]) -> float:
+    """The share of tokens (frames 2..T of each segment) equal to the previous frame's at the same position: the
+    maximum-likelihood alpha of the copy-previous model."""
+    same = total = 0
+    for s in segments:
+        same += int((s.tokens[1:] == s.tokens[:-1]).sum())
+        total += s.tokens[1:].numel()
+    return same / max(total, 1)
+
+
+def frames_of(segments: list[Segment]) -> int:
+    return sum(len(s.tokens) for s in segments)

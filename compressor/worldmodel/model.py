@@ -1,0 +1,253 @@
+"""A causal GPT over frames of tokens (commaVQ-style): each frame's N tokens in raster order, given the frames before.
+
+A window of T frames is flattened to T*N tokens, frame after frame, each frame row-major. Position i's output
+predicts token i+1. Embeddings: the token, its frame index in the window and its position within the frame, plus
+(``copy_hint``) the token that the *previous frame* holds at the position being predicted: 67-94% of dashcam tokens
+repeat the previous frame's, and on a 40-minute CPU budget a model should not spend its steps learning to attend
+exactly N positions back. The hint is causal (token i+1-N lies before i+1), so nothing is seen that the coder would
+not have.
+
+Two heads:
+- ``FullHead``: one softmax over the codebook (15,360 logits).
+- ``DigitHead`` (factorised): one softmax per FSQ digit (8+8+8+6+5 = 35 logits), the digits predicted
+  *independently* given the transformer state: log p(token) = sum of the digits' log-probs. This is a proper
+  distribution over the codebook (it sums to 1 there; tests/test_world_model.py checks it).
+
+Attention keeps a key/value cache for generation (``forward(..., cache=...)``), so sampling a frame costs one pass
+over the context and then N one-token steps.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from compressor.codec.packing import from_digits, to_digits
+
+
+@dataclass
+class WorldModelConfig:
+    codebook_size: int = 15360  # from the latents' metadata
+    num_tokens: int = 128  # tokens per frame (the 8x16 grid, row-major)
+    radices: list[int] = field(default_factory=lambda: [8, 8, 8, 6, 5])  # FSQ levels, least significant first
+    context_frames: int = 4  # T: frames per window; the first is context only in training
+    dim: int = 256
+    depth: int = 4
+    heads: int = 8
+    dropout: float = 0.1  # 14k frames is little data for millions of parameters: it memorises without it
+    head: str = "full"  # "full" softmax over the codebook or "digits" (factorised FSQ head)
+    copy_hint: bool = True  # add the previous frame's token at the predicted position to each input
+
+    @property
+    def seq_len(self) -> int:
+        return self.context_frames * self.num_tokens
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with an optional key/value cache (a list holding (k, v) or nothing)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        self.heads, self.dropout = heads, dropout
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, cache: list | None = None) -> Tensor:
+        B, L, D = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, h, L, hs)
+        if cache is not None:
+            if cache:  # new queries attend to everything cached plus themselves
+                k, v = torch.cat([cache[0][0], k], 2), torch.cat([cache[0][1], v], 2)
+                cache[0] = (k, v)
+            else:
+                cache.append((k, v))
+        past = k.shape[2] - L
+        if past == 0:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0)
+        else:  # query j (absolute past + j) sees keys <= past + j
+            mask = torch.ones(L, k.shape[2], dtype=torch.bool, device=x.device).tril(past)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(y.transpose(1, 2).reshape(B, L, D))  # (B, h, L, hs) -> (B, L, D)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with dropout after attention and MLP."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = CausalSelfAttention(dim, heads, dropout)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim), nn.Dropout(dropout))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, cache: list | None = None) -> Tensor:
+        x = x + self.drop(self.attn(self.norm1(x), cache))
+        return x + self.mlp(self.norm2(x))
+
+
+class FullHead(nn.Module):
+    """One softmax over the whole codebook. h: (..., D) -> logits (..., V)."""
+
+    def __init__(self, dim: int, codebook_size: int, radices: list[int]):
+        super().__init__()
+        self.proj = nn.Linear(dim, codebook_size)
+
+    def log_probs(self, h: Tensor, tokens: Tensor) -> Tensor:
+        """h (..., D), tokens (...) -> log p(token) in nats (...)."""
+        logp = F.log_softmax(self.proj(h).float(), -1)
+        return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+    def argmax(self, h: Tensor) -> Tensor:
+        return self.proj(h).argmax(-1)
+
+    def sample(self, h: Tensor, temperature: float, generator: torch.Generator | None) -> Tensor:
+        probs = F.softmax(self.proj(h).float() / temperature, -1)  # (B, V)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+    def full_log_probs(self, h: Tensor) -> Tensor:
+        """h (..., D) -> log p over every code (..., V)."""
+        return F.log_softmax(self.proj(h).float(), -1)
+
+
+class DigitHead(nn.Module):
+    """Factorised FSQ head: one independent softmax per digit. log p(token) = sum_c log p_c(digit_c)."""
+
+    def __init__(self, dim: int, codebook_size: int, radices: list[int]):
+        super().__init__()
+        if math.prod(radices) != codebook_size:
+            raise ValueError(f"radices {radices} multiply to {math.prod(radices)}, not the codebook {codebook_size}")
+        self.radices = list(radices)
+        self.proj = nn.Linear(dim, sum(radices))
+
+    def _digit_log_probs(self, h: Tensor) -> list[Tensor]:
+        return [F.log_softmax(z.float(), -1) for z in self.proj(h).split(self.radices, -1)]  # C x (..., r_c)
+
+    def log_probs(self, h: Tensor, tokens: Tensor) -> Tensor:
+        digits = to_digits(tokens, self.radices)  # (..., C)
+        return sum(lp.gather(-1, digits[..., c : c + 1]).squeeze(-1)
+                   for c, lp in enumerate(self._digit_log_probs(h)))
+
+    def argmax(self, h: Tensor) -> Tensor:
+        # Independent digits: the most likely token is every digit's most likely level.
+        digits = torch.stack([z.argmax(-1) for z in self.proj(h).split(self.radices, -1)], -1)
+        return from_digits(digits, self.radices)
+
+    def sample(self, h: Tensor, temperature: float, generator: torch.Generator | None) -> Tensor:
+        digits = [torch.multinomial(F.softmax(z.float() / temperature, -1), 1, generator=generator).squeeze(-1)
+                  for z in self.proj(h).split(self.radices, -1)]
+        return from_digits(torch.stack(digits, -1), self.radices)
+
+    def full_log_probs(self, h: Tensor) -> Tensor:
+        digits = to_digits(torch.arange(math.prod(self.radices), device=h.device), self.radices)  # (V, C)
+        return sum(lp[..., digits[:, c]] for c, lp in enumerate(self._digit_log_probs(h)))  # (..., V)
+
+
+HEADS = {"full": FullHead, "digits": DigitHead}
+
+
+class WorldModel(nn.Module):
+    """The token GPT. ``forward(tokens)`` takes a flattened window (B, L) and returns the transformer state
+    (B, L, D) whose position i predicts token i+1; the head turns states into log-probs, argmaxes or samples.
+
+    Args:
+        config: sizes, head and hint (``WorldModelConfig``).
+    """
+
+    def __init__(self, config: WorldModelConfig):
+        super().__init__()
+        c = self.config = config
+        if c.head not in HEADS:
+            raise ValueError(f"head must be one of {sorted(HEADS)}, got {c.head!r}")
+        self.tok = nn.Embedding(c.codebook_size, c.dim)
+        self.hint = nn.Embedding(c.codebook_size + 1, c.dim) if c.copy_hint else None  # last code: "no frame before"
+        self.frame_pos = nn.Embedding(c.context_frames, c.dim)
+        self.token_pos = nn.Embedding(c.num_tokens, c.dim)
+        self.drop = nn.Dropout(c.dropout)
+        self.blocks = nn.ModuleList([Block(c.dim, c.heads, c.dropout) for _ in range(c.depth)])
+        self.norm = nn.LayerNorm(c.dim)
+        self.head = HEADS[c.head](c.dim, c.codebook_size, c.radices)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    def embed(self, tokens: Tensor, start: int = 0, context: Tensor | None = None) -> Tensor:
+        """tokens (B, L) at absolute positions start..start+L-1 of a window -> (B, L, D).
+
+        ``context`` (B, start + L): the window's tokens so far (tokens included), for the copy hint."""
+        B, L = tokens.shape
+        N = self.config.num_tokens
+        pos = torch.arange(start, start + L, device=tokens.device)  # (L,)
+        x = self.tok(tokens) + self.frame_pos(pos // N) + self.token_pos(pos % N)
+        if self.hint is not None:
+            whole = tokens if context is None else context  # (B, start + L)
+            target = pos + 1 - N  # the previous frame's token at the position that position i predicts
+            hint = whole[:, target.clamp_min(0)]
+            hint = torch.where(target >= 0, hint, self.config.codebook_size)
+            x = x + self.hint(hint)
+        return self.drop(x)
+
+    def forward(self, tokens: Tensor, start: int = 0, context: Tensor | None = None,
+                cache: list[list] | None = None) -> Tensor:
+        """tokens (B, L) -> states (B, L, D); with ``cache`` (one list per block), positions continue after it."""
+        x = self.embed(tokens, start, context)
+        for i, block in enumerate(self.blocks):
+            x = block(x, None if cache is None else cache[i])
+        return self.norm(x)
+
+    def window_log_probs(self, window: Tensor) -> Tensor:
+        """window (B, T, N) -> log p (nats) of every token of frames 2..T given all before it: (B, T-1, N)."""
+        B, T, N = window.shape
+        flat = window.reshape(B, T * N)
+        h = self(flat[:, :-1])  # (B, T*N - 1, D): position i predicts token i+1
+        return self.head.log_probs(h[:, N - 1 :], flat[:, N:]).view(B, T - 1, N)
+
+    def window_argmax(self, window: Tensor) -> Tensor:
+        """window (B, T, N) -> teacher-forced argmax of every token of frames 2..T: (B, T-1, N)."""
+        B, T, N = window.shape
+        flat = window.reshape(B, T * N)
+        return self.head.argmax(self(flat[:, :-1])[:, N - 1 :]).view(B, T - 1, N)
+
+    @torch.no_grad()
+    def next_frame(self, past: Tensor, temperature: float = 0.0, generator: torch.Generator | None = None) -> Tensor:
+        """past (B, P, N) real or generated frames, 1 <= P < T -> the next frame (B, N): greedy (temperature 0)
+        or sampled, token by token in raster order with its own tokens fed back."""
+        B, P, N = past.shape
+        if not 1 <= P < self.config.context_frames:
+            raise ValueError(f"next_frame takes 1..{self.config.context_frames - 1} past frames, got {P}")
+        cache: list[list] = [[] for _ in self.blocks]
+        seq = past.reshape(B, P * N)
+        h = self(seq, cache=cache)[:, -1]  # (B, D): predicts the new frame's token 0
+        out = []
+        for n in range(N):
+            token = self.head.argmax(h) if temperature <= 0 else self.head.sample(h, temperature, generator)  # (B,)
+            out.append(token)
+            if n == N - 1:
+                break
+            seq = torch.cat([seq, token[:, None]], 1)
+            h = self(token[:, None], start=seq.shape[1] - 1, context=seq, cache=cache)[:, -1]
+        return torch.stack(out, 1)
+
+    @torch.no_grad()
+    def rollout(self, past: Tensor, frames: int, temperature: float = 0.0,
+                generator: torch.Generator | None = None) -> Tensor:
+        """past (B, P, N) -> ``frames`` new frames (B, frames, N), each predicted from the last T-1 frames, real
+        or its own."""
+        seq = past
+        for _ in range(frames):
+            nxt = self.next_frame(seq[:, -(self.config.context_frames - 1):], temperature, generator)
+            seq = torch.cat([seq, nxt[:, None]], 1)
+        return seq[:, past.shape[1]:]
