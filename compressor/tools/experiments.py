@@ -193,7 +193,8 @@ def table(root: str = REPORTS, baseline: str | None = None) -> str:
         ips = f"{r['train_images_per_s']:.1f}" if r.get("train_images_per_s") else ""
         cells = " | ".join(f"{r['clips'][c]:.2f}" if c in r["clips"] else "" for c in clips)
         first = 1 if base and r["configs"][:1] == base["configs"][:1] else 0  # the baseline's own config is no change
-        overlays = [os.path.basename(c) for c in r["configs"][first:] if "experiments" not in os.path.dirname(c)]
+        overlays = [os.path.relpath(c, "configs") for c in r["configs"][first:]
+                    if os.path.basename(os.path.dirname(c)) != "experiments"]  # protocol overlays (proxy, wsd) are no change
         changes = ", ".join(overlays + r["overrides"]) or "-"
         extra = " / ".join(f"{v['psnr_clip_mean']:.2f}" for v in (r.get("val_sets") or {}).values())
         lines.append(f"| {r['name']} | {r['images']:,} | {cells} | **{r['psnr_clip_mean']:.2f}** | {delta} | "
