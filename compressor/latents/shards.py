@@ -153,32 +153,37 @@ def expand_urls(shards: str | Sequence[str]) -> list[str]:
     """A directory, glob, brace pattern, ``pipe:`` command or list of those -> a list of URLs, sorted per item, each
     local file once (by its resolved path: ``["d", "d/"]`` or ``["d", "d/latents-000000.tar"]`` name it twice).
 
-    Other URL schemes are refused here, before any work: ``pipe:curl -sL URL`` reads from a server. A glob that
-    matches a folder is refused too: name the folder itself.
+    A string that names a path, or a glob that matches some, is a path, whatever it starts with; only the rest of
+    the caller's own strings may be ``pipe:`` commands. A path that looks like a URL comes back as ``./pipe:...``,
+    so no file name that a glob or a folder listing finds ever runs as a command. Other URL schemes are refused
+    here, before any work: ``pipe:curl -sL URL`` reads from a server. A glob that matches a folder is refused too:
+    name the folder itself.
     """
     import braceexpand
+
+    def path(p: str) -> str:  # a relative path that starts like a URL scheme, made unmistakable
+        return os.path.join(".", p) if _SCHEME.match(p) else p
 
     items = [shards] if isinstance(shards, (str, os.PathLike)) else list(shards)
     urls: list[str] = []
     for item in map(str, items):
         for url in braceexpand.braceexpand(item):
-            scheme = _SCHEME.match(url)
-            if scheme and not os.path.exists(url):
+            matches = sorted(glob.glob(url)) if any(c in url for c in "*?[") else []
+            if os.path.isdir(url):
+                urls += map(path, sorted(glob.glob(os.path.join(url, "*.tar")) + glob.glob(os.path.join(url, "*.npy"))))
+            elif matches:
+                if folders := [m for m in matches if os.path.isdir(m)]:
+                    raise ValueError(f"{url!r} matches the folder {folders[0]}: a glob must match shard files "
+                                     "(latents-*.tar, *.npy); to read a folder, name the folder")
+                urls += map(path, matches)
+            elif os.path.exists(url):
+                urls.append(path(url))
+            elif scheme := _SCHEME.match(url):
                 if scheme.group(1) != "pipe":
                     raise ValueError(f"unsupported URL scheme {scheme.group(1)}: in {url!r}; latent shards are local "
                                      f"paths or pipe: commands (for example pipe:curl -sL {url})")
                 urls.append(url)
-            elif os.path.isdir(url):
-                urls += sorted(glob.glob(os.path.join(url, "*.tar")) + glob.glob(os.path.join(url, "*.npy")))
-            elif any(c in url for c in "*?["):
-                matches = sorted(glob.glob(url))
-                if folders := [m for m in matches if os.path.isdir(m)]:
-                    raise ValueError(f"{url!r} matches the folder {folders[0]}: a glob must match shard files "
-                                     "(latents-*.tar, *.npy); to read a folder, name the folder")
-                urls += matches
-            elif os.path.exists(url):
-                urls.append(url)
-            else:
+            elif not any(c in url for c in "*?["):
                 raise FileNotFoundError(f"no such latent shard: {url}")
     if not urls:
         raise FileNotFoundError(f"no latent shards (*.tar, commaVQ *.npy) found in {shards!r}")
@@ -482,12 +487,13 @@ def read_segments(url: str, prior: Prior | None = None, expected: dict | None = 
     ``expected`` is the shard's manifest entry (sha256, bytes, samples). A damaged sample goes to ``on_damaged``
     and reading goes on; without it, and for damage to the shard itself, ``DamagedShardError`` is raised.
     """
-    if url.endswith(".npy") and not url.startswith("pipe:"):
+    command = url.startswith("pipe:") and not os.path.exists(url)  # a file is read, whatever its name
+    if url.endswith(".npy") and not command:
         yield read_commavq(url, expected)
         return
     key, count = None, 0
     try:
-        if url.startswith("pipe:"):
+        if command:
             import webdataset as wds
 
             raw = wds.gopen(url)
