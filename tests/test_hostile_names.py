@@ -5,15 +5,22 @@ A file name is data: a shard named ``pipe:touch PWNED #.tar`` that a glob or a f
 file it is (``pipe:`` is a command only in the caller's own string).
 """
 
+import glob
 import os
+import re
+import shutil
 
 import numpy as np
 import pytest
 import webdataset as wds
 
+from compressor.data.synthetic import driving_clip
+from compressor.data.video import list_videos, split_videos
 from compressor.latents import LatentDataset, expand_urls
 from compressor.latents.shards import make_sample
 from compressor.tools.entropy import main as entropy_main
+from compressor.tools.make_shards import main as make_shards_main
+from tests.conftest import write_video
 
 HOSTILE = "pipe:touch PWNED #.tar"
 HOSTILE_DIR = "pipe:touch PWNED #"
@@ -60,3 +67,52 @@ def test_a_pipe_command_in_the_callers_own_string_still_runs(tmp_path):
     tokens = write_shard(tmp_path / "a.tar")
     windows = list(LatentDataset(f"pipe:cat {tmp_path / 'a.tar'}", seq_len=4))
     assert len(windows) == 1 and (windows[0]["tokens"].numpy() == tokens).all()
+
+
+# ---- split values --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def two_clips(tmp_path_factory):
+    """a.mp4 and b.mp4: 4 frames each at 128x256, no MANIFEST.tsv."""
+    d = tmp_path_factory.mktemp("clips")
+    for i, name in enumerate(["a.mp4", "b.mp4"]):
+        write_video(str(d / name), driving_clip(i, 4, image_size=(128, 256)))
+    return d
+
+
+def copy_clips(src, dst, names: dict) -> None:
+    """{new relative name: clip in ``src``} copied under ``dst``."""
+    for new, old in names.items():
+        os.makedirs(os.path.dirname(dst / new), exist_ok=True)
+        shutil.copyfile(src / old, dst / new)
+
+
+@pytest.mark.parametrize("split", ["test", "VAL", "val ", "holdout", "", "Train"])
+def test_a_split_other_than_train_or_val_is_refused(tmp_path, two_clips, split):
+    copy_clips(two_clips, tmp_path, {"a.mp4": "a.mp4", "b.mp4": "b.mp4"})
+    (tmp_path / "MANIFEST.tsv").write_text(f"file\tsplit\na.mp4\ttrain\nb.mp4\t{split}\n")
+    with pytest.raises(ValueError, match=f"MANIFEST.tsv.*b.mp4.*{re.escape(repr(split))}"):
+        split_videos(list_videos(str(tmp_path)))
+    with pytest.raises(SystemExit, match="split"):
+        make_shards_main(["--input", str(tmp_path), "--output", str(tmp_path / "out")])
+    assert not glob.glob(str(tmp_path / "out" / "*.tar"))
+
+
+@pytest.mark.parametrize("header", ["file\tsplits", "name\tsplit"])
+def test_a_manifest_without_file_and_split_columns_is_refused(tmp_path, two_clips, header):
+    copy_clips(two_clips, tmp_path, {"a.mp4": "a.mp4"})
+    (tmp_path / "MANIFEST.tsv").write_text(f"{header}\na.mp4\tval\n")
+    with pytest.raises(ValueError, match="MANIFEST.tsv.*column"):
+        split_videos(list_videos(str(tmp_path)))
+
+
+@pytest.mark.parametrize("change", [["--image-size", "64", "128"], ["--stride", "2"]])
+def test_make_shards_into_an_output_of_other_settings_is_refused(tmp_path, two_clips, change, capsys):
+    out = str(tmp_path / "out")
+    make_shards_main(["--input", str(two_clips), "--output", out])
+    assert "wrote 8 frames" in capsys.readouterr().out
+    before = sorted(os.listdir(out))
+    with pytest.raises(SystemExit, match="settings"):
+        make_shards_main(["--input", str(two_clips), "--output", out, *change])
+    assert sorted(os.listdir(out)) == before
+    make_shards_main(["--input", str(two_clips), "--output", out])  # the same settings resume: nothing to do
+    assert "wrote 0 frames" in capsys.readouterr().out

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import io
 import os
 import zlib
 from collections.abc import Iterator, Sequence
@@ -17,6 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+
+from compressor.utils import open_checked
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".hevc", ".h265", ".h264", ".avi", ".mov", ".gif", ".webm", ".ts")
 DEFAULT_DASHCAM_DIR = os.environ.get(
@@ -99,13 +102,35 @@ def list_videos(videos: str | Sequence[str], recursive: bool = False) -> list[st
     return sorted(set(found))
 
 
+SPLITS = ("train", "val")
+MAX_MANIFEST_BYTES = 16 << 20  # a MANIFEST.tsv lists clips: far more than any collection's, far less than memory
+
+
 def read_manifest(directory: str) -> dict[str, str]:
-    """``MANIFEST.tsv`` in a video directory -> {file name: split}; empty when there is none."""
+    """``MANIFEST.tsv`` in a video directory -> {file name: split}; empty when there is none.
+
+    ``ValueError`` for a file without ``file`` and ``split`` columns, or a split other than exactly ``train`` or
+    ``val``: a clip marked ``test``, ``VAL`` or ``val `` would otherwise be trained on. The file must be a regular
+    file of a bounded size (``open_checked``): a FIFO or a device never hangs the reader.
+    """
     path = os.path.join(directory, "MANIFEST.tsv")
-    if not os.path.exists(path):
+    if not os.path.lexists(path):
         return {}
-    with open(path, newline="") as f:
-        return {row["file"]: row["split"] for row in csv.DictReader(f, delimiter="\t") if row.get("split")}
+    with open_checked(path, MAX_MANIFEST_BYTES) as f:
+        text = f.read().decode("utf-8", errors="replace")
+    rows = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t")
+    if not {"file", "split"} <= set(rows.fieldnames or ()):
+        raise ValueError(f"{path} has no file and split columns (it has {rows.fieldnames}); the split column says "
+                         "which clips are held out")
+    splits: dict[str, str] = {}
+    for row in rows:
+        name, split = row["file"], row["split"]
+        if split not in SPLITS or splits.setdefault(name, split) != split:
+            raise ValueError(f"{path}, line {rows.line_num}: {name} has split {split!r}"
+                             + (f" and {splits[name]!r} on an earlier line" if name in splits else "")
+                             + "; a split is exactly train or val (a clip held out under another name would be "
+                             "trained on)")
+    return splits
 
 
 def split_videos(paths: Sequence[str], val_fraction: float = 0.1) -> tuple[list[str], list[str]]:

@@ -5,7 +5,9 @@
 Each video becomes its own shard(s), ``{split}-{video}-{k:03d}.tar``, with samples ``frame.npy`` (uint8
 (3, H, W), after ``compressor.preprocess``) and ``meta.json`` (source file, frame index). The split is by whole
 video (``MANIFEST.tsv`` when present). Shards are written under a temporary name and renamed, and a video whose
-``.done`` marker exists is skipped, so a killed job resumes where it stopped.
+``.done`` marker exists is skipped, so a killed job resumes where it stopped. The output's ``make_shards.json``
+records the frame size and stride: a run with other settings into the same output is refused, since it would skip
+every finished video and leave frames of the old settings.
 """
 
 from __future__ import annotations
@@ -20,6 +22,26 @@ import webdataset as wds
 from tqdm import tqdm
 
 from compressor.data.video import iter_frames, list_videos, preprocess, split_videos
+from compressor.utils import atomic_write, open_checked
+
+SETTINGS = "make_shards.json"
+
+
+def check_settings(out: str, settings: dict) -> None:
+    """Record ``settings`` in a new output; refuse an output written with other settings (or unknown ones)."""
+    path = os.path.join(out, SETTINGS)
+    if os.path.lexists(path):
+        with open_checked(path, 1 << 16) as f:
+            old = json.loads(f.read())
+        if old != settings:
+            raise ValueError(f"{out} holds frame shards of other settings ({old}, from {SETTINGS}) than this run's "
+                             f"{settings}; write them to another --output, or delete {out} to redo it")
+        return
+    if any(name.endswith((".done", ".tar")) for name in os.listdir(out)):
+        raise ValueError(f"{out} holds frame shards but no {SETTINGS}, so their frame size and stride are unknown; "
+                         "write to another --output, or delete the old shards to redo them")
+    with atomic_write(path) as tmp, open(tmp, "w") as f:
+        json.dump(settings, f)
 
 
 def write_video_shards(path: str, split: str, out: str, image_size: tuple[int, int], stride: int, maxcount: int) -> int:
@@ -60,8 +82,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--maxcount", type=int, default=1000, help="frames per shard")
     ap.add_argument("--val-fraction", type=float, default=0.1, help="share of videos held out without a manifest")
     args = ap.parse_args(argv)
-    os.makedirs(args.output, exist_ok=True)
-    train, val = split_videos(list_videos(args.input), args.val_fraction)
+    try:
+        if min(args.stride, args.maxcount, *args.image_size) < 1:
+            raise ValueError("--stride, --maxcount and --image-size must be at least 1")
+        os.makedirs(args.output, exist_ok=True)
+        train, val = split_videos(list_videos(args.input), args.val_fraction)
+        check_settings(args.output, {"image_size": list(args.image_size), "stride": args.stride})
+    except (ValueError, OSError) as e:
+        raise SystemExit(f"error: {e}") from e
     jobs = [(p, "train") for p in train] + [(p, "val") for p in val]
     total = 0
     for path, split in tqdm(jobs, desc="videos", unit="video"):
