@@ -6,9 +6,12 @@ file it is (``pipe:`` is a command only in the caller's own string).
 """
 
 import glob
+import json
 import os
 import re
 import shutil
+import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,3 +119,39 @@ def test_make_shards_into_an_output_of_other_settings_is_refused(tmp_path, two_c
     assert sorted(os.listdir(out)) == before
     make_shards_main(["--input", str(two_clips), "--output", out])  # the same settings resume: nothing to do
     assert "wrote 0 frames" in capsys.readouterr().out
+
+
+# ---- one key for a video -------------------------------------------------------------------------------------
+def frame_sources(out) -> dict:
+    """{source: [frame indices]} over every frame shard in ``out``."""
+    sources: dict = {}
+    for shard in glob.glob(os.path.join(out, "*.tar")):
+        with tarfile.open(shard) as tar:
+            for member in tar:
+                if member.name.endswith(".meta.json"):
+                    meta = json.loads(tar.extractfile(member).read())
+                    sources.setdefault(meta["source"], []).append(meta["frame"])
+    return {s: sorted(f) for s, f in sources.items()}
+
+
+@pytest.mark.parametrize("names", [["a/clip.mp4", "b/clip.mp4"], ["a b.mp4", "a_b.mp4"], ["x.mp4", "x.MP4"]])
+def test_make_shards_keeps_every_frame_of_videos_with_similar_names(tmp_path, two_clips, names, capsys):
+    copy_clips(two_clips, tmp_path / "in", dict(zip(names, ["a.mp4", "b.mp4"])))
+    inputs = sorted({os.path.dirname(str(tmp_path / "in" / n)) for n in names})
+    for folder in inputs:  # all in one split, so the split's prefix cannot tell their shards apart
+        Path(folder, "MANIFEST.tsv").write_text("file\tsplit\n" + "".join(f"{os.path.basename(n)}\ttrain\n"
+                                                                           for n in names))
+    make_shards_main(["--input", *inputs, "--output", str(tmp_path / "out")])
+    assert "wrote 8 frames from 2 videos" in capsys.readouterr().out
+    assert frame_sources(tmp_path / "out") == {n: [0, 1, 2, 3] for n in names}
+    make_shards_main(["--input", *inputs, "--output", str(tmp_path / "out")])  # a re-run finds both done
+    assert "wrote 0 frames" in capsys.readouterr().out
+
+
+def test_make_shards_refuses_a_video_that_changed_split(tmp_path, two_clips):
+    copy_clips(two_clips, tmp_path / "in", {"a.mp4": "a.mp4", "b.mp4": "b.mp4"})
+    (tmp_path / "in" / "MANIFEST.tsv").write_text("file\tsplit\na.mp4\ttrain\nb.mp4\tval\n")
+    make_shards_main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")])
+    (tmp_path / "in" / "MANIFEST.tsv").write_text("file\tsplit\na.mp4\tval\nb.mp4\tval\n")
+    with pytest.raises(SystemExit, match="a.mp4.*train.*val"):  # its train frames would also be held out
+        make_shards_main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")])

@@ -74,11 +74,16 @@ class MissingPriorError(ValueError):
 
 
 # ---- writing -------------------------------------------------------------------------------------------------
-def sample_key(source: str, segment: int) -> str:
-    """A tar key for a segment of a video: readable, without dots, and distinct for distinct source paths."""
+def video_key(source: str) -> str:
+    """A name for a video (its path relative to the input root): readable, without dots, and distinct for distinct
+    paths (``a/clip.mp4`` and ``b/clip.mp4``, ``a b.mp4`` and ``a_b.mp4``, ``x.mp4`` and ``x.MP4``)."""
     readable = re.sub(r"[^0-9A-Za-z_-]", "_", source)[-80:]
-    digest = hashlib.sha256(os.fsencode(source)).hexdigest()[:12]
-    return f"{readable}-{digest}-{segment:04d}"
+    return f"{readable}-{hashlib.sha256(os.fsencode(source)).hexdigest()[:12]}"
+
+
+def sample_key(source: str, segment: int) -> str:
+    """A tar key for a segment of a video."""
+    return f"{video_key(source)}-{segment:04d}"
 
 
 def _meta_crc(meta: dict) -> int:
