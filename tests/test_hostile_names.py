@@ -21,6 +21,7 @@ from compressor.data.synthetic import driving_clip
 from compressor.data.video import list_videos, split_videos
 from compressor.latents import LatentDataset, expand_urls
 from compressor.latents.shards import make_sample
+from compressor.tools.commavq import main as commavq_main
 from compressor.tools.entropy import main as entropy_main
 from compressor.tools.make_shards import main as make_shards_main
 from tests.conftest import write_video
@@ -29,9 +30,9 @@ HOSTILE = "pipe:touch PWNED #.tar"
 HOSTILE_DIR = "pipe:touch PWNED #"
 
 
-def write_shard(path, sources=("a.mp4",), frames: int = 4, codebook: int = 64) -> np.ndarray:
+def write_shard(path, sources=("a.mp4",), frames: int = 4, codebook: int = 64, offset: int = 0) -> np.ndarray:
     """A shard of one segment per source, tokens (frames, 8) below ``codebook``; returns the tokens."""
-    tokens = (np.arange(frames * 8).reshape(frames, 8) % codebook).astype(np.uint16)
+    tokens = ((np.arange(frames * 8).reshape(frames, 8) + offset) % codebook).astype(np.uint16)
     with wds.TarWriter(str(path), mtime=0) as sink:
         for source in sources:
             sink.write(make_sample(tokens, {"source": source, "segment": 0, "codebook_size": codebook,
@@ -70,6 +71,49 @@ def test_a_pipe_command_in_the_callers_own_string_still_runs(tmp_path):
     tokens = write_shard(tmp_path / "a.tar")
     windows = list(LatentDataset(f"pipe:cat {tmp_path / 'a.tar'}", seq_len=4))
     assert len(windows) == 1 and (windows[0]["tokens"].numpy() == tokens).all()
+
+
+
+@pytest.fixture
+def two_encodes(tmp_path):
+    """encA/ and encB/, each one shard latents-000000.tar holding a segment of its own clip.mp4 (other tokens)."""
+    for i, name in enumerate(["encA", "encB"]):
+        os.makedirs(tmp_path / name)
+        write_shard(tmp_path / name / "latents-000000.tar", sources=("clip.mp4",), offset=i)
+    return tmp_path
+
+
+def test_the_commavq_export_refuses_two_segments_of_one_name(two_encodes, capsys):
+    with pytest.warns(UserWarning, match="no manifest.json"):
+        code = commavq_main(["--input", str(two_encodes / "encA"), str(two_encodes / "encB"),
+                             "--output", str(two_encodes / "npy")])
+    err = capsys.readouterr().err
+    assert code == 2 and all(name in err for name in ["encA/", "encB/", "'clip.mp4'"])
+
+
+def test_the_commavq_export_refuses_its_input_folder_as_output(two_encodes, capsys):
+    with pytest.warns(UserWarning, match="no manifest.json"):
+        code = commavq_main(["--input", str(two_encodes / "encA"), "--output", str(two_encodes / "encA") + "/"])
+    assert code == 2 and "input" in capsys.readouterr().err
+    assert os.listdir(two_encodes / "encA") == ["latents-000000.tar"]
+
+
+def test_entropy_code_refuses_two_inputs_of_one_name_and_its_input_as_output(two_encodes, capsys):
+    a, b = str(two_encodes / "encA"), str(two_encodes / "encB")
+    assert entropy_main(["code", "--input", a, b, "--output", str(two_encodes / "coded")]) == 2
+    assert "latents-000000.tar" in capsys.readouterr().err and not os.path.exists(two_encodes / "coded")
+    assert entropy_main(["code", "--input", a, "--output", a]) == 2
+    assert "input" in capsys.readouterr().err
+
+
+def test_entropy_code_writes_npy_inputs_as_readable_shards(tmp_path):
+    tokens = np.arange(4 * 128).reshape(4, 8, 16) % 1024
+    np.save(tmp_path / "seg.npy", tokens.astype(np.int16))  # commaVQ's own layout
+    assert entropy_main(["code", "--input", str(tmp_path / "seg.npy"), "--output", str(tmp_path / "coded")]) == 0
+    assert os.listdir(tmp_path / "coded") == ["seg.tar"]
+    with pytest.warns(UserWarning, match="no manifest.json"):
+        windows = list(LatentDataset(str(tmp_path / "coded"), seq_len=4))
+    assert (windows[0]["tokens"].numpy() == tokens.reshape(4, 128)).all()
 
 
 # ---- split values --------------------------------------------------------------------------------------------
