@@ -65,9 +65,19 @@ def crop_box(h: int, w: int, image_size: tuple[int, int]) -> tuple[int, int, int
     return (h - ch) // 2, (w - cw) // 2, ch, cw
 
 
+MAX_VIDEO_BYTES = 1 << 40  # open_checked's bound: any real video; the check that matters is "a regular file"
+
+
+def open_video(path: str) -> av.container.InputContainer:
+    """``av.open(path)`` for reading, once ``open_checked`` found a regular file: a FIFO would block and a device
+    (a symlink to /dev/zero) would decode forever. ``ValueError`` names the file."""
+    open_checked(path, MAX_VIDEO_BYTES).close()
+    return av.open(path)
+
+
 def iter_frames(path: str) -> Iterator[av.VideoFrame]:
     """Decoded frames of the first video stream, in order."""
-    with av.open(path) as container:
+    with open_video(path) as container:
         if not container.streams.video:
             raise ValueError(f"{path}: no video stream")
         stream = container.streams.video[0]

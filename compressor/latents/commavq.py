@@ -27,9 +27,9 @@ import numpy as np
 
 from compressor.latents.groups import is_video
 from compressor.latents.find import check_against_manifests, check_output_apart, expand_urls
-from compressor.latents.shards import (MANIFEST, DamagedShardError, _open_meta, grid_of, read_manifest, read_segments,
+from compressor.latents.shards import (MANIFEST, MAX_MANIFEST_BYTES, DamagedShardError, _open_meta, grid_of, read_manifest, read_segments,
                                        sample_key, seal_meta, segment_model_id)
-from compressor.utils import atomic_write
+from compressor.utils import atomic_write, open_checked
 
 
 def commavq_dtype(codebook_size: int) -> np.dtype:
@@ -123,11 +123,11 @@ def check_export_folder(output: str, model: str, listing: dict) -> None:
         for path in sorted(glob.glob(os.path.join(output, "*.npy"))):
             sidecar = path[:-4] + ".json"
             try:
-                with open(sidecar, "rb") as f:
+                with open_checked(sidecar, MAX_MANIFEST_BYTES) as f:
                     held = segment_model_id(_open_meta(f.read(), sidecar))
             except FileNotFoundError:
                 held = "commavq"
-            except DamagedShardError as e:
+            except (DamagedShardError, ValueError) as e:
                 raise ValueError(f"{output} holds files that are not this export's: {e}") from e
             where = path
             if held != model:

@@ -53,8 +53,12 @@ if TYPE_CHECKING:  # the entropy coder (compressai's rANS) is imported only when
     from compressor.entropy.priors import Prior
 from compressor.codec.packing import token_bits, tokens_crc32
 from compressor.latents.groups import check_video, is_video
+from compressor.utils import load_json, open_checked
 
 MANIFEST = "manifest.json"
+# Bounds for open_checked: far above any real file, far below what would hang a reader or exhaust its memory. A
+# shard is streamed, so its bound only says that it is a file that ends.
+MAX_MANIFEST_BYTES, MAX_NPY_BYTES, MAX_SHARD_BYTES = 1 << 30, 1 << 30, 1 << 40
 TOKEN_DTYPE = np.dtype("<u2")
 _TAIL_BYTES = 1 << 16  # more than tarfile reads ahead of the member it parses (one 10 KiB record)
 
@@ -124,8 +128,8 @@ def read_manifest(directory: str) -> dict | None:
 
     for path in filter(os.path.exists, paths):
         try:
-            with open(path) as f:
-                part = json.load(f)
+            with open_checked(path, MAX_MANIFEST_BYTES) as f:  # never a FIFO or /dev/zero
+                part = load_json(f.read())
             for name, entry in part["shards"].items():
                 if merged["shards"].setdefault(name, entry) != entry:
                     raise DamagedShardError(f"{directory}: the manifests disagree about shard {name} "
@@ -188,7 +192,7 @@ def _meta_int(meta: dict, key: str, where: str) -> int | None:
 
 def _open_meta(data: bytes, where: str) -> dict:
     try:
-        meta = json.loads(data)
+        meta = load_json(data)
     except ValueError as e:
         raise DamagedSampleError(f"{where}: unreadable json ({e})") from e
     if not isinstance(meta, dict):
@@ -317,12 +321,12 @@ def read_commavq(path: str, expected: dict | None = None) -> dict:
     """
     sidecar = path[:-4] + ".json"
     try:
-        with open(path, "rb") as f:
+        with open_checked(path, MAX_NPY_BYTES) as f:
             data = f.read()
         tokens = read_npy(io.BytesIO(data), len(data), INTEGER_DTYPES)
         meta_bytes = None
-        if os.path.exists(sidecar):
-            with open(sidecar, "rb") as f:
+        if os.path.lexists(sidecar):
+            with open_checked(sidecar, MAX_MANIFEST_BYTES) as f:
                 meta_bytes = f.read()
     except (ValueError, OSError, EOFError) as e:
         raise DamagedShardError(f"{path}: damaged commaVQ token file ({e})") from e
@@ -383,7 +387,7 @@ def read_segments(url: str, prior: Prior | None = None, expected: dict | None = 
 
             raw = wds.gopen(url)
         else:
-            raw = open(url, "rb")
+            raw = open_checked(url, MAX_SHARD_BYTES)  # a FIFO or /dev/zero would never end
         stream = _TrackedStream(raw)
         with raw, tarfile.open(fileobj=stream, mode="r|") as tar:
             seen: set[str] = set()

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from compressor.data.video import iter_frames, list_videos, preprocess, split_videos
 from compressor.latents.shards import video_key
-from compressor.utils import atomic_write, open_checked
+from compressor.utils import atomic_write, load_json, open_checked
 
 SETTINGS = "make_shards.json"
 
@@ -33,7 +33,7 @@ def check_settings(out: str, settings: dict) -> None:
     path = os.path.join(out, SETTINGS)
     if os.path.lexists(path):
         with open_checked(path, 1 << 16) as f:
-            old = json.loads(f.read())
+            old = load_json(f.read())
         if old != settings:
             raise ValueError(f"{out} holds frame shards of other settings ({old}, from {SETTINGS}) than this run's "
                              f"{settings}; write them to another --output, or delete {out} to redo it")
