@@ -199,3 +199,13 @@ def test_make_shards_refuses_a_video_that_changed_split(tmp_path, two_clips):
     (tmp_path / "in" / "MANIFEST.tsv").write_text("file\tsplit\na.mp4\tval\nb.mp4\tval\n")
     with pytest.raises(SystemExit, match="a.mp4.*train.*val"):  # its train frames would also be held out
         make_shards_main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")])
+
+
+def test_make_shards_keeps_a_video_whose_name_is_not_utf8(tmp_path, two_clips, capsys):
+    os.makedirs(tmp_path / "in")
+    shutil.copyfile(two_clips / "a.mp4", os.path.join(os.fsencode(tmp_path / "in"), b"\xff-clip.mp4"))
+    shutil.copyfile(two_clips / "b.mp4", tmp_path / "in" / "b.mp4")
+    (tmp_path / "in" / "MANIFEST.tsv").write_text("file\tsplit\nb.mp4\ttrain\n")  # the other one by hash
+    make_shards_main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")])
+    assert "wrote 8 frames from 2 videos" in capsys.readouterr().out
+    assert frame_sources(tmp_path / "out") == {"\udcff-clip.mp4": [0, 1, 2, 3], "b.mp4": [0, 1, 2, 3]}

@@ -160,7 +160,8 @@ def split_videos(paths: Sequence[str], val_fraction: float = 0.1) -> tuple[list[
             split = manifest[name]
         else:
             hashed = True
-            split = "val" if (zlib.crc32(name.encode()) % 1000) < val_fraction * 1000 else "train"
+            # fsencode: the bytes of the name, so a name that is not UTF-8 splits too (UTF-8 ones split as before)
+            split = "val" if (zlib.crc32(os.fsencode(name)) % 1000) < val_fraction * 1000 else "train"
         (val if split == "val" else train).append(p)
     # a manifest that puts every video in train (a training-only collection) is obeyed
     if hashed and not val and val_fraction > 0 and len(train) > 1:
