@@ -209,3 +209,21 @@ def test_make_shards_keeps_a_video_whose_name_is_not_utf8(tmp_path, two_clips, c
     make_shards_main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")])
     assert "wrote 8 frames from 2 videos" in capsys.readouterr().out
     assert frame_sources(tmp_path / "out") == {"\udcff-clip.mp4": [0, 1, 2, 3], "b.mp4": [0, 1, 2, 3]}
+
+
+def test_evaluate_video_reports_every_clip_of_one_file_name(tmp_path, two_clips):
+    from compressor.tools import evaluate_video
+    from tests.conftest import video_codec
+
+    video_codec().save(tmp_path / "video.pt")
+    copy_clips(two_clips, tmp_path / "in", {"a/clip.mp4": "a.mp4", "b/clip.mp4": "b.mp4"})
+    inputs = [str(tmp_path / "in" / "a"), str(tmp_path / "in" / "b")]
+    out = tmp_path / "report"
+    assert evaluate_video.main(["--checkpoint", str(tmp_path / "video.pt"), "--input", *inputs, "--split", "",
+                                "--gop", "2", "--output", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert sorted(report["gops"]["2"]["clips"]) == ["a/clip.mp4", "b/clip.mp4"] and report["gops"]["2"]["frames"] == 8
+    for gop in ["0", "-1"]:
+        with pytest.raises(SystemExit):
+            evaluate_video.main(["--checkpoint", str(tmp_path / "video.pt"), "--input", *inputs, "--split", "",
+                                 "--gop", gop, "--output", str(out)])
