@@ -27,8 +27,8 @@ import numpy as np
 
 from compressor.latents.groups import is_video
 from compressor.latents.find import check_against_manifests, check_output_apart, expand_urls
-from compressor.latents.shards import (MANIFEST, MAX_MANIFEST_BYTES, DamagedShardError, _open_meta, grid_of, read_manifest, read_segments,
-                                       sample_key, seal_meta, segment_model_id)
+from compressor.latents.shards import (MANIFEST, MAX_MANIFEST_BYTES, DamagedShardError, _open_meta, grid_of,
+                                       read_manifest, read_segments, sample_key, seal_meta, segment_model_id)
 from compressor.utils import atomic_write, open_checked
 
 

@@ -4,11 +4,12 @@
 
 Each video becomes its own shard(s), ``{split}-{key}-{k:03d}.tar``, with samples ``frame.npy`` (uint8
 (3, H, W), after ``compressor.preprocess``) and ``meta.json`` (source, frame index). A video's source is its path
-relative to the inputs' common folder and its key that path made safe plus a hash of it (``video_key``), so
-``a/clip.mp4`` and ``b/clip.mp4`` never share shards. The split is by whole video (``MANIFEST.tsv`` when present). Shards are written under a temporary name and renamed, and a video whose
-``.done`` marker exists is skipped, so a killed job resumes where it stopped. The output's ``make_shards.json``
-records the frame size, stride and input root: a run with other settings into the same output is refused, since it would skip
-every finished video and leave frames of the old settings.
+relative to the inputs' common folder, and its key that path made safe plus a hash of it (``video_key``), so
+``a/clip.mp4`` and ``b/clip.mp4`` never share shards. The split is by whole video (``MANIFEST.tsv`` when present).
+Shards are written under a temporary name and renamed, and a video whose ``.done`` marker exists is skipped, so a
+killed job resumes where it stopped. The output's ``make_shards.json`` records the frame size, stride and input
+folder: a run with other settings into the same output is refused, since it would skip every finished video and
+keep frames of the old settings.
 """
 
 from __future__ import annotations
