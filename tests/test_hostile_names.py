@@ -6,11 +6,13 @@ file it is (``pipe:`` is a command only in the caller's own string).
 """
 
 import glob
+import hashlib
 import json
 import os
 import re
 import shutil
 import tarfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -83,12 +85,23 @@ def two_encodes(tmp_path):
     return tmp_path
 
 
-def test_the_commavq_export_refuses_two_segments_of_one_name(two_encodes, capsys):
-    with pytest.warns(UserWarning, match="no manifest.json"):
+@pytest.mark.parametrize("manifests", [False, True])
+def test_the_commavq_export_refuses_two_segments_of_one_name(two_encodes, capsys, manifests):
+    """Without manifests, when it meets the second; with encode.py's manifests, which list the videos, up front."""
+    for name in ["encA", "encB"] if manifests else []:
+        data = (two_encodes / name / "latents-000000.tar").read_bytes()
+        (two_encodes / name / "manifest.json").write_text(json.dumps({
+            "videos": {"clip.mp4": {"status": "ok", "shard": "latents-000000.tar"}},
+            "shards": {"latents-000000.tar": {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
+                                              "samples": 1}}}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no manifest.json (without them)
         code = commavq_main(["--input", str(two_encodes / "encA"), str(two_encodes / "encB"),
                              "--output", str(two_encodes / "npy")])
     err = capsys.readouterr().err
-    assert code == 2 and all(name in err for name in ["encA/", "encB/", "'clip.mp4'"])
+    assert code == 2 and all(name in err for name in ["encA", "encB", "'clip.mp4'"])
+    if manifests:
+        assert not os.path.exists(two_encodes / "npy")  # refused before the folder was made
 
 
 def test_the_commavq_export_refuses_its_input_folder_as_output(two_encodes, capsys):

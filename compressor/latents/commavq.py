@@ -61,6 +61,12 @@ def export(shards: str | Sequence[str], output: str, grid: tuple[int, int] | Non
     if problems:
         raise problems[0][1]
     check_output_apart(urls, output)
+    listed: dict[str, str] = {}  # up front where encode.py's manifests list the videos: one source, one folder
+    for directory in sorted({os.path.dirname(os.path.abspath(url)) for url in urls}):
+        for source in (read_manifest(directory) or {"videos": {}})["videos"]:
+            if listed.setdefault(source, directory) != directory:
+                raise ValueError(f"{listed[source]} and {directory} both hold {source!r}: their files would share "
+                                 "names; export them into separate folders")
     os.makedirs(output, exist_ok=True)
     listing = read_manifest(output) or {"videos": {}, "shards": {}}
     segments = frames = 0
