@@ -113,7 +113,7 @@ def list_videos(videos: str | Sequence[str], recursive: bool = False) -> list[st
 
 
 SPLITS = ("train", "val")
-MAX_MANIFEST_BYTES = 16 << 20  # a MANIFEST.tsv lists clips: far more than any collection's, far less than memory
+MAX_TSV_BYTES = 16 << 20  # a MANIFEST.tsv lists clips: far more than any collection's, far less than memory
 
 
 def read_manifest(directory: str) -> dict[str, str]:
@@ -126,7 +126,7 @@ def read_manifest(directory: str) -> dict[str, str]:
     path = os.path.join(directory, "MANIFEST.tsv")
     if not os.path.lexists(path):
         return {}
-    with open_checked(path, MAX_MANIFEST_BYTES) as f:
+    with open_checked(path, MAX_TSV_BYTES) as f:
         text = f.read().decode("utf-8", errors="replace")
     rows = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t")
     if not {"file", "split"} <= set(rows.fieldnames or ()):
