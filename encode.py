@@ -16,6 +16,7 @@ One run writes a folder at a time: a second run into it is refused while the fir
 """
 
 import argparse
+import math
 import os
 import sys
 
@@ -56,7 +57,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--search-steps", type=int, default=0,
                     help="encode-time token search (FSQ models): tokens this model's decoder reconstructs better, same "
                          "format and bytes, about 2x the decoder's cost per step; 0: plain encode")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    # A NaN, infinite, zero or negative rate would loop forever or cut nothing into segments.
+    for flag, value in [("--segment-seconds", args.segment_seconds), ("--fps", args.fps)]:
+        if value is not None and not (math.isfinite(value) and value > 0):
+            ap.error(f"{flag} must be a positive number of {'seconds' if flag[2] == 's' else 'frames a second'}, "
+                     f"got {value}")
+    for flag, value in [("--batch-size", args.batch_size), ("--maxcount", args.maxcount)]:
+        if value < 1:
+            ap.error(f"{flag} must be at least 1, got {value}")
+    return args
 
 
 def main(argv=None) -> int:

@@ -4,6 +4,7 @@
 - ``buffer_shuffle``: a seeded streaming shuffle for iterable datasets.
 - ``atomic_write``: write to a temporary name, then rename, so a killed job never leaves half a file.
 - ``open_checked``: open a file only if it is a regular file of a bounded size (never a device or a FIFO).
+- ``load_json``: ``json.loads`` whose too deeply nested input is a ``ValueError``, not a ``RecursionError``.
 - ``cosine`` / ``wsd``: the learning-rate multipliers of the two schedules (half-cosine; warm-up, stable, decay).
 - ``token_entropy_bits``: the entropy of a token histogram (training, evaluation, the world-model example).
 - ``resolve_device``: what ``--device auto`` (every command's default) means.
@@ -12,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import random
@@ -81,6 +83,15 @@ def open_checked(path: str | os.PathLike, max_bytes: int):
         what = "not a regular file" if not stat.S_ISREG(st.st_mode) else f"larger than {max_bytes:,} bytes"
         raise ValueError(f"{path} is {what}; refused before reading it")
     return os.fdopen(fd, "rb")  # O_NONBLOCK means nothing to a regular file
+
+
+def load_json(data: bytes | str):
+    """``json.loads(data)``; ``ValueError`` for anything it cannot parse, also JSON nested too deeply for Python's
+    recursion limit (``[[[[...``), which ``json`` reports as a ``RecursionError`` that no reader expects."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to parse") from None
 
 
 def cosine(progress: float, floor: float = 0.0) -> float:

@@ -1,5 +1,6 @@
 import glob
 import io
+import json
 import os
 import subprocess
 import sys
@@ -68,7 +69,8 @@ def test_make_shards_round_trip_and_resume(tmp_path, video_dir):
     with tarfile.open(shards[0]) as tar:
         names = sorted(n for n in tar.getnames() if n.endswith(".frame.npy"))
         first = np.load(io.BytesIO(tar.extractfile(names[0]).read()))
-    source = os.path.join(video_dir, os.path.basename(shards[0]).split("-", 1)[1].rsplit("-", 1)[0] + ".mp4")
+        meta = json.loads(tar.extractfile(names[0].replace(".frame.npy", ".meta.json")).read())
+    source = os.path.join(video_dir, meta["source"])  # its path relative to the input folder
     assert torch.equal(torch.from_numpy(first), read_frames(source)[0])
     # A re-run skips finished videos and leaves the shards untouched.
     mtimes = [os.path.getmtime(s) for s in shards]

@@ -13,6 +13,7 @@ import torch
 
 import compressor
 from compressor.codec.autoencoder import MAX_PARAMETERS, Autoencoder
+from compressor.codec.remember import RememberingDecoder
 from compressor.data.synthetic import driving_clip
 from compressor.entropy.stream import load_prior
 from tests.conftest import tiny_model, video_codec
@@ -358,3 +359,22 @@ def test_hostile_remembering_decoder_files_are_refused(tmp_path, case):
     with pytest.raises(ValueError, match=match):
         load_remembering(path)
     assert time.process_time() - start < 1.0
+
+
+# ---- tokens outside the codebook -------------------------------------------------------------------------------
+@pytest.mark.parametrize("bad", ["codebook size", "-1", "a float"])
+def test_every_decoder_refuses_tokens_outside_the_codebook(bad):
+    """The per-frame decoder refused them; the conditional and remembering decoders took them modulo the radix."""
+    codec = video_codec(gop=2)
+    tokens, _ = codec.encode_clip(FRAMES)  # [intra (128,), conditional (128,)]
+    for t, limit in [(0, codec.intra.codebook_size), (1, codec.inter.codebook_size)]:
+        tokens[t] = tokens[t].float() if bad == "a float" else tokens[t].clone()
+        if bad != "a float":
+            tokens[t][5] = limit if bad == "codebook size" else -1
+    match = "integer" if bad == "a float" else r"tokens must lie in \[0, "
+    with pytest.raises(ValueError, match=match):
+        codec.inter.decode(tokens[1][None], codec.intra.reconstruct(codec.intra.encode(FRAMES[:1])))
+    with pytest.raises(ValueError, match=match):
+        codec.decode_clip([codec.intra.encode(FRAMES[:1])[0], tokens[1]])
+    with pytest.raises(ValueError, match=match):
+        RememberingDecoder(codec.intra, history=1).decode_clip(torch.stack([tokens[0], tokens[0]]))

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from compressor.codec.encoders import grid_size
 from compressor.codec.hub import MAX_CHECKPOINT_BYTES, HubFolder, model_card
 from compressor.utils import atomic_write, open_checked
-from compressor.codec.packing import token_bits
+from compressor.codec.packing import check_tokens, token_bits
 
 CHECKPOINT_FORMAT = "compressor/1"
 # What a checkpoint's config may ask for, checked before anything is built, so that a 2 KB file can neither hang
@@ -182,19 +182,7 @@ class Autoencoder(nn.Module, HubFolder, library_name="compressor",
             )
 
     def _check_tokens(self, tokens: Tensor) -> Tensor:
-        """Checked tokens as int64: torch has no min/max or indexing kernels for uint16 or uint32."""
-        if not isinstance(tokens, Tensor):
-            raise ValueError(f"tokens must be a torch.Tensor, got {type(tokens).__name__}")
-        if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
-            raise ValueError(f"tokens must be an integer tensor, got dtype {tokens.dtype}")
-        if tokens.ndim != 2 or tokens.shape[1] != self.num_tokens:
-            raise ValueError(f"tokens must have shape (B, {self.num_tokens}), got {tuple(tokens.shape)}")
-        tokens = tokens.long()  # uint64 values of 2**63 or more turn negative: refused below
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.codebook_size):
-            raise ValueError(
-                f"tokens must lie in [0, {self.codebook_size}), got range [{int(tokens.min())}, {int(tokens.max())}]"
-            )
-        return tokens
+        return check_tokens(tokens, self.num_tokens, self.codebook_size)
 
     # ---- checkpoints --------------------------------------------------------------------------------------
     def export_config(self) -> dict:

@@ -13,7 +13,6 @@ It imports neither codec module (both import it): the models are duck-typed here
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, PyTorchModelHubMixin, constants, hf_hub_download
 from torch import Tensor, nn
 
-from compressor.utils import num_params, open_checked
+from compressor.utils import load_json, num_params, open_checked
 
 MAX_CONFIG_BYTES = 1 << 20  # config.json
 MAX_CHECKPOINT_BYTES = 16 << 30  # a .pt, .ckpt or model.safetensors (a Lightning .ckpt adds optimizer state)
@@ -37,7 +36,7 @@ def folder_config(folder: str | os.PathLike) -> dict | None:
         return None
     with open_checked(path, MAX_CONFIG_BYTES) as f:
         try:
-            config = json.load(f)
+            config = load_json(f.read())
         except ValueError as e:
             raise ValueError(f"{folder} is not a compressor model folder: {path} is not JSON ({e})") from None
     if not isinstance(config, dict):

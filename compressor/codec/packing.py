@@ -17,6 +17,23 @@ def token_bits(codebook_size: int) -> int:
     return max(1, math.ceil(math.log2(codebook_size)))
 
 
+def check_tokens(tokens: Tensor, num_tokens: int, codebook_size: int) -> Tensor:
+    """Tokens (B, num_tokens) of any integer dtype, checked, as int64 (torch has no min/max or indexing kernels for
+    uint16 or uint32); ``ValueError`` for another shape or dtype, or a token outside [0, codebook_size), which a
+    decoder would otherwise take modulo its radix as some other code. Every decoder calls it."""
+    if not isinstance(tokens, Tensor):
+        raise ValueError(f"tokens must be a torch.Tensor, got {type(tokens).__name__}")
+    if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
+        raise ValueError(f"tokens must be an integer tensor, got dtype {tokens.dtype}")
+    if tokens.ndim != 2 or tokens.shape[1] != num_tokens:
+        raise ValueError(f"tokens must have shape (B, {num_tokens}), got {tuple(tokens.shape)}")
+    tokens = tokens.long()  # uint64 values of 2**63 or more turn negative: refused below
+    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= codebook_size):
+        raise ValueError(f"tokens must lie in [0, {codebook_size}), got range [{int(tokens.min())}, "
+                         f"{int(tokens.max())}]")
+    return tokens
+
+
 def to_digits(tokens: Tensor, radices: list[int]) -> Tensor:
     """tokens (...) -> digits (..., C), least significant first (the FSQ convention: channel 0 varies fastest).
 

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from compressor.codec.autoencoder import Autoencoder, check_size, check_weights, read_checkpoint, to_uint8
+from compressor.codec.packing import check_tokens
 
 
 class RememberingDecoder(nn.Module):
@@ -43,6 +44,7 @@ class RememberingDecoder(nn.Module):
         self.post_quant = copy.deepcopy(intra.post_quant).requires_grad_(True)
         self.decoder = copy.deepcopy(intra.decoder).requires_grad_(True)
         self.grid, self.image_size = intra.grid, tuple(intra.image_size)
+        self.num_tokens, self.codebook_size = intra.num_tokens, intra.codebook_size
         dim, code_dim = intra.post_quant.out_features, intra.post_quant.in_features
         self.past = nn.ModuleList([nn.Linear(code_dim, dim) for _ in range(history)])
         self.missing = nn.Parameter(torch.zeros(history, dim))
@@ -64,6 +66,7 @@ class RememberingDecoder(nn.Module):
     def decode_clip(self, tokens: Tensor) -> Tensor:
         """tokens: int (T, N) of consecutive frames -> uint8 (T, 3, H, W); frame t reads frames t-1 .. t-K of the
         clip where they exist."""
+        tokens = check_tokens(tokens, self.num_tokens, self.codebook_size)
         T = len(tokens)
         past = [torch.roll(tokens, k, 0) for k in range(1, self.history + 1)]
         stacked = torch.stack([tokens, *past], 1)  # (T, 1 + K, N)

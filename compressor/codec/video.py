@@ -28,7 +28,7 @@ from compressor.codec.autoencoder import (CHECKPOINT_FORMAT, Autoencoder, build_
 from compressor.codec.decoders import ViTOverlapDecoder, paint_tiles, tent_window
 from compressor.codec.hub import HubFolder, folder_config, video_card
 from compressor.codec.layers import Transformer, captured_args, init_weights, patchify, sincos_2d, unpatchify
-from compressor.codec.packing import token_bits
+from compressor.codec.packing import check_tokens, token_bits
 
 
 class ConditionalCodec(nn.Module):
@@ -194,6 +194,7 @@ class ConditionalCodec(nn.Module):
     @torch.no_grad()
     def decode(self, tokens: Tensor, ref: Tensor) -> Tensor:
         """tokens: (B, n); ref: float (B, 3, H, W) -> the reconstruction, float (B, 3, H, W) in [-1, 1]."""
+        tokens = check_tokens(tokens, self.num_tokens, self.codebook_size)
         return self.decode_codes(self.quantizer.tokens_to_codes(tokens).to(ref.dtype), ref).clamp(-1, 1)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import io
 import os
 import zlib
 from collections.abc import Iterator, Sequence
@@ -17,6 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+
+from compressor.utils import open_checked
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".hevc", ".h265", ".h264", ".avi", ".mov", ".gif", ".webm", ".ts")
 DEFAULT_DASHCAM_DIR = os.environ.get(
@@ -62,9 +65,19 @@ def crop_box(h: int, w: int, image_size: tuple[int, int]) -> tuple[int, int, int
     return (h - ch) // 2, (w - cw) // 2, ch, cw
 
 
+MAX_VIDEO_BYTES = 1 << 40  # open_checked's bound: any real video; the check that matters is "a regular file"
+
+
+def open_video(path: str) -> av.container.InputContainer:
+    """``av.open(path)`` for reading, once ``open_checked`` found a regular file: a FIFO would block and a device
+    (a symlink to /dev/zero) would decode forever. ``ValueError`` names the file."""
+    open_checked(path, MAX_VIDEO_BYTES).close()
+    return av.open(path)
+
+
 def iter_frames(path: str) -> Iterator[av.VideoFrame]:
     """Decoded frames of the first video stream, in order."""
-    with av.open(path) as container:
+    with open_video(path) as container:
         if not container.streams.video:
             raise ValueError(f"{path}: no video stream")
         stream = container.streams.video[0]
@@ -99,13 +112,35 @@ def list_videos(videos: str | Sequence[str], recursive: bool = False) -> list[st
     return sorted(set(found))
 
 
+SPLITS = ("train", "val")
+MAX_TSV_BYTES = 16 << 20  # a MANIFEST.tsv lists clips: far more than any collection's, far less than memory
+
+
 def read_manifest(directory: str) -> dict[str, str]:
-    """``MANIFEST.tsv`` in a video directory -> {file name: split}; empty when there is none."""
+    """``MANIFEST.tsv`` in a video directory -> {file name: split}; empty when there is none.
+
+    ``ValueError`` for a file without ``file`` and ``split`` columns, or a split other than exactly ``train`` or
+    ``val``: a clip marked ``test``, ``VAL`` or ``val `` would otherwise be trained on. The file must be a regular
+    file of a bounded size (``open_checked``): a FIFO or a device never hangs the reader.
+    """
     path = os.path.join(directory, "MANIFEST.tsv")
-    if not os.path.exists(path):
+    if not os.path.lexists(path):
         return {}
-    with open(path, newline="") as f:
-        return {row["file"]: row["split"] for row in csv.DictReader(f, delimiter="\t") if row.get("split")}
+    with open_checked(path, MAX_TSV_BYTES) as f:
+        text = f.read().decode("utf-8", errors="replace")
+    rows = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t")
+    if not {"file", "split"} <= set(rows.fieldnames or ()):
+        raise ValueError(f"{path} has no file and split columns (it has {rows.fieldnames}); the split column says "
+                         "which clips are held out")
+    splits: dict[str, str] = {}
+    for row in rows:
+        name, split = row["file"], row["split"]
+        if split not in SPLITS or splits.setdefault(name, split) != split:
+            raise ValueError(f"{path}, line {rows.line_num}: {name} has split {split!r}"
+                             + (f" and {splits[name]!r} on an earlier line" if name in splits else "")
+                             + "; a split is exactly train or val (a clip held out under another name would be "
+                             "trained on)")
+    return splits
 
 
 def split_videos(paths: Sequence[str], val_fraction: float = 0.1) -> tuple[list[str], list[str]]:
@@ -125,7 +160,8 @@ def split_videos(paths: Sequence[str], val_fraction: float = 0.1) -> tuple[list[
             split = manifest[name]
         else:
             hashed = True
-            split = "val" if (zlib.crc32(name.encode()) % 1000) < val_fraction * 1000 else "train"
+            # fsencode: the bytes of the name, so a name that is not UTF-8 splits too (UTF-8 ones split as before)
+            split = "val" if (zlib.crc32(os.fsencode(name)) % 1000) < val_fraction * 1000 else "train"
         (val if split == "val" else train).append(p)
     # a manifest that puts every video in train (a training-only collection) is obeyed
     if hashed and not val and val_fraction > 0 and len(train) > 1:

@@ -1,6 +1,8 @@
 """Token latents: the encode pipeline that writes them, the shards that hold them, and ``LatentDataset``.
 
 - ``pipeline``: ``encode_videos`` (what ``encode.py`` runs): videos -> verified token shards + ``manifest.json``.
+- ``find``: ``expand_urls`` (what a caller's folders, globs, lists and ``pipe:`` commands name; a file name never
+  runs as a command) and the checks of those files against their manifests.
 - ``shards``: the shard format, its checks (CRCs, manifests, tar end markers), commaVQ's ``.npy`` files, and
   ``read_segments`` over both.
 - ``dataset``: ``LatentDataset``, windows of tokens for world models; the entropy coder is imported only when a
@@ -12,6 +14,7 @@ Importing this package loads no model code, no Lightning, no Hub client and no v
 """
 
 from compressor.latents.dataset import LatentDataset
-from compressor.latents.shards import DamagedShardError, MissingPriorError, expand_urls, read_segments
+from compressor.latents.find import expand_urls
+from compressor.latents.shards import DamagedShardError, MissingPriorError, read_segments
 
 __all__ = ["LatentDataset", "DamagedShardError", "MissingPriorError", "expand_urls", "read_segments"]

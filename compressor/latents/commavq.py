@@ -26,9 +26,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from compressor.latents.groups import is_video
-from compressor.latents.shards import (MANIFEST, DamagedShardError, _open_meta, check_against_manifests, expand_urls,
-                                       grid_of, read_manifest, read_segments, sample_key, seal_meta, segment_model_id)
-from compressor.utils import atomic_write
+from compressor.latents.find import check_against_manifests, check_output_apart, expand_urls
+from compressor.latents.shards import (MANIFEST, MAX_MANIFEST_BYTES, DamagedShardError, _open_meta, grid_of,
+                                       read_manifest, read_segments, sample_key, seal_meta, segment_model_id)
+from compressor.utils import atomic_write, open_checked
 
 
 def commavq_dtype(codebook_size: int) -> np.dtype:
@@ -59,10 +60,18 @@ def export(shards: str | Sequence[str], output: str, grid: tuple[int, int] | Non
     expected, problems = check_against_manifests(shards, urls)
     if problems:
         raise problems[0][1]
+    check_output_apart(urls, output)
+    listed: dict[str, str] = {}  # up front where encode.py's manifests list the videos: one source, one folder
+    for directory in sorted({os.path.dirname(os.path.abspath(url)) for url in urls}):
+        for source in (read_manifest(directory) or {"videos": {}})["videos"]:
+            if listed.setdefault(source, directory) != directory:
+                raise ValueError(f"{listed[source]} and {directory} both hold {source!r}: their files would share "
+                                 "names; export them into separate folders")
     os.makedirs(output, exist_ok=True)
     listing = read_manifest(output) or {"videos": {}, "shards": {}}
     segments = frames = 0
     dtype, layout, model = None, None, None
+    written: dict[str, str] = {}  # key -> the shard its segment came from, in this run
     for url in urls:
         if url.endswith(".npy"):
             raise ValueError(f"{url} is already a commaVQ-layout file")
@@ -88,6 +97,9 @@ def export(shards: str | Sequence[str], output: str, grid: tuple[int, int] | Non
                                  "latents per folder")
             layout, dtype = (h, w, codebook), commavq_dtype(codebook)
             key = sample_key(meta.get("source", os.path.basename(url)), int(meta.get("segment", segments)))
+            if written.setdefault(key, url) != url:  # two encode runs' clip.mp4: one file would replace the other
+                raise ValueError(f"{url} and {written[key]} both hold segment {meta.get('segment')} of "
+                                 f"{meta.get('source')!r} (file {key}.npy): export them into separate folders")
             # The json says what the reader cannot guess: grid and codebook (so both are always written).
             meta = {**meta, "token_layout": meta.get("token_layout", f"{h}x{w} row-major"), "codebook_size": codebook}
             # The json first: a .npy without its json would read as commaVQ's codebook, so it must never exist.
@@ -117,11 +129,11 @@ def check_export_folder(output: str, model: str, listing: dict) -> None:
         for path in sorted(glob.glob(os.path.join(output, "*.npy"))):
             sidecar = path[:-4] + ".json"
             try:
-                with open(sidecar, "rb") as f:
+                with open_checked(sidecar, MAX_MANIFEST_BYTES) as f:
                     held = segment_model_id(_open_meta(f.read(), sidecar))
             except FileNotFoundError:
                 held = "commavq"
-            except DamagedShardError as e:
+            except (DamagedShardError, ValueError) as e:
                 raise ValueError(f"{output} holds files that are not this export's: {e}") from e
             where = path
             if held != model:

@@ -18,8 +18,8 @@ import torch
 from torch.utils.data import IterableDataset
 
 from compressor.latents.groups import frame_tokens, is_video, window_starts
-from compressor.latents.shards import (DamagedShardError, check_against_manifests, expand_urls, manifest_model_ids,
-                                      read_segments, segment_model_id)
+from compressor.latents.find import check_against_manifests, expand_urls, manifest_model_ids
+from compressor.latents.shards import DamagedShardError, read_segments, segment_model_id
 from compressor.utils import buffer_shuffle, consumer
 
 if TYPE_CHECKING:  # the entropy coder is imported only when a prior is given

@@ -32,7 +32,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-import av
 import numpy as np
 import torch
 import webdataset as wds
@@ -44,9 +43,9 @@ from compressor.codec.video import VideoCodec
 from compressor.entropy.priors import Prior
 from compressor.entropy.stream import encode_segment
 from compressor.latents.groups import frame_types, pad_frames, video_fields
-from compressor.latents.shards import make_sample, read_manifest, read_segments, sample_key
-from compressor.data.video import crop_box, list_videos, preprocess
-from compressor.utils import atomic_write, worker
+from compressor.latents.shards import MAX_MANIFEST_BYTES, make_sample, read_manifest, read_segments, sample_key
+from compressor.data.video import crop_box, list_videos, open_video, preprocess
+from compressor.utils import atomic_write, load_json, open_checked, worker
 
 
 # The write sequence of a shard, in order. ``encode_videos(step_hook=...)`` is called after each step, so tests can
@@ -196,8 +195,8 @@ class DecodedChunks(IterableDataset):
         status = {"status": "ok", "reason": "", "frames": 0}
         frames, indices, times, segment = [], [], [], 0
         try:
-            container = av.open(path)
-        except Exception as e:  # unreadable: recorded, never fatal
+            container = open_video(path)
+        except Exception as e:  # unreadable (or a FIFO, a device): recorded, never fatal
             yield Chunk(v, 0, torch.empty(0, 3, *self.image_size, dtype=torch.uint8), [], [], True, True,
                         {"status": "failed", "reason": f"{type(e).__name__}: {e}", "frames": 0})
             return
@@ -440,8 +439,8 @@ def encode_videos(model: Autoencoder | VideoCodec, inputs: list[str], output: st
     manifest_path = os.path.join(output, f"manifest.rank-{rank}.json")
     manifest = {"videos": {}, "shards": {}}
     if os.path.exists(manifest_path):
-        with open(manifest_path) as f:
-            manifest = forget_missing_shards(output, json.load(f))
+        with open_checked(manifest_path, MAX_MANIFEST_BYTES) as f:
+            manifest = forget_missing_shards(output, load_json(f.read()))
     manifest["model_id"], manifest["root"] = this_model, root
 
     model = model.to(device).eval()

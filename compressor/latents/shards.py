@@ -40,7 +40,6 @@ import os
 import re
 import sys
 import tarfile
-import warnings
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO
@@ -54,10 +53,13 @@ if TYPE_CHECKING:  # the entropy coder (compressai's rANS) is imported only when
     from compressor.entropy.priors import Prior
 from compressor.codec.packing import token_bits, tokens_crc32
 from compressor.latents.groups import check_video, is_video
+from compressor.utils import load_json, open_checked
 
 MANIFEST = "manifest.json"
+# Bounds for open_checked: far above any real file, far below what would hang a reader or exhaust its memory. A
+# shard is streamed, so its bound only says that it is a file that ends.
+MAX_MANIFEST_BYTES, MAX_NPY_BYTES, MAX_SHARD_BYTES = 1 << 30, 1 << 30, 1 << 40
 TOKEN_DTYPE = np.dtype("<u2")
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 _TAIL_BYTES = 1 << 16  # more than tarfile reads ahead of the member it parses (one 10 KiB record)
 
 
@@ -74,11 +76,16 @@ class MissingPriorError(ValueError):
 
 
 # ---- writing -------------------------------------------------------------------------------------------------
-def sample_key(source: str, segment: int) -> str:
-    """A tar key for a segment of a video: readable, without dots, and distinct for distinct source paths."""
+def video_key(source: str) -> str:
+    """A name for a video (its path relative to the input root): readable, without dots, and distinct for distinct
+    paths (``a/clip.mp4`` and ``b/clip.mp4``, ``a b.mp4`` and ``a_b.mp4``, ``x.mp4`` and ``x.MP4``)."""
     readable = re.sub(r"[^0-9A-Za-z_-]", "_", source)[-80:]
-    digest = hashlib.sha256(os.fsencode(source)).hexdigest()[:12]
-    return f"{readable}-{digest}-{segment:04d}"
+    return f"{readable}-{hashlib.sha256(os.fsencode(source)).hexdigest()[:12]}"
+
+
+def sample_key(source: str, segment: int) -> str:
+    """A tar key for a segment of a video."""
+    return f"{video_key(source)}-{segment:04d}"
 
 
 def _meta_crc(meta: dict) -> int:
@@ -121,8 +128,8 @@ def read_manifest(directory: str) -> dict | None:
 
     for path in filter(os.path.exists, paths):
         try:
-            with open(path) as f:
-                part = json.load(f)
+            with open_checked(path, MAX_MANIFEST_BYTES) as f:  # never a FIFO or /dev/zero
+                part = load_json(f.read())
             for name, entry in part["shards"].items():
                 if merged["shards"].setdefault(name, entry) != entry:
                     raise DamagedShardError(f"{directory}: the manifests disagree about shard {name} "
@@ -146,119 +153,6 @@ def read_manifest(directory: str) -> dict | None:
         if values:
             merged[key] = next(iter(values))
     return merged if found else None
-
-
-# ---- finding shards ------------------------------------------------------------------------------------------
-def expand_urls(shards: str | Sequence[str]) -> list[str]:
-    """A directory, glob, brace pattern, ``pipe:`` command or list of those -> a list of URLs, sorted per item, each
-    local file once (by its resolved path: ``["d", "d/"]`` or ``["d", "d/latents-000000.tar"]`` name it twice).
-
-    Other URL schemes are refused here, before any work: ``pipe:curl -sL URL`` reads from a server. A glob that
-    matches a folder is refused too: name the folder itself.
-    """
-    import braceexpand
-
-    items = [shards] if isinstance(shards, (str, os.PathLike)) else list(shards)
-    urls: list[str] = []
-    for item in map(str, items):
-        for url in braceexpand.braceexpand(item):
-            scheme = _SCHEME.match(url)
-            if scheme and not os.path.exists(url):
-                if scheme.group(1) != "pipe":
-                    raise ValueError(f"unsupported URL scheme {scheme.group(1)}: in {url!r}; latent shards are local "
-                                     f"paths or pipe: commands (for example pipe:curl -sL {url})")
-                urls.append(url)
-            elif os.path.isdir(url):
-                urls += sorted(glob.glob(os.path.join(url, "*.tar")) + glob.glob(os.path.join(url, "*.npy")))
-            elif any(c in url for c in "*?["):
-                matches = sorted(glob.glob(url))
-                if folders := [m for m in matches if os.path.isdir(m)]:
-                    raise ValueError(f"{url!r} matches the folder {folders[0]}: a glob must match shard files "
-                                     "(latents-*.tar, *.npy); to read a folder, name the folder")
-                urls += matches
-            elif os.path.exists(url):
-                urls.append(url)
-            else:
-                raise FileNotFoundError(f"no such latent shard: {url}")
-    if not urls:
-        raise FileNotFoundError(f"no latent shards (*.tar, commaVQ *.npy) found in {shards!r}")
-    seen: set[str] = set()
-    unique = []
-    for url in urls:
-        identity = url if _SCHEME.match(url) and not os.path.exists(url) else os.path.realpath(url)
-        if identity not in seen:
-            seen.add(identity)
-            unique.append(url)
-    return unique
-
-
-def _is_local(url: str) -> bool:
-    return url.endswith((".tar", ".npy")) and not (_SCHEME.match(url) and not os.path.exists(url))
-
-
-def check_against_manifests(shards: str | Sequence[str],
-                            urls: list[str]) -> tuple[dict, list[tuple[str, DamagedShardError]]]:
-    """Each local shard URL's manifest entry, and what disagrees with the manifests, as (URL, error): shards they
-    do not list (a killed job's unrecorded shard would duplicate its videos), and shards they list that are missing
-    from their folder, whether the folder, a glob or a list was given. Exported ``.json`` files whose ``.npy`` is
-    missing count as missing too. Folders without a manifest can only be checked that far: one warning says so."""
-    manifests: dict[str, dict | None] = {}
-
-    def manifest(directory: str) -> dict | None:
-        if directory not in manifests:
-            manifests[directory] = read_manifest(directory)
-        return manifests[directory]
-
-    expected, problems = {}, []
-    items = [shards] if isinstance(shards, (str, os.PathLike)) else list(shards)
-    folders = {os.path.abspath(str(item)): str(item) for item in items if os.path.isdir(item)}
-    for url in urls:
-        if _is_local(url):
-            folders.setdefault(os.path.dirname(os.path.abspath(url)), os.path.dirname(url) or ".")
-    npy_folders = {os.path.dirname(os.path.abspath(url)) for url in urls if _is_local(url) and url.endswith(".npy")}
-    unchecked = []
-    for directory, shown in folders.items():
-        m = manifest(directory)
-        if m is None:
-            unchecked.append(shown)
-            listed: set[str] = set()
-        else:
-            listed = set(m["shards"])
-            for name in sorted(listed):
-                path = os.path.join(shown, name)
-                if not os.path.exists(path):
-                    problems.append((path, DamagedShardError(f"{path}: listed in the manifest of {shown} but missing")))
-        for sidecar in sorted(glob.glob(os.path.join(directory, "*.json")) if directory in npy_folders else []):
-            name = os.path.basename(sidecar)
-            npy = name[:-5] + ".npy"
-            if not name.startswith("manifest") and npy not in listed and not os.path.exists(sidecar[:-5] + ".npy"):
-                path = os.path.join(shown, npy)
-                problems.append((path, DamagedShardError(f"{path}: missing; its metadata {name} is there (a deleted "
-                                                         "token file)")))
-    if unchecked:
-        warnings.warn(f"no manifest.json in {', '.join(unchecked[:3])}{' ...' if len(unchecked) > 3 else ''}: a "
-                      "missing or extra shard there cannot be detected (encode.py and the commaVQ export write one)",
-                      stacklevel=3)
-    for url in urls:
-        if _is_local(url):
-            directory = os.path.dirname(os.path.abspath(url))
-            if (m := manifest(directory)) is not None:
-                if os.path.basename(url) in m["shards"]:
-                    expected[url] = m["shards"][os.path.basename(url)]
-                else:
-                    problems.append((url, DamagedShardError(
-                        f"{url}: not listed in the manifest of {directory} (a shard that a killed encode job did "
-                        "not record, or a stray file)")))
-    return expected, problems
-
-
-def manifest_model_ids(urls: list[str]) -> dict[str, str]:
-    """{folder: model id} for the folders of local shard URLs whose manifests name their model."""
-    ids = {}
-    for directory in {os.path.dirname(os.path.abspath(url)) for url in urls if _is_local(url)}:
-        if (m := read_manifest(directory)) is not None and m.get("model_id"):
-            ids[directory] = m["model_id"]
-    return ids
 
 
 def segment_model_id(meta: dict) -> str:
@@ -298,7 +192,7 @@ def _meta_int(meta: dict, key: str, where: str) -> int | None:
 
 def _open_meta(data: bytes, where: str) -> dict:
     try:
-        meta = json.loads(data)
+        meta = load_json(data)
     except ValueError as e:
         raise DamagedSampleError(f"{where}: unreadable json ({e})") from e
     if not isinstance(meta, dict):
@@ -427,12 +321,12 @@ def read_commavq(path: str, expected: dict | None = None) -> dict:
     """
     sidecar = path[:-4] + ".json"
     try:
-        with open(path, "rb") as f:
+        with open_checked(path, MAX_NPY_BYTES) as f:
             data = f.read()
         tokens = read_npy(io.BytesIO(data), len(data), INTEGER_DTYPES)
         meta_bytes = None
-        if os.path.exists(sidecar):
-            with open(sidecar, "rb") as f:
+        if os.path.lexists(sidecar):
+            with open_checked(sidecar, MAX_MANIFEST_BYTES) as f:
                 meta_bytes = f.read()
     except (ValueError, OSError, EOFError) as e:
         raise DamagedShardError(f"{path}: damaged commaVQ token file ({e})") from e
@@ -482,17 +376,18 @@ def read_segments(url: str, prior: Prior | None = None, expected: dict | None = 
     ``expected`` is the shard's manifest entry (sha256, bytes, samples). A damaged sample goes to ``on_damaged``
     and reading goes on; without it, and for damage to the shard itself, ``DamagedShardError`` is raised.
     """
-    if url.endswith(".npy") and not url.startswith("pipe:"):
+    command = url.startswith("pipe:") and not os.path.exists(url)  # a file is read, whatever its name
+    if url.endswith(".npy") and not command:
         yield read_commavq(url, expected)
         return
     key, count = None, 0
     try:
-        if url.startswith("pipe:"):
+        if command:
             import webdataset as wds
 
             raw = wds.gopen(url)
         else:
-            raw = open(url, "rb")
+            raw = open_checked(url, MAX_SHARD_BYTES)  # a FIFO or /dev/zero would never end
         stream = _TrackedStream(raw)
         with raw, tarfile.open(fileobj=stream, mode="r|") as tar:
             seen: set[str] = set()

@@ -31,7 +31,8 @@ from compressor.entropy.fit import check_segments, fit_static, fit_temporal, mea
 from compressor.entropy.priors import KINDS, Prior
 from compressor.entropy.stream import FITTED_KINDS, PRIORS, decode_segment, encode_segment, load_prior, save_prior
 from compressor.tools.entropy_report import token_format
-from compressor.latents.shards import expand_urls, make_sample, read_segments
+from compressor.latents.find import check_output_apart, expand_urls
+from compressor.latents.shards import make_sample, read_segments
 from compressor.utils import atomic_write
 
 
@@ -90,10 +91,16 @@ def code(args) -> None:
     else:  # the adaptive coder, built for the tokens' own format
         fmt = token_format(load_segments(args.input))
         prior = AdaptivePrior(fmt["codebook_size"], fmt["grid"], fmt["model_id"])
+    urls = expand_urls(args.input)
+    check_output_apart(urls, args.output)
+    names = {url: os.path.splitext(os.path.basename(url))[0] + ".tar" for url in urls}  # a commaVQ .npy -> a shard
+    if len(set(names.values())) < len(names):
+        twice = sorted(n for n in names.values() if list(names.values()).count(n) > 1)[0]
+        raise ValueError(f"two inputs would be written as {twice}: "
+                         + ", ".join(u for u, n in names.items() if n == twice) + "; code them into separate folders")
     os.makedirs(args.output, exist_ok=True)
     frames = coded = 0
-    for url in expand_urls(args.input):
-        name = os.path.basename(url)
+    for url, name in names.items():
         with atomic_write(os.path.join(args.output, name)) as tmp, wds.TarWriter(tmp, mtime=0) as sink:
             for i, seg in enumerate(read_segments(url)):
                 data = encode_segment(seg["tokens"], prior)

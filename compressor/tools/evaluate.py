@@ -32,7 +32,6 @@ import shlex
 import sys
 import time
 
-import av
 import torch
 from tqdm import tqdm
 
@@ -43,7 +42,7 @@ from compressor.codec.hub import write_evaluation
 from compressor.codec.video import VideoCodec, load_codec
 from compressor.metrics import LPIPS, frame_ms_ssim, frame_psnr
 from compressor.codec.packing import pack, unpack
-from compressor.data.video import list_videos, read_frames, read_manifest
+from compressor.data.video import list_videos, open_video, read_frames, read_manifest
 from compressor.latents.groups import frame_types
 from compressor.benchmark import sync, write_report
 from compressor.utils import num_params, resolve_device, token_entropy_bits
@@ -278,7 +277,7 @@ def _tiles(recon, frames, picks, nbytes) -> list:
 
 
 def clip_fps(path: str) -> float:
-    with av.open(path) as c:
+    with open_video(path) as c:
         rate = c.streams.video[0].average_rate
         return float(rate) if rate else 25.0
 

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from compressor.codec.autoencoder import read_checkpoint
 from compressor.codec.remember import REMEMBERING_FORMAT, load_remembering
-from compressor.codec.video import VideoCodec, load_video
+from compressor.codec.video import MAX_GOP, VideoCodec, load_video
 from compressor.data.video import read_frames
 from compressor.metrics import frame_psnr
 from compressor.tools.evaluate import select_videos
@@ -48,15 +48,22 @@ def evaluate_clip(codec: VideoCodec, frames: torch.Tensor) -> dict:
             "bytes": [-(-b // 8) for b in bits], "encode_seconds": seconds}
 
 
+def clip_names(paths: list[str]) -> dict[str, str]:
+    """{path: its name in reports}: the path relative to the clips' common folder, so that two clips of one file
+    name (``a/clip.mp4``, ``b/clip.mp4``) are two clips; a clip's file name when they share one folder."""
+    root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
+    return {p: os.path.relpath(os.path.abspath(p), root) for p in paths}
+
+
 def evaluate_remembering(paths: list[str], checkpoint: str) -> dict:
     """The per-frame tokens of every frame of ``paths`` decoded alone and with the frames before them."""
     intra, decoder = load_remembering(checkpoint)
-    clips = {}
+    clips, names = {}, clip_names(paths)
     for path in tqdm(paths, desc="remembering decoder"):
         frames = read_frames(path, intra.image_size)
         tokens = torch.cat([intra.encode(frames[i : i + 32]) for i in range(0, len(frames), 32)])
         alone = torch.cat([intra.decode(tokens[i : i + 32]) for i in range(0, len(tokens), 32)])
-        clips[os.path.basename(path)] = {"psnr": frame_psnr(decoder.decode_clip(tokens), frames).mean().item(),
+        clips[names[path]] = {"psnr": frame_psnr(decoder.decode_clip(tokens), frames).mean().item(),
                                          "intra_psnr": frame_psnr(alone, frames).mean().item(),
                                          "frames": len(frames)}
     mean = lambda key: sum(c[key] for c in clips.values()) / len(clips)  # noqa: E731
@@ -132,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gop", type=int, nargs="+", default=[8], help="group lengths to measure (1: intra only)")
     ap.add_argument("--output", required=True, help="report folder (report.json)")
     args = ap.parse_args(argv)
+    if not all(1 <= gop <= MAX_GOP for gop in args.gop):
+        ap.error(f"--gop must be in [1, {MAX_GOP}], got {args.gop}")
     with torch.no_grad():  # not set_grad_enabled(False): a caller in the same process (a test run) trains after it
         return _evaluate(args)
 
@@ -148,7 +157,7 @@ def _evaluate(args) -> int:
             json.dump(report, f, indent=1)
         return 0
     codec = load_video(args.checkpoint)
-    frames = {os.path.basename(v): read_frames(v, codec.intra.image_size) for v in tqdm(videos, desc="read")}
+    frames = {name: read_frames(v, codec.intra.image_size) for v, name in tqdm(clip_names(videos).items(), desc="read")}
     report = {"checkpoint": args.checkpoint, "split": args.split, "intra_bytes": codec.intra.bytes_per_frame,
               "inter_bytes": codec.inter.bytes_per_frame, "inter_tokens": codec.inter.num_tokens, "gops": {}}
     for gop in args.gop:

@@ -20,7 +20,8 @@ from tqdm import tqdm
 from compressor.codec.video import VideoCodec, load_codec
 from compressor.data.video import iter_frames, preprocess
 from compressor.latents.groups import frame_tokens, is_video, unpad
-from compressor.latents.shards import expand_urls, read_segments
+from compressor.latents.find import expand_urls
+from compressor.latents.shards import read_segments
 from compressor.utils import resolve_device
 
 
