@@ -25,7 +25,7 @@ import torch
 from compressor.benchmark import device_name, peak_rss_mb, rss_mb, run_isolated, seconds_per_call, write_report
 from compressor.training.cli import CONFIGS, autoencoder_from, resolve
 from compressor.codec.layers import set_attention_kernel
-from compressor.tools.step_timer import fit_step_rate
+from compressor.tools.step_timer import fit_step_rate, loader_images_per_s
 from compressor.training.perf import CPU_PATHS, fastest_cpu_path, matmul_peak_flops, train_flops_per_image
 from compressor.utils import num_params, resolve_device
 
@@ -82,6 +82,11 @@ def run_all(device: str, batch: int, encode_batches, threads: int, compile_model
         dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float32
         ceilings[precision] = matmul_peak_flops(device, dtype, size=8192 if device.startswith("cuda") else 2048)
         log(f"matmul ceiling: {ceilings[precision] / 1e12:.2f} TFLOP/s ({dtype})")
+    # The data loader alone, on the first config's data settings: it should never be what the step waits for.
+    first = os.path.join(CONFIGS, next(iter(configs.values())))
+    loader = loader_images_per_s([first], batch, shards) if not device.startswith("cuda") else None
+    if loader:
+        log(f"data loader alone: {loader:.0f} images/s")
     jobs = [(label, cfg, False, True) for label, cfg in configs.items()]
     jobs += [(label, configs[label], True, False) for label in checkpointing_configs]
     cases = [dict(label=label, config=cfg, device=device, batch=batch, encode_batches=encode_batches,
@@ -96,7 +101,7 @@ def run_all(device: str, batch: int, encode_batches, threads: int, compile_model
         + (f"  encode {row['encode_fps']:.1f} fps @ {row['encode_batch']}" if "encode_fps" in row else "")))
     return {"device": device_name(device, threads, "/".join(sorted(ceilings))), "cpu": cpu_flags(),
             "ceilings_tflops": {p: c / 1e12 for p, c in ceilings.items()}, "batch": batch, "compile": compile_model,
-            "shards": shards, "steps": steps, "warmup": warmup, "rows": rows}
+            "shards": shards, "steps": steps, "warmup": warmup, "loader_images_per_s": loader, "rows": rows}
 
 
 def cpu_flags() -> dict:
@@ -123,7 +128,9 @@ def to_markdown(result: dict) -> str:
     lines = [f"{result['device']}; CPU flags {', '.join(cpu.get('flags', [])) or 'n/a'}; training batch "
              f"{result['batch']}; matmul ceilings (TFLOP/s) {ceilings}; torch.compile "
              f"{'on' if result['compile'] else 'off'}; data {result.get('shards') or 'procedural frames'}; "
-             f"{result.get('steps')} timed steps after {result.get('warmup')}.", "",
+             f"{result.get('steps')} timed steps after {result.get('warmup')}"
+             + (f"; data loader alone {result['loader_images_per_s']:.0f} images/s" if result.get("loader_images_per_s")
+                else "") + ".", "",
              "| config | precision | attention | grad checkpointing | params (M) | train GFLOPs/image | "
              "step images/s | loop images/s | GFLOP/s | MFU | peak memory (MB) | encode frames/s (batch) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
