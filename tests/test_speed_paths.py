@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from compressor.codec.layers import Attention, matmul_attention, set_attention_kernel
-from compressor.training.losses import ReconstructionLoss
+from compressor.training.losses import ReconstructionLoss, compiled_ms_ssim
 from tests.conftest import tiny_model
 
 
@@ -60,8 +60,12 @@ def test_compiled_ms_ssim_loss_equals_the_eager_loss_and_its_gradient():
         terms = ReconstructionLoss(compile=compile)(x, target)
         terms["loss"].backward()
         results.append((terms["ms_ssim"].detach(), x.grad))
+    # EagerFallback turns a failed compile into a warning and eager MS-SSIM, which would make the comparison
+    # eager against eager: the compiled form must really have run.
+    assert compiled_ms_ssim().compiled is not None, "torch.compile of ms_ssim_unit fell back to eager"
     torch.testing.assert_close(results[1][0], results[0][0], atol=1e-5, rtol=0)
     torch.testing.assert_close(results[1][1], results[0][1], atol=1e-6, rtol=1e-3)
     with torch.no_grad():  # evaluation stays eager (no recompile for other batch sizes): same value
         assert ReconstructionLoss(compile=True)(recon[:3], target[:3])["ms_ssim"] == pytest.approx(
             ReconstructionLoss()(recon[:3], target[:3])["ms_ssim"].item(), abs=1e-6)
+
