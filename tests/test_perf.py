@@ -137,3 +137,19 @@ def test_kernel_benchmark_times_every_part(tmp_path):
     assert {r["part"].split(",")[0] for r in rows} == {"MS-SSIM loss", "attention", "AdamW step"}
     assert len([r for r in rows if r["part"].startswith("attention")]) == 2 * 2 * 2  # 2 stacks x 2 kernels x 2 dtypes
     assert all(r["ms"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16-mixed", torch.bfloat16), ("16-mixed", torch.float16),
+                                              ("32-true", torch.float32)])
+def test_throughput_monitor_measures_the_ceiling_of_the_training_precision(monkeypatch, precision, dtype):
+    # A 16-mixed GPU run's matmuls run in float16: against the float32 ceiling its MFU would read several times too high.
+    from types import SimpleNamespace
+
+    import compressor.training.callbacks as callbacks
+
+    asked = []
+    monkeypatch.setattr(callbacks, "train_flops_per_image", lambda model: 1.0)
+    monkeypatch.setattr(callbacks, "matmul_peak_flops", lambda device, dt, **kw: asked.append(dt) or 1e12)
+    module = SimpleNamespace(autoencoder=None, device=torch.device("cpu"))
+    callbacks.ThroughputMonitor().on_fit_start(SimpleNamespace(precision=precision), module)
+    assert asked == [dtype]

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from compressor.codec.layers import Attention, matmul_attention, set_attention_kernel
-from compressor.training.losses import ReconstructionLoss
+from compressor.training.losses import ReconstructionLoss, compiled_ms_ssim
+from compressor.training.speed import EagerFallback
 from tests.conftest import tiny_model
 
 
@@ -60,8 +61,33 @@ def test_compiled_ms_ssim_loss_equals_the_eager_loss_and_its_gradient():
         terms = ReconstructionLoss(compile=compile)(x, target)
         terms["loss"].backward()
         results.append((terms["ms_ssim"].detach(), x.grad))
+    # EagerFallback turns a failed compile into a warning and eager MS-SSIM, which would make the comparison
+    # eager against eager: the compiled form must really have run.
+    assert compiled_ms_ssim().compiled is not None, "torch.compile of ms_ssim_unit fell back to eager"
     torch.testing.assert_close(results[1][0], results[0][0], atol=1e-5, rtol=0)
     torch.testing.assert_close(results[1][1], results[0][1], atol=1e-6, rtol=1e-3)
     with torch.no_grad():  # evaluation stays eager (no recompile for other batch sizes): same value
         assert ReconstructionLoss(compile=True)(recon[:3], target[:3])["ms_ssim"] == pytest.approx(
             ReconstructionLoss()(recon[:3], target[:3])["ms_ssim"].item(), abs=1e-6)
+
+
+def test_eager_fallback_drops_compile_only_when_compiling_fails(monkeypatch):
+    def ms_ssim_like(x):
+        if x.shape[-1] < 4:
+            raise ValueError("frames too small")  # the function's own error, in eager mode too
+        return x * 2
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **options: fn)  # a compiler that works
+    fn = EagerFallback(ms_ssim_like, dynamic=False)
+    with pytest.raises(ValueError, match="too small"):
+        fn(torch.ones(2))
+    assert fn.compiled is not None  # a caller's error does not turn compiling off for the rest of the run
+
+    def broken(*args):
+        raise RuntimeError("backend compiler failed")
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **options: broken)  # a compiler that fails
+    fn = EagerFallback(ms_ssim_like)
+    with pytest.warns(UserWarning, match="torch.compile failed"):
+        assert torch.equal(fn(torch.ones(4)), torch.full((4,), 2.0))
+    assert fn.compiled is None

@@ -87,7 +87,7 @@ class ThroughputMonitor(pl.Callback):
 
     Args:
         peak_tflops: the card's peak in the training precision; if None, measured once with a matmul in the
-            trainer's precision (bf16 for bf16-mixed, else float32).
+            trainer's precision (bf16 for bf16-mixed, float16 for 16-mixed, else float32).
         log_every_n_steps: how often to log.
     """
 
@@ -102,7 +102,9 @@ class ThroughputMonitor(pl.Callback):
             self.peak_flops = self.peak_tflops * 1e12
         else:
             # The ceiling of the precision the matmuls run in: bf16 under bf16-mixed (8x float32 on AMX CPUs).
-            dtype = torch.bfloat16 if "bf16" in str(trainer.precision) else torch.float32
+            precision = str(trainer.precision)
+            dtype = (torch.bfloat16 if "bf16" in precision else torch.float16 if precision.startswith("16")
+                     else torch.float32)
             size = 2048 if pl_module.device.type == "cpu" else 8192  # as bench_train measures it
             self.peak_flops = matmul_peak_flops(pl_module.device, dtype, size=size, min_time=0.5)
 

@@ -38,7 +38,8 @@ class AutoPrecision:
 
     def add_auto_precision(self, parser) -> None:
         parser.add_argument("--auto_precision", type=bool, default=False,
-                            help="on a CPU, train in bf16-mixed or 32-true, whichever a short measurement finds faster")
+                            help="on a CPU, train on the fastest of perf.CPU_PATHS (bf16-mixed with matmul or SDPA "
+                                 "attention, 32-true), as a short measurement finds")
 
     def precision_probe(self) -> Autoencoder:
         raise NotImplementedError

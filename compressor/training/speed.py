@@ -35,8 +35,12 @@ class EagerFallback:
             try:
                 return self.compiled(*args)
             except Exception as e:  # noqa: BLE001  any backend failure
+                # An error that eager raises too (bad input, out of memory) is the caller's, not the compiler's:
+                # it propagates and compiling stays on (the loss's compiled MS-SSIM is shared by the whole process).
+                out = self.model(*args)
                 warnings.warn(f"torch.compile failed ({type(e).__name__}: {str(e)[:200]}); continuing in eager mode")
                 self.compiled = None
+                return out
         return self.model(*args)
 
 
