@@ -158,6 +158,16 @@ def test_cli_auto_precision_trains_in_the_precision_it_measured(tmp_path, capsys
     assert line.split()[1] == run.trainer.precision in ("bf16-mixed", "32-true")
     kernels = {m.kernel for m in run.model.modules() if isinstance(m, Attention)}
     assert kernels == {line.split()[3]} and line.split()[4] == "attention"
+    recorded = run.config["fit"]  # what config.yaml records: the precision and the kernel the run trained with
+    assert recorded.attention_kernel == line.split()[3] and recorded.trainer.precision == line.split()[1]
+
+
+def test_attention_kernel_set_in_the_config_is_the_one_that_trains(tmp_path):
+    run = run_cli(["fit", *TINY, "--attention_kernel", "matmul", "--trainer.fast_dev_run", "1",
+                   "--trainer.default_root_dir", str(tmp_path)])
+    assert {m.kernel for m in run.model.modules() if isinstance(m, Attention)} == {"matmul"}
+    with pytest.raises(SystemExit):
+        run_cli(["fit", *TINY, "--attention_kernel", "flash", "--trainer.fast_dev_run", "1"])
 
 
 def test_calibrate_ema_also_fits_the_whitening_of_whitened_fsq():

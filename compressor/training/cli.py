@@ -8,10 +8,12 @@ and the model follows it.
 training steps of its own model (a video run: of its intra model) on each CPU path before fit (bf16 autocast with
 matmul or SDPA attention, float32) and train on the fastest: which wins depends on the CPU (docs/speed.md: bf16
 with matmul attention on an Intel Xeon with AMX, bf16 on AMD EPYC with AVX-512 BF16, float32 on an AMD EPYC
-without AVX-512, where bf16 runs at 0.04x). GPUs and multi-process runs keep ``trainer.precision`` as configured.
+without AVX-512, where bf16 has no fast kernels). GPUs and multi-process runs keep ``trainer.precision`` as configured.
 """
 
 from __future__ import annotations
+
+from typing import Literal, Optional
 
 import os
 
@@ -25,7 +27,7 @@ from compressor.codec.autoencoder import Autoencoder, build_part
 from compressor.data.datamodule import FramesDataModule
 from compressor.training.module import CompressorModule
 from compressor.codec.layers import set_attention_kernel
-from compressor.training.perf import fastest_cpu_path
+from compressor.training.perf import CPU_PATHS, fastest_cpu_path
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 BASE_CONFIG = os.path.join(CONFIGS, "base.yaml")
@@ -40,19 +42,28 @@ class AutoPrecision:
         parser.add_argument("--auto_precision", type=bool, default=False,
                             help="on a CPU, train on the fastest of perf.CPU_PATHS (bf16-mixed with matmul or SDPA "
                                  "attention, 32-true), as a short measurement finds")
+        parser.add_argument("--attention_kernel", type=Optional[Literal["sdpa", "matmul"]], default=None,
+                            help="how attention is computed (layers.set_attention_kernel); null: sdpa, or what "
+                                 "auto_precision measures fastest. config.yaml records the kernel a fit ran with")
 
     def precision_probe(self) -> Autoencoder:
         raise NotImplementedError
 
     def instantiate_trainer(self, **kwargs):
         config = self.config[self.subcommand] if self.subcommand else self.config
+        kernel = config.get("attention_kernel")
         if self.subcommand == "fit" and config.get("auto_precision") and _single_cpu_process(config.trainer):
             batch = self.datamodule.hparams.batch_size if self.datamodule is not None else 16
-            (precision, attention), rates = fastest_cpu_path(self.precision_probe(), batch)
+            # A kernel given by the user is kept: only the paths that use it are measured.
+            paths = [p for p in CPU_PATHS if kernel in (None, p[1])]
+            (precision, kernel), rates = fastest_cpu_path(self.precision_probe(), batch, paths=paths)
             speeds = ", ".join(f"{p}/{a} {rate:.1f} img/s" for (p, a), rate in rates.items())
-            print(f"auto_precision: {precision} with {attention} attention ({speeds}, batch {batch})", flush=True)
+            print(f"auto_precision: {precision} with {kernel} attention ({speeds}, batch {batch})", flush=True)
             config.trainer.precision = kwargs["precision"] = precision  # config.yaml records the choice
-            set_attention_kernel(self.model, attention)
+        if self.subcommand == "fit":
+            config.attention_kernel = kernel = kernel or "sdpa"  # and the kernel the fit runs with
+        if kernel:
+            set_attention_kernel(self.model, kernel)
         return super().instantiate_trainer(**kwargs)
 
 

@@ -82,18 +82,19 @@ def train_images_per_s(model: Autoencoder, batch: int, device: str, bf16: bool, 
 CPU_PATHS = (("bf16-mixed", "matmul"), ("bf16-mixed", "sdpa"), ("32-true", "sdpa"))
 
 
-def fastest_cpu_path(model: Autoencoder, batch: int, min_time: float = 1.0
+def fastest_cpu_path(model: Autoencoder, batch: int, min_time: float = 1.0,
+                     paths: list[tuple[str, str]] | tuple = CPU_PATHS
                      ) -> tuple[tuple[str, str], dict[tuple[str, str], float]]:
-    """The (precision, attention kernel) of ``CPU_PATHS`` that trains ``model`` fastest on this CPU, and the
-    images/s of each.
+    """The (precision, attention kernel) of ``paths`` (default ``CPU_PATHS``) that trains ``model`` fastest on this
+    CPU, and the images/s of each.
 
     Which wins depends on the CPU, not on its vendor (docs/speed.md): bf16 autocast is about twice float32 on AMD
     EPYC with AVX-512 BF16; on an Intel Xeon with AMX, bf16 matmuls are 8x float32's but SDPA's bf16 backward is
     slower than its float32 one, so bf16 pays there only with matmul attention; a CPU without AVX-512 BF16 has no
-    fast bf16 kernels at all (bf16 0.04x float32). So it is measured on a copy of the model rather than assumed.
+    fast bf16 kernels at all. So it is measured on a copy of the model rather than assumed.
     """
     probe = type(model).from_export(model.export_dict()).cpu().train()
     rates = {(precision, attention): train_images_per_s(probe, batch, "cpu", bf16=precision == "bf16-mixed",
                                                         min_time=min_time, warmup=1, attention=attention)
-             for precision, attention in CPU_PATHS}
+             for precision, attention in paths}
     return max(rates, key=rates.get), rates
