@@ -84,7 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     _val_args(p)
     p.add_argument("--compressor", required=True)
     p.add_argument("--output", default="reports/world-model/futures")
-    p.add_argument("--context", type=int, default=4, help="real frames given")
+    p.add_argument("--context", type=int, default=None,
+                   help="real frames given (default: the model's context frames - 1, all it attends to)")
     p.add_argument("--frames", type=int, default=16, help="frames generated")
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--seed", type=int, default=0)
@@ -212,7 +213,8 @@ def cmd_generate(args: argparse.Namespace) -> list[dict]:
     for folder in _val_folders(args):
         segments, _ = read_segments(folder)
         out = os.path.join(args.output, os.path.basename(os.path.normpath(folder)))
-        written += futures(model, codec, segments, out, args.context, args.frames, args.temperature, args.seed,
+        context = args.context or model.config.context_frames - 1
+        written += futures(model, codec, segments, out, context, args.frames, args.temperature, args.seed,
                            args.fps)
     for w in written:
         print(w["png"])

@@ -59,7 +59,8 @@ def read_segments(shards: str | list[str]) -> tuple[list[Segment], TokenFormat]:
 
 
 def _format(shards, segments: list[Segment], model_id: str) -> TokenFormat:
-    from compressor.latents.shards import expand_urls, read_segments as raw_segments
+    from compressor.latents.find import expand_urls
+    from compressor.latents.shards import read_segments as raw_segments
 
     first = next(raw_segments(expand_urls(shards)[0]))["meta"]  # one segment's metadata says the layout
     num_tokens = segments[0].tokens.shape[1]
