@@ -24,7 +24,8 @@ def test_every_command_is_a_console_script():
     tools = os.path.join(REPO, "compressor", "tools")
     with_main = {f"compressor.tools.{name[:-3]}" for name in os.listdir(tools)
                  if name.endswith(".py") and "def main(" in open(os.path.join(tools, name)).read()}
-    assert with_main | {"train", "encode"} == modules
+    # compressor.worldmodel is a tool package of its own (its cli module): a consumer of the library, like tools/
+    assert with_main | {"train", "encode", "compressor.worldmodel.cli"} == modules
     for package_dir in ("codec", "data", "entropy", "latents", "training"):  # no command lines anywhere else
         folder = os.path.join(REPO, "compressor", package_dir)
         for name in os.listdir(folder):
