@@ -111,6 +111,7 @@ def test_damaged_shard_raises_or_is_skipped_and_counted(tmp_path):
 def _write_drifting_latents(folder, seed: int) -> None:
     """Latents where each frame repeats the previous one with 10% of tokens changed: context pays off."""
     rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
     with wds.TarWriter(str(folder / "latents-000000.tar")) as tar:
         for s in range(8):
             frames = [rng.integers(0, 64, 128)]

@@ -38,8 +38,8 @@ def _model_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--dropout", type=float, default=0.1)
-    ap.add_argument("--copy-hint", action=argparse.BooleanOptionalAction, default=True,
-                    help="embed the previous frame's token at the predicted position")
+    ap.add_argument("--no-copy-hint", dest="copy_hint", action="store_false",
+                    help="do not embed the previous frame's token at the predicted position (commaVQ's plain GPT)")
 
 
 def _train_args(ap: argparse.ArgumentParser) -> None:
