@@ -6,7 +6,7 @@
 - ``sync``: wait for a CUDA device, for timings taken by hand (decode/encode splits).
 - ``rss_mb`` / ``peak_rss_mb``: resident and high-water memory of this process (and its children).
 - ``run_isolated``: each case in a fresh process, so memory peaks and compiled graphs never mix.
-- ``device_name``: the device in words, for report headers.
+- ``device_name`` / ``cpu_flags``: the device in words and the CPU's fast-path flags, for report headers.
 - ``write_report``: ``NAME.json`` and ``NAME.md``, each written atomically.
 """
 
@@ -76,17 +76,29 @@ def run_isolated(fn: Callable[..., dict], cases: list[dict], threads: int,
     return rows
 
 
+def cpu_flags() -> dict:
+    """The CPU's model name and the flags that decide its fast paths (from ``/proc/cpuinfo``, as ``lscpu``)."""
+    info = {"model": None, "flags": []}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and info["model"] is None:
+                    info["model"] = value.strip()
+                elif key.strip() == "flags":
+                    info["flags"] = sorted(set(value.split()) & {"avx2", "avx512f", "avx512_bf16", "amx_bf16",
+                                                                "amx_tile", "avx512_fp16", "avx_vnni"})
+                    break
+    except OSError:
+        pass
+    return info
+
+
 def device_name(device: str, threads: int, precision: str | None = None) -> str:
     """The device in words, with the precision measured in (default: bf16 on CUDA, float32 on the CPU)."""
     if device.startswith("cuda"):
         return f"{torch.cuda.get_device_name(device)} ({precision or 'bf16'})"
-    model = "CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model}, {threads} threads ({precision or 'float32'})"
+    return f"{cpu_flags()['model'] or 'CPU'}, {threads} threads ({precision or 'float32'})"
 
 
 def write_report(output: str, name: str, result: dict, markdown: str) -> list[str]:

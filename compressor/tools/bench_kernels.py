@@ -13,10 +13,10 @@ import os
 import torch
 import torch.nn.functional as F
 
-from compressor.benchmark import device_name, seconds_per_call, write_report
+from compressor.benchmark import cpu_flags, device_name, seconds_per_call, write_report
 from compressor.codec.layers import matmul_attention
 from compressor.metrics import ms_ssim_unit
-from compressor.tools.bench_train import cpu_flags, model_from_config
+from compressor.tools.bench_train import model_from_config
 from compressor.training.losses import compiled_ms_ssim
 
 

@@ -22,7 +22,8 @@ import os
 
 import torch
 
-from compressor.benchmark import device_name, peak_rss_mb, rss_mb, run_isolated, seconds_per_call, write_report
+from compressor.benchmark import (cpu_flags, device_name, peak_rss_mb, rss_mb, run_isolated, seconds_per_call,
+                                  write_report)
 from compressor.training.cli import CONFIGS, autoencoder_from, resolve
 from compressor.codec.layers import set_attention_kernel
 from compressor.tools.step_timer import fit_step_rate, loader_images_per_s
@@ -102,24 +103,6 @@ def run_all(device: str, batch: int, encode_batches, threads: int, compile_model
     return {"device": device_name(device, threads, "/".join(sorted(ceilings))), "cpu": cpu_flags(),
             "ceilings_tflops": {p: c / 1e12 for p, c in ceilings.items()}, "batch": batch, "compile": compile_model,
             "shards": shards, "steps": steps, "warmup": warmup, "loader_images_per_s": loader, "rows": rows}
-
-
-def cpu_flags() -> dict:
-    """The CPU's model name and the flags that decide its fast paths (from ``/proc/cpuinfo``, as ``lscpu``)."""
-    info = {"model": None, "flags": []}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and info["model"] is None:
-                    info["model"] = value.strip()
-                elif key.strip() == "flags":
-                    info["flags"] = sorted(set(value.split()) & {"avx2", "avx512f", "avx512_bf16", "amx_bf16",
-                                                                "amx_tile", "avx512_fp16", "avx_vnni"})
-                    break
-    except OSError:
-        pass
-    return info
 
 
 def to_markdown(result: dict) -> str:
