@@ -68,7 +68,10 @@ def small_model(head: str = "full", codebook: int = 15360, radices=(8, 8, 8, 6, 
     return WorldModel(WorldModelConfig(codebook, 128, list(radices), frames, 32, 1, 2, 0.0, head)).eval()
 
 
-@pytest.mark.parametrize("head", ["full", "digits"])
+HEADS = ["full", "digits", "ar-digits"]
+
+
+@pytest.mark.parametrize("head", HEADS)
 def test_loss_is_only_on_tokens_with_a_past(head):
     model = small_model(head)
     window = torch.randint(0, 15360, (2, 3, 128))
@@ -84,9 +87,12 @@ def test_loss_is_only_on_tokens_with_a_past(head):
     assert torch.allclose(model.window_log_probs(changed)[:, 0], out[:, 0], atol=1e-5)
 
 
-@pytest.mark.parametrize("head", ["full", "digits"])
+@pytest.mark.parametrize("head", HEADS)
 def test_heads_are_distributions_over_the_codebook(head):
     model = small_model(head)
+    with torch.no_grad():  # far from the near-uniform initialisation, so the digits interact
+        for p in model.head.parameters():
+            p.normal_(0, 0.5)
     h = torch.randn(3, 32)
     full = model.head.full_log_probs(h)  # (3, 15360)
     assert full.shape == (3, 15360)
@@ -96,7 +102,35 @@ def test_heads_are_distributions_over_the_codebook(head):
     assert torch.equal(model.head.argmax(h), full.argmax(-1))
 
 
-@pytest.mark.parametrize("head", ["full", "digits"])
+def test_ar_digit_head_conditions_each_digit_on_the_digits_before_it():
+    model = small_model("ar-digits")
+    with torch.no_grad():
+        for p in model.head.parameters():
+            p.normal_(0, 0.5)
+    h = torch.randn(2, 32)
+    full = model.head.full_log_probs(h).view(2, 5, 6, 8, 8, 8)  # (digit 4, 3, 2, 1, 0): most significant first
+    # p(d_1 | d_0) is not the same for every d_0, unlike the independent digits head's.
+    p_d1_given_d0 = full.logsumexp((1, 2, 3)).exp()  # (2, d1, d0), joint of the two least significant digits
+    cond = p_d1_given_d0 / p_d1_given_d0.sum(1, keepdim=True)
+    assert (cond - cond[..., :1]).abs().max() > 1e-3
+    tokens = torch.randint(0, 15360, (2, 7))
+    h = torch.randn(2, 7, 32)
+    assert torch.allclose(model.head.log_probs(h, tokens),
+                          model.head.full_log_probs(h).gather(-1, tokens[..., None])[..., 0], atol=1e-4)
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_attention_kernels_agree(head):
+    from compressor.codec.layers import set_attention_kernel
+
+    model = small_model(head)
+    window = torch.randint(0, 15360, (2, 3, 128))
+    sdpa = model.window_log_probs(window)
+    assert set_attention_kernel(model, "matmul") == 1
+    assert torch.allclose(model.window_log_probs(window), sdpa, atol=1e-4)
+
+
+@pytest.mark.parametrize("head", HEADS)
 def test_cached_greedy_frame_equals_the_teacher_forced_argmax(head):
     model = small_model(head)
     past = torch.randint(0, 15360, (2, 2, 128))
@@ -105,8 +139,9 @@ def test_cached_greedy_frame_equals_the_teacher_forced_argmax(head):
     assert torch.equal(model.window_argmax(window)[:, -1], nxt)
 
 
-def test_generation_is_reproducible_under_a_seed():
-    model = small_model("digits", frames=4)
+@pytest.mark.parametrize("head", HEADS)
+def test_generation_is_reproducible_under_a_seed(head):
+    model = small_model(head, frames=4)
     context = torch.randint(0, 15360, (3, 128))
     a = sample_future(model, context, 2, temperature=1.0, seed=5)
     assert torch.equal(a, sample_future(model, context, 2, temperature=1.0, seed=5))
@@ -143,6 +178,42 @@ def test_train_score_and_futures_on_generated_latents(latents, tmp_path):
     assert set(next(iter(pixels.values()))) == {1, 2} and all(p[1]["n"] > 0 for p in pixels.values())
     written = futures(model, codec, segments, str(tmp_path / "futures"), context=2, frames=3, temperature=1.0)
     assert len(written) == 2 and all(os.path.getsize(w["png"]) and os.path.getsize(w["mp4"]) for w in written)
+
+
+@pytest.mark.slow
+def test_train_resumes_from_the_last_checkpoint(latents, tmp_path):
+    run = tmp_path / "run"
+    last = run / "checkpoints" / "last.ckpt"
+    args = ["train", "--train", str(latents / "train"), "--output", str(run), "--val-every", "3", *SMALL,
+            "--head", "ar-digits", "--attention", "matmul", "--warmup-steps", "2", "--lr", "1e-3"]
+    first = main([*args, "--max-steps", "4"])
+    assert first["steps"] == 4 and first["resumed_from"] is None and last.exists()
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 4 and ckpt["schedule_progress"] == 1.0  # the cosine ended at max_steps
+    second = main([*args, "--max-steps", "7", "--max-minutes", "5"])
+    assert second["steps"] == 7 and second["resumed_from"] == str(last)  # global_step went on from 4
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 7
+    # The schedule went on from where it was (its floor, 10% of the peak), not back up the cosine by steps.
+    assert ckpt["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(1e-4)
+    model, _, _ = load(str(run / "world_model.pt"))
+    assert model.config.head == "ar-digits"
+    assert main([*args, "--max-steps", "2", "--no-resume"])["resumed_from"] is None
+
+
+def test_a_resumed_schedule_goes_on_from_its_progress():
+    import time
+
+    from compressor.worldmodel.module import WorldModelModule
+
+    config = dict(codebook_size=64, num_tokens=128, radices=[8, 8], context_frames=2, dim=16, depth=1, heads=2)
+    m = WorldModelModule(config, warmup_steps=10, max_steps=110, max_minutes=10)
+    m._started = time.monotonic()
+    assert m.progress(60) == pytest.approx(0.5)  # by steps, the clock barely started
+    m.on_load_checkpoint({"schedule_progress": 0.8})  # resumed at 80%: the next 10 minutes take it to 1
+    assert m.progress(60) == pytest.approx(0.8, abs=1e-3)
+    m._started -= 300  # 5 of this invocation's 10 minutes gone
+    assert m.progress(60) == pytest.approx(0.9, abs=1e-3)
 
 
 @pytest.mark.slow

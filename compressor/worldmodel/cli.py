@@ -8,6 +8,8 @@
     compressor-world-model probe --input ../shared/latents/recipe-48k --output reports/world-model/probe
 
 A ``--config`` YAML sets any option by its name (``head: digits``, ``max_steps: 3000``); the command line wins.
+``train`` into an ``--output`` holding ``checkpoints/last.ckpt`` resumes that run (``--no-resume``: start afresh);
+``--max-minutes`` counts from the invocation (compressor/worldmodel/module.py says how the schedule continues).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import fields
 
 import torch
 
+from compressor.codec.layers import ATTENTION_KERNELS
 from compressor.worldmodel.data import read_segments, repeat_share, split_holdout, unigram_counts
 from compressor.worldmodel.model import HEADS, WorldModelConfig
 
@@ -32,7 +35,9 @@ PROBE = {"dim": 128, "depth": 2, "heads": 4, "context_frames": 4, "dropout": 0.1
 
 def _model_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--head", choices=sorted(HEADS), default="full",
-                    help="full softmax over the codebook, or digits: one independent softmax per FSQ digit")
+                    help="full softmax over the codebook; digits: one independent softmax per FSQ digit; "
+                         "ar-digits: the digits one after another, each given those before (exact, cheap)")
+    ap.add_argument("--digit-hidden", type=int, default=128, help="the ar-digits head's hidden width")
     ap.add_argument("--context-frames", type=int, default=4, help="T: frames per window (the first is context only)")
     ap.add_argument("--dim", type=int, default=256)
     ap.add_argument("--depth", type=int, default=4)
@@ -56,6 +61,13 @@ def _train_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--precision", default="32-true", help="32-true or bf16-mixed (measure: see docs/world-model.md)")
     ap.add_argument("--stride", type=int, default=1, help="frames between training window starts")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--attention", choices=ATTENTION_KERNELS, default="sdpa",
+                    help="attention kernel (speed only; matmul is faster in bf16 on AMX CPUs: "
+                         "reports/world-model/bench-step.md)")
+    ap.add_argument("--checkpoint-minutes", type=float, default=3.0,
+                    help="wall minutes between saves of OUTPUT/checkpoints/last.ckpt")
+    ap.add_argument("--no-resume", dest="resume", action="store_false",
+                    help="start afresh even where OUTPUT holds checkpoints/last.ckpt (default: resume from it)")
 
 
 def _val_args(ap: argparse.ArgumentParser) -> None:
@@ -139,7 +151,8 @@ def cmd_train(args: argparse.Namespace) -> dict:
     _, facts = train(fit, holdout, fmt, config, args.output, max_steps=args.max_steps, max_minutes=args.max_minutes,
                      batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                      warmup_steps=args.warmup_steps, val_every=args.val_every, patience=args.patience,
-                     precision=args.precision, seed=args.seed, stride=args.stride)
+                     precision=args.precision, seed=args.seed, stride=args.stride, attention=args.attention,
+                     checkpoint_minutes=args.checkpoint_minutes, resume=args.resume)
     facts["seconds"] = time.perf_counter() - t0
     facts["steps_per_s"] = facts["steps"] / facts["seconds"]
     print(f"trained {facts['steps']} steps in {facts['seconds']:.0f} s ({facts['steps_per_s']:.2f} steps/s); "
@@ -236,7 +249,7 @@ def cmd_probe(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     model, facts = train(fit, holdout, fmt, config, os.path.join(args.output, "run"), max_steps=args.max_steps,
                          batch_size=PROBE["batch_size"], lr=PROBE["lr"], warmup_steps=PROBE["warmup_steps"],
-                         val_every=PROBE["val_every"], patience=10**6)
+                         val_every=PROBE["val_every"], patience=10**6, resume=False)
     facts["seconds"] = time.perf_counter() - t0
     return score_sets(model, fmt, train_folders, val, args.output, None, not args.no_adaptive,
                       extra={"probe": {**PROBE, "max_steps": args.max_steps}, "training": facts})

@@ -7,11 +7,14 @@ repeat the previous frame's, and on a 40-minute CPU budget a model should not sp
 exactly N positions back. The hint is causal (token i+1-N lies before i+1), so nothing is seen that the coder would
 not have.
 
-Two heads:
+Three heads:
 - ``FullHead``: one softmax over the codebook (15,360 logits).
 - ``DigitHead`` (factorised): one softmax per FSQ digit (8+8+8+6+5 = 35 logits), the digits predicted
   *independently* given the transformer state: log p(token) = sum of the digits' log-probs. This is a proper
   distribution over the codebook (it sums to 1 there; tests/test_world_model.py checks it).
+- ``ARDigitHead`` (``ar-digits``): the digits predicted one after another, each given the state and the exact
+  prefix of the digits before it: exact like the full softmax (no independence loss), about as cheap in training as
+  the digits head.
 
 Attention keeps a key/value cache for generation (``forward(..., cache=...)``), so sampling a frame costs one pass
 over the context and then N one-token steps.
@@ -26,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from compressor.codec.layers import Attention, matmul_attention
 from compressor.codec.packing import from_digits, to_digits
 
 
@@ -39,7 +43,8 @@ class WorldModelConfig:
     depth: int = 4
     heads: int = 8
     dropout: float = 0.1  # 14k frames is little data for millions of parameters: it memorises without it
-    head: str = "full"  # "full" softmax over the codebook or "digits" (factorised FSQ head)
+    head: str = "full"  # "full" softmax over the codebook, "digits" (independent FSQ digits) or "ar-digits"
+    digit_hidden: int = 128  # the ar-digits head's hidden width
     copy_hint: bool = True  # add the previous frame's token at the predicted position to each input
 
     @property
@@ -50,16 +55,18 @@ class WorldModelConfig:
         return asdict(self)
 
 
-class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention with an optional key/value cache (a list holding (k, v) or nothing)."""
+class CausalSelfAttention(Attention):
+    """Multi-head causal self-attention with an optional key/value cache (a list holding (k, v) or nothing).
+
+    A ``compressor.codec.layers.Attention`` (the same ``qkv``/``proj`` weights), so ``set_attention_kernel`` picks
+    how a whole window is attended: ``"sdpa"`` (PyTorch's fused kernel, with attention dropout) or ``"matmul"``
+    (two batched matmuls and a float32 softmax: no dropout on the attention weights, but on this AMX CPU in bf16
+    much faster, reports/world-model/bench-step.md). Cached steps (generation) always use SDPA.
+    """
 
     def __init__(self, dim: int, heads: int, dropout: float):
-        super().__init__()
-        if dim % heads:
-            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
-        self.heads, self.dropout = heads, dropout
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
+        super().__init__(dim, heads)
+        self.dropout = dropout
 
     def forward(self, x: Tensor, cache: list | None = None) -> Tensor:
         B, L, D = x.shape
@@ -71,8 +78,12 @@ class CausalSelfAttention(nn.Module):
             else:
                 cache.append((k, v))
         past = k.shape[2] - L
-        if past == 0:
+        if past == 0 and self.kernel == "matmul":
+            y = matmul_attention(q, k, v, causal=True)
+        elif past == 0:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0)
+        elif L == 1:  # one new query sees every key
+            y = F.scaled_dot_product_attention(q, k, v)
         else:  # query j (absolute past + j) sees keys <= past + j
             mask = torch.ones(L, k.shape[2], dtype=torch.bool, device=x.device).tril(past)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
@@ -151,7 +162,75 @@ class DigitHead(nn.Module):
         return sum(lp[..., digits[:, c]] for c, lp in enumerate(self._digit_log_probs(h)))  # (..., V)
 
 
-HEADS = {"full": FullHead, "digits": DigitHead}
+class ARDigitHead(nn.Module):
+    """Autoregressive FSQ-digit head: p(token) = prod_c p(d_c | h, d_0..d_{c-1}), exact (no independence between
+    digits), at a fraction of the full softmax's cost.
+
+    Digit c (least significant first) sees the transformer state and the exact *prefix* of the digits before it
+    (the value d_0 + r_0 d_1 + ..., one learned embedding per prefix: 1 + 8 + 64 + 512 + 3,072 rows for the
+    recipe's levels): hidden_c = GELU(W_c h + E_c[prefix_c]), logits_c = U_c hidden_c + b_c (r_c levels). In
+    training each digit is conditioned on the true digits before it (teacher forcing), so a token costs one
+    ``dim x C*hidden`` matmul and C small softmaxes instead of ``dim x codebook``. The product of the conditionals
+    is a normalised distribution over the codebook (a test sums it); ``full_log_probs`` enumerates it prefix by
+    prefix (about 3,657 hidden vectors a state), which argmax and sampling use, so both are exact.
+    """
+
+    def __init__(self, dim: int, codebook_size: int, radices: list[int], hidden: int = 128):
+        super().__init__()
+        if math.prod(radices) != codebook_size:
+            raise ValueError(f"radices {radices} multiply to {math.prod(radices)}, not the codebook {codebook_size}")
+        self.radices, self.hidden = list(radices), hidden
+        C, R = len(radices), max(radices)
+        basis = [math.prod(radices[:c]) for c in range(C)]  # place values: prefix_c = token mod basis[c]
+        self.basis_list = basis
+        self.register_buffer("basis", torch.tensor(basis), persistent=False)
+        self.register_buffer("offset", torch.tensor([sum(basis[:c]) for c in range(C)]), persistent=False)
+        self.register_buffer("valid", torch.arange(R)[None] < torch.tensor(radices)[:, None], persistent=False)
+        self.inp = nn.Linear(dim, C * hidden)
+        self.prefix = nn.Embedding(sum(basis), hidden)
+        self.out = nn.Parameter(torch.randn(C, R, hidden) * 0.02)  # (C, R, H), levels >= r_c masked
+        self.out_bias = nn.Parameter(torch.zeros(C, R))
+
+    def log_probs(self, h: Tensor, tokens: Tensor) -> Tensor:
+        C, H = len(self.radices), self.hidden
+        a = self.inp(h).unflatten(-1, (C, H))  # (..., C, H)
+        prefix = tokens.unsqueeze(-1) % self.basis + self.offset  # (..., C): rows of the prefix embedding
+        z = F.gelu(a + self.prefix(prefix).to(a.dtype))
+        logits = torch.einsum("...ch,crh->...cr", z, self.out.to(z.dtype)) + self.out_bias.to(z.dtype)
+        logp = F.log_softmax(logits.float().masked_fill(~self.valid, float("-inf")), -1)  # (..., C, R)
+        digits = to_digits(tokens, self.radices)  # (..., C)
+        return logp.gather(-1, digits.unsqueeze(-1)).squeeze(-1).sum(-1)
+
+    def full_log_probs(self, h: Tensor) -> Tensor:
+        lead = h.shape[:-1]
+        C, H = len(self.radices), self.hidden
+        a = self.inp(h).reshape(-1, C, H)  # (M, C, H)
+        total = a.new_zeros(a.shape[0], 1, dtype=torch.float32)  # log p of each prefix so far: (M, basis_c)
+        for c, (r, b) in enumerate(zip(self.radices, self.basis_list)):
+            e = self.prefix.weight[self.offset_of(c) : self.offset_of(c) + b].to(a.dtype)  # (b, H)
+            z = F.gelu(a[:, c, None, :] + e)  # (M, b, H)
+            lp = F.log_softmax((z @ self.out[c, :r].to(z.dtype).T + self.out_bias[c, :r].to(z.dtype)).float(), -1)
+            total = (total[:, None, :] + lp.transpose(1, 2)).reshape(-1, b * r)  # new prefix = prefix + d * b
+        return total.view(*lead, -1)
+
+    def offset_of(self, c: int) -> int:
+        return sum(self.basis_list[:c])
+
+    def _chunks(self, h: Tensor, chunk: int = 64):
+        flat = h.reshape(-1, h.shape[-1])
+        return [self.full_log_probs(flat[i : i + chunk]) for i in range(0, len(flat), chunk)]
+
+    def argmax(self, h: Tensor) -> Tensor:
+        """The exact most likely token (the whole distribution enumerated, in chunks of states)."""
+        return torch.cat([lp.argmax(-1) for lp in self._chunks(h)]).view(h.shape[:-1])
+
+    def sample(self, h: Tensor, temperature: float, generator: torch.Generator | None) -> Tensor:
+        """A token from the joint distribution at ``temperature`` (as the full head samples), not per digit."""
+        probs = torch.cat([F.softmax(lp / temperature, -1) for lp in self._chunks(h)])
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1).view(h.shape[:-1])
+
+
+HEADS = {"full": FullHead, "digits": DigitHead, "ar-digits": ARDigitHead}
 
 
 class WorldModel(nn.Module):
@@ -174,7 +253,8 @@ class WorldModel(nn.Module):
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList([Block(c.dim, c.heads, c.dropout) for _ in range(c.depth)])
         self.norm = nn.LayerNorm(c.dim)
-        self.head = HEADS[c.head](c.dim, c.codebook_size, c.radices)
+        extra = {"hidden": c.digit_hidden} if c.head == "ar-digits" else {}
+        self.head = HEADS[c.head](c.dim, c.codebook_size, c.radices, **extra)
         self.apply(self._init)
 
     @staticmethod

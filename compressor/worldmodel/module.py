@@ -1,9 +1,18 @@
 """Training: a LightningModule over ``TokenWindows``, early stopping on windows of held-out train videos, and the
-checkpoint (``world_model.pt``: config, token format and weights) that scoring and generation load."""
+checkpoint (``world_model.pt``: config, token format and weights) that scoring and generation load.
+
+Resuming: ``train`` into an ``output`` that holds ``checkpoints/last.ckpt`` (written every ``checkpoint_minutes``,
+at each early-stopping check and when the run ends) continues that run (Lightning's ``ckpt_path``): weights,
+optimizer, step count, the best held-out checkpoint and early stopping's patience. ``max_minutes`` counts from this
+invocation, and the learning rate continues where it was: no new warm-up (the step count is past it) and the cosine
+goes on from the progress the run had reached, to its floor at the end of this invocation's minutes (or at
+``max_steps``, whichever is first). ``max_steps`` counts all steps, those before the resume included.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import math
 import os
 import time
@@ -14,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from compressor.utils import atomic_write, cosine
 from compressor.worldmodel.data import Segment, TokenFormat, TokenWindows
+from compressor.codec.layers import set_attention_kernel
 from compressor.worldmodel.model import WorldModel, WorldModelConfig
 
 LN2 = math.log(2)
@@ -28,26 +38,42 @@ class WorldModelModule(pl.LightningModule):
         weight_decay: on matrices and embeddings only (not norms or biases).
         warmup_steps: linear warm-up, then cosine decay to 10% at ``max_steps``.
         max_steps: the schedule's length.
-        max_minutes: the run's wall-time limit, if any: the schedule ends at whichever limit comes first.
+        max_minutes: this invocation's wall-time limit, if any: the schedule ends at whichever limit comes first.
+        attention: the attention kernel (``compressor.codec.layers.ATTENTION_KERNELS``; speed only).
     """
 
     def __init__(self, config: dict, lr: float = 1e-3, weight_decay: float = 0.1, warmup_steps: int = 100,
-                 max_steps: int = 2000, max_minutes: float | None = None):
+                 max_steps: int = 2000, max_minutes: float | None = None, attention: str = "sdpa"):
         super().__init__()
         self.save_hyperparameters()
         self.model = WorldModel(WorldModelConfig(**config))
+        set_attention_kernel(self.model, attention)
         self._started: float | None = None
+        self._resumed_progress = 0.0  # the schedule's progress when this invocation resumed a run
 
     def on_train_start(self) -> None:
         self._started = time.monotonic()
 
-    def progress(self, step: int) -> float:
-        """How far through the run: by steps, or by wall time where ``max_minutes`` ends it sooner, so that a
-        time-limited run still ends its cosine decay (the same command fits a slower or faster machine)."""
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         hp = self.hparams
-        done = (step - hp.warmup_steps) / max(1, hp.max_steps - hp.warmup_steps)
+        if hp.max_minutes and self._started is not None and time.monotonic() - self._started > 60 * hp.max_minutes:
+            self.trainer.should_stop = True  # this invocation's clock (Lightning's max_time would count old runs')
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["schedule_progress"] = self.progress(self.global_step)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._resumed_progress = float(checkpoint.get("schedule_progress", 0.0))
+
+    def progress(self, step: int) -> float:
+        """How far through the cosine (0..1): by steps, or by wall time where ``max_minutes`` ends it sooner, so
+        that a time-limited run still ends its decay (the same command fits a slower or faster machine). A resumed
+        run goes on from the progress it had reached, to 1 at the end of this invocation's minutes."""
+        hp = self.hparams
+        done = max((step - hp.warmup_steps) / max(1, hp.max_steps - hp.warmup_steps), self._resumed_progress)
         if hp.max_minutes and self._started is not None:
-            done = max(done, (time.monotonic() - self._started) / (60 * hp.max_minutes))
+            clock = (time.monotonic() - self._started) / (60 * hp.max_minutes)
+            done = max(done, self._resumed_progress + (1 - self._resumed_progress) * clock)
         return min(1.0, done)
 
     def _common_step(self, window: torch.Tensor, stage: str) -> torch.Tensor:
@@ -99,9 +125,11 @@ def train(train_segments: list[Segment], holdout: list[Segment], fmt: TokenForma
           output: str, max_steps: int = 2000, max_minutes: float | None = None, batch_size: int = 8,
           lr: float = 1e-3, weight_decay: float = 0.1, warmup_steps: int = 100, val_every: int = 200,
           patience: int = 4, precision: str = "32-true", seed: int = 0, stride: int = 1,
-          num_workers: int = 0) -> tuple[WorldModel, dict]:
+          num_workers: int = 0, attention: str = "sdpa", checkpoint_minutes: float = 3.0,
+          resume: bool = True) -> tuple[WorldModel, dict]:
     """Fit on windows of ``train_segments``; keep the weights of the best val bits/token on ``holdout`` (early
-    stopping after ``patience`` checks without improvement), save them to ``output``/world_model.pt.
+    stopping after ``patience`` checks without improvement), save them to ``output``/world_model.pt. Resumes the
+    run in ``output`` where it has ``checkpoints/last.ckpt`` (the module's docstring says how).
 
     Args:
         train_segments: segments to cut training windows from (every start, shuffled).
@@ -121,30 +149,43 @@ def train(train_segments: list[Segment], holdout: list[Segment], fmt: TokenForma
         seed: the seed of weights and shuffles.
         stride: frames between training window starts.
         num_workers: DataLoader workers.
+        attention: the attention kernel ("sdpa" or "matmul": speed only, reports/world-model/bench-step.md).
+        checkpoint_minutes: wall minutes between saves of ``checkpoints/last.ckpt`` (what a kill loses).
+        resume: continue from ``checkpoints/last.ckpt`` when it exists.
     """
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
     pl.seed_everything(seed, workers=True)
-    module = WorldModelModule(config.to_dict(), lr, weight_decay, warmup_steps, max_steps, max_minutes)
+    module = WorldModelModule(config.to_dict(), lr, weight_decay, warmup_steps, max_steps, max_minutes, attention)
     train_dl = DataLoader(TokenWindows(train_segments, config.context_frames, stride), batch_size=batch_size,
                           shuffle=True, drop_last=True, num_workers=num_workers)
     val_ds = TokenWindows(holdout, config.context_frames, config.context_frames)
     val_dl = DataLoader(val_ds, batch_size=batch_size) if len(val_ds) else None
+    ckpt_dir = os.path.join(output, "checkpoints")
+    last = os.path.join(ckpt_dir, "last.ckpt")
     callbacks = []
     if val_dl is not None:
-        ckpt = ModelCheckpoint(dirpath=os.path.join(output, "checkpoints"), monitor="val/bits_per_token", mode="min",
-                               save_top_k=1, filename="best")
+        ckpt = ModelCheckpoint(dirpath=ckpt_dir, monitor="val/bits_per_token", mode="min", save_top_k=1,
+                               filename="best", save_last=True, enable_version_counter=False)
         callbacks += [ckpt, EarlyStopping("val/bits_per_token", patience=patience, mode="min")]
+    # Every few wall minutes: last.ckpt (no monitor: it only keeps the newest), so a kill loses little.
+    callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True, enable_version_counter=False,
+                                     train_time_interval=datetime.timedelta(minutes=checkpoint_minutes)))
+    resume_from = last if resume and os.path.exists(last) else None
     val_every = min(val_every, len(train_dl))
-    trainer = pl.Trainer(max_steps=max_steps, max_time={"minutes": max_minutes} if max_minutes else None,
-                         precision=precision, accelerator="cpu", callbacks=callbacks, default_root_dir=output,
+    trainer = pl.Trainer(max_steps=max_steps, precision=precision, accelerator="cpu", callbacks=callbacks,
+                         default_root_dir=output,
                          val_check_interval=val_every if val_dl is not None else None,
                          check_val_every_n_epoch=None if val_dl is not None else 1, log_every_n_steps=10,
                          logger=pl.loggers.CSVLogger(output, name="logs"), enable_progress_bar=False,
                          num_sanity_val_steps=0, limit_val_batches=1.0 if val_dl is not None else 0)
-    trainer.fit(module, train_dl, val_dl)
+    if resume_from:
+        print(f"resuming {resume_from}")
+    trainer.fit(module, train_dl, val_dl, ckpt_path=resume_from)
+    trainer.save_checkpoint(last)  # where the run ended (a time or early stop too), for the next resume
     facts = {"steps": trainer.global_step, "train_windows": len(train_dl.dataset), "holdout_windows": len(val_ds),
-             "holdout_sources": sorted({s.source for s in holdout}), "precision": precision}
+             "holdout_sources": sorted({s.source for s in holdout}), "precision": precision, "attention": attention,
+             "resumed_from": resume_from}
     if val_dl is not None and callbacks[0].best_model_path:
         best = WorldModelModule.load_from_checkpoint(callbacks[0].best_model_path, map_location="cpu")
         module = best
