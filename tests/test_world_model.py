@@ -156,13 +156,14 @@ def test_scoring_windows_score_every_frame_once():
 
 
 @pytest.mark.slow
-def test_train_score_and_futures_on_generated_latents(latents, tmp_path):
+@pytest.mark.parametrize("head", ["digits", "ar-digits"])
+def test_train_score_and_futures_on_generated_latents(latents, tmp_path, head):
     run = tmp_path / "run"
     facts = main(["train", "--train", str(latents / "train"), "--output", str(run), "--max-steps", "6",
-                  "--val-every", "3", *SMALL, "--head", "digits"])
+                  "--val-every", "3", *SMALL, "--head", head])
     assert facts["steps"] == 6 and facts["holdout_sources"]  # one video held out for early stopping
     model, fmt, _ = load(str(run / "world_model.pt"))
-    assert fmt.radices == [8, 8, 8, 6, 5] and fmt.model_id == MODEL_ID and model.config.head == "digits"
+    assert fmt.radices == [8, 8, 8, 6, 5] and fmt.model_id == MODEL_ID and model.config.head == head
     result = main(["score", "--checkpoint", str(run / "world_model.pt"), "--train", str(latents / "train"),
                    "--val", str(latents / "val"), str(latents / "val-new-cameras"), "--output", str(tmp_path / "rep")])
     assert [s["name"] for s in result["sets"]] == ["val", "val-new-cameras"]

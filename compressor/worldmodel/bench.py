@@ -1,5 +1,5 @@
 """Training-step time of the world model by head and attention kernel, measured in one run (``python -m
-compressor.worldmodel.bench``): writes ``bench-step.json`` and ``bench-step.md``.
+compressor.worldmodel bench``, ``compressor-world-model bench``): writes ``bench-step.json`` and ``bench-step.md``.
 
 Each configuration takes one optimizer step (forward, backward, AdamW) on a random batch of the reference shape
 under bf16 autocast (what ``--precision bf16-mixed`` runs); the configurations take turns, round after round, so a
@@ -13,7 +13,6 @@ thread spins waiting for a descheduled sibling).
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import statistics
@@ -43,17 +42,9 @@ def _step(model: WorldModel, opt: torch.optim.Optimizer, window: torch.Tensor,
     return time.process_time() - c0, time.perf_counter() - t0
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--context-frames", type=int, default=4)
-    ap.add_argument("--dim", type=int, default=256)
-    ap.add_argument("--depth", type=int, default=4)
-    ap.add_argument("--heads", type=int, default=8)
-    ap.add_argument("--rounds", type=int, default=3, help="timed steps per configuration (after one warm-up)")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--output", default="reports/world-model")
-    args = ap.parse_args(argv)
+def main(args) -> dict:
+    """``compressor-world-model bench``: ``args`` holds batch_size, context_frames, dim, depth, heads, rounds,
+    threads and output."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     window = torch.randint(0, 15360, (args.batch_size, args.context_frames, 128))
@@ -84,8 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append({"head": "(trunk only)" if trunk else head, "attention": kernel, "parameters": params,
                      "median_cpu_s": med, "min_cpu_s": min(ts), "median_wall_s": statistics.median(walls[key]),
                      "steps_timed": len(ts), "speedup_vs_full_sdpa": base / med})
-    result = {"command": "nice -n 5 python -m compressor.worldmodel.bench " + " ".join(sys.argv[1:] if argv is None
-                                                                                  else argv),
+    result = {"command": "nice -n 5 compressor-world-model " + " ".join(sys.argv[1:]),
               "shape": {"batch": args.batch_size, "frames": args.context_frames, "tokens": 128, "dim": args.dim,
                         "depth": args.depth, "heads": args.heads, "codebook": 15360},
               "precision": "bf16 autocast", "threads": args.threads,
@@ -108,6 +98,3 @@ def main(argv: list[str] | None = None) -> dict:
     write_report(args.output, "bench-step", result, md)
     return result
 
-
-if __name__ == "__main__":
-    main()

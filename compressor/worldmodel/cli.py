@@ -6,6 +6,7 @@
     compressor-world-model generate --checkpoint runs/world-model/world_model.pt \\
         --compressor ../shared/models/recipe-48k --output reports/world-model/futures
     compressor-world-model probe --input ../shared/latents/recipe-48k --output reports/world-model/probe
+    compressor-world-model bench --output reports/world-model
 
 A ``--config`` YAML sets any option by its name (``head: digits``, ``max_steps: 3000``); the command line wins.
 ``train`` into an ``--output`` holding ``checkpoints/last.ckpt`` resumes that run (``--no-resume``: start afresh);
@@ -110,6 +111,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--head", choices=sorted(HEADS), default="full")
     p.add_argument("--no-adaptive", action="store_true")
     p.add_argument("--output", default="reports/world-model/probe")
+    p = sub.add_parser("bench", help="training-step CPU time by head and attention kernel (bench-step.json/md)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--context-frames", type=int, default=4)
+    p.add_argument("--dim", type=int, default=256)
+    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=3, help="timed steps per configuration (after one warm-up)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--output", default="reports/world-model")
     return ap
 
 
@@ -258,4 +268,8 @@ def cmd_probe(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None):
     args = _parse(argv)
     torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
+    if args.command == "bench":
+        from compressor.worldmodel.bench import main as bench
+
+        return bench(args)
     return {"train": cmd_train, "score": cmd_score, "generate": cmd_generate, "probe": cmd_probe}[args.command](args)
