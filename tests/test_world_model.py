@@ -11,6 +11,7 @@ import webdataset as wds
 
 from compressor.latents.shards import make_sample
 from compressor.worldmodel import data, score
+from compressor.worldmodel import cli
 from compressor.worldmodel.cli import main
 from compressor.worldmodel.generate import futures, sample_future
 from compressor.worldmodel.model import WorldModel, WorldModelConfig
@@ -236,3 +237,15 @@ def test_probe_cli_writes_its_report(latents, tmp_path):
     assert report["probe"]["max_steps"] == 4 and report["training"]["steps"] == 4
     assert "adaptive coder" in report["sets"][0]["rows"]
     assert (tmp_path / "probe" / "report.md").read_text().startswith("# World model")
+
+
+def test_console_script_exits_zero_when_a_command_returns_its_result(monkeypatch, tmp_path):
+    """The console script's exit status: ``sys.exit(main())`` with main's result dict exits 1 after a good run."""
+    monkeypatch.setattr(cli, "cmd_probe", lambda args: {"bits_per_token": 1.0})
+    argv = ["probe", "--input", str(tmp_path), "--output", str(tmp_path / "probe")]
+    assert main(argv) == {"bits_per_token": 1.0}
+    with pytest.raises(SystemExit) as exit_:
+        import sys
+
+        sys.exit(cli.console(argv))
+    assert exit_.value.code == 0

@@ -266,6 +266,7 @@ def cmd_probe(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None):
+    """Run one command and return what it produced (facts, scores, files), for callers in Python."""
     args = _parse(argv)
     torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
     if args.command == "bench":
@@ -273,3 +274,10 @@ def main(argv: list[str] | None = None):
 
         return bench(args)
     return {"train": cmd_train, "score": cmd_score, "generate": cmd_generate, "probe": cmd_probe}[args.command](args)
+
+
+def console(argv: list[str] | None = None) -> int:
+    """The console script: exit status 0 on success (``sys.exit(main())`` would print a command's result dict to
+    stderr and exit 1)."""
+    main(argv)
+    return 0
