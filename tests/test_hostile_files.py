@@ -235,3 +235,26 @@ def test_legal_segments_that_cost_little_pay_for_their_decoding_and_round_trip(f
     assert prior.segment_work(tokens.numpy()) <= WORK_PER_BYTE * head["payload_bytes"] + WORK_FREE
     assert torch.equal(decode_segment(data), tokens)
 
+
+# ---- grids -----------------------------------------------------------------------------------------------------
+def test_a_video_codec_whose_conditional_part_has_another_grid_is_described_and_refused_for_entropy_coding(tmp_path):
+    """Conditional frames on 8-px cells beside 16-px intra frames: their samples' P layout is the conditional grid,
+    and entropy coding (one prior on one grid) is refused before any video is read, not mid-run."""
+    from compressor.codec.quantizers import FSQ
+    from compressor.codec.video import ConditionalCodec, VideoCodec
+    from compressor.entropy.adaptive import AdaptivePrior
+    from compressor.latents.pipeline import encode_videos
+    from tests.conftest import tiny_model
+
+    intra = tiny_model()
+    inter = ConditionalCodec(FSQ([8, 5, 5, 5]), image_size=tuple(intra.image_size), patch_size=8, enc_dim=32,
+                             enc_depth=1, enc_heads=2, dec_dim=32, dec_depth=1, dec_heads=2)
+    codec = VideoCodec(intra, inter, 4).eval()
+    assert inter.grid != tuple(intra.grid)
+    formats = codec.frame_formats()
+    assert formats["P"]["token_layout"] == "{}x{} row-major".format(*inter.grid)
+    assert formats["I"]["token_layout"] == "{}x{} row-major".format(*intra.grid)
+    prior = AdaptivePrior(codec.codebook_size, codec.grid)
+    with pytest.raises(ValueError, match="another grid"):
+        encode_videos(codec, [str(tmp_path / "no-videos-needed")], str(tmp_path / "out"), prior=prior)
+    assert not (tmp_path / "out").exists()
