@@ -370,19 +370,20 @@ class AdaptivePrior(Prior):
         batches = [(b, p) for _, b, p in self._decisions(frames)]
         # Version 4 pads a payload to what its decoding costs (work_budget): uniform bits pushed first, so that they
         # sit past the segment's last decision and are never decoded. Each adds one bit; a word more if rounding
-        # leaves it short.
+        # leaves it short. Ones: a zero pushed on the empty coder leaves its state at 0, costing nothing.
         need = self._padded_bytes(frames) if self.version >= 4 else 0
         pad = 0
         while True:
             coder = AnsCoder()
             if pad:
-                coder.encode_reverse(np.zeros(pad, np.int32), family, np.full(pad, 0.5))
+                coder.encode_reverse(np.ones(pad, np.int32), family, np.full(pad, 0.5))
             if batches:  # one call: encode_reverse pushes them so that decoding pops them in coding order
                 coder.encode_reverse(np.concatenate([b for b, _ in batches]).astype(np.int32), family,
                                      _probs(np.concatenate([p for _, p in batches])))
             payload = coder.get_compressed().astype("<u4").tobytes()
             if len(payload) >= need:
                 return payload
+            assert pad <= 8 * need + 256, "padding bits must each add a bit"
             pad += 8 * (need - len(payload)) if not pad else 32
 
     def _padded_bytes(self, frames: np.ndarray) -> int:

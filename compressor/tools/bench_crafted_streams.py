@@ -94,10 +94,10 @@ def crafted_cases(codebook: int, grid: tuple, first: torch.Tensor) -> dict[str, 
     for size in (256, 1024, 4096):
         payload = rng.integers(0, 1 << 32, size // 4, dtype=np.uint64).astype("<u4").tobytes()
         out[f"random {size}-byte payload, header claims the bound"] = sealed(data, payload, prior.max_frames(size))
-    one = first[:1].expand(400, -1).clone()
+    one = first[:1].expand(200, -1).clone()
     one[1::2, 0] = (one[1::2, 0] + 1) % codebook  # one token flickers: a frame that is never a repeat, cheap to code
-    out["legal: one token changes every frame (400 frames)"] = encode_segment(one, prior)
-    out["legal: static scene (6000 frames)"] = encode_segment(first[:1].expand(6000, -1).clone(), prior)
+    out["legal: one token changes every frame (200 frames)"] = encode_segment(one, prior)
+    out["legal: static scene (3000 frames)"] = encode_segment(first[:1].expand(3000, -1).clone(), prior)
     return out
 
 
