@@ -29,8 +29,8 @@ from compressor.entropy.stream import load_prior
 from compressor.utils import rank_world
 from compressor.latents.card import write_card
 from compressor.latents.pipeline import (DiskFullError, OutputLockedError, check_same_model, check_writable,
-                                         encode_videos, find_videos, lock_output, reporting_full_disk,
-                                         write_merged_manifest)
+                                         encode_videos, entropy_code_refusal, find_videos, lock_output,
+                                         reporting_full_disk, write_merged_manifest)
 from compressor.latents.shards import DamagedShardError
 
 
@@ -102,6 +102,8 @@ def main(argv=None) -> int:
         if prior.model_id != model_id(model):
             sys.exit(f"error: {prior_path} is a prior for model {prior.model_id}, not for {args.checkpoint} "
                      f"({model_id(model)})")
+    if prior is not None and prior.num_tokens != model.num_tokens:  # before any video is read, not mid-run
+        sys.exit(f"error: --entropy-code: {entropy_code_refusal(model, prior)}")
     try:
         find_videos(args.input)
     except FileNotFoundError as e:

@@ -128,3 +128,49 @@ def test_too_few_frames_for_one_batch_per_worker_is_a_clear_error(tmp_path):
     dm.setup("fit")
     with pytest.raises(ValueError, match="cannot fill one batch of 4 for each of 2 ranks x workers"):
         dm.train_dataloader()
+
+
+@pytest.mark.slow  # a real fit in a subprocess: a minute or more on a loaded CPU
+@pytest.mark.parametrize("devices", [1, 2])
+def test_sigterm_ends_a_fit_within_30_s_and_its_last_checkpoint_loads(tmp_path, devices):
+    """SIGTERM (what a scheduler sends first) to the fit's main process once its first checkpoint exists: the fit
+    (one process, or 2 CPU processes over gloo, to which Lightning forwards the signal) ends within 30 s with exit
+    code 143, and ``last.ckpt`` loads, through Lightning and through the codec API."""
+    import time
+
+    import compressor
+
+    shards = tmp_path / "shards"
+    write_frame_shards(shards, [16])
+    write_frame_shards(shards, [4], split="val", start=1000)
+    out = tmp_path / "run"
+    last = out / "ckpt" / "last.ckpt"
+    cmd = [*TRAIN, "--data.shards", str(shards), "--trainer.default_root_dir", str(out), "--trainer.max_steps",
+           "100000", "--trainer.devices", str(devices), "--trainer.strategy", "ddp" if devices > 1 else "auto",
+           "--data.num_workers", "0",
+           "--trainer.callbacks+=pytorch_lightning.callbacks.ModelCheckpoint",
+           f"--trainer.callbacks.dirpath={out / 'ckpt'}", "--trainer.callbacks.save_last=true",
+           "--trainer.callbacks.every_n_train_steps=1"]
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": REPO}
+    with open(tmp_path / "log.txt", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 600
+            while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert last.exists(), (tmp_path / "log.txt").read_text()[-3000:]
+            sent = time.monotonic()
+            os.kill(proc.pid, signal.SIGTERM)
+            code = proc.wait(timeout=60)
+            took = time.monotonic() - sent
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    text = (tmp_path / "log.txt").read_text()
+    assert took < 30 and code == 143, (took, code, text[-3000:])
+    assert "SIGTERM: saved" in text, text[-3000:]
+    step = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+    assert step >= 1
+    model = compressor.load(last)
+    assert model.encode(torch.randint(0, 256, (1, 3, 128, 256), dtype=torch.uint8)).shape == (1, 128)

@@ -19,7 +19,7 @@ from tests.test_entropy import GRID, MODEL_ID, _write_shard, moving_tokens
 CODEBOOKS = [1000, 1009, 1024, 15360, 16384]
 # zlib.crc32 of the segment in test_the_coded_bytes_are_pinned_to_the_version, by adaptive version (version 2 as
 # compressor bbbbd5e wrote it).
-PINNED_CRC = {2: 574601023, 3: 1396128932}
+PINNED_CRC = {2: 574601023, 3: 1396128932, 4: 3394134446}
 # zlib.crc32 of test_a_long_segment_codes_to_the_bytes_of_the_numpy_model's segment: version 2 as compressor 3c276c5
 # (the numpy model, before the compiled loops) wrote it; version 3 (the same loops, other mixer steps) pinned at its
 # introduction.
@@ -195,8 +195,9 @@ def test_the_coded_bytes_are_pinned_to_the_version():
     from compressor.entropy import adaptive
 
     tokens = moving_tokens(12, seed=11, change=0.2, codebook=1024)
-    assert adaptive.VERSION == 3
-    assert zlib.crc32(encode_segment(tokens, AdaptivePrior(1024, GRID, MODEL_ID))) == PINNED_CRC[3]
+    assert adaptive.VERSION == 4
+    assert zlib.crc32(encode_segment(tokens, AdaptivePrior(1024, GRID, MODEL_ID))) == PINNED_CRC[4]
+    assert zlib.crc32(encode_segment(tokens, AdaptivePrior(1024, GRID, MODEL_ID, version=3))) == PINNED_CRC[3]
 
 
 def test_version_2_segments_still_code_and_decode_to_their_bytes():

@@ -20,9 +20,9 @@ from compressor.latents.shards import make_sample, read_manifest
 from tests.test_hostile_names import write_shard
 
 
-def outcome(fn, seconds: float = 15) -> str:
-    """``fn()`` in a forked process with 1 GiB more address space than now: "ok", "hang", or the exception it
-    raised, as "Type: message"."""
+def outcome(fn, seconds: float = 15, cpu_seconds: int | None = None) -> str:
+    """``fn()`` in a forked process with 1 GiB more address space than now (and at most ``cpu_seconds`` of CPU, a
+    bound that holds however loaded the machine is): "ok", "hang", or the exception it raised, as "Type: message"."""
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
 
@@ -30,6 +30,10 @@ def outcome(fn, seconds: float = 15) -> str:
         with open("/proc/self/statm") as f:
             size = int(f.read().split()[0]) * resource.getpagesize()
         resource.setrlimit(resource.RLIMIT_AS, (size + (1 << 30),) * 2)
+        if cpu_seconds is not None:  # past it, SIGXCPU ends the process
+            used = resource.getrusage(resource.RUSAGE_SELF)
+            limit = int(used.ru_utime + used.ru_stime) + cpu_seconds
+            resource.setrlimit(resource.RLIMIT_CPU, (limit, limit + 1))
         try:
             fn()
             queue.put("ok")
@@ -134,3 +138,123 @@ def test_encode_refuses_rates_and_counts_that_mean_nothing(args, capsys):
     with pytest.raises(SystemExit) as e:
         encode_script()(["--checkpoint", "x.pt", "--input", "v", "--output", "o", *args])
     assert e.value.code == 2 and args[0] in capsys.readouterr().err
+
+
+# ---- crafted streams -------------------------------------------------------------------------------------------
+def crafted_adaptive(frames: int | None = None, version: int | None = None) -> bytes:
+    """A real adaptive segment (a frame, then a repeat: one frame alone would be stored packed) whose header claims
+    ``frames`` frames (its CRC recomputed): the rest decode from whatever is left of the payload, as crafted ones
+    would."""
+    from compressor.entropy.adaptive import VERSION, AdaptivePrior
+    from compressor.entropy.stream import encode_segment
+    from tests.stream_fuzz import moving_tokens, set_field
+
+    prior = AdaptivePrior(15360, (8, 16), version=version or VERSION)
+    data = encode_segment(moving_tokens(1, seed=1).expand(2, -1).clone(), prior)
+    return data if frames is None else set_field(data, "frames", frames)
+
+
+def bounded(fn) -> str:
+    """``fn()`` in a forked process held to 10 CPU-seconds (the old bound let a 1 KB segment cost 87 s), the
+    coder's compiled loops loaded first, in this process, so that their compilation is not counted."""
+    from compressor.entropy.stream import decode_segment
+
+    decode_segment(crafted_adaptive())
+    return outcome(fn, seconds=900, cpu_seconds=10)
+
+
+def payload_bound(data: bytes, version: int | None = None) -> int:
+    """The most frames the decoder's up-front check lets this segment's header claim."""
+    from compressor.entropy.adaptive import VERSION, AdaptivePrior
+    from compressor.entropy.stream import HEADER_BYTES
+
+    return AdaptivePrior(15360, (8, 16), version=version or VERSION).max_frames(len(data) - HEADER_BYTES)
+
+
+def test_a_header_claiming_hundreds_of_frames_a_payload_byte_is_refused_before_decoding():
+    """Repeat flags cost ~0.02 bits: the old bound let a 1 KB segment claim ~470,000 frames (87 s of CPU)."""
+    from compressor.entropy.stream import HEADER_BYTES, StreamError, decode_segment
+
+    data = crafted_adaptive()
+    claimed = 100 * (len(data) - HEADER_BYTES)  # 100 frames a payload byte: ~1/5 of what the old bound allowed
+    result = bounded(lambda: decode_segment(crafted_adaptive(claimed)))
+    assert result.startswith(StreamError.__name__) and "holds at most" in result, result
+
+
+@pytest.mark.parametrize("version", [None, 3, 1])  # the current version, and older ones a crafted header may name
+def test_decoding_a_crafted_segment_stops_at_the_first_frame_its_payload_cannot_pay_for(version):
+    """A header that claims as many frames as the up-front check allows: decoding stops early with StreamError
+    (the frames past the real one cost more than the payload pays for), not after every claimed frame."""
+    from compressor.entropy.stream import StreamError, decode_segment
+
+    data = crafted_adaptive(version=version)
+    result = bounded(lambda: decode_segment(crafted_adaptive(payload_bound(data, version), version)))
+    assert result.startswith(StreamError.__name__) and "checksum" not in result, result
+
+
+def test_a_crafted_sample_in_a_shard_costs_no_more_than_its_bytes(tmp_path):
+    """Through LatentDataset's read path: a ~300-byte coded sample claiming the most frames the old bound allowed."""
+    from compressor.entropy.adaptive import MIN_FRAME_BITS
+    from compressor.entropy.stream import HEADER_BYTES
+
+    data = crafted_adaptive()
+    claimed = int((64 + 8 * (len(data) - HEADER_BYTES)) / MIN_FRAME_BITS)
+    with wds.TarWriter(str(tmp_path / "latents-000000.tar"), mtime=0) as sink:
+        sink.write({"__key__": "a__0000", "json": json.dumps({"source": "a.mp4", "segment": 0}).encode(),
+                    "tokens.ctok": crafted_adaptive(claimed)})
+    result = bounded(lambda: list(LatentDataset(str(tmp_path), seq_len=2)))
+    assert "DamagedSampleError" in result and "holds at most" in result, result
+
+
+def test_adaptive_prior_arguments_whose_counts_would_overflow_are_refused_up_front():
+    from compressor.entropy.adaptive import MAX_TOKENS, AdaptivePrior
+
+    with pytest.raises(ValueError, match="at most"):
+        AdaptivePrior(65536, (255, 255))  # 65,025 positions: one frame wraps a uint16 count
+    with pytest.raises(ValueError, match="at most"):
+        AdaptivePrior(2, (129, 255))
+    assert AdaptivePrior(65536, (128, 255)).num_tokens <= MAX_TOKENS  # 32,640 positions still code
+
+
+@pytest.mark.parametrize("frames", ["static", "one token flickers"])
+def test_legal_segments_that_cost_little_pay_for_their_decoding_and_round_trip(frames):
+    """The version-4 encoder pads a payload that would pay for less decoding than it needs (near-static scenes), so
+    the decoder's budget never refuses a segment an encoder wrote."""
+    import torch
+
+    from compressor.entropy.adaptive import WORK_FREE, WORK_PER_BYTE, AdaptivePrior
+    from compressor.entropy.stream import decode_segment, encode_segment, read_header
+
+    prior = AdaptivePrior(64, (2, 4))
+    tokens = torch.arange(8)[None].repeat(600 if frames == "static" else 200, 1)
+    if frames != "static":
+        tokens[1::2, 0] = 9
+    data = encode_segment(tokens, prior)
+    head = read_header(data)
+    assert not head["stored"] and prior.segment_work(tokens.numpy()) > WORK_FREE  # past what no payload pays for
+    assert prior.segment_work(tokens.numpy()) <= WORK_PER_BYTE * head["payload_bytes"] + WORK_FREE
+    assert torch.equal(decode_segment(data), tokens)
+
+
+# ---- grids -----------------------------------------------------------------------------------------------------
+def test_a_video_codec_whose_conditional_part_has_another_grid_is_described_and_refused_for_entropy_coding(tmp_path):
+    """Conditional frames on 8-px cells beside 16-px intra frames: their samples' P layout is the conditional grid,
+    and entropy coding (one prior on one grid) is refused before any video is read, not mid-run."""
+    from compressor.codec.quantizers import FSQ
+    from compressor.codec.video import ConditionalCodec, VideoCodec
+    from compressor.entropy.adaptive import AdaptivePrior
+    from compressor.latents.pipeline import encode_videos
+    from tests.conftest import tiny_model
+
+    intra = tiny_model()
+    inter = ConditionalCodec(FSQ([8, 5, 5, 5]), image_size=tuple(intra.image_size), patch_size=8, enc_dim=32,
+                             enc_depth=1, enc_heads=2, dec_dim=32, dec_depth=1, dec_heads=2)
+    codec = VideoCodec(intra, inter, 4).eval()
+    assert inter.grid != tuple(intra.grid)
+    formats = codec.frame_formats()
+    assert formats["P"]["token_layout"] == "{}x{} row-major".format(*inter.grid)
+    assert formats["I"]["token_layout"] == "{}x{} row-major".format(*intra.grid)
+    prior = AdaptivePrior(codec.codebook_size, codec.grid)
+    with pytest.raises(ValueError, match="another grid"):
+        encode_videos(codec, [str(tmp_path / "no-videos-needed")], str(tmp_path / "out"), prior=prior)
+    assert not (tmp_path / "out").exists()

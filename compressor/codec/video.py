@@ -264,12 +264,12 @@ class VideoCodec(nn.Module, HubFolder, library_name="compressor",
 
     def frame_formats(self) -> dict[str, dict]:
         """Per frame type, ``I`` (intra) and ``P`` (conditional): tokens, their grid, codebook, bits and bytes."""
-        gh, gw = self.intra.grid
+        (gh, gw), (ih, iw) = self.intra.grid, self.inter.grid  # the conditional part may have another grid
         merged = f", a token per {self.inter.merge} adjacent cells across" if self.inter.merge > 1 else ""
         return {"I": {"num_tokens": self.intra.num_tokens, "token_layout": f"{gh}x{gw} row-major",
                       "codebook_size": self.intra.codebook_size, "bits_per_token": self.intra.bits_per_token,
                       "bytes_per_frame": self.intra.bytes_per_frame},
-                "P": {"num_tokens": self.inter.num_tokens, "token_layout": f"{gh}x{gw // self.inter.merge} "
+                "P": {"num_tokens": self.inter.num_tokens, "token_layout": f"{ih}x{iw // self.inter.merge} "
                       f"row-major{merged}", "codebook_size": self.inter.codebook_size,
                       "bits_per_token": self.inter.bits_per_token, "bytes_per_frame": self.inter.bytes_per_frame}}
 

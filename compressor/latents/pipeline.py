@@ -404,6 +404,18 @@ def remove_unrecorded(output: str, rank: int, world_size: int, recorded: dict) -
             os.remove(path)
 
 
+def entropy_code_refusal(model: Autoencoder | VideoCodec, prior: Prior) -> str:
+    """Why ``prior`` cannot code this model's segments: it codes rows of another width. (A video codec whose
+    conditional frames lie on another grid stores rows of its larger grid, which one prior's grid cannot hold.)"""
+    why = ""
+    if isinstance(model, VideoCodec) and model.inter.num_tokens != model.intra.num_tokens:
+        formats = model.frame_formats()
+        why = (f" (a video codec whose conditional frames lie on another grid: I frames {formats['I']['token_layout']},"
+               f" P frames {formats['P']['token_layout']}; entropy coding such clips is not supported)")
+    return (f"the {prior.kind} prior codes {prior.num_tokens} tokens a frame; this model stores {model.num_tokens}"
+            f"{why}")
+
+
 def encode_videos(model: Autoencoder | VideoCodec, inputs: list[str], output: str, *, segment_seconds: float = 60.0,
                   fps: float | None = None, batch_size: int = 32, num_workers: int = 2, maxcount: int = 64,
                   rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu",
@@ -420,6 +432,8 @@ def encode_videos(model: Autoencoder | VideoCodec, inputs: list[str], output: st
     With a ``prior``, each sample also carries its segment entropy-coded (``tokens.ctok``, see
     ``compressor.entropy``).
     """
+    if prior is not None and prior.num_tokens != model.num_tokens:
+        raise ValueError(entropy_code_refusal(model, prior))
     videos, root = find_videos(inputs)
     check_writable(output)
     recorded = read_manifest(output) or {"videos": {}, "shards": {}}

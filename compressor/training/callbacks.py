@@ -1,14 +1,20 @@
-"""Callbacks: the exported model and a reconstruction check at the end of fit; throughput and MFU during it."""
+"""Callbacks: the exported model and a reconstruction check at the end of fit; throughput and MFU during it; a
+checkpoint when a scheduler stops the fit with SIGTERM."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
 
 import pytorch_lightning as pl
 import torch
 import torchvision
+
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from compressor.metrics import frame_psnr, model_psnr
 from compressor.training.core import export
@@ -63,6 +69,65 @@ class ExportCallback(pl.Callback):
         print(f"saved {model_path}, {image_path} and {hub_dir}")
         print(f"PSNR {psnr:.2f} dB on {len(frames)} validation frames at {len(data) // len(frames)} bytes/frame "
               f"({model.num_tokens} tokens x {model.bits_per_token} bits)")
+
+
+class SigtermCheckpoint(pl.Callback):
+    """SIGTERM (what schedulers send before SIGKILL) ends a fit within ``grace_s`` seconds, its last checkpoint
+    loadable.
+
+    Lightning's own handler (its signal connector) only notes the signal (``trainer.received_sigterm``), forwards it to
+    the DDP processes it launched, and raises ``SIGTERMException`` on every rank at the end of the current training
+    step (rank 0's flag is broadcast). This callback then saves that step's checkpoint on every rank's behalf
+    (``trainer.save_checkpoint``, so under DDP all ranks take part) as ``last.ckpt`` beside the ``ModelCheckpoint``'s
+    (``--ckpt_path last`` resumes from it; ``<default_root_dir>/checkpoints`` without one), written to a temporary
+    name and renamed, so a SIGKILL while it is written leaves the previous one. The process exits with 143, as a
+    process killed by SIGTERM does, so that a scheduler does not take the run for finished. A step that never ends
+    (a collective that hangs: issue 39 saw a 2-process CPU fit hang at its first step and ignore SIGTERM) never
+    reaches that point: ``grace_s`` after the signal the process exits anyway, without a new checkpoint.
+
+    Args:
+        grace_s: seconds from SIGTERM to a forced exit.
+    """
+
+    EXIT_CODE = 128 + signal.SIGTERM
+
+    def __init__(self, grace_s: float = 25.0):
+        self.grace_s = grace_s
+        self._previous = None
+        self._timer: threading.Timer | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning registers its handler after on_fit_start and calls the one it finds there too: this one.
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum, frame) -> None:
+        if self._timer is None:
+            self._timer = threading.Timer(self.grace_s, os._exit, args=(self.EXIT_CODE,))
+            self._timer.daemon = True
+            self._timer.start()
+
+    def checkpoint_path(self, trainer: pl.Trainer) -> str:
+        for callback in trainer.checkpoint_callbacks:
+            if isinstance(callback, ModelCheckpoint) and callback.dirpath:
+                return os.path.join(callback.dirpath, "last.ckpt")
+        return os.path.join(trainer.default_root_dir, "checkpoints", "last.ckpt")
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, SIGTERMException):
+            return
+        path = self.checkpoint_path(trainer)
+        tmp = f"{path}.sigterm-tmp"
+        trainer.save_checkpoint(tmp)  # every rank: the strategy gathers what it needs, rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(tmp, path)
+            print(f"SIGTERM: saved {path} at step {trainer.global_step}", flush=True)
+        exception.code = self.EXIT_CODE
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
 
 
 def _take(loaders, n: int) -> torch.Tensor | None:

@@ -26,6 +26,7 @@ from pytorch_lightning.cli import LightningCLI
 from compressor.codec.autoencoder import Autoencoder, build_part
 from compressor.data.datamodule import FramesDataModule
 from compressor.training.module import CompressorModule
+from compressor.training.callbacks import SigtermCheckpoint
 from compressor.codec.layers import set_attention_kernel
 from compressor.training.perf import CPU_PATHS, fastest_cpu_path
 
@@ -64,7 +65,10 @@ class AutoPrecision:
             config.attention_kernel = kernel = kernel or "sdpa"  # and the kernel the fit runs with
         if kernel:
             set_attention_kernel(self.model, kernel)
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        if not any(isinstance(c, SigtermCheckpoint) for c in trainer.callbacks):  # every fit stops cleanly on SIGTERM
+            trainer.callbacks.append(SigtermCheckpoint())
+        return trainer
 
 
 class CompressorCLI(AutoPrecision, LightningCLI):

@@ -1,0 +1,153 @@
+"""Benchmark the adaptive coder's decoding cost per KB on crafted segments against real tokens (issue 39's target:
+crafted input within 10x the CPU per KB of real data).
+
+    python -m compressor.tools.bench_crafted_streams --input ../shared/latents/recipe-48k/val
+
+Real: segments of real tokens (the first ``--frames`` frames of each segment of ``--input``; a generated fixture
+of moving tokens when absent), coded and decoded. Crafted: a real two-frame segment whose header claims the most
+frames the decoder's up-front check allows (current and older versions), random payloads of a few sizes under such
+headers, and legal segments that cost the most decoding per byte (one token changing a frame; a static scene).
+CPU seconds (``time.process_time``) per KB of segment, header included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import struct
+import time
+import zlib
+
+import numpy as np
+import torch
+
+from compressor.benchmark import cpu_flags, write_report
+from compressor.entropy.adaptive import VERSION, AdaptivePrior, work_budget
+from compressor.entropy.stream import HEADER_BYTES, StreamError, decode_segment, encode_segment, read_header
+
+
+def real_segments(latents: str | None, frames: int, limit: int) -> tuple[list[torch.Tensor], int, tuple, str]:
+    """Up to ``limit`` segments of ``frames`` frames, the codebook, grid and where they came from."""
+    if latents and os.path.isdir(latents):
+        import glob
+
+        from compressor.latents import read_segments
+
+        out, codebook, grid = [], None, None
+        for shard in sorted(glob.glob(os.path.join(glob.escape(latents), "*.tar"))):
+            for segment in read_segments(shard):
+                meta = segment["meta"]
+                codebook = int(meta.get("codebook_size") or 0) or codebook
+                layout = str(meta.get("token_layout", ""))
+                if "x" in layout:
+                    grid = tuple(int(v) for v in layout.split()[0].split("x"))
+                if len(segment["tokens"]) >= frames:
+                    out.append(segment["tokens"][:frames].long())
+                if len(out) == limit:
+                    break
+            if len(out) == limit:
+                break
+        if out and codebook and grid:
+            return out, codebook, grid, f"{latents} (the first {frames} frames of {len(out)} segments)"
+    g = torch.Generator().manual_seed(0)  # moving tokens: ~45% of positions change a frame, as in recipe-48k val
+    segments = []
+    for s in range(limit):
+        tokens = [torch.randint(0, 15360, (128,), generator=g)]
+        for _ in range(frames - 1):
+            change = torch.rand(128, generator=g) < 0.45
+            tokens.append(torch.where(change, torch.randint(0, 15360, (128,), generator=g), tokens[-1]))
+        segments.append(torch.stack(tokens))
+    return segments, 15360, (8, 16), "generated moving tokens (45% change a frame)"
+
+
+def timed_decode(data: bytes) -> tuple[float, str]:
+    t0 = time.process_time()
+    try:
+        decode_segment(data)
+        result = "decoded"
+    except StreamError as e:
+        result = f"StreamError: {str(e)[:90]}"
+    return time.process_time() - t0, result
+
+
+def sealed(data: bytes, payload: bytes | None = None, frames: int | None = None) -> bytes:
+    """``data`` with another payload or frame count, its length and CRC fields made to match (as a crafter would)."""
+    payload = data[HEADER_BYTES:] if payload is None else payload
+    head = bytearray(data[:HEADER_BYTES])
+    struct.pack_into("<I", head, 32, len(payload))  # the header's fields: frames at 24, payload length at 32
+    if frames is not None:
+        struct.pack_into("<I", head, 24, frames)
+    head = bytes(head[: HEADER_BYTES - 4])
+    return head + struct.pack("<I", zlib.crc32(payload, zlib.crc32(head))) + payload
+
+
+def crafted_cases(codebook: int, grid: tuple, first: torch.Tensor) -> dict[str, bytes]:
+    rng = np.random.default_rng(0)
+    out = {}
+    for version in (VERSION, 3, 1):
+        prior = AdaptivePrior(codebook, grid, version=version)
+        data = encode_segment(first[:1].expand(2, -1).clone(), prior)  # (one frame alone is stored packed)
+        out[f"v{version}: one real frame and a repeat, header claims the bound"] = sealed(
+            data, frames=prior.max_frames(len(data) - HEADER_BYTES))
+    prior = AdaptivePrior(codebook, grid)
+    data = encode_segment(first[:1].expand(2, -1).clone(), prior)
+    for size in (256, 1024, 4096):
+        payload = rng.integers(0, 1 << 32, size // 4, dtype=np.uint64).astype("<u4").tobytes()
+        out[f"random {size}-byte payload, header claims the bound"] = sealed(data, payload, prior.max_frames(size))
+    one = first[:1].expand(200, -1).clone()
+    one[1::2, 0] = (one[1::2, 0] + 1) % codebook  # one token flickers: a frame that is never a repeat, cheap to code
+    out["legal: one token changes every frame (200 frames)"] = encode_segment(one, prior)
+    out["legal: static scene (3000 frames)"] = encode_segment(first[:1].expand(3000, -1).clone(), prior)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", default="../shared/latents/recipe-48k/val", help="a latents folder of real tokens")
+    parser.add_argument("--frames", type=int, default=40, help="frames per real segment")
+    parser.add_argument("--segments", type=int, default=4, help="real segments")
+    parser.add_argument("--output", default="reports/hostile")
+    parser.add_argument("--note", default="", help="how the machine was loaded while this ran")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    segments, codebook, grid, source = real_segments(args.input, args.frames, args.segments)
+    prior = AdaptivePrior(codebook, grid)
+    decode_segment(encode_segment(segments[0][:2], prior))  # compile the kernels before timing
+    real_bytes, real_s, used, paid = 0, 0.0, 0, 0
+    for tokens in segments:
+        data = encode_segment(tokens, prior)
+        assert not read_header(data)["stored"]
+        seconds, result = timed_decode(data)
+        assert result == "decoded", result
+        real_bytes, real_s = real_bytes + len(data), real_s + seconds
+        used += prior.segment_work(tokens.numpy())
+        paid += work_budget(read_header(data)["payload_bytes"])
+    real = real_s / (real_bytes / 1024)
+    rows = []
+    for name, data in crafted_cases(codebook, grid, segments[0]).items():
+        seconds, result = timed_decode(data)
+        per_kb = seconds / (len(data) / 1024)
+        rows.append({"case": name, "bytes": len(data), "frames_claimed": read_header(data)["num_frames"],
+                     "cpu_s": round(seconds, 4), "cpu_s_per_kb": round(per_kb, 4), "x_real": round(per_kb / real, 2),
+                     "result": result})
+    worst = max(r["x_real"] for r in rows)
+    result = {"real": {"source": source, "segments": len(segments), "frames": sum(len(s) for s in segments),
+                       "bytes": real_bytes, "cpu_s": round(real_s, 4), "cpu_s_per_kb": round(real, 4),
+                       "work_used": used, "work_paid": paid},
+              "crafted": rows, "worst_x_real": worst, "target_x_real": 10, "version": VERSION,
+              "cpu": cpu_flags().get("model"), "note": args.note}
+    lines = [f"# Decoding cost of crafted adaptive segments against real tokens (adaptive version {VERSION})", "",
+             f"Real: {len(segments)} segments, {result['real']['frames']} frames of {source}: "
+             f"{real_bytes} bytes, {real:.4f} CPU s/KB; their payloads pay for {paid} work units, decoding them uses "
+             f"{used} ({paid / max(used, 1):.1f}x). CPU: {result['cpu']}. {args.note}", "",
+             "| case | bytes | frames claimed | CPU s | CPU s/KB | x real | result |", "|---|---:|---:|---:|---:|---:|---|"]
+    lines += [f"| {r['case']} | {r['bytes']} | {r['frames_claimed']} | {r['cpu_s']} | {r['cpu_s_per_kb']} | "
+              f"{r['x_real']} | {r['result']} |" for r in rows]
+    lines += ["", f"Worst: {worst}x real per KB (target <= 10x).", ""]
+    for path in write_report(args.output, "bench-crafted-streams", result, "\n".join(lines)):
+        print(path)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
