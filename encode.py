@@ -22,7 +22,7 @@ import sys
 
 import torch
 
-from compressor.codec.autoencoder import model_id
+from compressor.codec.checkpoint import model_id
 from compressor.codec.video import MAX_GOP, VideoCodec, load_codec
 from compressor.entropy.adaptive import AdaptivePrior
 from compressor.entropy.stream import load_prior

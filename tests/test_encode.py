@@ -14,7 +14,7 @@ import webdataset as wds
 
 from compressor import load, preprocess
 from compressor.latents import read_segments
-from compressor.codec.autoencoder import model_id
+from compressor.codec.checkpoint import model_id
 from compressor.latents.pipeline import WRITE_STEPS, encode_videos, write_merged_manifest
 from compressor.data.synthetic import driving_clip
 from compressor.data.video import iter_frames

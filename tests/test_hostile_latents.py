@@ -21,7 +21,7 @@ from compressor import load, preprocess
 from compressor.data.synthetic import driving_clip
 from compressor.data.video import iter_frames
 from compressor.latents import DamagedShardError, LatentDataset, read_segments
-from compressor.codec.autoencoder import model_id
+from compressor.codec.checkpoint import model_id
 from compressor.latents.pipeline import OutputLockedError, encode_videos, lock_output, write_merged_manifest
 from compressor.tools.commavq import main as export_main
 from tests.conftest import tiny_model, write_video

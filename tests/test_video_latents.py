@@ -13,7 +13,8 @@ import torch
 import webdataset as wds
 
 import compressor
-from compressor.codec.autoencoder import Autoencoder, load, model_id
+from compressor.codec.autoencoder import Autoencoder, load
+from compressor.codec.checkpoint import model_id
 from compressor.codec.video import VideoCodec
 from compressor.data.synthetic import driving_clip
 from compressor.data.video import read_frames

@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 import os
 
-from compressor.codec.autoencoder import Autoencoder, model_id
+from compressor.codec.autoencoder import Autoencoder
+from compressor.codec.checkpoint import model_id
 from compressor.codec.video import VideoCodec
 from compressor.utils import atomic_write
 

@@ -38,7 +38,8 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
-from compressor.codec.autoencoder import Autoencoder, model_id
+from compressor.codec.autoencoder import Autoencoder
+from compressor.codec.checkpoint import model_id
 from compressor.codec.video import VideoCodec
 from compressor.entropy.priors import Prior
 from compressor.entropy.stream import encode_segment

@@ -44,7 +44,8 @@ def load_segments(shards, prior: Prior | None = None) -> list[dict]:
 def train(args) -> None:
     segments = load_segments(args.input)
     if args.checkpoint:
-        from compressor.codec.autoencoder import load, model_id
+        from compressor.codec.autoencoder import load
+        from compressor.codec.checkpoint import model_id
 
         model = load(args.checkpoint)
         levels = getattr(model.quantizer, "levels", None)

@@ -26,7 +26,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from compressor.codec.autoencoder import read_checkpoint
+from compressor.codec.checkpoint import read_checkpoint
 from compressor.codec.remember import REMEMBERING_FORMAT, load_remembering
 from compressor.codec.video import MAX_GOP, VideoCodec, load_video
 from compressor.data.video import read_frames
