@@ -28,10 +28,11 @@ from compressor.entropy.adaptive import AdaptivePrior
 from compressor.entropy.stream import load_prior
 from compressor.utils import rank_world
 from compressor.latents.card import write_card
-from compressor.latents.pipeline import (DiskFullError, OutputLockedError, check_same_model, check_writable,
-                                         encode_videos, find_videos, lock_output, reporting_full_disk,
-                                         write_merged_manifest)
-from compressor.latents.shards import DamagedShardError
+from compressor.latents.manifest import write_merged_manifest
+from compressor.latents.pipeline import check_same_model, encode_videos, find_videos
+from compressor.latents.samples import DamagedShardError
+from compressor.latents.writer import (DiskFullError, OutputLockedError, check_writable, lock_output,
+                                       reporting_full_disk)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -18,7 +18,7 @@ from compressor.codec.checkpoint import model_id
 from compressor.codec.packing import tokens_crc32
 from compressor.data.video import iter_frames, preprocess
 from compressor.latents.commavq import commavq_dtype
-from compressor.latents.shards import seal_meta
+from compressor.latents.samples import seal_meta
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--checkpoint", required=True)

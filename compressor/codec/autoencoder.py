@@ -24,7 +24,7 @@ from compressor.codec.checkpoint import (CHECKPOINT_FORMAT, build_part, check_ar
 from compressor.codec.encoders import grid_size
 from compressor.codec.hub import HubFolder, model_card
 from compressor.codec.packing import check_tokens, token_bits
-from compressor.utils import atomic_write
+from compressor.utils import atomic_write, to_unit
 
 
 # HubFolder gives save_pretrained / from_pretrained / push_to_hub (file layout, config.json, Hub download and upload,
@@ -95,7 +95,7 @@ class Autoencoder(nn.Module, HubFolder, library_name="compressor",
         at the cost of ``search_steps`` decoder forward and backward passes.
         """
         self._check_frames(frames)
-        x = frames.to(self.pre_quant.weight.device, torch.float32) / 127.5 - 1
+        x = to_unit(frames.to(self.pre_quant.weight.device))
         tokens = self.encode_to_codes(x)["tokens"]
         if search_steps > 0:
             tokens = self.search_tokens(x, tokens, search_steps, search_lr)

@@ -45,7 +45,7 @@ from compressor.codec.packing import pack, unpack
 from compressor.data.video import list_videos, open_video, read_frames, read_manifest
 from compressor.latents.groups import frame_types
 from compressor.benchmark import sync, write_report
-from compressor.utils import num_params, resolve_device, token_entropy_bits
+from compressor.utils import batched, num_params, resolve_device, token_entropy_bits
 
 RD_BUDGETS = (48, 64, 96, 128, 160, 224, 320, 448, 640, 896, 1280)
 
@@ -92,8 +92,8 @@ def evaluate_clip(model: Autoencoder | VideoCodec, path: str, batch_size: int = 
     """Per-clip metrics of one checkpoint on every frame, plus token counts for codebook statistics."""
     frames = read_frames(path, model.image_size)
     r = codec_roundtrip(model, frames, batch_size, search_steps)
-    psnr = _batched(frame_psnr, r["recon"], frames)
-    ssim = _batched(frame_ms_ssim, r["recon"], frames)
+    psnr = batched(frame_psnr, r["recon"], frames, size=64)
+    ssim = batched(frame_ms_ssim, r["recon"], frames, size=64)
     counts = torch.bincount(r["tokens"].flatten(), minlength=model.codebook_size).double()
     return {"clip": os.path.basename(path), "frames": len(frames), "psnr": psnr.mean().item(),
             "ms_ssim": ssim.mean().item(), "bytes_per_frame": r["bytes_per_frame"],
@@ -133,10 +133,6 @@ def device_info(device: torch.device) -> dict:
     return info
 
 
-def _batched(fn, recon: torch.Tensor, frames: torch.Tensor, size: int = 64) -> torch.Tensor:
-    return torch.cat([fn(recon[i : i + size], frames[i : i + size]) for i in range(0, len(frames), size)])
-
-
 # ---- comparison at matched bytes ---------------------------------------------------------------------------------
 class Scores:
     """Per-frame results of one method on the comparison frames, per clip."""
@@ -148,10 +144,10 @@ class Scores:
             setting: str = "") -> None:
         c = self.clips[clip]
         c["bytes"] += [float(b) for b in (nbytes if isinstance(nbytes, (list, tuple)) else [nbytes] * len(frames))]
-        c["psnr"] += _batched(frame_psnr, recon, frames).tolist()
-        c["ms_ssim"] += _batched(frame_ms_ssim, recon, frames).tolist()
+        c["psnr"] += batched(frame_psnr, recon, frames, size=64).tolist()
+        c["ms_ssim"] += batched(frame_ms_ssim, recon, frames, size=64).tolist()
         if lpips is not None:
-            c["lpips"] += _batched(lpips, recon, frames, 16).tolist()
+            c["lpips"] += batched(lpips, recon, frames, size=16).tolist()
         c["fits"] += list(fits) if isinstance(fits, (list, tuple)) else [bool(fits)] * len(frames)
         c["setting"] += list(setting) if isinstance(setting, (list, tuple)) else [setting] * len(frames)
 
