@@ -195,6 +195,117 @@ def check_same_model(output: str, model: Autoencoder | VideoCodec, recorded: dic
     return this_model
 
 
+class EncodeRun:
+    """One rank's encoding of its videos into an output folder: what is held between chunks, and where it goes.
+
+    A video's samples are held (256 bytes a frame) until the video ends, so a shard only ever holds whole videos even
+    when several decode workers interleave their videos; frames are never held beyond one batch. A finished video
+    goes to the open shard, and a full shard is closed and recorded in this rank's manifest (``flush_shard``).
+    """
+
+    def __init__(self, model: Autoencoder | VideoCodec, output: str, videos: list[str], root: str, manifest: dict,
+                 writer: ShardWriter, *, rank: int, device: str | torch.device, prior: Prior | None,
+                 step: Callable[[str], None], search_steps: int, progress: bool):
+        self.model, self.output, self.videos, self.root = model, output, videos, root
+        self.manifest, self.writer, self.device, self.prior, self.step = manifest, writer, device, prior, step
+        self.search_steps = search_steps
+        self.video = isinstance(model, VideoCodec)
+        self.manifest_path = os.path.join(output, f"manifest.rank-{rank}.json")
+        self.signatures = {p: file_signature(p) for p in videos}  # before decoding: a file changed meanwhile is retried
+        self.common = {"model_id": manifest["model_id"], "codebook_size": model.codebook_size,
+                       "num_tokens": model.num_tokens, "token_layout": f"{model.grid[0]}x{model.grid[1]} row-major"}
+        if self.video:  # bits and bytes differ by frame type: frame_formats says them
+            self.common.update(image_size=list(model.image_size), **video_fields(model, model.gop))
+        else:
+            self.common.update(bits_per_token=model.bits_per_token, bytes_per_frame=model.bytes_per_frame,
+                               image_size=list(model.image_size))
+        # Not for a video codec: the encoder's reference must be the float reconstruction the decoder computes.
+        self.use_bf16 = torch.device(device).type == "cuda" and not self.video
+        self.pending: list[str] = []  # videos whose samples sit in the open shard
+        self.video_samples: dict[int, list[dict]] = {}  # by video: its finished segments' samples
+        self.seg_tokens: dict[int, list[np.ndarray]] = {}  # by video: its open segment's tokens, a chunk an array
+        self.seg_meta: dict[int, dict] = {}  # by video: its open segment's frame indices and timestamps
+        self.failed: dict[int, str] = {}  # videos whose tokens the model refused: no samples, recorded as failed
+        self.frames, self.t0 = 0, time.perf_counter()
+        self.bar = tqdm(total=len(videos), unit="video", desc=f"encode[rank {rank}]", disable=not progress,
+                        file=sys.stderr)
+
+    def rel(self, path: str) -> str:
+        return os.path.relpath(path, self.root)
+
+    def tokens(self, frames: torch.Tensor) -> np.ndarray:
+        """uint8 (B, 3, H, W) -> uint16 (B, N): checked, int64 in [0, codebook_size) before the cast."""
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.use_bf16):
+            if self.video:  # whole groups from an intra frame: conditional frames zero-padded
+                return pad_frames(self.model.encode_clip(frames.to(self.device))[0], self.model.num_tokens)
+            tokens = self.model.encode(frames.to(self.device), search_steps=self.search_steps)
+            return tokens.cpu().numpy().astype(np.uint16)
+
+    def encode_chunk(self, chunk: Chunk) -> None:
+        v = chunk.video
+        if len(chunk.frames) and v not in self.failed:
+            try:
+                tokens = self.tokens(chunk.frames)
+            except ValueError as e:  # e.g. a diverged model's NaN: never cast into valid-looking tokens
+                self.failed[v] = f"{type(e).__name__}: {e}"
+                for held in (self.seg_tokens, self.seg_meta, self.video_samples):
+                    held.pop(v, None)
+            else:
+                self.seg_tokens.setdefault(v, []).append(tokens)
+                meta = self.seg_meta.setdefault(v, {"frame_indices": [], "timestamps": []})
+                meta["frame_indices"] += chunk.frame_indices
+                meta["timestamps"] += chunk.timestamps
+                self.frames += len(chunk.frames)
+                self.bar.set_postfix(fps=f"{self.frames / (time.perf_counter() - self.t0):.1f}", refresh=False)
+        if chunk.last_in_segment and self.seg_tokens.get(v):
+            self.close_segment(chunk)
+        if chunk.last_in_video:
+            self.close_video(chunk)
+
+    def close_segment(self, chunk: Chunk) -> None:
+        """The video's open segment becomes a sample, held until the video ends."""
+        meta = self.seg_meta.pop(chunk.video)
+        tokens = np.concatenate(self.seg_tokens.pop(chunk.video))
+        ctok, coded = None, {}
+        if self.prior is not None:
+            ctok = encode_segment(torch.from_numpy(tokens.astype(np.int64)), self.prior)
+            coded = {"entropy_coded": {"prior": self.prior.kind, "prior_id": self.prior.prior_id(), "bytes": len(ctok)}}
+        self.video_samples.setdefault(chunk.video, []).append(make_sample(tokens, {
+            "source": self.rel(self.videos[chunk.video]), "segment": chunk.segment,
+            "first_frame": meta["frame_indices"][0], "frame_indices": meta["frame_indices"],
+            "timestamps": meta["timestamps"], "fps": chunk.info["fps"], "source_fps": chunk.info["source_fps"],
+            "original_size": chunk.info["original_size"], **self.common, **coded,
+            **({"frame_types": frame_types(len(tokens), self.model.gop)} if self.video else {}),
+        }, ctok))
+
+    def close_video(self, chunk: Chunk) -> None:
+        """The video's samples go to the open shard, and the video into this rank's manifest when the shard closes."""
+        path, info = self.videos[chunk.video], {**chunk.info}
+        if chunk.video in self.failed:
+            info.update(status="failed", reason=self.failed.pop(chunk.video), frames=0)
+        for sample in self.video_samples.pop(chunk.video, []):
+            self.writer.write(sample)
+            self.step("sample_written")
+        self.manifest["videos"][self.rel(path)] = {**info, **self.signatures[path], "shard": None}
+        self.pending.append(path)
+        self.bar.update(1)
+        if self.writer.full():
+            self.flush_shard()
+
+    def flush_shard(self) -> None:
+        """Close the open shard (if any) and record it and its videos in this rank's manifest."""
+        closed = self.writer.close(self.step)
+        name = closed[0] if closed else None
+        if closed:
+            self.manifest["shards"][name] = closed[1]
+        for p in self.pending:
+            self.manifest["videos"][self.rel(p)]["shard"] = name
+        self.pending.clear()
+        with reporting_full_disk(self.manifest_path):
+            write_json(self.manifest_path, self.manifest)
+        self.step("manifest_written")
+
+
 def encode_videos(model: Autoencoder | VideoCodec, inputs: list[str], output: str, *, segment_seconds: float = 60.0,
                   fps: float | None = None, batch_size: int = 32, num_workers: int = 2, maxcount: int = 64,
                   rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu",
@@ -220,13 +331,12 @@ def encode_videos(model: Autoencoder | VideoCodec, inputs: list[str], output: st
     # video keeps its key, so a resume from videos/ after a run on videos/sub/ skips what is done ("../x.mp4" names
     # a video outside that root).
     root = recorded.get("root") or root
-    rel = lambda p: os.path.relpath(p, root)  # noqa: E731
-    check_unique_keys([rel(p) for p in videos])
+    check_unique_keys([os.path.relpath(p, root) for p in videos])
     this_model = check_same_model(output, model, recorded)
     remove_unrecorded(output, rank, world_size, recorded["shards"])
     done = recorded["videos"]
-    mine = [p for i, p in enumerate(videos) if i % world_size == rank and not is_done(done.get(rel(p)), p)]
-    signatures = {p: file_signature(p) for p in mine}  # before decoding: a file changed meanwhile is retried
+    mine = [p for i, p in enumerate(videos)
+            if i % world_size == rank and not is_done(done.get(os.path.relpath(p, root)), p)]
     manifest_path = os.path.join(output, f"manifest.rank-{rank}.json")
     manifest = {"videos": {}, "shards": {}}
     if os.path.exists(manifest_path):
@@ -244,104 +354,22 @@ def encode_videos(model: Autoencoder | VideoCodec, inputs: list[str], output: st
     if prior is not None and prior.model_id != this_model:
         raise ValueError(f"the {prior.kind} prior was trained on tokens of model {prior.model_id}, not of this "
                          f"checkpoint ({this_model}); train one with python -m compressor.tools.entropy train")
-    common = {"model_id": this_model, "codebook_size": model.codebook_size, "num_tokens": model.num_tokens,
-              "token_layout": f"{model.grid[0]}x{model.grid[1]} row-major"}
-    if video:  # bits and bytes differ by frame type: frame_formats says them
-        common.update(image_size=list(model.image_size), **video_fields(model, model.gop))
-    else:
-        common.update(bits_per_token=model.bits_per_token, bytes_per_frame=model.bytes_per_frame,
-                      image_size=list(model.image_size))
     workers = min(num_workers, len(mine))
     loader = DataLoader(DecodedChunks(mine, model.image_size, batch_size, segment_seconds, fps),
                         batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None)
-    writer = ShardWriter(output, rank, world_size, maxcount, taken=taken)
-    pending: list[str] = []  # videos whose samples sit in the open shard
-    # A video's samples are held (256 bytes/frame) until it ends, so a shard only ever holds whole videos even
-    # when several decode workers interleave their videos. Frames are never held beyond one batch.
-    video_samples: dict[int, list[dict]] = {}
-    seg_tokens: dict[int, list[np.ndarray]] = {}
-    seg_meta: dict[int, dict] = {}
-    frames_total, t0 = 0, time.perf_counter()
-    bar = tqdm(total=len(mine), unit="video", desc=f"encode[rank {rank}]", disable=not progress, file=sys.stderr)
-    # Not for a video codec: the encoder's reference must be the float reconstruction the decoder computes.
-    use_bf16 = torch.device(device).type == "cuda" and not video
-
-    step = step_hook or (lambda name: None)
-
-    def flush_shard():
-        closed = writer.close(step)
-        name = closed[0] if closed else None
-        if closed:
-            manifest["shards"][name] = closed[1]
-        for p in pending:
-            manifest["videos"][rel(p)]["shard"] = name
-        pending.clear()
-        with reporting_full_disk(manifest_path):
-            write_json(manifest_path, manifest)
-        step("manifest_written")
-
-    failed: dict[int, str] = {}  # videos whose tokens the model refused: no samples, recorded as failed
-
-    def encode_chunk(chunk: Chunk) -> None:
-        nonlocal frames_total
-        path = mine[chunk.video]
-        if len(chunk.frames) and chunk.video not in failed:
-            try:
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-                    # checked: int64 in [0, codebook_size)
-                    if video:  # whole groups from an intra frame: (T, N) uint16, conditional frames zero-padded
-                        tokens = pad_frames(model.encode_clip(chunk.frames.to(device))[0], model.num_tokens)
-                    else:
-                        tokens = model.encode(chunk.frames.to(device), search_steps=search_steps)
-                        tokens = tokens.cpu().numpy().astype(np.uint16)
-            except ValueError as e:  # e.g. a diverged model's NaN: never cast into valid-looking tokens
-                failed[chunk.video] = f"{type(e).__name__}: {e}"
-                for held in (seg_tokens, seg_meta, video_samples):
-                    held.pop(chunk.video, None)
-            else:
-                seg_tokens.setdefault(chunk.video, []).append(tokens)
-                meta = seg_meta.setdefault(chunk.video, {"frame_indices": [], "timestamps": []})
-                meta["frame_indices"] += chunk.frame_indices
-                meta["timestamps"] += chunk.timestamps
-                frames_total += len(chunk.frames)
-                bar.set_postfix(fps=f"{frames_total / (time.perf_counter() - t0):.1f}", refresh=False)
-        if chunk.last_in_segment and seg_tokens.get(chunk.video):
-            meta = seg_meta.pop(chunk.video)
-            tokens = np.concatenate(seg_tokens.pop(chunk.video))
-            ctok, coded = None, {}
-            if prior is not None:
-                ctok = encode_segment(torch.from_numpy(tokens.astype(np.int64)), prior)
-                coded = {"entropy_coded": {"prior": prior.kind, "prior_id": prior.prior_id(), "bytes": len(ctok)}}
-            video_samples.setdefault(chunk.video, []).append(make_sample(tokens, {
-                "source": rel(path), "segment": chunk.segment, "first_frame": meta["frame_indices"][0],
-                "frame_indices": meta["frame_indices"], "timestamps": meta["timestamps"],
-                "fps": chunk.info["fps"], "source_fps": chunk.info["source_fps"],
-                "original_size": chunk.info["original_size"], **common, **coded,
-                **({"frame_types": frame_types(len(tokens), model.gop)} if video else {}),
-            }, ctok))
-        if chunk.last_in_video:
-            info = {**chunk.info}
-            if chunk.video in failed:
-                info.update(status="failed", reason=failed.pop(chunk.video), frames=0)
-            for sample in video_samples.pop(chunk.video, []):
-                writer.write(sample)
-                step("sample_written")
-            manifest["videos"][rel(path)] = {**info, **signatures[path], "shard": None}
-            pending.append(path)
-            bar.update(1)
-            if writer.full():
-                flush_shard()
-
+    run = EncodeRun(model, output, mine, root, manifest, ShardWriter(output, rank, world_size, maxcount, taken=taken),
+                    rank=rank, device=device, prior=prior, step=step_hook or (lambda name: None),
+                    search_steps=search_steps, progress=progress)
     try:
         for chunk in loader:
-            encode_chunk(chunk)
-        flush_shard()
+            run.encode_chunk(chunk)
+        run.flush_shard()
     except DiskFullError:
         # Nothing this run could not record may stay to be read as valid: its partial shard, and a finished one
         # whose manifest entry could not be written. (Deleting needs no space.)
         remove_unrecorded(output, rank, world_size, load_manifests(output)["shards"])
         raise
-    bar.close()
-    seconds = time.perf_counter() - t0
-    return {"rank": rank, "videos": len(mine), "frames": frames_total, "seconds": seconds,
-            "frames_per_s": frames_total / max(seconds, 1e-9), "manifest": manifest}
+    run.bar.close()
+    seconds = time.perf_counter() - run.t0
+    return {"rank": rank, "videos": len(mine), "frames": run.frames, "seconds": seconds,
+            "frames_per_s": run.frames / max(seconds, 1e-9), "manifest": manifest}
