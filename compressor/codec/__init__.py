@@ -7,6 +7,8 @@ no data code). Import the module you need; this package imports nothing, so ``co
 - ``autoencoder``: ``Autoencoder`` (training and codec APIs), ``load``, its ``.pt`` files and Hub folders.
 - ``checkpoint``: what a model file may hold and how it is checked before anything is built; ``model_id``.
 - ``hub``: the Hub folder (``HubFolder``: checked ``save_pretrained`` / ``from_pretrained``) and its model cards.
+- ``clips``: one clip API for every codec: ``FrameCodec`` gives a per-frame model ``VideoCodec``'s
+  ``encode_clip`` / ``decode_clip`` with groups of one, ``clip_codec`` picks it.
 - ``video``: conditional frames and ``VideoCodec`` (groups of an intra frame and conditional frames);
   ``remember``: ``RememberingDecoder``, per-frame tokens decoded with the frames before them.
 - ``packing``: the storage format, a leaf that imports only numpy and torch: ``pack`` / ``unpack`` tokens to

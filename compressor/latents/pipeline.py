@@ -29,10 +29,11 @@ from tqdm import tqdm
 
 from compressor.codec.autoencoder import Autoencoder
 from compressor.codec.checkpoint import model_id
+from compressor.codec.clips import clip_codec, clip_tokens
 from compressor.codec.video import VideoCodec
 from compressor.entropy.priors import Prior
 from compressor.entropy.stream import encode_segment
-from compressor.latents.groups import frame_types, pad_frames, video_fields
+from compressor.latents.groups import codec_fields, is_video, pad_frames, segment_fields
 from compressor.latents.manifest import (MAX_MANIFEST_BYTES, file_signature, forget_missing_shards, is_done,
                                          load_manifests, read_manifest)
 from compressor.latents.samples import make_sample, sample_key
@@ -187,10 +188,11 @@ def check_same_model(output: str, model: Autoencoder | VideoCodec, recorded: dic
     if held not in (None, this_model):
         raise ValueError(f"{output} holds tokens of model {held}, and this checkpoint is model {this_model}: "
                          "encode into a new --output (or delete the folder to start over)")
-    if held is not None and isinstance(model, VideoCodec):
-        gop = first_recorded_meta(output, recorded).get("gop", model.gop)
-        if gop != model.gop:
-            raise ValueError(f"{output} holds groups of {gop} frames and this run codes groups of {model.gop}: "
+    codec = clip_codec(model)
+    if held is not None and is_video(codec_fields(codec)):  # video-mode samples record their group length
+        gop = first_recorded_meta(output, recorded).get("gop", codec.gop)
+        if gop != codec.gop:
+            raise ValueError(f"{output} holds groups of {gop} frames and this run codes groups of {codec.gop}: "
                              f"resume with --gop {gop}, or encode into a new --output")
     return this_model
 
@@ -201,26 +203,21 @@ class EncodeRun:
     A video's samples are held (256 bytes a frame) until the video ends, so a shard only ever holds whole videos even
     when several decode workers interleave their videos; frames are never held beyond one batch. A finished video
     goes to the open shard, and a full shard is closed and recorded in this rank's manifest (``flush_shard``).
+    ``model`` is a clip codec (``compressor.codec.clips``): per-frame models and video codecs take one path.
     """
 
-    def __init__(self, model: Autoencoder | VideoCodec, output: str, videos: list[str], root: str, manifest: dict,
+    def __init__(self, model, output: str, videos: list[str], root: str, manifest: dict,
                  writer: ShardWriter, *, rank: int, device: str | torch.device, prior: Prior | None,
                  step: Callable[[str], None], search_steps: int, progress: bool):
         self.model, self.output, self.videos, self.root = model, output, videos, root
         self.manifest, self.writer, self.device, self.prior, self.step = manifest, writer, device, prior, step
         self.search_steps = search_steps
-        self.video = isinstance(model, VideoCodec)
         self.manifest_path = os.path.join(output, f"manifest.rank-{rank}.json")
         self.signatures = {p: file_signature(p) for p in videos}  # before decoding: a file changed meanwhile is retried
         self.common = {"model_id": manifest["model_id"], "codebook_size": model.codebook_size,
-                       "num_tokens": model.num_tokens, "token_layout": f"{model.grid[0]}x{model.grid[1]} row-major"}
-        if self.video:  # bits and bytes differ by frame type: frame_formats says them
-            self.common.update(image_size=list(model.image_size), **video_fields(model, model.gop))
-        else:
-            self.common.update(bits_per_token=model.bits_per_token, bytes_per_frame=model.bytes_per_frame,
-                               image_size=list(model.image_size))
-        # Not for a video codec: the encoder's reference must be the float reconstruction the decoder computes.
-        self.use_bf16 = torch.device(device).type == "cuda" and not self.video
+                       "num_tokens": model.num_tokens, "token_layout": f"{model.grid[0]}x{model.grid[1]} row-major",
+                       **codec_fields(model)}
+        self.bf16 = torch.device(device).type == "cuda"  # where the codec allows it (clip_tokens)
         self.pending: list[str] = []  # videos whose samples sit in the open shard
         self.video_samples: dict[int, list[dict]] = {}  # by video: its finished segments' samples
         self.seg_tokens: dict[int, list[np.ndarray]] = {}  # by video: its open segment's tokens, a chunk an array
@@ -234,12 +231,10 @@ class EncodeRun:
         return os.path.relpath(path, self.root)
 
     def tokens(self, frames: torch.Tensor) -> np.ndarray:
-        """uint8 (B, 3, H, W) -> uint16 (B, N): checked, int64 in [0, codebook_size) before the cast."""
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.use_bf16):
-            if self.video:  # whole groups from an intra frame: conditional frames zero-padded
-                return pad_frames(self.model.encode_clip(frames.to(self.device))[0], self.model.num_tokens)
-            tokens = self.model.encode(frames.to(self.device), search_steps=self.search_steps)
-            return tokens.cpu().numpy().astype(np.uint16)
+        """uint8 (B, 3, H, W), whole groups from an intra frame -> uint16 (B, N), each frame's tokens checked (int64
+        in [0, codebook_size)) before the cast; a frame of fewer tokens (a conditional frame) zero-padded."""
+        tokens = clip_tokens(self.model, frames.to(self.device), self.search_steps, self.bf16)
+        return pad_frames(tokens, self.model.num_tokens)
 
     def encode_chunk(self, chunk: Chunk) -> None:
         v = chunk.video
@@ -275,7 +270,7 @@ class EncodeRun:
             "first_frame": meta["frame_indices"][0], "frame_indices": meta["frame_indices"],
             "timestamps": meta["timestamps"], "fps": chunk.info["fps"], "source_fps": chunk.info["source_fps"],
             "original_size": chunk.info["original_size"], **self.common, **coded,
-            **({"frame_types": frame_types(len(tokens), self.model.gop)} if self.video else {}),
+            **segment_fields(self.common, len(tokens)),
         }, ctok))
 
     def close_video(self, chunk: Chunk) -> None:
@@ -344,13 +339,11 @@ def encode_videos(model: Autoencoder | VideoCodec, inputs: list[str], output: st
             manifest = forget_missing_shards(output, load_json(f.read()))
     manifest["model_id"], manifest["root"] = this_model, root
 
-    model = model.to(device).eval()
-    video = isinstance(model, VideoCodec)
-    if video and search_steps:
+    model = clip_codec(model, batch_size).to(device).eval()
+    if search_steps and not getattr(model, "supports_search", False):
         raise ValueError("token search (search_steps) is for per-frame models; a video codec encodes its clips "
                          "as they are")
-    if video:
-        batch_size = -(-batch_size // model.gop) * model.gop
+    batch_size = -(-batch_size // model.gop) * model.gop  # whole groups
     if prior is not None and prior.model_id != this_model:
         raise ValueError(f"the {prior.kind} prior was trained on tokens of model {prior.model_id}, not of this "
                          f"checkpoint ({this_model}); train one with python -m compressor.tools.entropy train")
