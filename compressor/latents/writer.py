@@ -18,8 +18,6 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 
-import webdataset as wds
-
 
 # The write sequence of a shard, in order. ``encode_videos(step_hook=...)`` is called after each step, so tests can
 # stop the job at any of them the way a kill would.
@@ -143,6 +141,8 @@ class ShardWriter:
         tmp = os.path.join(self.output, self.name + ".tmp")
         with reporting_full_disk(tmp):
             if self.tar is None:
+                import webdataset as wds  # here: importing compressor.latents (readers) loads no shard writer
+
                 # A fixed mtime: the same videos and model give byte-identical shards, so a resumed job can be
                 # checked against a clean one.
                 self.tar = wds.TarWriter(tmp, mtime=0)
