@@ -22,16 +22,18 @@ import sys
 
 import torch
 
-from compressor.codec.autoencoder import model_id
-from compressor.codec.video import MAX_GOP, VideoCodec, load_codec
+from compressor.codec.checkpoint import model_id
+from compressor.codec.clips import clip_codec
+from compressor.codec.video import MAX_GOP, load_codec
 from compressor.entropy.adaptive import AdaptivePrior
 from compressor.entropy.stream import load_prior
 from compressor.utils import rank_world
 from compressor.latents.card import write_card
-from compressor.latents.pipeline import (DiskFullError, OutputLockedError, check_same_model, check_writable,
-                                         encode_videos, entropy_code_refusal, find_videos, lock_output,
-                                         reporting_full_disk, write_merged_manifest)
-from compressor.latents.shards import DamagedShardError
+from compressor.latents.manifest import write_merged_manifest
+from compressor.latents.pipeline import check_same_model, encode_videos, entropy_code_refusal, find_videos
+from compressor.latents.samples import DamagedShardError
+from compressor.latents.writer import (DiskFullError, OutputLockedError, check_writable, lock_output,
+                                       reporting_full_disk)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -79,13 +81,14 @@ def main(argv=None) -> int:
         model = load_codec(args.checkpoint)
     except Exception as e:
         sys.exit(f"error: cannot load checkpoint {args.checkpoint}: {type(e).__name__}: {e}")
+    model = clip_codec(model, args.batch_size)  # a per-frame model codes clips in groups of one
     if args.gop is not None:
-        if not isinstance(model, VideoCodec):
+        if hasattr(model, "bytes_per_frame"):  # every frame of one size: each coded alone, as an intra frame
             sys.exit(f"error: --gop is for video codecs; {args.checkpoint} is a per-frame model (every frame is intra)")
         if not 1 <= args.gop <= MAX_GOP:
             sys.exit(f"error: --gop must be in [1, {MAX_GOP}], got {args.gop}")
         model.gop = args.gop
-    if isinstance(model, VideoCodec) and args.search_steps:
+    if args.search_steps and not getattr(model, "supports_search", False):
         sys.exit(f"error: --search-steps is for per-frame models; {args.checkpoint} is a video codec")
     prior = None
     if args.entropy_code and args.prior is None:  # the adaptive prior: no file, learns each segment as it codes it

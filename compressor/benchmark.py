@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import os
 import resource
@@ -21,7 +20,7 @@ from collections.abc import Callable
 import torch
 from torch.utils import benchmark
 
-from compressor.utils import atomic_write
+from compressor.utils import atomic_write, write_json
 
 
 def sync(device: str | torch.device) -> None:
@@ -105,8 +104,7 @@ def write_report(output: str, name: str, result: dict, markdown: str) -> list[st
     """``output/NAME.json`` and ``output/NAME.md``, each renamed into place when complete; returns their paths."""
     os.makedirs(output, exist_ok=True)
     paths = [os.path.join(output, f"{name}.json"), os.path.join(output, f"{name}.md")]
-    with atomic_write(paths[0]) as tmp, open(tmp, "w") as f:
-        json.dump(result, f, indent=1)
+    write_json(paths[0], result)
     with atomic_write(paths[1]) as tmp, open(tmp, "w") as f:
         f.write(markdown)
     return paths

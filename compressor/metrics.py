@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 
 from torch import Tensor, nn
 
+from compressor.utils import to_unit
+
 # A 7-pixel window keeps all five MS-SSIM scales valid at 128 px height (the standard 11 needs > 160 px).
 MS_SSIM_WINDOW = 7
 MS_SSIM_SIGMA = 1.5
@@ -100,7 +102,7 @@ def ms_ssim_01(recon: Tensor, target: Tensor, fn: Callable[[Tensor, Tensor], Ten
 
 def frame_ms_ssim(recon: Tensor, frames: Tensor) -> Tensor:
     """uint8 (B, 3, H, W) pair -> MS-SSIM per frame, (B,) (7-pixel window, so all 5 scales fit at 128 px)."""
-    return ms_ssim_01(recon.float() / 127.5 - 1, frames.float() / 127.5 - 1)
+    return ms_ssim_01(to_unit(recon), to_unit(frames))
 
 
 def vgg16_features(weights_path: str, last_layer: int = VGG_TAPS[-1]) -> nn.Sequential:
@@ -156,7 +158,7 @@ class LPIPS(nn.Module):
     @torch.no_grad()
     def forward(self, recon: Tensor, frames: Tensor) -> Tensor:
         """uint8 (B, 3, H, W) pair -> LPIPS distance per frame, (B,); 0 for identical frames."""
-        x = (torch.cat([recon, frames]).float() / 127.5 - 1 - self.shift) / self.scale
+        x = (to_unit(torch.cat([recon, frames])) - self.shift) / self.scale
         dist = x.new_zeros(len(recon))
         for (a, b), lin in zip(vgg_feature_pairs(self.features, x, eps=1e-10), self.lins):
             dist += ((a - b).pow(2) * lin).sum(1).mean((1, 2))

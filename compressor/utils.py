@@ -4,7 +4,9 @@
 - ``buffer_shuffle``: a seeded streaming shuffle for iterable datasets.
 - ``atomic_write``: write to a temporary name, then rename, so a killed job never leaves half a file.
 - ``open_checked``: open a file only if it is a regular file of a bounded size (never a device or a FIFO).
-- ``load_json``: ``json.loads`` whose too deeply nested input is a ``ValueError``, not a ``RecursionError``.
+- ``load_json``: ``json.loads`` whose too deeply nested input is a ``ValueError``, not a ``RecursionError``;
+  ``write_json``: a JSON file written atomically.
+- ``to_unit``: uint8 frames to the float range models read; ``batched``: a function over slices of a batch.
 - ``cosine`` / ``wsd``: the learning-rate multipliers of the two schedules (half-cosine; warm-up, stable, decay).
 - ``token_entropy_bits``: the entropy of a token histogram (training, evaluation, the world-model example).
 - ``resolve_device``: what ``--device auto`` (every command's default) means.
@@ -92,6 +94,24 @@ def load_json(data: bytes | str):
         return json.loads(data)
     except RecursionError:
         raise ValueError("JSON nested too deeply to parse") from None
+
+
+def write_json(path: str | os.PathLike, obj, indent: int | None = 1) -> None:
+    """``obj`` as JSON at ``path``, written atomically (``atomic_write``): every report, manifest and settings file."""
+    with atomic_write(path) as tmp, open(tmp, "w") as f:
+        json.dump(obj, f, indent=indent)
+
+
+def to_unit(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 frames -> float32 in [-1, 1], what every model here reads (``compressor.codec.autoencoder.to_uint8``
+    is the way back)."""
+    return frames.float() / 127.5 - 1
+
+
+def batched(fn, *tensors: torch.Tensor, size: int) -> torch.Tensor:
+    """``fn`` over slices of ``size`` items (the first axis) of ``tensors`` at once, its results concatenated: the
+    result of one call in bounded memory."""
+    return torch.cat([fn(*(t[i : i + size] for t in tensors)) for i in range(0, len(tensors[0]), size)])
 
 
 def cosine(progress: float, floor: float = 0.0) -> float:

@@ -13,11 +13,12 @@ import os
 import numpy as np
 import torch
 
-from compressor.codec.autoencoder import load, model_id
+from compressor.codec.autoencoder import load
+from compressor.codec.checkpoint import model_id
 from compressor.codec.packing import tokens_crc32
 from compressor.data.video import iter_frames, preprocess
 from compressor.latents.commavq import commavq_dtype
-from compressor.latents.shards import seal_meta
+from compressor.latents.samples import seal_meta
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--checkpoint", required=True)

@@ -11,8 +11,9 @@ import pytest
 
 from compressor.latents import read_segments
 from compressor.latents.card import write_card
-from compressor.codec.autoencoder import model_id
-from compressor.latents.pipeline import encode_videos, write_merged_manifest
+from compressor.codec.checkpoint import model_id
+from compressor.latents.manifest import write_merged_manifest
+from compressor.latents.pipeline import encode_videos
 from compressor.data.synthetic import driving_clip
 from tests.conftest import Killed, tiny_model, write_video
 

@@ -14,7 +14,8 @@ import torch
 from compressor.latents import DamagedShardError, LatentDataset, read_segments
 from compressor.latents.commavq import commavq_dtype
 from compressor.tools.commavq import main
-from compressor.latents.pipeline import encode_videos, write_merged_manifest
+from compressor.latents.manifest import write_merged_manifest
+from compressor.latents.pipeline import encode_videos
 from compressor.data.synthetic import driving_clip
 from tests.conftest import tiny_model, write_video
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 import webdataset as wds
 
-from compressor.latents.shards import seal_meta
+from compressor.latents.samples import seal_meta
 from compressor.latents import DamagedShardError, LatentDataset
 from compressor.codec.packing import tokens_crc32
 from compressor.data.synthetic import driving_clip

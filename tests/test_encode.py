@@ -14,8 +14,10 @@ import webdataset as wds
 
 from compressor import load, preprocess
 from compressor.latents import read_segments
-from compressor.codec.autoencoder import model_id
-from compressor.latents.pipeline import WRITE_STEPS, encode_videos, write_merged_manifest
+from compressor.codec.checkpoint import model_id
+from compressor.latents.manifest import write_merged_manifest
+from compressor.latents.pipeline import encode_videos
+from compressor.latents.writer import WRITE_STEPS
 from compressor.data.synthetic import driving_clip
 from compressor.data.video import iter_frames
 from tests.conftest import Killed, tiny_model, write_video

@@ -268,7 +268,7 @@ def test_latent_dataset_reads_either_form(priors, tmp_path):
 @pytest.mark.slow
 def test_cli_train_code_report(priors, tmp_path):
     """The three commands on shards with a real (tiny) checkpoint's model id."""
-    from compressor.codec.autoencoder import model_id
+    from compressor.codec.checkpoint import model_id
     from tests.conftest import tiny_model
 
     model = tiny_model()

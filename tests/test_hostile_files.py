@@ -16,7 +16,8 @@ import pytest
 import webdataset as wds
 
 from compressor.latents import DamagedShardError, LatentDataset, read_segments
-from compressor.latents.shards import make_sample, read_manifest
+from compressor.latents.manifest import read_manifest
+from compressor.latents.samples import make_sample
 from tests.test_hostile_names import write_shard
 
 

@@ -21,8 +21,10 @@ from compressor import load, preprocess
 from compressor.data.synthetic import driving_clip
 from compressor.data.video import iter_frames
 from compressor.latents import DamagedShardError, LatentDataset, read_segments
-from compressor.codec.autoencoder import model_id
-from compressor.latents.pipeline import OutputLockedError, encode_videos, lock_output, write_merged_manifest
+from compressor.codec.checkpoint import model_id
+from compressor.latents.manifest import write_merged_manifest
+from compressor.latents.pipeline import encode_videos
+from compressor.latents.writer import OutputLockedError, lock_output
 from compressor.tools.commavq import main as export_main
 from tests.conftest import tiny_model, write_video
 from tests.test_encode import ENCODE, REPO, checkpoint, encode_in_process, read_all  # noqa: F401 (a fixture)
@@ -190,8 +192,8 @@ def test_a_full_disk_is_a_clear_error_that_leaves_nothing_unrecorded(tmp_path, c
     else:
         import compressor.latents.pipeline as pipeline
 
-        real = pipeline._write_json
-        monkeypatch.setattr(pipeline, "_write_json", full)
+        real = pipeline.write_json
+        monkeypatch.setattr(pipeline, "write_json", full)
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as e:
         encode_script()(encode_args(checkpoint, [videos], out, "--maxcount", "1"))

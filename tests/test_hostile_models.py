@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import compressor
-from compressor.codec.autoencoder import MAX_PARAMETERS, Autoencoder
+from compressor.codec.autoencoder import Autoencoder
+from compressor.codec.checkpoint import MAX_PARAMETERS
 from compressor.codec.remember import RememberingDecoder
 from compressor.data.synthetic import driving_clip
 from compressor.entropy.stream import load_prior
@@ -128,7 +129,7 @@ def test_hostile_configs_are_refused_in_well_under_a_second(tmp_path, case):
 def test_the_parameter_limit_is_far_above_the_largest_shipped_config():
     import yaml
 
-    from compressor.codec.autoencoder import build_part
+    from compressor.codec.checkpoint import build_part
     from compressor.utils import num_params
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

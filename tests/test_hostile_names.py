@@ -22,7 +22,7 @@ import webdataset as wds
 from compressor.data.synthetic import driving_clip
 from compressor.data.video import list_videos, split_videos
 from compressor.latents import LatentDataset, expand_urls
-from compressor.latents.shards import make_sample
+from compressor.latents.samples import make_sample
 from compressor.tools.commavq import main as commavq_main
 from compressor.tools.entropy import main as entropy_main
 from compressor.tools.make_shards import main as make_shards_main

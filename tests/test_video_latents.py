@@ -13,7 +13,8 @@ import torch
 import webdataset as wds
 
 import compressor
-from compressor.codec.autoencoder import Autoencoder, load, model_id
+from compressor.codec.autoencoder import Autoencoder, load
+from compressor.codec.checkpoint import model_id
 from compressor.codec.video import VideoCodec
 from compressor.data.synthetic import driving_clip
 from compressor.data.video import read_frames
@@ -21,8 +22,9 @@ from compressor.entropy.adaptive import AdaptivePrior
 from compressor.latents import DamagedShardError, LatentDataset, read_segments
 from compressor.latents.card import render_card, write_card
 from compressor.latents.groups import frame_tokens, unpad
-from compressor.latents.pipeline import encode_videos, write_merged_manifest
-from compressor.latents.shards import make_sample
+from compressor.latents.manifest import write_merged_manifest
+from compressor.latents.pipeline import encode_videos
+from compressor.latents.samples import make_sample
 from tests.conftest import tiny_model, video_codec, write_video
 
 GOP = 4

@@ -9,7 +9,7 @@ import pytest
 import torch
 import webdataset as wds
 
-from compressor.latents.shards import make_sample
+from compressor.latents.samples import make_sample
 from compressor.worldmodel import data, score
 from compressor.worldmodel import cli
 from compressor.worldmodel.cli import main

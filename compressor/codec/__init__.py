@@ -4,8 +4,11 @@ no data code). Import the module you need; this package imports nothing, so ``co
 - ``layers``: transformer blocks, patchify, position embeddings.
 - ``encoders`` / ``decoders``: the pure-ViT, conv-stem and pure-conv designs.
 - ``quantizers``: FSQ, standardized FSQ and VQ; the token <-> code round trip.
-- ``autoencoder``: ``Autoencoder`` (training and codec APIs), ``load``, checkpoints and Hub folders, ``model_id``.
+- ``autoencoder``: ``Autoencoder`` (training and codec APIs), ``load``, its ``.pt`` files and Hub folders.
+- ``checkpoint``: what a model file may hold and how it is checked before anything is built; ``model_id``.
 - ``hub``: the Hub folder (``HubFolder``: checked ``save_pretrained`` / ``from_pretrained``) and its model cards.
+- ``clips``: one clip API for every codec: ``FrameCodec`` gives a per-frame model ``VideoCodec``'s
+  ``encode_clip`` / ``decode_clip`` with groups of one, ``clip_codec`` picks it.
 - ``video``: conditional frames and ``VideoCodec`` (groups of an intra frame and conditional frames);
   ``remember``: ``RememberingDecoder``, per-frame tokens decoded with the frames before them.
 - ``packing``: the storage format, a leaf that imports only numpy and torch: ``pack`` / ``unpack`` tokens to

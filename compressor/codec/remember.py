@@ -12,7 +12,8 @@ import os
 import torch
 from torch import Tensor, nn
 
-from compressor.codec.autoencoder import Autoencoder, check_size, check_weights, read_checkpoint, to_uint8
+from compressor.codec.autoencoder import Autoencoder, to_uint8
+from compressor.codec.checkpoint import check_size, check_weights, read_checkpoint
 from compressor.codec.packing import check_tokens
 
 

@@ -10,7 +10,7 @@ A segment is a 44-byte header followed by one rANS payload (little-endian)::
                    4); 0 = stored: the fixed-width packing of ``compressor.pack``, used when the prior would code
                    the segment larger than that
     reserved  u8   0
-    model_id  8s   the compressor whose tokens these are (``compressor.codec.autoencoder.model_id``)
+    model_id  8s   the compressor whose tokens these are (``compressor.codec.checkpoint.model_id``)
     prior_id  8s   the exact prior (``Prior.prior_id``); for the adaptive prior its version, grid and codebook
                    size, so that such a segment decodes with no prior file
     frames    u32  frame count

@@ -15,8 +15,11 @@ from __future__ import annotations
 import json
 import os
 
-from compressor.codec.autoencoder import Autoencoder, model_id
+from compressor.codec.autoencoder import Autoencoder
+from compressor.codec.checkpoint import model_id
+from compressor.codec.clips import clip_codec
 from compressor.codec.video import VideoCodec
+from compressor.latents.groups import codec_fields, is_video
 from compressor.utils import atomic_write
 
 CARD = "README.md"
@@ -63,8 +66,8 @@ def _videos_section(manifest: dict, segment_seconds: float | None) -> list[str]:
     return lines
 
 
-def _mode_section(model: Autoencoder | VideoCodec) -> list[str]:
-    if not isinstance(model, VideoCodec):
+def _mode_section(model, video: bool) -> list[str]:
+    if not video:
         return ["## Mode", "", "Per-frame: every frame is coded on its own, so any frame's tokens decode alone "
                 "(`compressor.load(MODEL).decode(tokens)`)."]
     f = model.frame_formats()
@@ -84,17 +87,16 @@ def _mode_section(model: Autoencoder | VideoCodec) -> list[str]:
         " bytes a frame packed."]
 
 
-def _model_section(model: Autoencoder | VideoCodec) -> list[str]:
-    if isinstance(model, VideoCodec):  # the intra model's configuration, and the conditional model's arguments
-        inter = model.inter.export_dict()
-        config = {"gop": model.gop, "intra": model.intra.export_config(),
-                  "inter": {"init_args": inter["init_args"], "quantizer": inter["quantizer"]}}
+def _model_section(model, video: bool) -> list[str]:
+    # Class paths and init_args (a video codec's: of its intra model, and its conditional model's arguments): what
+    # rebuilds the model, minus weights.
+    config = model.hub_config()
+    if video:
         rows = (f"uint16 (T, {model.num_tokens}), little-endian, frame t in row t; a `P` row holds its own "
-                f"{model.inter.num_tokens} tokens first, then zeros")
+                f"{model.frame_formats()['P']['num_tokens']} tokens first, then zeros")
         budget = "the bound of every token; Mode gives each frame type's codebook, bits and bytes."
         fields, what = "mode, gop, frame_types, frame_formats", "An intra frame"
     else:
-        config = model.export_config()  # class paths and init_args: what rebuilds the model, minus weights
         rows = f"uint16 (T, {model.num_tokens}), little-endian, frame t in row t"
         budget = f"{model.bits_per_token} bits per token, {model.bytes_per_frame} bytes per frame packed."
         fields, what = "bits_per_token, bytes_per_frame", "A frame"
@@ -123,15 +125,15 @@ def _model_section(model: Autoencoder | VideoCodec) -> list[str]:
         "- `<key>.tokens.ctok` (only where encoded with `--entropy-code`): the same tokens entropy-coded; read them "
         "with `LatentDataset(..., prior=PRIOR_FILE)`.",
         *(["- commaVQ's layout holds per-frame tokens only: the commaVQ export refuses video-mode tokens."]
-          if isinstance(model, VideoCodec) else []),
+          if video else []),
         f"- For commaVQ's layout, (T, {h}, {w}) per segment: `python -m compressor.tools.commavq --input "
         "FOLDER --output NPY_FOLDER`."]
 
 
-def _readers_section(root: str, model: Autoencoder | VideoCodec) -> list[str]:
+def _readers_section(root: str, video: bool) -> list[str]:
     # Each block is self-contained and leaves `segments`: {(source, segment): tokens (T, N)}; the card test runs them.
     r = json.dumps(root)
-    if isinstance(model, VideoCodec):  # windows start at intra frames; whole segments straight from the shards
+    if video:  # windows start at intra frames; whole segments straight from the shards
         first = [
             "from compressor.latents import LatentDataset, expand_urls, read_segments",
             "",
@@ -189,19 +191,22 @@ def render_card(manifest: dict, model: Autoencoder | VideoCodec, root: str,
                 segment_seconds: float | None = None) -> str:
     """The card's markdown for a folder ``root`` whose merged manifest is ``manifest``."""
     n = len(manifest["videos"])
-    if isinstance(model, VideoCodec):
+    model = clip_codec(model)
+    video = is_video(codec_fields(model))  # the format of the folder's tokens: per-frame, or video mode
+    if video:
+        formats = model.frame_formats()
         what = (f"frames are coded in groups of {model.gop} (video mode): an intra frame of "
-                f"{model.intra.num_tokens} tokens, then conditional frames of {model.inter.num_tokens} tokens,")
+                f"{formats['I']['num_tokens']} tokens, then conditional frames of {formats['P']['num_tokens']} tokens,")
     else:
         what = f"every frame is {model.num_tokens} discrete tokens of {model.bits_per_token} bits"
     lines = [f"# Token latents of {n} video{'s' * (n != 1)}", "",
              f"Written by `encode.py` (package `compressor`): {what} from compressor model `{model_id(model)}`, in "
              "webdataset shards of one sample per segment of one video. This card is rewritten from `manifest.json` "
              "whenever the encode job finishes, resumed runs included.", ""]
-    lines += _mode_section(model) + [""]
+    lines += _mode_section(model, video) + [""]
     lines += _videos_section(manifest, segment_seconds) + [""]
-    lines += _model_section(model) + [""]
-    lines += _readers_section(os.path.abspath(root), model)
+    lines += _model_section(model, video) + [""]
+    lines += _readers_section(os.path.abspath(root), video)
     return "\n".join(lines) + "\n"
 
 

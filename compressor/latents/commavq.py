@@ -1,5 +1,6 @@
-"""commaVQ's token layout: export our latents to it (``python -m compressor.tools.commavq``). Reading commaVQ
-``.npy`` files is ``compressor.latents.shards.read_commavq``, so ``read_segments`` takes them beside our shards.
+"""commaVQ's token layout: reading its ``.npy`` files (``read_commavq``, which ``read_segments`` calls for them, so
+they load beside our shards), and the integer type our exports use (``commavq_dtype``). Exporting our latents to it
+is ``python -m compressor.tools.commavq``.
 
 commaVQ (github.com/commaai/commavq) keeps one ``.npy`` per one-minute segment of driving: tokens of a 1024-code
 VQ on an 8x16 grid, int16 (1200, 8, 16) in its dataset release and int64 (1200, 128) in its example
@@ -16,20 +17,84 @@ noticed on reading, and it refuses a folder that holds another model's tokens.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import io
-import json
 import os
-from collections.abc import Sequence
 
 import numpy as np
+import torch
 
-from compressor.latents.groups import is_video
-from compressor.latents.find import check_against_manifests, check_output_apart, expand_urls
-from compressor.latents.shards import (MANIFEST, MAX_MANIFEST_BYTES, DamagedShardError, _open_meta, grid_of,
-                                       read_manifest, read_segments, sample_key, seal_meta, segment_model_id)
-from compressor.utils import atomic_write, open_checked
+from compressor.codec.packing import token_bits
+from compressor.latents.manifest import MAX_MANIFEST_BYTES
+from compressor.latents.samples import (DamagedSampleError, DamagedShardError, check_sample_tokens, grid_of,
+                                        open_meta, read_npy)
+from compressor.utils import open_checked
+
+# A bound for open_checked: far above any real token file, far below what would exhaust a reader's memory.
+MAX_NPY_BYTES = 1 << 30
+COMMAVQ_CODEBOOK = 1024
+COMMAVQ_GRID = (8, 16)
+COMMAVQ_FPS = 20.0
+
+# commaVQ's files: every integer dtype in either byte order (np.load would take them all; read_npy refuses anything
+# else, so never a pickled object array).
+INTEGER_DTYPES = tuple(np.dtype(f"{order}{kind}{size}") for order in "<>" for kind in "iu" for size in (1, 2, 4, 8))
+
+
+def read_commavq(path: str, expected: dict | None = None) -> dict:
+    """A commaVQ-layout ``.npy`` -> ``{"tokens": int64 (T, N), "meta": dict}``, as ``read_segments`` yields.
+
+    tokens: any integer dtype, (T, H, W) or (T, H * W) -> int64 (T, H * W), row-major. With a ``.json`` beside the
+    file (an export of ours), it gives the grid and codebook and is checked like a shard sample's; otherwise the
+    file is commaVQ's: an 8x16 grid of a 1024-code codebook at 20 fps. ``expected``: its entry in the folder's
+    manifest (sha256, bytes).
+    """
+    sidecar = path[:-4] + ".json"
+    try:
+        with open_checked(path, MAX_NPY_BYTES) as f:
+            data = f.read()
+        tokens = read_npy(io.BytesIO(data), len(data), INTEGER_DTYPES)
+        meta_bytes = None
+        if os.path.lexists(sidecar):
+            with open_checked(sidecar, MAX_MANIFEST_BYTES) as f:
+                meta_bytes = f.read()
+    except (ValueError, OSError, EOFError) as e:
+        raise DamagedShardError(f"{path}: damaged commaVQ token file ({e})") from e
+    if meta_bytes is None:
+        meta = {"source": os.path.basename(path), "segment": 0, "first_frame": 0, "fps": COMMAVQ_FPS,
+                "codebook_size": COMMAVQ_CODEBOOK, "token_layout": "{}x{} row-major".format(*COMMAVQ_GRID),
+                "format": "commavq"}
+        origin = "commaVQ's codebook (no .json beside the file says otherwise)"
+    else:
+        meta = open_meta(meta_bytes, sidecar)
+        origin = f"the codebook of {os.path.basename(sidecar)}"
+    grid = grid_of(meta)
+    if grid is None:
+        raise DamagedShardError(f"{sidecar}: no token_layout, so the grid of {path} is unknown")
+    h, w = grid
+    if (tokens.ndim == 3 and tokens.shape[1:] == (h, w)) or (tokens.ndim == 2 and tokens.shape[1] == h * w):
+        tokens = tokens.reshape(len(tokens), h * w)  # (T, H, W) -> (T, N), row-major like our tokens
+    else:
+        raise DamagedShardError(f"{path}: expected tokens shaped (T, {h}, {w}) or (T, {h * w}), got {tokens.shape}")
+    codebook = meta.get("codebook_size")
+    if type(codebook) is not int or codebook < 1:
+        raise DamagedShardError(f"{sidecar}: codebook_size is {codebook!r}, so the tokens of {path} cannot be checked")
+    # Compared before any cast: an out-of-range uint64 would wrap negative in int64.
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= codebook):
+        raise DamagedShardError(f"{path}: tokens in [{tokens.min()}, {tokens.max()}], outside {origin} of "
+                                f"{codebook} codes")
+    tokens = tokens.astype(np.int64)
+    if meta_bytes is not None:
+        try:
+            check_sample_tokens(tokens, meta, sidecar)  # shape against num_frames, codebook, token CRC, frame indices
+        except DamagedSampleError as e:
+            raise DamagedShardError(str(e)) from e
+    # Last, as for a shard: the checks above name what is wrong more precisely than a digest can.
+    for field, value in {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}.items():
+        if expected is not None and field in expected and expected[field] != value:
+            raise DamagedShardError(f"{path}: {field} {value} where the manifest says {expected[field]}")
+    meta.setdefault("bits_per_token", token_bits(codebook))
+    return {"tokens": torch.from_numpy(tokens), "meta": meta}
 
 
 def commavq_dtype(codebook_size: int) -> np.dtype:
@@ -42,102 +107,3 @@ def commavq_dtype(codebook_size: int) -> np.dtype:
         if codebook_size - 1 <= np.iinfo(dtype).max:
             return np.dtype(dtype).newbyteorder("<")
     raise ValueError(f"codebook of {codebook_size} codes does not fit int64")
-
-
-def export(shards: str | Sequence[str], output: str, grid: tuple[int, int] | None = None,
-           codebook_size: int | None = None, prior: str | None = None) -> dict:
-    """Write every segment of latent shards as ``<key>.npy`` (T, grid_h, grid_w) + ``<key>.json``; returns counts.
-
-    ``grid`` and ``codebook_size`` are needed only for shards whose samples lack ``token_layout`` or
-    ``codebook_size`` (encode.py writes both). Shards are verified as ``LatentDataset`` verifies them (manifest,
-    CRCs); coded-only samples need the ``prior`` that coded them.
-    """
-    if prior is not None:
-        from compressor.entropy.stream import load_prior
-
-        prior = load_prior(prior)
-    urls = expand_urls(shards)
-    expected, problems = check_against_manifests(shards, urls)
-    if problems:
-        raise problems[0][1]
-    check_output_apart(urls, output)
-    listed: dict[str, str] = {}  # up front where encode.py's manifests list the videos: one source, one folder
-    for directory in sorted({os.path.dirname(os.path.abspath(url)) for url in urls}):
-        for source in (read_manifest(directory) or {"videos": {}})["videos"]:
-            if listed.setdefault(source, directory) != directory:
-                raise ValueError(f"{listed[source]} and {directory} both hold {source!r}: their files would share "
-                                 "names; export them into separate folders")
-    os.makedirs(output, exist_ok=True)
-    listing = read_manifest(output) or {"videos": {}, "shards": {}}
-    segments = frames = 0
-    dtype, layout, model = None, None, None
-    written: dict[str, str] = {}  # key -> the shard its segment came from, in this run
-    for url in urls:
-        if url.endswith(".npy"):
-            raise ValueError(f"{url} is already a commaVQ-layout file")
-        for seg in read_segments(url, prior=prior, expected=expected.get(url)):
-            tokens, meta = seg["tokens"].numpy(), seg["meta"]
-            if is_video(meta):  # commaVQ's readers know one token grid a frame, not groups of two kinds of frames
-                raise ValueError(f"{url} holds video-mode tokens (intra and conditional frames); commaVQ's layout "
-                                 "holds per-frame tokens only")
-            if model is None:
-                model = segment_model_id(meta)
-                check_export_folder(output, model, listing)
-            elif segment_model_id(meta) != model:
-                raise ValueError(f"{url} holds tokens of model {segment_model_id(meta) or '(unnamed)'}, the shards "
-                                 f"before it of model {model or '(unnamed)'}: export one model's latents per folder")
-            h, w = grid_of(meta, grid) or (None, None)
-            if h is None or h * w != tokens.shape[1]:
-                raise ValueError(f"{url}: {tokens.shape[1]} tokens per frame on grid {(h, w)}; pass --grid H W")
-            codebook = meta.get("codebook_size", codebook_size)
-            if codebook is None:
-                raise ValueError(f"{url}: no codebook_size in the metadata; pass --codebook-size")
-            if layout not in (None, (h, w, codebook)):
-                raise ValueError(f"{url}: grid or codebook differs from the earlier segments; export one model's "
-                                 "latents per folder")
-            layout, dtype = (h, w, codebook), commavq_dtype(codebook)
-            key = sample_key(meta.get("source", os.path.basename(url)), int(meta.get("segment", segments)))
-            if written.setdefault(key, url) != url:  # two encode runs' clip.mp4: one file would replace the other
-                raise ValueError(f"{url} and {written[key]} both hold segment {meta.get('segment')} of "
-                                 f"{meta.get('source')!r} (file {key}.npy): export them into separate folders")
-            # The json says what the reader cannot guess: grid and codebook (so both are always written).
-            meta = {**meta, "token_layout": meta.get("token_layout", f"{h}x{w} row-major"), "codebook_size": codebook}
-            # The json first: a .npy without its json would read as commaVQ's codebook, so it must never exist.
-            with atomic_write(os.path.join(output, key + ".json")) as tmp, open(tmp, "wb") as f:
-                f.write(seal_meta(meta))
-            buffer = io.BytesIO()
-            np.save(buffer, tokens.reshape(len(tokens), h, w).astype(dtype))  # (T, N) -> (T, H, W)
-            with atomic_write(os.path.join(output, key + ".npy")) as tmp, open(tmp, "wb") as f:
-                f.write(buffer.getvalue())
-            listing["shards"][key + ".npy"] = {"sha256": hashlib.sha256(buffer.getvalue()).hexdigest(),
-                                               "bytes": len(buffer.getvalue()), "samples": 1}
-            segments, frames = segments + 1, frames + len(tokens)
-    if model is not None:
-        # Last, so a killed export leaves files its manifest does not list: refused on reading, redone by a re-run.
-        listing["model_id"] = model
-        with atomic_write(os.path.join(output, MANIFEST)) as tmp, open(tmp, "w") as f:
-            json.dump(listing, f, indent=1)
-    return {"segments": segments, "frames": frames, "dtype": str(dtype), "grid": layout[:2] if layout else None}
-
-
-def check_export_folder(output: str, model: str, listing: dict) -> None:
-    """Refuse to export tokens of ``model`` into a folder that holds another model's: by its manifest, else by the
-    json beside each ``.npy`` (a ``.npy`` without one is commaVQ's own)."""
-    held = listing.get("model_id")
-    where = os.path.join(output, MANIFEST)
-    if held is None:
-        for path in sorted(glob.glob(os.path.join(output, "*.npy"))):
-            sidecar = path[:-4] + ".json"
-            try:
-                with open_checked(sidecar, MAX_MANIFEST_BYTES) as f:
-                    held = segment_model_id(_open_meta(f.read(), sidecar))
-            except FileNotFoundError:
-                held = "commavq"
-            except (DamagedShardError, ValueError) as e:
-                raise ValueError(f"{output} holds files that are not this export's: {e}") from e
-            where = path
-            if held != model:
-                break
-    if held is not None and held != model:
-        raise ValueError(f"{output} holds tokens of model {held or '(unnamed)'} ({where}), and these latents are of "
-                         f"model {model or '(unnamed)'}: export into another folder")

@@ -19,7 +19,8 @@ from torch.utils.data import IterableDataset
 
 from compressor.latents.groups import frame_tokens, is_video, window_starts
 from compressor.latents.find import check_against_manifests, expand_urls, manifest_model_ids
-from compressor.latents.shards import DamagedShardError, read_segments, segment_model_id
+from compressor.latents.samples import DamagedShardError, segment_model_id
+from compressor.latents.shards import read_segments
 from compressor.utils import buffer_shuffle, consumer
 
 if TYPE_CHECKING:  # the entropy coder is imported only when a prior is given

@@ -12,7 +12,9 @@ import re
 import warnings
 from collections.abc import Sequence
 
-from compressor.latents.shards import DamagedShardError, read_manifest
+from compressor.latents.manifest import read_manifest
+
+from compressor.latents.samples import DamagedShardError
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 

@@ -38,6 +38,22 @@ def video_fields(codec, gop: int) -> dict:
     return {"mode": VIDEO, "gop": gop, "frame_formats": codec.frame_formats()}
 
 
+def codec_fields(codec) -> dict:
+    """The json fields every sample of a clip codec (``compressor.codec.clips``) shares, in the format its tokens
+    take: a codec whose frames all have one size (``bytes_per_frame``: per-frame tokens) says its bits and bytes, as
+    samples always did; any other writes video-mode samples (``video_fields``)."""
+    if hasattr(codec, "bytes_per_frame"):
+        return {"bits_per_token": codec.bits_per_token, "bytes_per_frame": codec.bytes_per_frame,
+                "image_size": list(codec.image_size)}
+    return {"image_size": list(codec.image_size), **video_fields(codec, codec.gop)}
+
+
+def segment_fields(fields: dict, num_frames: int) -> dict:
+    """The json fields of one segment of ``num_frames`` beyond ``fields`` (``codec_fields``): a video-mode
+    segment's frame types."""
+    return {"frame_types": frame_types(num_frames, fields["gop"])} if is_video(fields) else {}
+
+
 def pad_frames(tokens: list[torch.Tensor], width: int) -> np.ndarray:
     """Each frame's tokens, int (n_t,), n_t <= width -> uint16 (T, width), zeros after each frame's own."""
     out = np.zeros((len(tokens), width), dtype=np.uint16)

@@ -16,112 +16,32 @@ manifests by the folder's first run, so a resume given another parent folder as 
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
-import glob
-import hashlib
-import json
 import os
-import re
-import shutil
-import socket
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
-from compressor.codec.autoencoder import Autoencoder, model_id
+from compressor.codec.autoencoder import Autoencoder
+from compressor.codec.checkpoint import model_id
+from compressor.codec.clips import clip_codec, clip_tokens
 from compressor.codec.video import VideoCodec
 from compressor.entropy.priors import Prior
 from compressor.entropy.stream import encode_segment
-from compressor.latents.groups import frame_types, pad_frames, video_fields
-from compressor.latents.shards import MAX_MANIFEST_BYTES, make_sample, read_manifest, read_segments, sample_key
+from compressor.latents.groups import codec_fields, is_video, pad_frames, segment_fields
+from compressor.latents.manifest import (MAX_MANIFEST_BYTES, file_signature, forget_missing_shards, is_done,
+                                         load_manifests, read_manifest)
+from compressor.latents.samples import make_sample, sample_key
+from compressor.latents.shards import read_segments
+from compressor.latents.writer import (DiskFullError, ShardWriter, check_writable, remove_unrecorded,
+                                       reporting_full_disk)
 from compressor.data.video import crop_box, list_videos, open_video, preprocess
-from compressor.utils import atomic_write, load_json, open_checked, worker
-
-
-# The write sequence of a shard, in order. ``encode_videos(step_hook=...)`` is called after each step, so tests can
-# stop the job at any of them the way a kill would.
-WRITE_STEPS = ("sample_written", "shard_closed", "shard_renamed", "manifest_written")
-LOCK = ".encode.lock"
-_SHARD_NAME = re.compile(r"^latents-(\d{6,})\.tar(\.tmp)?$")  # what ShardWriter writes; other files are left alone
-
-
-class OutputLockedError(RuntimeError):
-    """Another run is writing the output folder."""
-
-
-class DiskFullError(OSError):
-    """A write failed for lack of space; the message names the file and the space left."""
-
-
-@contextlib.contextmanager
-def reporting_full_disk(path: str) -> Iterator[None]:
-    """Turn ENOSPC from the writes inside into a ``DiskFullError`` naming ``path`` and the space left beside it."""
-    try:
-        yield
-    except OSError as e:
-        if e.errno != errno.ENOSPC or isinstance(e, DiskFullError):
-            raise
-        free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
-        raise DiskFullError(f"no space left on the device writing {path} ({free:,} bytes free there); free some "
-                            "space and run the same command again to resume") from e
-
-
-def _holder_is_dead(holder: str) -> bool:
-    """Whether the lock file's "host H, pid P" names a process of this host that no longer exists."""
-    match = re.match(r"host (\S+), pid (\d+)", holder)
-    if not match or match.group(1).rstrip(",") != socket.gethostname():
-        return False
-    try:
-        os.kill(int(match.group(2)), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-def lock_output(output: str, orphan_wait_s: float = 60.0):
-    """Take the lock of the output folder for this run and return its open file: hold it until the run ends (the
-    kernel drops it when the process ends, kill -9 included, so no lock is ever stale).
-
-    Two runs writing one folder would both number their shards from 0 and lose each other's videos, so the second
-    is refused with ``OutputLockedError`` naming the host and pid of the first. Ranks of one torchrun job share a
-    folder by design: only rank 0 takes the lock (``encode.py``). A lock whose recorded process is dead is held by
-    that run's forked workers on their way out: it is waited for, up to ``orphan_wait_s`` seconds.
-    """
-    f = open(os.path.join(output, LOCK), "a+")
-    deadline = time.monotonic() + orphan_wait_s
-    while True:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "a run that is starting"
-            # A killed run's DataLoader workers were forked with its lock and hold it until they notice their
-            # parent is gone (a few seconds): wait for them rather than refuse a resume.
-            if _holder_is_dead(holder) and time.monotonic() < deadline:
-                time.sleep(0.2)
-                continue
-            f.close()
-            raise OutputLockedError(f"{output} is being written by another encode run ({holder}); wait for it to "
-                                    "end, or encode into another --output") from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"host {socket.gethostname()}, pid {os.getpid()}, since "
-            f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
-    f.flush()
-    return f
+from compressor.utils import load_json, open_checked, worker, write_json
 
 
 def find_videos(inputs: list[str]) -> tuple[list[str], str]:
@@ -141,16 +61,6 @@ def find_videos(inputs: list[str]) -> tuple[list[str], str]:
         raise FileNotFoundError(f"no videos found in {inputs}")
     root = os.path.commonpath([os.path.dirname(p) for p in paths])
     return paths, root
-
-
-def check_writable(output: str) -> None:
-    """Create ``output`` if needed and write a file there: an unwritable output fails before any work, clearly."""
-    try:
-        os.makedirs(output, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=output, prefix=".write-test-"):
-            pass
-    except OSError as e:
-        raise PermissionError(f"output directory {output} is not writable ({type(e).__name__}: {e})") from e
 
 
 def check_unique_keys(sources: list[str]) -> None:
@@ -254,114 +164,6 @@ class DecodedChunks(IterableDataset):
         yield Chunk(v, segment, torch.stack(frames) if frames else empty, indices, times, True, True, status)
 
 
-def shard_index(name: str) -> int | None:
-    """The index of a shard name that ``ShardWriter`` writes (finished or ``.tmp``); None for any other name."""
-    match = _SHARD_NAME.match(name)
-    return int(match.group(1)) if match else None
-
-
-class ShardWriter:
-    """Writes samples to ``latents-%06d.tar`` under a temporary name; shards close on whole-video boundaries.
-
-    ``taken``: shard names the manifests record, never reused even if their file was deleted (a reused name would
-    give two manifest entries for one name)."""
-
-    def __init__(self, output: str, rank: int, world_size: int, maxcount: int, taken: Iterable[str] = ()):
-        self.output, self.rank, self.world_size, self.maxcount = output, rank, world_size, maxcount
-        self.tar = None
-        self.samples = 0
-        self.index = self._next_index(taken)
-
-    def _next_index(self, taken: Iterable[str]) -> int:
-        names = [os.path.basename(p) for p in glob.glob(os.path.join(self.output, "latents-*.tar"))] + list(taken)
-        used = [i for i in map(shard_index, names) if i is not None]
-        k = (max(used) // self.world_size + 1) if used else 0
-        return k * self.world_size + self.rank  # ranks never collide: rank r owns indices = r (mod world)
-
-    @property
-    def name(self) -> str:
-        return f"latents-{self.index:06d}.tar"
-
-    def write(self, sample: dict) -> None:
-        tmp = os.path.join(self.output, self.name + ".tmp")
-        with reporting_full_disk(tmp):
-            if self.tar is None:
-                # A fixed mtime: the same videos and model give byte-identical shards, so a resumed job can be
-                # checked against a clean one.
-                self.tar = wds.TarWriter(tmp, mtime=0)
-            self.tar.write(sample)
-        self.samples += 1
-
-    def full(self) -> bool:
-        return self.samples >= self.maxcount
-
-    def close(self, step: Callable[[str], None]) -> tuple[str, dict] | None:
-        """Finish the current shard; returns its name and manifest entry (None if empty)."""
-        if self.tar is None:
-            return None
-        tmp = os.path.join(self.output, self.name + ".tmp")
-        with reporting_full_disk(tmp):
-            self.tar.close()
-        step("shard_closed")
-        final = os.path.join(self.output, self.name)
-        os.replace(tmp, final)
-        step("shard_renamed")
-        entry = {"sha256": sha256_file(final), "bytes": os.path.getsize(final), "samples": self.samples}
-        name = self.name
-        self.tar, self.samples = None, 0
-        self.index += self.world_size
-        return name, entry
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _write_json(path: str, obj) -> None:
-    with atomic_write(path) as tmp, open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-
-
-def load_manifests(output: str) -> dict:
-    """Merge ``manifest.json`` and every rank's partial manifest into {"videos": {...}, "shards": {...}}."""
-    return forget_missing_shards(output, read_manifest(output) or {"videos": {}, "shards": {}})
-
-
-def forget_missing_shards(output: str, manifest: dict) -> dict:
-    """A shard listed but missing on disk (e.g. deleted by hand) makes its videos pending again, and is no longer
-    listed (a later manifest.json would otherwise name a file that readers must then report missing)."""
-    for name in [name for name in manifest["shards"] if not os.path.exists(os.path.join(output, name))]:
-        del manifest["shards"][name]
-    for rel, entry in list(manifest["videos"].items()):
-        if entry.get("shard") and entry["shard"] not in manifest["shards"]:
-            del manifest["videos"][rel]
-    return manifest
-
-
-def file_signature(path: str) -> dict:
-    """Size and modification time of a video, recorded with it: a failed video whose file changed is retried."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return {}
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def is_done(entry: dict | None, path: str) -> bool:
-    """Whether a video's manifest entry means it needs no (new) encoding: it was encoded, or it failed and its
-    file has not changed since."""
-    if entry is None:
-        return False
-    if entry.get("status") != "failed":
-        return True
-    signature = file_signature(path)
-    return bool(signature) and all(entry.get(k) == v for k, v in signature.items())
-
-
 def first_recorded_meta(output: str, recorded: dict) -> dict:
     """The json of the first sample of ``output``'s recorded shards ({} for an empty folder)."""
     for name in sorted(recorded["shards"]):
@@ -386,32 +188,128 @@ def check_same_model(output: str, model: Autoencoder | VideoCodec, recorded: dic
     if held not in (None, this_model):
         raise ValueError(f"{output} holds tokens of model {held}, and this checkpoint is model {this_model}: "
                          "encode into a new --output (or delete the folder to start over)")
-    if held is not None and isinstance(model, VideoCodec):
-        gop = first_recorded_meta(output, recorded).get("gop", model.gop)
-        if gop != model.gop:
-            raise ValueError(f"{output} holds groups of {gop} frames and this run codes groups of {model.gop}: "
+    codec = clip_codec(model)
+    if held is not None and is_video(codec_fields(codec)):  # video-mode samples record their group length
+        gop = first_recorded_meta(output, recorded).get("gop", codec.gop)
+        if gop != codec.gop:
+            raise ValueError(f"{output} holds groups of {gop} frames and this run codes groups of {codec.gop}: "
                              f"resume with --gop {gop}, or encode into a new --output")
     return this_model
 
 
-def remove_unrecorded(output: str, rank: int, world_size: int, recorded: dict) -> None:
-    """Delete this rank's shards that no manifest records: partial ones (``.tmp``) and finished ones that a kill
-    between rename and manifest write left behind. Their videos are not marked done, so they are redone."""
-    for path in glob.glob(os.path.join(output, "latents-*.tar*")):
-        name = os.path.basename(path)
-        index = shard_index(name)  # None: a file this pipeline never writes (latents-old.tar), left alone
-        if index is not None and index % world_size == rank and (name.endswith(".tmp") or name not in recorded):
-            os.remove(path)
+class EncodeRun:
+    """One rank's encoding of its videos into an output folder: what is held between chunks, and where it goes.
+
+    A video's samples are held (256 bytes a frame) until the video ends, so a shard only ever holds whole videos even
+    when several decode workers interleave their videos; frames are never held beyond one batch. A finished video
+    goes to the open shard, and a full shard is closed and recorded in this rank's manifest (``flush_shard``).
+    ``model`` is a clip codec (``compressor.codec.clips``): per-frame models and video codecs take one path.
+    """
+
+    def __init__(self, model, output: str, videos: list[str], root: str, manifest: dict,
+                 writer: ShardWriter, *, rank: int, device: str | torch.device, prior: Prior | None,
+                 step: Callable[[str], None], search_steps: int, progress: bool):
+        self.model, self.output, self.videos, self.root = model, output, videos, root
+        self.manifest, self.writer, self.device, self.prior, self.step = manifest, writer, device, prior, step
+        self.search_steps = search_steps
+        self.manifest_path = os.path.join(output, f"manifest.rank-{rank}.json")
+        self.signatures = {p: file_signature(p) for p in videos}  # before decoding: a file changed meanwhile is retried
+        self.common = {"model_id": manifest["model_id"], "codebook_size": model.codebook_size,
+                       "num_tokens": model.num_tokens, "token_layout": f"{model.grid[0]}x{model.grid[1]} row-major",
+                       **codec_fields(model)}
+        self.bf16 = torch.device(device).type == "cuda"  # where the codec allows it (clip_tokens)
+        self.pending: list[str] = []  # videos whose samples sit in the open shard
+        self.video_samples: dict[int, list[dict]] = {}  # by video: its finished segments' samples
+        self.seg_tokens: dict[int, list[np.ndarray]] = {}  # by video: its open segment's tokens, a chunk an array
+        self.seg_meta: dict[int, dict] = {}  # by video: its open segment's frame indices and timestamps
+        self.failed: dict[int, str] = {}  # videos whose tokens the model refused: no samples, recorded as failed
+        self.frames, self.t0 = 0, time.perf_counter()
+        self.bar = tqdm(total=len(videos), unit="video", desc=f"encode[rank {rank}]", disable=not progress,
+                        file=sys.stderr)
+
+    def rel(self, path: str) -> str:
+        return os.path.relpath(path, self.root)
+
+    def tokens(self, frames: torch.Tensor) -> np.ndarray:
+        """uint8 (B, 3, H, W), whole groups from an intra frame -> uint16 (B, N), each frame's tokens checked (int64
+        in [0, codebook_size)) before the cast; a frame of fewer tokens (a conditional frame) zero-padded."""
+        tokens = clip_tokens(self.model, frames.to(self.device), self.search_steps, self.bf16)
+        return pad_frames(tokens, self.model.num_tokens)
+
+    def encode_chunk(self, chunk: Chunk) -> None:
+        v = chunk.video
+        if len(chunk.frames) and v not in self.failed:
+            try:
+                tokens = self.tokens(chunk.frames)
+            except ValueError as e:  # e.g. a diverged model's NaN: never cast into valid-looking tokens
+                self.failed[v] = f"{type(e).__name__}: {e}"
+                for held in (self.seg_tokens, self.seg_meta, self.video_samples):
+                    held.pop(v, None)
+            else:
+                self.seg_tokens.setdefault(v, []).append(tokens)
+                meta = self.seg_meta.setdefault(v, {"frame_indices": [], "timestamps": []})
+                meta["frame_indices"] += chunk.frame_indices
+                meta["timestamps"] += chunk.timestamps
+                self.frames += len(chunk.frames)
+                self.bar.set_postfix(fps=f"{self.frames / (time.perf_counter() - self.t0):.1f}", refresh=False)
+        if chunk.last_in_segment and self.seg_tokens.get(v):
+            self.close_segment(chunk)
+        if chunk.last_in_video:
+            self.close_video(chunk)
+
+    def close_segment(self, chunk: Chunk) -> None:
+        """The video's open segment becomes a sample, held until the video ends."""
+        meta = self.seg_meta.pop(chunk.video)
+        tokens = np.concatenate(self.seg_tokens.pop(chunk.video))
+        ctok, coded = None, {}
+        if self.prior is not None:
+            ctok = encode_segment(torch.from_numpy(tokens.astype(np.int64)), self.prior)
+            coded = {"entropy_coded": {"prior": self.prior.kind, "prior_id": self.prior.prior_id(), "bytes": len(ctok)}}
+        self.video_samples.setdefault(chunk.video, []).append(make_sample(tokens, {
+            "source": self.rel(self.videos[chunk.video]), "segment": chunk.segment,
+            "first_frame": meta["frame_indices"][0], "frame_indices": meta["frame_indices"],
+            "timestamps": meta["timestamps"], "fps": chunk.info["fps"], "source_fps": chunk.info["source_fps"],
+            "original_size": chunk.info["original_size"], **self.common, **coded,
+            **segment_fields(self.common, len(tokens)),
+        }, ctok))
+
+    def close_video(self, chunk: Chunk) -> None:
+        """The video's samples go to the open shard, and the video into this rank's manifest when the shard closes."""
+        path, info = self.videos[chunk.video], {**chunk.info}
+        if chunk.video in self.failed:
+            info.update(status="failed", reason=self.failed.pop(chunk.video), frames=0)
+        for sample in self.video_samples.pop(chunk.video, []):
+            self.writer.write(sample)
+            self.step("sample_written")
+        self.manifest["videos"][self.rel(path)] = {**info, **self.signatures[path], "shard": None}
+        self.pending.append(path)
+        self.bar.update(1)
+        if self.writer.full():
+            self.flush_shard()
+
+    def flush_shard(self) -> None:
+        """Close the open shard (if any) and record it and its videos in this rank's manifest."""
+        closed = self.writer.close(self.step)
+        name = closed[0] if closed else None
+        if closed:
+            self.manifest["shards"][name] = closed[1]
+        for p in self.pending:
+            self.manifest["videos"][self.rel(p)]["shard"] = name
+        self.pending.clear()
+        with reporting_full_disk(self.manifest_path):
+            write_json(self.manifest_path, self.manifest)
+        self.step("manifest_written")
 
 
 def entropy_code_refusal(model: Autoencoder | VideoCodec, prior: Prior) -> str:
     """Why ``prior`` cannot code this model's segments: it codes rows of another width. (A video codec whose
     conditional frames lie on another grid stores rows of its larger grid, which one prior's grid cannot hold.)"""
+    formats = clip_codec(model).frame_formats()
     why = ""
-    if isinstance(model, VideoCodec) and model.inter.num_tokens != model.intra.num_tokens:
-        formats = model.frame_formats()
-        why = (f" (a video codec whose conditional frames lie on another grid: I frames {formats['I']['token_layout']},"
-               f" P frames {formats['P']['token_layout']}; entropy coding such clips is not supported)")
+    if len({f["num_tokens"] for f in formats.values()}) > 1:
+        grids = ", ".join(f"{kind} frames {f['token_layout']}" for kind, f in formats.items())
+        why = (f" (a video codec whose conditional frames lie on another grid: {grids}; entropy coding such clips is"
+               " not supported)")
     return (f"the {prior.kind} prior codes {prior.num_tokens} tokens a frame; this model stores {model.num_tokens}"
             f"{why}")
 
@@ -443,13 +341,12 @@ def encode_videos(model: Autoencoder | VideoCodec, inputs: list[str], output: st
     # video keeps its key, so a resume from videos/ after a run on videos/sub/ skips what is done ("../x.mp4" names
     # a video outside that root).
     root = recorded.get("root") or root
-    rel = lambda p: os.path.relpath(p, root)  # noqa: E731
-    check_unique_keys([rel(p) for p in videos])
+    check_unique_keys([os.path.relpath(p, root) for p in videos])
     this_model = check_same_model(output, model, recorded)
     remove_unrecorded(output, rank, world_size, recorded["shards"])
     done = recorded["videos"]
-    mine = [p for i, p in enumerate(videos) if i % world_size == rank and not is_done(done.get(rel(p)), p)]
-    signatures = {p: file_signature(p) for p in mine}  # before decoding: a file changed meanwhile is retried
+    mine = [p for i, p in enumerate(videos)
+            if i % world_size == rank and not is_done(done.get(os.path.relpath(p, root)), p)]
     manifest_path = os.path.join(output, f"manifest.rank-{rank}.json")
     manifest = {"videos": {}, "shards": {}}
     if os.path.exists(manifest_path):
@@ -457,124 +354,30 @@ def encode_videos(model: Autoencoder | VideoCodec, inputs: list[str], output: st
             manifest = forget_missing_shards(output, load_json(f.read()))
     manifest["model_id"], manifest["root"] = this_model, root
 
-    model = model.to(device).eval()
-    video = isinstance(model, VideoCodec)
-    if video and search_steps:
+    model = clip_codec(model, batch_size).to(device).eval()
+    if search_steps and not getattr(model, "supports_search", False):
         raise ValueError("token search (search_steps) is for per-frame models; a video codec encodes its clips "
                          "as they are")
-    if video:
-        batch_size = -(-batch_size // model.gop) * model.gop
+    batch_size = -(-batch_size // model.gop) * model.gop  # whole groups
     if prior is not None and prior.model_id != this_model:
         raise ValueError(f"the {prior.kind} prior was trained on tokens of model {prior.model_id}, not of this "
                          f"checkpoint ({this_model}); train one with python -m compressor.tools.entropy train")
-    common = {"model_id": this_model, "codebook_size": model.codebook_size, "num_tokens": model.num_tokens,
-              "token_layout": f"{model.grid[0]}x{model.grid[1]} row-major"}
-    if video:  # bits and bytes differ by frame type: frame_formats says them
-        common.update(image_size=list(model.image_size), **video_fields(model, model.gop))
-    else:
-        common.update(bits_per_token=model.bits_per_token, bytes_per_frame=model.bytes_per_frame,
-                      image_size=list(model.image_size))
     workers = min(num_workers, len(mine))
     loader = DataLoader(DecodedChunks(mine, model.image_size, batch_size, segment_seconds, fps),
                         batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None)
-    writer = ShardWriter(output, rank, world_size, maxcount, taken=taken)
-    pending: list[str] = []  # videos whose samples sit in the open shard
-    # A video's samples are held (256 bytes/frame) until it ends, so a shard only ever holds whole videos even
-    # when several decode workers interleave their videos. Frames are never held beyond one batch.
-    video_samples: dict[int, list[dict]] = {}
-    seg_tokens: dict[int, list[np.ndarray]] = {}
-    seg_meta: dict[int, dict] = {}
-    frames_total, t0 = 0, time.perf_counter()
-    bar = tqdm(total=len(mine), unit="video", desc=f"encode[rank {rank}]", disable=not progress, file=sys.stderr)
-    # Not for a video codec: the encoder's reference must be the float reconstruction the decoder computes.
-    use_bf16 = torch.device(device).type == "cuda" and not video
-
-    step = step_hook or (lambda name: None)
-
-    def flush_shard():
-        closed = writer.close(step)
-        name = closed[0] if closed else None
-        if closed:
-            manifest["shards"][name] = closed[1]
-        for p in pending:
-            manifest["videos"][rel(p)]["shard"] = name
-        pending.clear()
-        with reporting_full_disk(manifest_path):
-            _write_json(manifest_path, manifest)
-        step("manifest_written")
-
-    failed: dict[int, str] = {}  # videos whose tokens the model refused: no samples, recorded as failed
-
-    def encode_chunk(chunk: Chunk) -> None:
-        nonlocal frames_total
-        path = mine[chunk.video]
-        if len(chunk.frames) and chunk.video not in failed:
-            try:
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-                    # checked: int64 in [0, codebook_size)
-                    if video:  # whole groups from an intra frame: (T, N) uint16, conditional frames zero-padded
-                        tokens = pad_frames(model.encode_clip(chunk.frames.to(device))[0], model.num_tokens)
-                    else:
-                        tokens = model.encode(chunk.frames.to(device), search_steps=search_steps)
-                        tokens = tokens.cpu().numpy().astype(np.uint16)
-            except ValueError as e:  # e.g. a diverged model's NaN: never cast into valid-looking tokens
-                failed[chunk.video] = f"{type(e).__name__}: {e}"
-                for held in (seg_tokens, seg_meta, video_samples):
-                    held.pop(chunk.video, None)
-            else:
-                seg_tokens.setdefault(chunk.video, []).append(tokens)
-                meta = seg_meta.setdefault(chunk.video, {"frame_indices": [], "timestamps": []})
-                meta["frame_indices"] += chunk.frame_indices
-                meta["timestamps"] += chunk.timestamps
-                frames_total += len(chunk.frames)
-                bar.set_postfix(fps=f"{frames_total / (time.perf_counter() - t0):.1f}", refresh=False)
-        if chunk.last_in_segment and seg_tokens.get(chunk.video):
-            meta = seg_meta.pop(chunk.video)
-            tokens = np.concatenate(seg_tokens.pop(chunk.video))
-            ctok, coded = None, {}
-            if prior is not None:
-                ctok = encode_segment(torch.from_numpy(tokens.astype(np.int64)), prior)
-                coded = {"entropy_coded": {"prior": prior.kind, "prior_id": prior.prior_id(), "bytes": len(ctok)}}
-            video_samples.setdefault(chunk.video, []).append(make_sample(tokens, {
-                "source": rel(path), "segment": chunk.segment, "first_frame": meta["frame_indices"][0],
-                "frame_indices": meta["frame_indices"], "timestamps": meta["timestamps"],
-                "fps": chunk.info["fps"], "source_fps": chunk.info["source_fps"],
-                "original_size": chunk.info["original_size"], **common, **coded,
-                **({"frame_types": frame_types(len(tokens), model.gop)} if video else {}),
-            }, ctok))
-        if chunk.last_in_video:
-            info = {**chunk.info}
-            if chunk.video in failed:
-                info.update(status="failed", reason=failed.pop(chunk.video), frames=0)
-            for sample in video_samples.pop(chunk.video, []):
-                writer.write(sample)
-                step("sample_written")
-            manifest["videos"][rel(path)] = {**info, **signatures[path], "shard": None}
-            pending.append(path)
-            bar.update(1)
-            if writer.full():
-                flush_shard()
-
+    run = EncodeRun(model, output, mine, root, manifest, ShardWriter(output, rank, world_size, maxcount, taken=taken),
+                    rank=rank, device=device, prior=prior, step=step_hook or (lambda name: None),
+                    search_steps=search_steps, progress=progress)
     try:
         for chunk in loader:
-            encode_chunk(chunk)
-        flush_shard()
+            run.encode_chunk(chunk)
+        run.flush_shard()
     except DiskFullError:
         # Nothing this run could not record may stay to be read as valid: its partial shard, and a finished one
         # whose manifest entry could not be written. (Deleting needs no space.)
         remove_unrecorded(output, rank, world_size, load_manifests(output)["shards"])
         raise
-    bar.close()
-    seconds = time.perf_counter() - t0
-    return {"rank": rank, "videos": len(mine), "frames": frames_total, "seconds": seconds,
-            "frames_per_s": frames_total / max(seconds, 1e-9), "manifest": manifest}
-
-
-def write_merged_manifest(output: str, root_inputs: list[str]) -> dict:
-    merged = load_manifests(output)
-    merged["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    merged["inputs"] = root_inputs
-    path = os.path.join(output, "manifest.json")
-    with reporting_full_disk(path):
-        _write_json(path, merged)
-    return merged
+    run.bar.close()
+    seconds = time.perf_counter() - run.t0
+    return {"rank": rank, "videos": len(mine), "frames": run.frames, "seconds": seconds,
+            "frames_per_s": run.frames / max(seconds, 1e-9), "manifest": manifest}

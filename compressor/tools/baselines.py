@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from compressor.metrics import frame_psnr
+from compressor.utils import batched
 
 # (W, H) candidates, all at the frame's 2:1 aspect; the first is full size for 128x256 frames.
 SIZES = ((256, 128), (192, 96), (128, 64), (96, 48), (64, 32), (48, 24), (32, 16))
@@ -121,7 +122,7 @@ def hevc_sweep(frames: torch.Tensor, fps: float, qps=HEVC_QPS, keep_frames: list
     points = []
     for qp in qps:
         sizes, recon = hevc_roundtrip(frames, fps, qp)
-        psnr = torch.cat([frame_psnr(recon[i : i + 64], frames[i : i + 64]) for i in range(0, len(frames), 64)])
+        psnr = batched(frame_psnr, recon, frames, size=64)
         points.append(VideoPoint(qp, sum(sizes) / len(frames), psnr, recon[keep_frames] if keep_frames else None))
     return points
 

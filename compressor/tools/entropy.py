@@ -32,7 +32,8 @@ from compressor.entropy.priors import KINDS, Prior
 from compressor.entropy.stream import FITTED_KINDS, PRIORS, decode_segment, encode_segment, load_prior, save_prior
 from compressor.tools.entropy_report import token_format
 from compressor.latents.find import check_output_apart, expand_urls
-from compressor.latents.shards import make_sample, read_segments
+from compressor.latents.samples import make_sample
+from compressor.latents.shards import read_segments
 from compressor.utils import atomic_write
 
 
@@ -44,7 +45,8 @@ def load_segments(shards, prior: Prior | None = None) -> list[dict]:
 def train(args) -> None:
     segments = load_segments(args.input)
     if args.checkpoint:
-        from compressor.codec.autoencoder import load, model_id
+        from compressor.codec.autoencoder import load
+        from compressor.codec.checkpoint import model_id
 
         model = load(args.checkpoint)
         levels = getattr(model.quantizer, "levels", None)

@@ -17,7 +17,7 @@ from compressor.codec.packing import from_digits, to_digits, pack, unpack
 from compressor.entropy.adaptive import VERSION as ADAPTIVE_VERSION, AdaptivePrior
 from compressor.entropy.priors import TemporalPrior, one_thread
 from compressor.entropy.stream import FITTED_KINDS, HEADER_BYTES, decode_segment, encode_segment, load_prior
-from compressor.latents.shards import grid_of
+from compressor.latents.samples import grid_of
 
 
 def _timed(fn, *args):

@@ -39,62 +39,47 @@ from compressor.tools import baselines
 from compressor.tools.eval_report import card_results, comparison_markdown, to_markdown
 from compressor.codec.autoencoder import Autoencoder
 from compressor.codec.hub import write_evaluation
+from compressor.codec.clips import clip_codec, clip_tokens
 from compressor.codec.video import VideoCodec, load_codec
 from compressor.metrics import LPIPS, frame_ms_ssim, frame_psnr
 from compressor.codec.packing import pack, unpack
 from compressor.data.video import list_videos, open_video, read_frames, read_manifest
-from compressor.latents.groups import frame_types
+from compressor.latents.groups import codec_fields, frame_types, is_video
 from compressor.benchmark import sync, write_report
-from compressor.utils import num_params, resolve_device, token_entropy_bits
+from compressor.utils import batched, num_params, resolve_device, token_entropy_bits
 
 RD_BUDGETS = (48, 64, 96, 128, 160, 224, 320, 448, 640, 896, 1280)
 
 
 # ---- our codec, every frame --------------------------------------------------------------------------------------
-def codec_roundtrip(model: Autoencoder | VideoCodec, frames: torch.Tensor, batch_size: int = 32,
-                    search_steps: int = 0) -> dict:
-    """uint8 (T, 3, H, W) on the CPU through encode -> pack -> unpack -> decode on the model's device, in batches;
-    returns recon uint8 (T, 3, H, W) and tokens (T, N) on the CPU, and timings. A video codec codes ``frames`` as
-    one clip (``video_roundtrip``)."""
-    if isinstance(model, VideoCodec):
-        return video_roundtrip(model, frames)
-    recon, tokens, n_bytes, enc_s, dec_s = [], [], 0, 0.0, 0.0
-    device = model.pre_quant.weight.device
-    for i in range(0, len(frames), batch_size):
-        batch = frames[i : i + batch_size]
-        t0 = time.perf_counter()
-        tok = model.encode(batch, search_steps=search_steps)
-        sync(device)  # CUDA runs asynchronously: without this, encode time would be counted as decode time
-        t1 = time.perf_counter()
-        data = pack(tok, bits=model.bits_per_token)
-        recon.append(model.decode(unpack(data, len(batch), model.num_tokens, model.bits_per_token)).cpu())
-        enc_s, dec_s = enc_s + t1 - t0, dec_s + time.perf_counter() - t1
-        n_bytes += len(data)
-        tokens.append(tok.cpu())
-    return {"recon": torch.cat(recon), "tokens": torch.cat(tokens), "bytes_per_frame": n_bytes / len(frames),
-            "encode_s": enc_s, "decode_s": dec_s}
-
-
-def video_roundtrip(codec: VideoCodec, frames: torch.Tensor) -> dict:
-    """uint8 (T, 3, H, W) of one clip, in order, through ``encode_clip`` -> ``decode_clip`` (a decoder that has only
-    the tokens); tokens are every frame's, concatenated (for codebook statistics), bytes the packed ones."""
+def codec_roundtrip(codec, frames: torch.Tensor, search_steps: int = 0) -> dict:
+    """uint8 (T, 3, H, W) of one clip, in order, on the CPU, through a clip codec (``compressor.codec.clips``):
+    encode -> pack -> unpack -> decode on the codec's device, a decoder that has only the bytes. Returns recon uint8
+    (T, 3, H, W) and every frame's tokens concatenated (for codebook statistics) on the CPU, the packed bytes per
+    frame (each frame at its type's bits), and timings."""
+    device = next(codec.intra.parameters()).device
     t0 = time.perf_counter()
-    tokens, _ = codec.encode_clip(frames)
+    tokens = clip_tokens(codec, frames, search_steps)
+    sync(device)  # CUDA runs asynchronously: without this, encode time would be counted as decode time
     t1 = time.perf_counter()
-    recon = codec.decode_clip(tokens).cpu()
-    formats = codec.frame_formats()
-    n_bytes = sum(formats[kind]["bytes_per_frame"] for kind in frame_types(len(frames), codec.gop))
+    formats, received, n_bytes = codec.frame_formats(), [], 0
+    for tok, kind in zip(tokens, frame_types(len(frames), codec.gop)):
+        bits = formats[kind]["bits_per_token"]
+        data = pack(tok[None], bits=bits)
+        received.append(unpack(data, 1, len(tok), bits)[0])
+        n_bytes += len(data)
+    recon = codec.decode_clip(received).cpu()
     return {"recon": recon, "tokens": torch.cat(tokens).cpu(), "bytes_per_frame": n_bytes / len(frames),
             "encode_s": t1 - t0, "decode_s": time.perf_counter() - t1}
 
 
-def evaluate_clip(model: Autoencoder | VideoCodec, path: str, batch_size: int = 32, search_steps: int = 0) -> dict:
-    """Per-clip metrics of one checkpoint on every frame, plus token counts for codebook statistics."""
-    frames = read_frames(path, model.image_size)
-    r = codec_roundtrip(model, frames, batch_size, search_steps)
-    psnr = _batched(frame_psnr, r["recon"], frames)
-    ssim = _batched(frame_ms_ssim, r["recon"], frames)
-    counts = torch.bincount(r["tokens"].flatten(), minlength=model.codebook_size).double()
+def evaluate_clip(codec, path: str, search_steps: int = 0) -> dict:
+    """Per-clip metrics of one clip codec on every frame, plus token counts for codebook statistics."""
+    frames = read_frames(path, codec.image_size)
+    r = codec_roundtrip(codec, frames, search_steps)
+    psnr = batched(frame_psnr, r["recon"], frames, size=64)
+    ssim = batched(frame_ms_ssim, r["recon"], frames, size=64)
+    counts = torch.bincount(r["tokens"].flatten(), minlength=codec.codebook_size).double()
     return {"clip": os.path.basename(path), "frames": len(frames), "psnr": psnr.mean().item(),
             "ms_ssim": ssim.mean().item(), "bytes_per_frame": r["bytes_per_frame"],
             "encode_fps": len(frames) / r["encode_s"], "decode_fps": len(frames) / r["decode_s"], "_counts": counts}
@@ -107,7 +92,8 @@ def token_stats(counts: torch.Tensor) -> dict:
 def evaluate(model: Autoencoder | VideoCodec, videos: list[str], batch_size: int = 32, progress: bool = True,
              search_steps: int = 0) -> dict:
     """One checkpoint on every frame of ``videos``: per clip and overall (tokens searched for ``search_steps``)."""
-    clips = [evaluate_clip(model, v, batch_size, search_steps)
+    codec = clip_codec(model, batch_size)
+    clips = [evaluate_clip(codec, v, search_steps)
              for v in tqdm(videos, desc="every frame", unit="clip", disable=not progress)]
     total = sum(c["frames"] for c in clips)
     counts = sum(c.pop("_counts") for c in clips)
@@ -125,16 +111,20 @@ def evaluate(model: Autoencoder | VideoCodec, videos: list[str], batch_size: int
     return {"clips": clips, "overall": overall}
 
 
+def describe(codec) -> tuple[str, dict]:
+    """How a report names a clip codec's mode, and the networks whose parameters it counts."""
+    if is_video(codec_fields(codec)):
+        return (f"video, groups of {codec.gop}: whole clips in order",
+                {"intra": codec.intra, "conditional": codec.inter})
+    return "per-frame", codec.parts()
+
+
 def device_info(device: torch.device) -> dict:
     """What the report records about the device: its type, and the card's name on CUDA."""
     info: dict = {"device": device.type}
     if device.type == "cuda":
         info["device_name"] = torch.cuda.get_device_name(device)
     return info
-
-
-def _batched(fn, recon: torch.Tensor, frames: torch.Tensor, size: int = 64) -> torch.Tensor:
-    return torch.cat([fn(recon[i : i + size], frames[i : i + size]) for i in range(0, len(frames), size)])
 
 
 # ---- comparison at matched bytes ---------------------------------------------------------------------------------
@@ -148,10 +138,10 @@ class Scores:
             setting: str = "") -> None:
         c = self.clips[clip]
         c["bytes"] += [float(b) for b in (nbytes if isinstance(nbytes, (list, tuple)) else [nbytes] * len(frames))]
-        c["psnr"] += _batched(frame_psnr, recon, frames).tolist()
-        c["ms_ssim"] += _batched(frame_ms_ssim, recon, frames).tolist()
+        c["psnr"] += batched(frame_psnr, recon, frames, size=64).tolist()
+        c["ms_ssim"] += batched(frame_ms_ssim, recon, frames, size=64).tolist()
         if lpips is not None:
-            c["lpips"] += _batched(lpips, recon, frames, 16).tolist()
+            c["lpips"] += batched(lpips, recon, frames, size=16).tolist()
         c["fits"] += list(fits) if isinstance(fits, (list, tuple)) else [bool(fits)] * len(frames)
         c["setting"] += list(setting) if isinstance(setting, (list, tuple)) else [setting] * len(frames)
 
@@ -184,7 +174,8 @@ def compare(models: dict[str, Autoencoder | VideoCodec], videos: list[str], budg
         bar.set_postfix_str(f"{clip}: {method}", refresh=False)
         bar.update()
 
-    image_size = models[first_name].image_size
+    codecs_of = {name: clip_codec(model, batch_size) for name, model in models.items()}
+    image_size = codecs_of[first_name].image_size
     scores: dict[str, Scores] = collections.defaultdict(Scores)
     rd: dict[str, list] = collections.defaultdict(list)
     image_rd = collections.defaultdict(lambda: collections.defaultdict(list))  # method -> budget -> [Candidate]
@@ -199,12 +190,12 @@ def compare(models: dict[str, Autoencoder | VideoCodec], videos: list[str], budg
         if picks:
             gallery["original"] += [(sub[i], clip) for i in picks]
         t0 = time.perf_counter()
-        for name, model in models.items():
-            if isinstance(model, VideoCodec):  # coded as the whole clip it is, scored on the comparison frames
-                r = codec_roundtrip(model, frames)
+        for name, codec in codecs_of.items():
+            if codec.gop == 1:  # every frame coded alone: the comparison frames are all it needs
+                r = codec_roundtrip(codec, sub, search_steps)
+            else:  # coded as the whole clip it is, scored on the comparison frames
+                r = codec_roundtrip(codec, frames)
                 r["recon"] = r["recon"][idx]
-            else:
-                r = codec_roundtrip(model, sub, batch_size, search_steps)
             scores[name].add(clip, r["bytes_per_frame"], r["recon"], sub, lpips, True, f"{r['bytes_per_frame']:.0f} B")
             if name == first_name:
                 gallery[name] += _tiles(r["recon"], sub, picks, [r["bytes_per_frame"]] * len(sub))
@@ -326,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
 
     videos = select_videos(args.input, args.split)
     models = {_name(c): load_codec(c, map_location=device) for c in args.checkpoint}  # per-frame or video
-    if args.search_steps and any(isinstance(m, VideoCodec) for m in models.values()):
+    if args.search_steps and not all(getattr(clip_codec(m), "supports_search", False) for m in models.values()):
         ap.error("--search-steps is for per-frame models; a video codec (video.pt) encodes clips as they are")
     on = device_info(device)
     report: dict = {"split": args.split, "batch_size": args.batch_size, "search_steps": args.search_steps, **on,
@@ -334,11 +325,7 @@ def main(argv: list[str] | None = None) -> None:
     md = []
     for (name, model), path in zip(models.items(), args.checkpoint):
         r = evaluate(model, videos, args.batch_size, search_steps=args.search_steps)
-        if isinstance(model, VideoCodec):
-            mode = f"video, groups of {model.gop}: whole clips in order"
-            parts = {"intra": model.intra, "conditional": model.inter}
-        else:
-            mode, parts = "per-frame", {"encoder": model.encoder, "decoder": model.decoder}
+        mode, parts = describe(clip_codec(model))
         r.update(checkpoint=path, mode=mode, batch_size=args.batch_size, **on, threads=torch.get_num_threads(),
                  params={**{k: num_params(v) for k, v in parts.items()}, "total": num_params(model)})
         report["checkpoints"][name] = r
@@ -380,7 +367,8 @@ def main(argv: list[str] | None = None) -> None:
             if "comparison" in report:
                 md.append(comparison_markdown(report["comparison"]))
             # A video codec's frames differ in size: its budget is the mean bytes per frame it measured.
-            budget = round(r["overall"]["bytes_per_frame"]) if isinstance(model, VideoCodec) else model.bytes_per_frame
+            codec = clip_codec(model)
+            budget = getattr(codec, "bytes_per_frame", None) or round(r["overall"]["bytes_per_frame"])
             write_evaluation(path, name.removeprefix("ours: "), "\n".join(md),
                              card_results(r["overall"], dataset, args.split, budget))
             print(f"wrote the evaluation into {path}/README.md")

@@ -26,13 +26,13 @@ import time
 import torch
 from tqdm import tqdm
 
-from compressor.codec.autoencoder import read_checkpoint
+from compressor.codec.checkpoint import read_checkpoint
 from compressor.codec.remember import REMEMBERING_FORMAT, load_remembering
 from compressor.codec.video import MAX_GOP, VideoCodec, load_video
 from compressor.data.video import read_frames
 from compressor.metrics import frame_psnr
 from compressor.tools.evaluate import select_videos
-from compressor.utils import atomic_write
+from compressor.utils import batched, write_json
 
 
 def evaluate_clip(codec: VideoCodec, frames: torch.Tensor) -> dict:
@@ -40,8 +40,7 @@ def evaluate_clip(codec: VideoCodec, frames: torch.Tensor) -> dict:
     t0 = time.perf_counter()
     tokens, recon = codec.encode_clip(frames)
     seconds = time.perf_counter() - t0
-    intra_recon = torch.cat([codec.intra.decode(codec.intra.encode(frames[i : i + 32]))
-                             for i in range(0, len(frames), 32)])
+    intra_recon = batched(lambda f: codec.intra.decode(codec.intra.encode(f)), frames, size=32)
     bits = [len(t) * (codec.intra.bits_per_token if i % codec.gop == 0 else codec.inter.bits_per_token)
             for i, t in enumerate(tokens)]
     return {"psnr": frame_psnr(recon, frames).tolist(), "intra_psnr": frame_psnr(intra_recon, frames).tolist(),
@@ -61,8 +60,8 @@ def evaluate_remembering(paths: list[str], checkpoint: str) -> dict:
     clips, names = {}, clip_names(paths)
     for path in tqdm(paths, desc="remembering decoder"):
         frames = read_frames(path, intra.image_size)
-        tokens = torch.cat([intra.encode(frames[i : i + 32]) for i in range(0, len(frames), 32)])
-        alone = torch.cat([intra.decode(tokens[i : i + 32]) for i in range(0, len(tokens), 32)])
+        tokens = batched(intra.encode, frames, size=32)
+        alone = batched(intra.decode, tokens, size=32)
         clips[names[path]] = {"psnr": frame_psnr(decoder.decode_clip(tokens), frames).mean().item(),
                                          "intra_psnr": frame_psnr(alone, frames).mean().item(),
                                          "frames": len(frames)}
@@ -153,8 +152,7 @@ def _evaluate(args) -> int:
         report = evaluate_remembering(videos, args.checkpoint)
         print(f"remembering decoder: {report['psnr_clip_mean']:.2f} dB, the same tokens decoded alone "
               f"{report['intra_only_psnr_clip_mean']:.2f} dB ({report['bytes_per_frame']} B/frame)")
-        with atomic_write(os.path.join(args.output, "report.json")) as tmp, open(tmp, "w") as f:
-            json.dump(report, f, indent=1)
+        write_json(os.path.join(args.output, "report.json"), report)
         return 0
     codec = load_video(args.checkpoint)
     frames = {name: read_frames(v, codec.intra.image_size) for v, name in tqdm(clip_names(videos).items(), desc="read")}
@@ -171,8 +169,7 @@ def _evaluate(args) -> int:
               f"{s['intra_only_psnr_clip_mean']:.2f} dB at {codec.intra.bytes_per_frame} B); by position "
               + " ".join(f"{p:.2f}" for p in s["psnr_by_position"] if p is not None))
     os.makedirs(args.output, exist_ok=True)
-    with atomic_write(os.path.join(args.output, "report.json")) as tmp, open(tmp, "w") as f:
-        json.dump(report, f, indent=1)
+    write_json(os.path.join(args.output, "report.json"), report)
     return 0
 
 

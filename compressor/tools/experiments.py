@@ -27,7 +27,7 @@ import sys
 import time
 
 from compressor.training.cli import CONFIGS, cli
-from compressor.utils import atomic_write, num_params
+from compressor.utils import atomic_write, num_params, write_json
 
 REPORTS = "reports/experiments"
 RUNS = "runs/experiments"
@@ -154,8 +154,7 @@ def run(name: str, configs: list[str], images: int, shards: str, videos: list[st
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
-    with atomic_write(result_path) as tmp, open(tmp, "w") as f:  # its presence marks the run as done
-        json.dump(result, f, indent=1)
+    write_json(result_path, result)  # its presence marks the run as done
     others = "".join(f", {k} {v['psnr_clip_mean']:.2f} dB" for k, v in result["val_sets"].items())
     print(f"{name}: clip-mean PSNR {result['psnr_clip_mean']:.2f} dB{others}, codebook use "
           f"{result['codebook_usage']:.1%}")
@@ -315,8 +314,7 @@ def scaling(series: dict[str, list[str]], root: str, bar_psnr: float, output: st
     fig.tight_layout()
     fig.savefig(output, dpi=120)
     plt.close(fig)
-    with atomic_write(os.path.splitext(output)[0] + ".json") as tmp, open(tmp, "w") as f:
-        json.dump(out, f, indent=1)
+    write_json(os.path.splitext(output)[0] + ".json", out)
     return out
 
 

@@ -12,7 +12,6 @@ of each clip is used.
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
 from einops import rearrange
@@ -21,7 +20,7 @@ from compressor.codec.autoencoder import load
 from compressor.codec.packing import from_digits
 from compressor.data.video import read_frames
 from compressor.tools.evaluate import select_videos
-from compressor.utils import atomic_write, resolve_device, token_entropy_bits
+from compressor.utils import resolve_device, to_unit, token_entropy_bits, write_json
 
 
 def _entropy(counts: torch.Tensor) -> float:
@@ -34,7 +33,7 @@ def fsq_digits(model, frames: torch.Tensor, batch_size: int = 32) -> dict:
     q = model.quantizer
     zs = []
     for i in range(0, len(frames), batch_size):
-        x = frames[i : i + batch_size].to(q._levels.device).float() / 127.5 - 1
+        x = to_unit(frames[i : i + batch_size].to(q._levels.device))
         z = model.pre_quant(model.encoder(x))  # (B, N, C)
         z = rearrange(z, "b n c -> (b n) c")
         if hasattr(q, "norm"):  # Standardized/WhitenedFSQ: the bound sees the normalized (M, C) values
@@ -79,8 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{stats['tokens']} tokens: channel entropies sum to {stats['sum_of_channel_entropies_bits']:.2f} bits, "
           f"joint {stats['joint_entropy_bits']:.2f} bits, {stats['codes_used']} of {stats['codebook_size']} codes used")
     if args.output:
-        with atomic_write(args.output) as tmp, open(tmp, "w") as f:
-            json.dump({"checkpoint": args.checkpoint, "split": args.split, **stats}, f, indent=1)
+        write_json(args.output, {"checkpoint": args.checkpoint, "split": args.split, **stats})
 
 
 if __name__ == "__main__":

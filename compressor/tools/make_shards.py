@@ -23,8 +23,8 @@ import webdataset as wds
 from tqdm import tqdm
 
 from compressor.data.video import iter_frames, list_videos, preprocess, split_videos
-from compressor.latents.shards import video_key
-from compressor.utils import atomic_write, load_json, open_checked
+from compressor.latents.samples import video_key
+from compressor.utils import load_json, open_checked, write_json
 
 SETTINGS = "make_shards.json"
 
@@ -42,8 +42,7 @@ def check_settings(out: str, settings: dict) -> None:
     if any(name.endswith((".done", ".tar")) for name in os.listdir(out)):
         raise ValueError(f"{out} holds frame shards but no {SETTINGS}, so their frame size and stride are unknown; "
                          "write to another --output, or delete the old shards to redo them")
-    with atomic_write(path) as tmp, open(tmp, "w") as f:
-        json.dump(settings, f)
+    write_json(path, settings, indent=None)
 
 
 def write_video_shards(path: str, source: str, split: str, out: str, image_size: tuple[int, int], stride: int,

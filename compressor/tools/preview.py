@@ -17,9 +17,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from compressor.codec.video import VideoCodec, load_codec
+from compressor.codec.clips import clip_codec
+from compressor.codec.video import load_codec
 from compressor.data.video import iter_frames, preprocess
-from compressor.latents.groups import frame_tokens, is_video, unpad
+from compressor.latents.groups import codec_fields, frame_tokens, is_video, unpad
 from compressor.latents.find import expand_urls
 from compressor.latents.shards import read_segments
 from compressor.utils import resolve_device
@@ -38,11 +39,11 @@ def original_frames(path: str, frame_indices: list[int], image_size: tuple[int, 
 def render(checkpoint: str, inputs: list[str], output: str, original_root: str | None = None,
            source: str | None = None, max_segments: int | None = None, batch_size: int = 32,
            device: str = "cpu") -> int:
-    model = load_codec(checkpoint, map_location=device)
-    video = isinstance(model, VideoCodec)
-    if video:  # slices of whole groups: each starts at an intra frame (a segment starts one) and decodes alone
-        batch_size = -(-batch_size // model.gop) * model.gop
-    H, W = model.image_size
+    codec = clip_codec(load_codec(checkpoint, map_location=device), batch_size)
+    # Slices of whole groups: each starts at an intra frame (a segment starts one) and decodes alone.
+    batch_size = -(-batch_size // codec.gop) * codec.gop
+    video = is_video(codec_fields(codec))  # the format of the codec's tokens, to check each segment's against
+    H, W = codec.image_size
     width = 2 * W if original_root else W
     written, segments = 0, 0
     with av.open(output, "w") as container:
@@ -62,17 +63,14 @@ def render(checkpoint: str, inputs: list[str], output: str, original_root: str |
                 if video != is_video(meta):
                     raise SystemExit(f"{checkpoint} is a {'video' if video else 'per-frame'} codec and "
                                      f"{meta.get('source')} holds {'video' if is_video(meta) else 'per-frame'} tokens")
-                rows = unpad(tokens, frame_tokens(meta)) if video else None
+                rows = unpad(tokens, frame_tokens(meta)) if video else tokens  # each frame's own tokens
                 indices = meta.get("frame_indices") or list(range(len(tokens)))
                 originals = {}
                 if original_root:
                     originals = original_frames(os.path.join(original_root, meta["source"]), indices, (H, W))
                 for start in tqdm(range(0, len(tokens), batch_size), desc=f"{meta.get('source')}#{meta.get('segment')}",
                                   leave=False):
-                    if video:
-                        recon = model.decode_clip(rows[start : start + batch_size]).cpu()
-                    else:
-                        recon = model.decode(tokens[start : start + batch_size]).cpu()
+                    recon = codec.decode_clip(rows[start : start + batch_size]).cpu()
                     for j, frame in enumerate(recon):
                         if original_root:
                             orig = originals.get(indices[start + j], torch.zeros_like(frame))

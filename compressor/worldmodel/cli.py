@@ -218,7 +218,7 @@ def cmd_score(args: argparse.Namespace) -> dict:
 
 def _codec(path: str, fmt):
     import compressor
-    from compressor.codec.autoencoder import model_id
+    from compressor.codec.checkpoint import model_id
 
     codec = compressor.load(path).eval()
     if fmt.model_id and model_id(codec) != fmt.model_id:

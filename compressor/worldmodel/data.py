@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from compressor.entropy.coding import digit_radices
 from compressor.latents import LatentDataset
-from compressor.latents.shards import grid_of
+from compressor.latents.samples import grid_of
 
 
 @dataclass
