@@ -85,10 +85,8 @@ def _mode_section(model: Autoencoder | VideoCodec) -> list[str]:
 
 
 def _model_section(model: Autoencoder | VideoCodec) -> list[str]:
-    if isinstance(model, VideoCodec):  # the intra model's configuration, and the conditional model's arguments
-        inter = model.inter.export_dict()
-        config = {"gop": model.gop, "intra": model.intra.export_config(),
-                  "inter": {"init_args": inter["init_args"], "quantizer": inter["quantizer"]}}
+    if isinstance(model, VideoCodec):  # the group, the intra model's configuration and the conditional model's
+        config = model.export_config()
         rows = (f"uint16 (T, {model.num_tokens}), little-endian, frame t in row t; a `P` row holds its own "
                 f"{model.inter.num_tokens} tokens first, then zeros")
         budget = "the bound of every token; Mode gives each frame type's codebook, bits and bytes."
