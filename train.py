@@ -4,7 +4,8 @@
     python train.py fit --data.shards SHARD_DIR                # the recommended CPU recipe (configs/base.yaml)
     python train.py fit --config configs/vit-224B.yaml --data.videos /path/to/videos
     python train.py fit --config configs/vit-224B.yaml --data.videos ... --ckpt_path last.ckpt   # resume
-    python train.py fit --config configs/video-224B.yaml --data.shards SHARD_DIR   # video tokens (docs/video.md)
+    python train.py fit --config configs/video-224B.yaml --data.shards SHARD_DIR   # video tokens: configs/video-base.yaml
+                                                                                   # plus overlays (docs/video.md)
 """
 
 import os

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from compressor.codec.autoencoder import Autoencoder
-from compressor.codec.decoders import ConvDecoder, ConvUpsampleDecoder, ViTDecoder, ViTOverlapDecoder, ViTRefineDecoder
+from compressor.codec.decoders import (ConditionalViTDecoder, ConditionalViTOverlapDecoder, ConvDecoder,
+                                      ConvUpsampleDecoder, ViTDecoder, ViTOverlapDecoder, ViTRefineDecoder)
 from compressor.codec.encoders import ConvEncoder, ConvStemEncoder, ViTEncoder
 from compressor.codec.quantizers import FSQ, VQ, StandardizedFSQ, WhitenedFSQ
 from compressor.codec.video import ConditionalCodec, VideoCodec
@@ -49,13 +50,22 @@ def tiny_model(design: str = "vit", quantizer: str = "fsq", **kwargs) -> Autoenc
     return Autoencoder(ENCODERS[design](), QUANTIZERS[quantizer](), DECODERS[design](), **kwargs).eval()
 
 
+def conditional_codec(merge: int = 1, decoder: str = "vit", quantizer: torch.nn.Module | None = None,
+                      enc_dim: int = 32, dec_dim: int = 32, motion: bool = False) -> ConditionalCodec:
+    """A tiny conditional codec composed as a video config composes it: a 6-channel ViT encoder, a quantizer and the
+    conditional decoder of the pixel head ``decoder`` ("vit": a patch per token, "vit-overlap": overlapping tiles)."""
+    heads = {"vit": ConditionalViTDecoder, "vit-overlap": ConditionalViTOverlapDecoder}[decoder]
+    return ConditionalCodec(ViTEncoder(patch_size=16, dim=enc_dim, depth=1, heads=2, in_channels=6),
+                            quantizer or FSQ([8, 5, 5, 5]), heads(patch_size=16, dim=dec_dim, depth=1, heads=2,
+                                                                  motion=motion), merge=merge)
+
+
 def video_codec(merge: int = 1, gop: int = 4, trained: bool = True) -> VideoCodec:
     """A tiny video codec on ``tiny_model()``: conditional frames of 128 / merge tokens from a 1000-code FSQ."""
     torch.manual_seed(0)
-    inter = ConditionalCodec(FSQ([8, 5, 5, 5]), merge=merge, enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=32,
-                             dec_depth=1, dec_heads=2)
+    inter = conditional_codec(merge)
     if trained:  # a fresh model mostly keeps its reference; random weights make every conditional frame matter
-        for layer in (inter.head, inter.blend, inter.ref_embed):
+        for layer in (inter.decoder.head, inter.decoder.blend, inter.decoder.ref_embed):
             torch.nn.init.normal_(layer.weight, std=0.02)
     return VideoCodec(tiny_model(), inter.eval(), gop).eval()
 

@@ -11,8 +11,8 @@ from compressor.tools.bench_train import model_from_config
 from compressor.training.cli import BASE_CONFIG, cli, is_video_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Per-frame configs: overlays on configs/base.yaml. Video configs (their own module and CLI) are complete files,
-# tested in test_video_tokens.py.
+# Per-frame configs: overlays on configs/base.yaml. Video configs (their own modules and CLI) are overlays on
+# configs/video-base.yaml, built and trained in test_video_training.py.
 VIDEO_CONFIGS = [c for c in sorted(glob.glob(os.path.join(REPO, "configs", "*.yaml"))) if is_video_config(["--config", c])]
 CONFIGS = [c for c in sorted(glob.glob(os.path.join(REPO, "configs", "*.yaml"))) if c not in VIDEO_CONFIGS]
 GPU_MODELS = ["vit-224B.yaml", "convstem-224B.yaml", "vq-224B.yaml", "comma-scale.yaml", "comma-scale-convstem.yaml"]
@@ -64,6 +64,18 @@ def test_overlays_hold_only_their_differences_from_the_base():
             assert "callbacks" not in trainer and "precision" not in trainer, path
 
 
+def test_video_overlays_hold_only_their_differences_from_the_video_base():
+    # Video runs start from configs/video-base.yaml (video_cli), as per-frame runs from base.yaml: no overlay copies
+    # its plumbing, and each names the module it trains (which tells train.py that it is a video run).
+    for path in VIDEO_CONFIGS:
+        with open(path) as f:
+            config = yaml.safe_load(f)
+        if os.path.basename(path) != "video-base.yaml":
+            assert set(config.get("trainer", {})) == {"default_root_dir"}, path
+            assert set(config) <= {"trainer", "model", "data"}, path
+        assert config["model"]["class_path"].startswith("compressor.training.video."), path
+
+
 def test_gpu_models_inherit_the_recipe_and_the_gpu_plumbing():
     cfg = parse("gpu.yaml", "vit-224B.yaml")
     assert isinstance(cfg.model.autoencoder.quantizer, StandardizedFSQ) and cfg.datamodule.hparams.augment
@@ -85,7 +97,8 @@ def test_every_config_in_the_readme_table_exists():
     names = {os.path.relpath(c, os.path.join(REPO, "configs")) for c in CONFIGS}
     assert {"base.yaml", "demo.yaml", "vit-224B.yaml", "convstem-224B.yaml", "vq-224B.yaml", "comma-scale.yaml"} <= listed
     assert listed <= names, listed - names
-    assert {"video-224B.yaml", "video-remember.yaml"} == {os.path.basename(c) for c in VIDEO_CONFIGS}
+    assert {"video-base.yaml", "video-224B.yaml", "video-56B.yaml", "video-remember.yaml"} == {
+        os.path.basename(c) for c in VIDEO_CONFIGS}
     assert os.path.exists(BASE_CONFIG)
 
 

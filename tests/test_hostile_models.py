@@ -171,9 +171,9 @@ def test_a_file_that_is_not_a_prior_is_a_clear_error(tmp_path, content):
 def hostile_video_files() -> dict:
     """name -> (function(export) changing a tiny video codec's export in place, the error expected)."""
 
-    def inter(**args):
+    def part(name, **args):  # an argument of a part of the conditional model
         def change(export):
-            export["inter"]["init_args"].update(args)
+            export["inter"][name]["init_args"].update(args)
         return change
 
     def set_(*keys, value):
@@ -187,24 +187,31 @@ def hostile_video_files() -> dict:
     def weight(fn):
         def change(export):
             state = export["inter"]["state_dict"]
-            state["head.weight"] = fn(state["head.weight"])
+            state["decoder.head.weight"] = fn(state["decoder.head.weight"])
         return change
 
     big = "not a compressor checkpoint"
     return {
-        "enc_depth 100000": (inter(enc_depth=100_000), big),
-        "dec_dim 2**30": (inter(dec_dim=2**30), big),
-        "widths near the limit": (inter(enc_dim=60_000, dec_dim=60_000, enc_heads=10, dec_heads=10), "parameters"),
-        "merge 0": (inter(merge=0), big),
-        "merge that does not divide the grid": (inter(merge=3), "must tile"),
-        "heads that do not divide the width": (inter(enc_heads=3), big),
-        "patch_size 2.5": (inter(patch_size=2.5), big),
-        "image_size a string": (inter(image_size="128x256"), big),
-        "an unknown argument": (inter(command="touch pwned"), "no such argument"),
+        "encoder depth 100000": (part("encoder", depth=100_000), big),
+        "decoder dim 2**30": (part("decoder", dim=2**30), big),
+        "widths near the limit": (lambda e: [part(p, dim=60_000, heads=10)(e) for p in ("encoder", "decoder")],
+                                  "parameters"),
+        "merge 0": (set_("inter", "merge", value=0), big),
+        "merge that does not divide the grid": (set_("inter", "merge", value=3), "must tile"),
+        "heads that do not divide the width": (part("encoder", heads=3), big),
+        "patch_size 2.5": (part("encoder", patch_size=2.5), big),
+        "patches that differ": (part("decoder", patch_size=8), "patch"),
+        "an encoder of 3 channels": (part("encoder", in_channels=3), "in_channels=6"),
+        "a decoder that reads no reference": (set_("inter", "decoder", "class_path",
+                                                   value="compressor.codec.decoders.ViTDecoder"), big),
+        "image_size a string": (set_("inter", "image_size", value="128x256"), big),
+        "an unknown argument": (part("decoder", command="touch pwned"), "no such argument"),
         "quantizer levels 1000 long": (set_("inter", "quantizer", "init_args", "levels", value=[2] * 1000), big),
         "quantizer not a module": (set_("inter", "quantizer", "class_path", value="os.system"), "refusing to build"),
+        "encoder not a module": (set_("inter", "encoder", "class_path", value="os.system"), "refusing to build"),
         "quantizer an encoder": (set_("inter", "quantizer", "class_path",
                                       value="compressor.codec.encoders.ViTEncoder"), big),
+        "over the budget": (set_("inter", "max_bytes_per_frame", value=16), "exceeds the budget"),
         "inter a list": (set_("inter", value=[1]), big),
         "inter missing": (lambda e: e.pop("inter"), big),
         "intra missing": (lambda e: e.pop("intra"), big),
@@ -214,8 +221,29 @@ def hostile_video_files() -> dict:
         "a NaN weight": (weight(lambda w: w.index_fill(0, torch.tensor([0]), float("nan"))), "non-finite"),
         "a weight of the wrong shape": (weight(lambda w: w[:-1]), "do not match"),
         "a bool weight": (weight(lambda w: w > 0), "torch.bool"),
-        "a weight missing": (lambda e: e["inter"]["state_dict"].pop("head.weight"), "do not match"),
+        "a weight missing": (lambda e: e["inter"]["state_dict"].pop("decoder.head.weight"), "do not match"),
+        # files written before the conditional model was composed of parts: the old arguments, checked as strictly
+        "old layout: enc_depth 100000": (legacy_inter(enc_depth=100_000), big),
+        "old layout: widths near the limit": (legacy_inter(enc_dim=60_000, dec_dim=60_000, enc_heads=10,
+                                                           dec_heads=10), "parameters"),
+        "old layout: an unknown argument": (legacy_inter(command="touch pwned"), "no such argument"),
+        "old layout: overlap a string": (legacy_inter(overlap="yes"), "overlap is 'yes'"),
+        "old layout: motion a string": (legacy_inter(motion="yes"), "motion is 'yes'"),
+        "old layout: a weight missing": (legacy_inter(drop="head.weight"), "do not match"),
     }
+
+
+def legacy_inter(drop: str | None = None, **args):
+    """A change that rewrites the conditional model of a video export in the layout written before it was composed of
+    parts (``tests.test_video_tokens.to_legacy``), then sets old arguments ``args`` or drops weight ``drop``."""
+    from tests.test_video_tokens import to_legacy
+
+    def change(export):
+        export["inter"] = to_legacy(export["inter"])
+        export["inter"]["init_args"].update(args)
+        if drop:
+            export["inter"]["state_dict"].pop(drop)
+    return change
 
 
 @pytest.mark.parametrize("case", list(hostile_video_files()))

@@ -135,7 +135,8 @@ def test_video_folder_decodes_a_clip_to_the_same_frames(tmp_path, merge):
     assert {p.name for p in (tmp_path / "hub").iterdir()} == {"config.json", "model.safetensors", "README.md"}
     config = json.loads((tmp_path / "hub" / "config.json").read_text())
     assert config["format"] == "compressor-video/1" and config["gop"] == 4
-    assert config["inter"]["init_args"]["merge"] == merge and config["intra"] == codec.intra.export_config()
+    assert config["inter"]["merge"] == merge and config["intra"] == codec.intra.export_config()
+    assert config["inter"]["decoder"]["class_path"] == "compressor.codec.decoders.ConditionalViTDecoder"
 
     tokens, recon = codec.encode_clip(CLIP)
     for loaded in (compressor.load(tmp_path / "hub"), VideoCodec.from_pretrained(tmp_path / "hub")):
@@ -162,7 +163,7 @@ def test_video_card_states_the_mode_the_group_and_each_frame_types_budget(tmp_pa
     assert (f"| P (conditional) | 3 | {P['num_tokens']} | {P['token_layout']} | {P['bits_per_token']} | "
             f"{P['bytes_per_frame']} | {P['codebook_size']} |") in card
     assert "| P (conditional) | 3 | 64 | 8x8 row-major, a token per 2 adjacent cells across | 10 | 80 | 1000 |" in card
-    assert "compressor.codec.encoders.ViTEncoder" in card and "compressor.codec.video.ConditionalCodec" in card
+    assert "compressor.codec.encoders.ViTEncoder" in card and "compressor.codec.decoders.ConditionalViTDecoder" in card
     assert "compressor.load(" in card and "encode_clip(frames)" in card and "decode_clip(tokens)" in card
     tiny_model().save_pretrained(tmp_path / "frame")
     assert "Mode: per-frame." in (tmp_path / "frame" / "README.md").read_text()

@@ -8,7 +8,7 @@ import types
 import pytest
 import torch
 
-from compressor.codec.decoders import ViTDecoder
+from compressor.codec.decoders import ConditionalViTDecoder, ViTDecoder
 from compressor.codec.encoders import ViTEncoder
 from compressor.codec.quantizers import VQ, StandardizedFSQ, WhitenedFSQ
 from compressor.training.core import adamw, calibrate_ema, ema_copy, param_groups, update_ema
@@ -53,14 +53,18 @@ def modules(tmp_path) -> dict[str, torch.nn.Module]:
     """One of each LightningModule, with a VQ (a codebook) wherever a quantizer can be one."""
     intra = tmp_path / "intra.pt"
     tiny_model(quantizer="vq").save(intra)
-    small = dict(enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=32, dec_depth=1, dec_heads=2, init_from_intra=False)
+
+    def video(quantizer):  # a conditional codec composed as the video configs compose it, at tiny sizes
+        return VideoModule(str(intra), ViTEncoder(dim=32, depth=1, heads=2, in_channels=6), quantizer,
+                           ConditionalViTDecoder(dim=32, depth=1, heads=2), init_from_intra=False)
+
     return {
         "frames, VQ": CompressorModule(ViTEncoder(dim=32, depth=1, heads=2), VQ(codebook_size=256, dim=8),
                                        ViTDecoder(dim=48, depth=1, heads=2), CompressionLoss()),
         "frames, whitened FSQ": CompressorModule(ViTEncoder(dim=32, depth=1, heads=2), WhitenedFSQ(),
                                                  ViTDecoder(dim=48, depth=1, heads=2), CompressionLoss()),
-        "video, VQ": VideoModule(str(intra), VQ(codebook_size=256, dim=8), **small),
-        "video, standardized FSQ": VideoModule(str(intra), StandardizedFSQ(), **small),
+        "video, VQ": video(VQ(codebook_size=256, dim=8)),
+        "video, standardized FSQ": video(StandardizedFSQ()),
         "remember": RememberModule(str(intra)),
     }
 

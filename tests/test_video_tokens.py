@@ -3,6 +3,7 @@ group, clips from frame shards that never cross videos, and the per-frame defaul
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,14 +15,19 @@ import yaml
 import compressor
 from compressor.codec.quantizers import FSQ
 from compressor.codec.remember import RememberingDecoder, load_remembering
-from compressor.codec.video import ConditionalCodec, load_video, warp
+from compressor.codec.decoders import ConditionalViTDecoder, ConditionalViTOverlapDecoder, warp
+from compressor.codec.encoders import ViTEncoder
+from compressor.codec.video import ConditionalCodec, load_video
 from compressor.data.clips import FrameClips, read_videos
 from compressor.data.synthetic import driving_clip
 from compressor.training.cli import is_video_config
-from tests.conftest import tiny_model, video_codec
+from tests.conftest import conditional_codec, tiny_model, video_codec
 from tests.test_distributed import write_frame_shards
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The video configs' parts at tiny sizes, as command-line overrides.
+SMALL_PARTS = [f"--model.init_args.{part}.init_args.{k}={v}" for part in ("encoder", "decoder")
+               for k, v in (("dim", 32), ("depth", 1), ("heads", 2))]
 
 
 @pytest.mark.parametrize("merge,tokens", [(1, 128), (2, 64), (4, 32)])
@@ -61,10 +67,9 @@ def test_conditional_frames_use_the_reference():
 @pytest.mark.parametrize("design", ["vit", "vit-overlap"])
 def test_a_conditional_codec_started_from_the_intra_model_codes_as_it_does(design):
     intra = tiny_model(design)
-    inter = ConditionalCodec(FSQ([8, 8, 8, 6, 5]), merge=1, enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=48,
-                             dec_depth=1, dec_heads=2, overlap=design == "vit-overlap").eval()
+    inter = conditional_codec(decoder=design, quantizer=FSQ([8, 8, 8, 6, 5]), dec_dim=48).eval()
     inter.init_from(intra)
-    torch.nn.init.constant_(inter.blend.bias, -30.0)  # no reference at all: exactly the intra path
+    torch.nn.init.constant_(inter.decoder.blend.bias, -30.0)  # no reference at all: exactly the intra path
     frames = driving_clip(seed=8, num_frames=4)
     ref = torch.rand(4, 3, 128, 256) * 2 - 1  # whatever the reference, its paths start at zero
     tokens = inter.encode(frames, ref)
@@ -73,19 +78,27 @@ def test_a_conditional_codec_started_from_the_intra_model_codes_as_it_does(desig
     assert torch.allclose(inter.decode(same, ref), intra.reconstruct(same), atol=1e-4)
 
 
-def test_video_training_paints_pixels_as_its_intra_model_does(tmp_path):
-    """The recipe's intra model paints overlapping tiles: a VideoModule on it builds an overlap head by default and
-    starts from its weights; a codec whose head does not match is refused with the reason."""
+def test_video_training_starts_from_an_intra_model_of_the_same_parts_only(tmp_path):
+    """The recipe's intra model paints overlapping tiles: a VideoModule whose conditional decoder is the overlap
+    head's starts from its weights; one with another pixel head, or another encoder width, is refused with the
+    reason."""
     from compressor.training.video import VideoModule
 
     intra = tiny_model("vit-overlap")
     intra.save(tmp_path / "intra.pt")
-    args = dict(quantizer=FSQ([8, 8, 8, 6, 5]), enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=48, dec_depth=1,
-                dec_heads=2)
-    module = VideoModule(str(tmp_path / "intra.pt"), **args)
-    assert module.codec.overlap and torch.equal(module.codec.head.weight, intra.decoder.head.weight)
-    with pytest.raises(ValueError, match="ViTOverlapDecoder"):
-        VideoModule(str(tmp_path / "intra.pt"), overlap=False, **args)
+
+    def module(decoder=ConditionalViTOverlapDecoder, enc_dim=32):
+        return VideoModule(str(tmp_path / "intra.pt"), ViTEncoder(dim=enc_dim, depth=1, heads=2, in_channels=6),
+                           FSQ([8, 8, 8, 6, 5]), decoder(dim=48, depth=1, heads=2))
+
+    codec = module().codec
+    assert torch.equal(codec.decoder.head.weight, intra.decoder.head.weight)
+    assert torch.equal(codec.encoder.transformer.blocks[0].attn.qkv.weight,
+                       intra.encoder.transformer.blocks[0].attn.qkv.weight)
+    with pytest.raises(ValueError, match="starts from a ViTDecoder of the same arguments, not a ViTOverlapDecoder"):
+        module(ConditionalViTDecoder)
+    with pytest.raises(ValueError, match="init_from_intra needs.*same class and arguments"):
+        module(enc_dim=64)
 
 
 def test_warp_moves_by_whole_and_half_pixels_and_repeats_the_border():
@@ -100,13 +113,12 @@ def test_warp_moves_by_whole_and_half_pixels_and_repeats_the_border():
 
 
 def _motion_pair() -> tuple[ConditionalCodec, ConditionalCodec]:
-    args = dict(merge=2, enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=32, dec_depth=1, dec_heads=2)
     torch.manual_seed(0)
-    moving = ConditionalCodec(FSQ([8, 5, 5, 5]), motion=True, **args)
-    for layer in (moving.head, moving.blend, moving.ref_embed):
+    moving = conditional_codec(merge=2, motion=True)
+    for layer in (moving.decoder.head, moving.decoder.blend, moving.decoder.ref_embed):
         torch.nn.init.normal_(layer.weight, std=0.02)
-    still = ConditionalCodec(FSQ([8, 5, 5, 5]), **args)
-    still.load_state_dict({k: v for k, v in moving.state_dict().items() if not k.startswith("flow.")})
+    still = conditional_codec(merge=2)
+    still.load_state_dict({k: v for k, v in moving.state_dict().items() if not k.startswith("decoder.flow.")})
     return moving.eval(), still.eval()
 
 
@@ -117,16 +129,16 @@ def test_motion_starts_as_no_motion_then_moves_the_reference_by_the_tokens_shift
     tokens = moving.encode(frames, ref)
     assert torch.equal(moving.decode(tokens, ref), still.decode(tokens, ref))  # a fresh flow head: nothing moves
     with torch.no_grad():
-        moving.flow.bias.copy_(torch.tensor([1.0, 0.0]))  # every cell: one cell (16 px) to the right
-        moving.blend.weight.zero_()
-        moving.blend.bias.fill_(30.0)  # keep only the (moved) reference
+        moving.decoder.flow.bias.copy_(torch.tensor([1.0, 0.0]))  # every cell: one cell (16 px) to the right
+        moving.decoder.blend.weight.zero_()
+        moving.decoder.blend.bias.fill_(30.0)  # keep only the (moved) reference
     out = moving.decode(tokens, ref)
     assert torch.allclose(out[..., :-16], ref[..., 16:], atol=1e-5)
     assert torch.allclose(out[..., -16:], ref[..., -1:].expand(-1, -1, -1, 16), atol=1e-5)
     again = ConditionalCodec.from_export(moving.export_dict())  # the mode travels with the weights
-    assert again.motion and torch.equal(again.decode(tokens, ref), out)
+    assert again.decoder.motion and torch.equal(again.decode(tokens, ref), out)
     hostile = moving.export_dict()
-    hostile["init_args"]["motion"] = "yes"
+    hostile["decoder"]["init_args"]["motion"] = "yes"
     with pytest.raises(ValueError, match="motion is 'yes', not true or false"):
         ConditionalCodec.from_export(hostile)
 
@@ -137,7 +149,7 @@ def test_the_flow_head_learns_from_the_reconstruction_loss():
     frames = driving_clip(seed=10, num_frames=2).float() / 127.5 - 1
     out = moving(frames[1:], frames[:1])
     ((out["recon"] - frames[1:]) ** 2).mean().backward()
-    assert moving.flow.weight.grad.abs().sum() > 0 and moving.flow.bias.grad.abs().sum() > 0
+    assert moving.decoder.flow.weight.grad.abs().sum() > 0 and moving.decoder.flow.bias.grad.abs().sum() > 0
 
 
 def test_a_group_started_mid_clip_decodes_alone():
@@ -205,9 +217,7 @@ def test_train_py_trains_a_video_model(tmp_path):
     tiny_model().save(intra)
     cmd = [sys.executable, "train.py", "fit", "--config", "configs/video-224B.yaml", "--data.shards",
            str(tmp_path / "shards"), "--model.init_args.intra", str(intra), "--trainer.max_steps", "2",
-           "--trainer.default_root_dir", str(tmp_path / "run"), "--model.init_args.enc_depth", "1", "--model.init_args.dec_depth", "1",
-           "--model.init_args.enc_dim", "32", "--model.init_args.dec_dim", "32", "--model.init_args.enc_heads", "2",
-           "--model.init_args.dec_heads", "2", "--model.init_args.init_from_intra", "false",
+           "--trainer.default_root_dir", str(tmp_path / "run"), *SMALL_PARTS, "--model.init_args.init_from_intra", "false",
            "--data.batch_size", "2", "--trainer.val_check_interval", "1", "--trainer.limit_val_batches", "1",
            "--trainer.enable_progress_bar", "false"]
     env = {**os.environ, "WANDB_MODE": "disabled", "CUDA_VISIBLE_DEVICES": ""}
@@ -258,3 +268,75 @@ def test_evaluate_video_reports_every_frame_of_the_val_clips_by_group_position(t
     assert four["bytes_per_frame"] == pytest.approx((3 * intra + 7 * inter) / 10)  # intra at frames 0, 4, 8
     assert one["bytes_per_frame"] == intra and one["psnr_clip_mean"] == pytest.approx(one["intra_only_psnr_clip_mean"])
     assert four["intra_only_psnr_clip_mean"] == pytest.approx(one["intra_only_psnr_clip_mean"])
+
+
+def to_legacy(inter: dict) -> dict:
+    """A ``ConditionalCodec.export_dict()`` (a 6-channel ``ViTEncoder``, a conditional ViT decoder) as the codec wrote it
+    before it was composed of parts (until 2026-12-06): its arguments, and its weights by their old names and layout.
+    The inverse of ``compressor.codec.video_legacy``; checked once against files the old code wrote, which decoded
+    their tokens to the same frames bit for bit."""
+    enc, dec = inter["encoder"]["init_args"], inter["decoder"]["init_args"]
+    args = {"image_size": inter["image_size"], "patch_size": enc["patch_size"], "merge": inter["merge"],
+            "enc_dim": enc["dim"], "enc_depth": enc["depth"], "enc_heads": enc["heads"], "dec_dim": dec["dim"],
+            "dec_depth": dec["depth"], "dec_heads": dec["heads"], "motion": dec["motion"],
+            "overlap": inter["decoder"]["class_path"].endswith("OverlapDecoder")}
+    new_to_old = [("encoder.embed.", "enc_embed."), ("encoder.transformer.", "encoder."),
+                  ("decoder.ref_embed.", "ref_embed."), ("decoder.transformer.", "decoder."),
+                  ("decoder.head.", "head."), ("decoder.blend.", "blend."), ("decoder.flow.", "flow.")]
+    p2, state = enc["patch_size"] ** 2, {}
+    for name, w in inter["state_dict"].items():
+        old = next((o + name[len(n):] for n, o in new_to_old if name.startswith(n)), name)
+        if old == "enc_embed.weight":  # (D, (p q [frame c, ref c])) -> (D, [frame (p q c), ref (p q c)])
+            w = w.reshape(len(w), p2, 2, 3).transpose(1, 2).reshape(len(w), 6 * p2)
+        state[old] = w
+    return {"init_args": args, "quantizer": inter["quantizer"], "state_dict": state}
+
+
+@pytest.mark.parametrize("merge,motion", [(2, False), (1, True)])
+def test_video_codecs_saved_before_the_parts_were_chosen_in_yaml_still_load_and_decode_the_same(tmp_path, merge,
+                                                                                                  motion):
+    import safetensors.torch
+
+    codec = video_codec(merge)
+    if motion:  # the overlapping-tile head with motion, a flow that moves something
+        torch.manual_seed(3)
+        codec.inter = conditional_codec(merge, "vit-overlap", motion=True).eval()
+        with torch.no_grad():
+            for p in codec.inter.parameters():
+                p.add_(torch.randn_like(p) * 0.02)
+    frames = driving_clip(seed=4, num_frames=6)
+    tokens, recon = codec.encode_clip(frames)
+    old = {**codec.export_dict(), "inter": to_legacy(codec.inter.export_dict())}
+    torch.save(old, tmp_path / "video.pt")
+    folder = tmp_path / "hub"  # the old folder: config.json's inter holds the old arguments, the weights old names
+    codec.save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["inter"] = {k: v for k, v in old["inter"].items() if k != "state_dict"}
+    (folder / "config.json").write_text(json.dumps(config))
+    state = {f"intra.{k}": v for k, v in old["intra"]["state_dict"].items()}
+    state.update({f"inter.{k}": v.contiguous() for k, v in old["inter"]["state_dict"].items()})
+    safetensors.torch.save_file(state, str(folder / "model.safetensors"))
+    for path in (tmp_path / "video.pt", folder):
+        loaded = compressor.load(path)
+        assert type(loaded.inter.decoder) is type(codec.inter.decoder) and loaded.inter.decoder.motion == motion
+        assert torch.equal(loaded.decode_clip(tokens), recon)  # stored tokens decode to the same frames
+        again, _ = loaded.encode_clip(frames)  # and frames encode to the same tokens (float sums in another order)
+        assert (torch.cat(again) == torch.cat(tokens)).float().mean() > 0.99
+        assert loaded.inter.export_dict()["state_dict"].keys() == codec.inter.state_dict().keys()
+
+
+def test_a_training_checkpoint_saved_before_the_parts_were_chosen_in_yaml_resumes(tmp_path):
+    from compressor.training.video import VideoModule
+
+    tiny_model().save(tmp_path / "intra.pt")
+    module = VideoModule(str(tmp_path / "intra.pt"), ViTEncoder(dim=32, depth=1, heads=2, in_channels=6),
+                         FSQ([8, 5, 5, 5]), ConditionalViTDecoder(dim=32, depth=1, heads=2), init_from_intra=False)
+    state = {}
+    for prefix in ("codec", "ema"):
+        old = to_legacy({**getattr(module, prefix).export_dict()})["state_dict"]
+        state.update({f"{prefix}.{k}": v + 1 for k, v in old.items()})
+    state.update({k: v for k, v in module.state_dict().items() if not k.startswith(("codec.", "ema."))})
+    checkpoint = {"state_dict": state}
+    module.on_load_checkpoint(checkpoint)
+    module.load_state_dict(checkpoint["state_dict"])
+    assert torch.equal(module.codec.decoder.blend.bias, torch.full_like(module.codec.decoder.blend.bias, 4.0))

@@ -9,7 +9,8 @@ no data code). Import the module you need; this package imports nothing, so ``co
 - ``hub``: the Hub folder (``HubFolder``: checked ``save_pretrained`` / ``from_pretrained``) and its model cards.
 - ``clips``: one clip API for every codec: ``FrameCodec`` gives a per-frame model ``VideoCodec``'s
   ``encode_clip`` / ``decode_clip`` with groups of one, ``clip_codec`` picks it.
-- ``video``: conditional frames and ``VideoCodec`` (groups of an intra frame and conditional frames);
+- ``video``: conditional frames (``ConditionalCodec``, composed of an encoder, a quantizer and a conditional decoder)
+  and ``VideoCodec`` (groups of an intra frame and conditional frames); ``video_legacy`` reads older video files;
   ``remember``: ``RememberingDecoder``, per-frame tokens decoded with the frames before them.
 - ``packing``: the storage format, a leaf that imports only numpy and torch: ``pack`` / ``unpack`` tokens to
   fixed-width bytes, ``token_bits``, ``tokens_crc32``.

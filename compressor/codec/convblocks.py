@@ -46,18 +46,19 @@ def conv_norm(kind: str, channels: int) -> nn.Module:
 
 
 class ConvStem(nn.Module):
-    """Stride-2 3x3 conv + norm + ReLU per stage, then a 1x1 conv to ``dim``: (B, 3, H, W) -> (B, dim, H/p, W/p)
+    """Stride-2 3x3 conv + norm + ReLU per stage, then a 1x1 conv to ``dim``: (B, C, H, W) -> (B, dim, H/p, W/p)
     with ``p = 2 ** len(channels)``.
 
     Args:
         channels: output channels of each stride-2 stage.
         dim: output width (the 1x1 projection's).
         norm: ``"group"``, ``"layer"`` or ``"batch"`` (see ``conv_norm``).
+        in_channels: channels of the input (3: RGB).
     """
 
-    def __init__(self, channels: list[int], dim: int, norm: str = "group"):
+    def __init__(self, channels: list[int], dim: int, norm: str = "group", in_channels: int = 3):
         super().__init__()
-        stages, c_in = [], 3
+        stages, c_in = [], in_channels
         for c in channels:
             # BatchNorm removes a conv bias; GroupNorm and LayerNorm need one, or a frame and the same frame scaled
             # about mid-grey (black and dark grey) would normalise to the same features.
@@ -75,7 +76,7 @@ class ConvStem(nn.Module):
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, frames: Tensor) -> Tensor:
-        """frames: (B, 3, H, W) -> (B, dim, H/p, W/p)."""
+        """frames: (B, in_channels, H, W) -> (B, dim, H/p, W/p)."""
         return self.proj(self.stages(frames))
 
 

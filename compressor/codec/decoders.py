@@ -2,6 +2,10 @@
 
 The decoder is a transformer over the token grid, larger than the encoder by default: reconstruction from 224
 bytes is mostly generation, and the strongest tokenizers spend their parameters there.
+
+The conditional decoders (``ConditionalViTDecoder``, ``ConditionalViTOverlapDecoder``: one per pixel head) are the
+per-frame ViT decoders that also read the previous frame's reconstruction and blend it in, pixel by pixel; the
+conditional frames of ``compressor.codec.video`` use them.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from compressor.codec.layers import captured_args, ResBlock, Transformer, init_weights, sincos_2d, unpatchify
+from compressor.codec.layers import (captured_args, ResBlock, Transformer, init_weights, patchify, sincos_2d,
+                                     unpatchify)
 
 
 class ViTDecoder(nn.Module):
@@ -44,7 +49,11 @@ class ViTDecoder(nn.Module):
     def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
         """x: (B, N, D), grid: (h, w) with h*w = N -> frames: (B, 3, h*p, w*p)."""
         x = x + sincos_2d(*grid, self.dim, x.device).to(x.dtype)
-        return unpatchify(self.head(self.transformer(x)), self.patch_size, grid)
+        return self.paint(self.transformer(x), grid)
+
+    def paint(self, y: Tensor, grid: tuple[int, int]) -> Tensor:
+        """The pixel head: features y (B, N, D) -> pixels (B, C, h*p, w*p), one patch per token."""
+        return unpatchify(self.head(y), self.patch_size, grid)
 
 
 class ViTRefineDecoder(ViTDecoder):
@@ -115,10 +124,9 @@ class ViTOverlapDecoder(ViTDecoder):
         init_weights(self.head)
         self.register_buffer("window", tent_window(patch_size), persistent=False)
 
-    def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
-        """x: (B, N, D), grid: (h, w) with h*w = N -> frames: (B, 3, h*p, w*p)."""
-        x = x + sincos_2d(*grid, self.dim, x.device).to(x.dtype)
-        return paint_tiles(self.head(self.transformer(x)), self.window, grid)
+    def paint(self, y: Tensor, grid: tuple[int, int]) -> Tensor:
+        """The pixel head: features y (B, N, D) -> frames (B, 3, h*p, w*p), overlapping tiles blended."""
+        return paint_tiles(self.head(y), self.window, grid)
 
 
 def tent_window(patch_size: int) -> Tensor:
@@ -223,3 +231,96 @@ class ConvDecoder(nn.Module):
     def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
         """x: (B, N, D), grid: (h, w) with h*w = N -> frames: (B, 3, h*p, w*p)."""
         return self.net(rearrange(x, "b (h w) d -> b d h w", h=grid[0], w=grid[1]))
+
+
+class _ReadsReference:
+    """What makes a per-frame ViT decoder conditional: it also reads the reference (the previous frame's
+    reconstruction, which the decoder has) and, per pixel, blends the reference with what it paints, so a static part
+    of the scene can keep the detail it already had. Mixed into a per-frame decoder class (``FRAME_DECODER``), whose
+    transformer and pixel head it keeps, so that ``init_from`` can start it from a trained one of that class.
+
+    The reference enters through ``ref_embed`` (its patches, added to the tokens' features) and leaves through
+    ``blend`` (per pixel, the share of the reference to keep); both start at zero weights, the blend at 95% reference
+    ("nothing changed"). With ``motion`` a ``flow`` head also reads a shift per grid cell and moves the reference by
+    it (``warp``) before the blend, so a scene that moves can still be kept; it starts at no motion.
+    """
+
+    FRAME_DECODER: type
+
+    def __init__(self, patch_size: int = 16, dim: int = 384, depth: int = 6, heads: int = 6, mlp_ratio: float = 4.0,
+                 motion: bool = False):
+        self.FRAME_DECODER.__init__(self, patch_size, dim, depth, heads, mlp_ratio)
+        self.init_args = captured_args(locals())  # lets a checkpoint rebuild the model
+        p2 = self.patch_size ** 2
+        self.ref_embed = nn.Linear(3 * p2, self.dim)
+        self.blend = nn.Linear(self.dim, p2)  # per pixel: how much of the reference to keep instead
+        self.motion = motion
+        self.flow = nn.Linear(self.dim, 2) if motion else None  # per cell: (dx, dy) of the reference, in cells
+        for layer in (self.ref_embed, self.blend, self.flow):
+            if layer is not None:
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
+        nn.init.constant_(self.blend.bias, 3.0)
+
+    def forward(self, x: Tensor, ref: Tensor, grid: tuple[int, int]) -> Tensor:
+        """x: (B, N, D) the tokens' features, ref: (B, 3, H, W) the reference, grid: (h, w) -> frames (B, 3, H, W):
+        per pixel, a blend of the reference (moved, with ``motion``) and what the tokens say."""
+        x = x + self.ref_embed(patchify(ref, self.patch_size)) + sincos_2d(*grid, self.dim, ref.device).to(x.dtype)
+        y = self.transformer(x)
+        if self.flow is not None:
+            cells = rearrange(self.flow(y), "b (h w) c -> b c h w", h=grid[0])  # (B, 2, h, w)
+            ref = warp(ref, cells.float() * self.patch_size)
+        keep = torch.sigmoid(unpatchify(self.blend(y), self.patch_size, grid))  # (B, 1, H, W)
+        return keep * ref + (1 - keep) * self.paint(y, grid)
+
+    @torch.no_grad()
+    def init_from(self, decoder: nn.Module) -> None:
+        """Start from a trained per-frame decoder of ``FRAME_DECODER`` with the same arguments: its transformer and
+        pixel head are copied, the reference's paths stay at zero and the blend starts at 5% reference, so this
+        first decodes about as that decoder does. ``ValueError`` for a decoder of another class or size."""
+        mine = {k: v for k, v in self.init_args.items() if k != "motion"}
+        if type(decoder) is not self.FRAME_DECODER or decoder.init_args != mine:
+            raise ValueError(f"{type(self).__name__}({mine}) starts from a {self.FRAME_DECODER.__name__} of the "
+                             f"same arguments, not a {type(decoder).__name__}({decoder.init_args})")
+        missing, unexpected = self.load_state_dict(decoder.state_dict(), strict=False)
+        assert not unexpected and all(k.startswith(("ref_embed.", "blend.", "flow.")) for k in missing)
+        self.blend.bias.fill_(-3.0)
+
+
+class ConditionalViTDecoder(_ReadsReference, ViTDecoder):
+    """``ViTDecoder`` (a linear head, a patch per token) that also reads and blends in the reference
+    (``_ReadsReference``).
+
+    Args:
+        patch_size, dim, depth, heads, mlp_ratio: as ``ViTDecoder``'s.
+        motion: a flow head moves the reference by a shift per grid cell before the blend.
+    """
+
+    FRAME_DECODER = ViTDecoder
+
+
+class ConditionalViTOverlapDecoder(_ReadsReference, ViTOverlapDecoder):
+    """``ViTOverlapDecoder`` (overlapping tiles blended with a tent window, no block grid) that also reads and blends
+    in the reference (``_ReadsReference``).
+
+    Args:
+        patch_size, dim, depth, heads, mlp_ratio: as ``ViTOverlapDecoder``'s.
+        motion: a flow head moves the reference by a shift per grid cell before the blend.
+    """
+
+    FRAME_DECODER = ViTOverlapDecoder
+
+
+def warp(image: Tensor, flow: Tensor) -> Tensor:
+    """image (B, C, H, W), flow (B, 2, h, w) in pixels (dx, dy), on any grid that tiles the image -> the image
+    sampled at (x + dx, y + dy), bilinearly; the flow is interpolated bilinearly to every pixel first, so cells move
+    smoothly into each other, and samples past the edge repeat the border. In float32 whatever the autocast."""
+    B, _, H, W = image.shape
+    flow = F.interpolate(flow.float(), size=(H, W), mode="bilinear", align_corners=False)  # (B, 2, H, W)
+    ys, xs = torch.meshgrid(torch.arange(H, device=image.device), torch.arange(W, device=image.device), indexing="ij")
+    # grid_sample's coordinates with align_corners=False: -1 and 1 are the outer edges, pixel i's centre at
+    # (2i + 1) / size - 1.
+    gx = (2 * (xs + flow[:, 0]) + 1) / W - 1
+    gy = (2 * (ys + flow[:, 1]) + 1) / H - 1
+    return F.grid_sample(image.float(), torch.stack([gx, gy], -1), mode="bilinear", padding_mode="border",
+                         align_corners=False)

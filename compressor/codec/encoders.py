@@ -2,6 +2,8 @@
 
 At 128x256 with a 16-pixel grid both encoders give 8 x 16 = 128 tokens. The grid follows the input size, so
 256x512 gives 512 tokens (4x the bytes); the fixed sincos position embedding makes that run without retraining.
+Every encoder takes ``in_channels``: 6 reads a frame and the previous reconstruction stacked, as the conditional
+frames of ``compressor.codec.video`` do.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ class ViTEncoder(nn.Module):
         depth: number of transformer blocks.
         heads: attention heads.
         mlp_ratio: MLP hidden width over `dim`.
+        in_channels: channels of the input: 3 (RGB) for a frame, 6 for a frame and its reference stacked (the
+            conditional encoder of ``compressor.codec.video``).
     """
 
     def __init__(
@@ -32,17 +36,19 @@ class ViTEncoder(nn.Module):
         depth: int = 4,
         heads: int = 4,
         mlp_ratio: float = 4.0,
+        in_channels: int = 3,
     ):
         super().__init__()
         self.init_args = captured_args(locals())  # lets a checkpoint rebuild the model
+        self.in_channels = in_channels
         self.patch_size = patch_size
         self.dim = dim
-        self.embed = nn.Linear(3 * patch_size * patch_size, dim)
+        self.embed = nn.Linear(in_channels * patch_size * patch_size, dim)
         self.transformer = Transformer(dim, depth, heads, mlp_ratio)
         init_weights(self)
 
     def forward(self, frames: Tensor) -> Tensor:
-        """frames: (B, 3, H, W) -> latents: (B, H/p * W/p, D)."""
+        """frames: (B, in_channels, H, W) -> latents: (B, H/p * W/p, D)."""
         H, W = frames.shape[-2:]
         x = self.embed(patchify(frames, self.patch_size))  # (B, N, D)
         x = x + sincos_2d(H // self.patch_size, W // self.patch_size, self.dim, frames.device).to(x.dtype)
@@ -61,6 +67,8 @@ class ConvStemEncoder(nn.Module):
         depth: number of transformer blocks.
         heads: attention heads.
         mlp_ratio: MLP hidden width over `dim`.
+        in_channels: channels of the input: 3 (RGB) for a frame, 6 for a frame and its reference stacked (the
+            conditional encoder of ``compressor.codec.video``).
     """
 
     def __init__(
@@ -70,12 +78,14 @@ class ConvStemEncoder(nn.Module):
         depth: int = 4,
         heads: int = 4,
         mlp_ratio: float = 4.0,
+        in_channels: int = 3,
     ):
         super().__init__()
         self.init_args = captured_args(locals())  # lets a checkpoint rebuild the model
+        self.in_channels = in_channels
         self.patch_size = 2 ** len(stem_channels)
         self.dim = dim
-        stages, c_in = [], 3
+        stages, c_in = [], in_channels
         for c in stem_channels:
             stages.append(_DownStage(c_in, c))
             c_in = c
@@ -85,7 +95,7 @@ class ConvStemEncoder(nn.Module):
         init_weights(self)
 
     def forward(self, frames: Tensor) -> Tensor:
-        """frames: (B, 3, H, W) -> latents: (B, H/p * W/p, D)."""
+        """frames: (B, in_channels, H, W) -> latents: (B, H/p * W/p, D)."""
         x = self.stem(frames)  # (B, C, H/p, W/p)
         h, w = x.shape[-2:]
         x = self.embed(rearrange(x, "b c h w -> b (h w) c"))
@@ -123,25 +133,29 @@ class ConvEncoder(nn.Module):
     Args:
         channels: output channels of each stride-2 stage; ``2**len`` is the token grid's pixel size.
         depth: residual 3x3 blocks at the token grid (where the conv-stem encoder has its transformer).
+        in_channels: channels of the input: 3 (RGB) for a frame, 6 for a frame and its reference stacked (the
+            conditional encoder of ``compressor.codec.video``).
     """
 
     def __init__(
         self,
         channels: list[int] = [64, 128, 256, 384],  # noqa: B006
         depth: int = 2,
+        in_channels: int = 3,
     ):
         super().__init__()
         self.init_args = captured_args(locals())  # lets a checkpoint rebuild the model
+        self.in_channels = in_channels
         self.patch_size = 2 ** len(channels)
         self.dim = channels[-1]
-        stages, c_in = [], 3
+        stages, c_in = [], in_channels
         for c in channels:
             stages.append(_DownStage(c_in, c))
             c_in = c
         self.net = nn.Sequential(*stages, *[ResBlock(c_in) for _ in range(depth)])
 
     def forward(self, frames: Tensor) -> Tensor:
-        """frames: (B, 3, H, W) -> latents: (B, H/p * W/p, C)."""
+        """frames: (B, in_channels, H, W) -> latents: (B, H/p * W/p, C)."""
         return rearrange(self.net(frames), "b c h w -> b (h w) c")
 
 
@@ -161,6 +175,8 @@ class ConvStemViTEncoder(nn.Module):
         heads: attention heads.
         mlp_ratio: MLP hidden width over `dim`.
         norm: the stem's normalization, ``"group"``, ``"layer"`` (over channels) or ``"batch"``.
+        in_channels: channels of the input: 3 (RGB) for a frame, 6 for a frame and its reference stacked (the
+            conditional encoder of ``compressor.codec.video``).
     """
 
     def __init__(
@@ -171,17 +187,19 @@ class ConvStemViTEncoder(nn.Module):
         heads: int = 4,
         mlp_ratio: float = 4.0,
         norm: str = "group",
+        in_channels: int = 3,
     ):
         super().__init__()
         self.init_args = captured_args(locals())  # lets a checkpoint rebuild the model
+        self.in_channels = in_channels
         self.patch_size = 2 ** len(stem_channels)
         self.dim = dim
-        self.stem = ConvStem(stem_channels, dim, norm)
+        self.stem = ConvStem(stem_channels, dim, norm, in_channels)
         self.transformer = Transformer(dim, depth, heads, mlp_ratio)
         init_weights(self.transformer)
 
     def forward(self, frames: Tensor) -> Tensor:
-        """frames: (B, 3, H, W) -> latents: (B, H/p * W/p, D)."""
+        """frames: (B, in_channels, H, W) -> latents: (B, H/p * W/p, D)."""
         x = self.stem(frames)  # (B, D, H/p, W/p)
         h, w = x.shape[-2:]
         x = rearrange(x, "b d h w -> b (h w) d") + sincos_2d(h, w, self.dim, frames.device).to(x.dtype)
@@ -201,6 +219,8 @@ class ConvNeXtEncoder(nn.Module):
         depth: ConvNeXt blocks at the token grid.
         mlp_ratio: inverted-MLP hidden width over `dim`.
         norm: the stem's normalization, ``"group"``, ``"layer"`` or ``"batch"``.
+        in_channels: channels of the input: 3 (RGB) for a frame, 6 for a frame and its reference stacked (the
+            conditional encoder of ``compressor.codec.video``).
     """
 
     def __init__(
@@ -210,18 +230,20 @@ class ConvNeXtEncoder(nn.Module):
         depth: int = 5,
         mlp_ratio: float = 4.0,
         norm: str = "layer",
+        in_channels: int = 3,
     ):
         super().__init__()
         self.init_args = captured_args(locals())  # lets a checkpoint rebuild the model
+        self.in_channels = in_channels
         self.patch_size = 2 ** len(stem_channels)
         self.dim = dim
-        self.stem = ConvStem(stem_channels, dim, norm)
+        self.stem = ConvStem(stem_channels, dim, norm, in_channels)
         self.blocks = nn.Sequential(*[ConvNeXtBlock(dim, mlp_ratio) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
         init_weights(self.blocks)
 
     def forward(self, frames: Tensor) -> Tensor:
-        """frames: (B, 3, H, W) -> latents: (B, H/p * W/p, D)."""
+        """frames: (B, in_channels, H, W) -> latents: (B, H/p * W/p, D)."""
         x = self.blocks(self.stem(frames))  # (B, D, H/p, W/p)
         return self.norm(rearrange(x, "b d h w -> b (h w) d"))
 
@@ -237,6 +259,8 @@ class ConvViTEncoder(nn.Module):
         depth: number of blocks.
         heads: attention heads.
         mlp_ratio: MLP hidden width over `dim`.
+        in_channels: channels of the input: 3 (RGB) for a frame, 6 for a frame and its reference stacked (the
+            conditional encoder of ``compressor.codec.video``).
     """
 
     def __init__(
@@ -246,18 +270,20 @@ class ConvViTEncoder(nn.Module):
         depth: int = 4,
         heads: int = 4,
         mlp_ratio: float = 4.0,
+        in_channels: int = 3,
     ):
         super().__init__()
         self.init_args = captured_args(locals())  # lets a checkpoint rebuild the model
+        self.in_channels = in_channels
         self.patch_size = patch_size
         self.dim = dim
-        self.embed = nn.Linear(3 * patch_size * patch_size, dim)
+        self.embed = nn.Linear(in_channels * patch_size * patch_size, dim)
         self.blocks = nn.ModuleList([ConvMLPBlock(dim, heads, mlp_ratio) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
         init_weights(self)
 
     def forward(self, frames: Tensor) -> Tensor:
-        """frames: (B, 3, H, W) -> latents: (B, H/p * W/p, D)."""
+        """frames: (B, in_channels, H, W) -> latents: (B, H/p * W/p, D)."""
         H, W = frames.shape[-2:]
         grid = (H // self.patch_size, W // self.patch_size)
         x = self.embed(patchify(frames, self.patch_size))  # (B, N, D)

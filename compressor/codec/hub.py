@@ -228,7 +228,9 @@ def video_card(codec: nn.Module, card_data: ModelCardData, sections: dict[str, s
         "| part | class | arguments | parameters |", "|---|---|---|---:|",
         *(_part_row(f"intra {name}", getattr(codec.intra, name)) for name in ("encoder", "quantizer", "decoder")),
         f"| intra total (with the linear maps around the quantizer) | | | {num_params(codec.intra):,} |",
-        _part_row("conditional", codec.inter), _part_row("conditional quantizer", codec.inter.quantizer),
+        *(_part_row(f"conditional {name}", getattr(codec.inter, name)) for name in ("encoder", "quantizer", "decoder")),
+        f"| conditional total (with the linear maps around the quantizer; merge {codec.inter.merge}) | | | "
+        f"{num_params(codec.inter):,} |",
         f"| total | | | {num_params(codec):,} |", "",
     ]
     return _card(card_data, lines, sections, image)

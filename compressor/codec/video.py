@@ -18,97 +18,84 @@ from __future__ import annotations
 import os
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from huggingface_hub import ModelCard
 from torch import Tensor, nn
 
-from compressor.codec.autoencoder import (CHECKPOINT_FORMAT, Autoencoder, build_part, check_arguments, check_config,
-                                          check_size, check_weights, load, part_class, read_checkpoint, to_uint8)
-from compressor.codec.decoders import ViTOverlapDecoder, paint_tiles, tent_window
+from compressor.codec import video_legacy as legacy
+from compressor.codec.autoencoder import (CHECKPOINT_FORMAT, Autoencoder, _plain, build_part, check_config, check_size,
+                                          check_weights, load, read_checkpoint, to_uint8)
 from compressor.codec.hub import HubFolder, folder_config, video_card
-from compressor.codec.layers import Transformer, captured_args, init_weights, patchify, sincos_2d, unpatchify
+from compressor.codec.layers import init_weights
 from compressor.codec.packing import check_tokens, token_bits
+from compressor.utils import atomic_write
 
 
 class ConditionalCodec(nn.Module):
-    """Frame t -> tokens given the reconstruction of frame t-1 -> frame t.
+    """Frame t -> tokens given the reconstruction of frame t-1 -> frame t, from parts chosen in YAML.
+
+    The encoder reads the frame and the reference stacked (6 channels); ``merge`` adjacent cells of its grid share a
+    token; the decoder reads the tokens and the reference and blends the reference in, pixel by pixel.
 
     Args:
-        quantizer: an FSQ-family quantizer (``dim``, ``codebook_size``, ``tokens_to_codes``).
+        encoder: an encoder of ``compressor.codec.encoders`` with ``in_channels=6``: (B, 6, H, W) -> (B, N, D_enc).
+        quantizer: an FSQ-family or VQ quantizer (``dim``, ``codebook_size``, ``tokens_to_codes``).
+        decoder: a conditional decoder of ``compressor.codec.decoders`` (``ConditionalViTDecoder`` or
+            ``ConditionalViTOverlapDecoder``, one per pixel head): (features (B, N, D_dec), reference, grid) -> frame.
         image_size: (H, W) of the frames.
-        patch_size: pixels per grid cell side.
         merge: horizontally adjacent grid cells that share one token (divides the grid width).
-        enc_dim, enc_depth, enc_heads: encoder transformer (it reads the frame and the reference, 6 channels).
-        dec_dim, dec_depth, dec_heads: decoder transformer (it reads the tokens and the reference).
-        motion: the decoder also moves the reference before blending it in: a shift per grid cell, read from the
-            tokens and interpolated smoothly between cells (``warp``), so a scene that moves, as a road does under a
-            car driving forward, can still be kept instead of drawn again. It starts at no motion.
-        overlap: the pixel head paints overlapping tiles blended with a tent window (``ViTOverlapDecoder``'s head,
-            no block grid) instead of one patch per cell; ``init_from`` needs it to match the intra decoder.
+        max_bytes_per_frame: the token budget of a conditional frame, asserted at construction.
     """
 
-    def __init__(self, quantizer: nn.Module, image_size: tuple[int, int] = (128, 256), patch_size: int = 16,
-                 merge: int = 1, enc_dim: int = 256, enc_depth: int = 4, enc_heads: int = 4, dec_dim: int = 384,
-                 dec_depth: int = 6, dec_heads: int = 6, motion: bool = False, overlap: bool = False):
+    def __init__(self, encoder: nn.Module, quantizer: nn.Module, decoder: nn.Module,
+                 image_size: tuple[int, int] = (128, 256), merge: int = 1, max_bytes_per_frame: int = 224):
         super().__init__()
-        self.init_args = captured_args({k: v for k, v in locals().items() if k != "quantizer"})
+        if getattr(encoder, "in_channels", 3) != 6:
+            raise ValueError(f"the conditional encoder reads the frame and the reference stacked: in_channels=6, not "
+                             f"{getattr(encoder, 'in_channels', 3)}")
+        if not hasattr(decoder, "ref_embed"):
+            raise ValueError(f"{type(decoder).__name__} reads no reference: use a conditional decoder "
+                             "(ConditionalViTDecoder, ConditionalViTOverlapDecoder)")
+        if encoder.patch_size != decoder.patch_size:
+            raise ValueError(f"encoder patch {encoder.patch_size} != decoder patch {decoder.patch_size}")
+        p = encoder.patch_size
         h, w = image_size
-        if h % patch_size or w % patch_size or (w // patch_size) % merge:
-            raise ValueError(f"image {image_size} must tile into {patch_size}-px cells, {merge} to a token across")
-        self.image_size, self.patch_size, self.merge = tuple(image_size), patch_size, merge
-        self.grid = (h // patch_size, w // patch_size)
+        if h % p or w % p or (w // p) % merge:
+            raise ValueError(f"image {image_size} must tile into {p}-px cells, {merge} to a token across")
+        self.encoder, self.quantizer, self.decoder = encoder, quantizer, decoder
+        self.image_size, self.patch_size, self.merge = tuple(image_size), p, merge
+        self.max_bytes_per_frame = max_bytes_per_frame
+        self.grid = (h // p, w // p)
         self.num_tokens = self.grid[0] * self.grid[1] // merge
-        self.quantizer = quantizer
         self.codebook_size = quantizer.codebook_size
         self.bits_per_token = token_bits(self.codebook_size)
-        self.bytes_per_frame = -(-self.num_tokens * self.bits_per_token // 8)
-        p2 = patch_size * patch_size
-        self.enc_dim, self.dec_dim = enc_dim, dec_dim
-        self.enc_embed = nn.Linear(6 * p2, enc_dim)
-        self.encoder = Transformer(enc_dim, enc_depth, enc_heads)
-        self.pre_quant = nn.Linear(merge * enc_dim, quantizer.dim)
-        self.post_quant = nn.Linear(quantizer.dim, merge * dec_dim)
-        self.ref_embed = nn.Linear(3 * p2, dec_dim)
-        self.decoder = Transformer(dec_dim, dec_depth, dec_heads)
-        self.overlap = overlap
-        self.head = nn.Linear(dec_dim, 3 * (4 * p2 if overlap else p2))  # pixels from the tokens
-        if overlap:
-            self.register_buffer("window", tent_window(patch_size), persistent=False)
-        self.blend = nn.Linear(dec_dim, p2)  # per pixel: how much of the reference to keep instead
-        self.motion = motion
-        self.flow = nn.Linear(dec_dim, 2) if motion else None  # per cell: (dx, dy) of the reference, in cells
-        init_weights(self)
-        # A fresh model starts near "nothing changed" (the reference, 95%); init_from(intra) starts it near the
-        # intra model instead. Either way the reference enters the encoder and decoder through zeroed projections.
-        for layer in (self.ref_embed, self.blend) + ((self.flow,) if motion else ()):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
-        nn.init.constant_(self.blend.bias, 3.0)
-        with torch.no_grad():
-            self.enc_embed.weight[:, 3 * p2 :] = 0
+        bits = self.num_tokens * self.bits_per_token
+        if bits > 8 * max_bytes_per_frame:
+            raise ValueError(f"{self.num_tokens} tokens x {self.bits_per_token} bits = {bits} bits exceeds the budget "
+                             f"of {max_bytes_per_frame} bytes ({8 * max_bytes_per_frame} bits) per frame")
+        self.bytes_per_frame = -(-bits // 8)
+        self.pre_quant = nn.Linear(merge * encoder.dim, quantizer.dim)  # a token's merged cells, side by side
+        self.post_quant = nn.Linear(quantizer.dim, merge * decoder.dim)
+        init_weights(self.pre_quant)
+        init_weights(self.post_quant)
 
     @torch.no_grad()
     def init_from(self, intra: nn.Module) -> None:
-        """Start from a trained per-frame model of the same widths (a ``ViTEncoder``/``ViTDecoder`` ``Autoencoder``
-        with this quantizer; a ``ViTOverlapDecoder`` one if ``overlap``): the frame's path gets its weights, the
-        reference's paths stay at zero, and the blend starts at 5% reference, so a conditional frame first decodes
-        about as the intra model would."""
-        if self.overlap != isinstance(intra.decoder, ViTOverlapDecoder):
-            raise AttributeError(f"overlap={self.overlap} but the intra decoder is a {type(intra.decoder).__name__}")
-        p2 = 3 * self.patch_size ** 2
-        self.enc_embed.weight[:, :p2] = intra.encoder.embed.weight
-        self.enc_embed.bias.copy_(intra.encoder.embed.bias)
-        self.encoder.load_state_dict(intra.encoder.transformer.state_dict())
+        """Start from a trained per-frame model whose parts are these parts' per-frame versions of the same sizes (the
+        encoder's class reading 3 channels, the decoder's ``FRAME_DECODER``, the same quantizer): every weight of the
+        frame's path is copied, the reference's paths stay at zero and the blend starts at 5% reference, so a
+        conditional frame first decodes about as the intra model would. ``ValueError`` where the parts differ."""
+        widen_encoder(self.encoder, intra.encoder)
         m = self.merge  # merged cells: their mean feeds the quantizer, and each cell gets the token's code back
         self.pre_quant.weight.copy_(torch.cat([intra.pre_quant.weight / m] * m, 1))
         self.pre_quant.bias.copy_(intra.pre_quant.bias)
-        self.quantizer.load_state_dict(intra.quantizer.state_dict())
-        self.post_quant.weight.copy_(torch.cat([intra.post_quant.weight] * m, 0))
+        try:
+            self.quantizer.load_state_dict(intra.quantizer.state_dict())
+            self.post_quant.weight.copy_(torch.cat([intra.post_quant.weight] * m, 0))
+        except RuntimeError as e:  # another quantizer
+            raise ValueError(f"the intra model's quantizer does not fit this one: {e}") from None
         self.post_quant.bias.copy_(torch.cat([intra.post_quant.bias] * m, 0))
-        self.decoder.load_state_dict(intra.decoder.transformer.state_dict())
-        self.head.load_state_dict(intra.decoder.head.state_dict())
-        self.blend.bias.fill_(-3.0)
+        self.decoder.init_from(intra.decoder)
 
     # ---- training API -------------------------------------------------------------------------------------
     def forward(self, x: Tensor, ref: Tensor) -> dict[str, Tensor]:
@@ -119,67 +106,62 @@ class ConditionalCodec(nn.Module):
 
     def encode_to_codes(self, x: Tensor, ref: Tensor) -> dict[str, Tensor]:
         """x, ref: (B, 3, H, W) -> the quantizer's output for (B, n) tokens."""
-        pos = sincos_2d(*self.grid, self.enc_dim, x.device)
-        patches = torch.cat([patchify(x, self.patch_size), patchify(ref, self.patch_size)], -1)  # (B, N, 2 x 3p^2)
-        z = self.encoder(self.enc_embed(patches) + pos.to(x.dtype))
-        z = rearrange(z, "b (h w m) d -> b (h w) (m d)", h=self.grid[0], m=self.merge)  # (B, N, D) -> (B, n, mD)
+        z = self.encoder(torch.cat([x, ref.to(x.dtype)], 1))  # (B, N, D): the frame and the reference, 6 channels
+        z = rearrange(z, "b (h w m) d -> b (h w) (m d)", h=self.grid[0], m=self.merge)  # (B, n, mD)
         return self.quantizer(self.pre_quant(z))
 
     def decode_codes(self, codes: Tensor, ref: Tensor) -> Tensor:
-        """codes: (B, n, C), ref: (B, 3, H, W) -> recon (B, 3, H, W): per pixel, a blend of the reference (moved,
-        with ``motion``) and what the tokens say (static parts can keep the reference's detail exactly)."""
+        """codes: (B, n, C), ref: (B, 3, H, W) -> recon (B, 3, H, W)."""
         y = rearrange(self.post_quant(codes), "b n (m d) -> b (n m) d", m=self.merge)  # (B, n, mD) -> (B, N, D)
-        y = y + self.ref_embed(patchify(ref, self.patch_size)) + sincos_2d(*self.grid, self.dec_dim,
-                                                                            ref.device).to(y.dtype)
-        y = self.decoder(y)
-        if self.motion:
-            cells = rearrange(self.flow(y), "b (h w) c -> b c h w", h=self.grid[0])  # (B, 2, h, w)
-            ref = warp(ref, cells.float() * self.patch_size)
-        keep = torch.sigmoid(unpatchify(self.blend(y), self.patch_size, self.grid))  # (B, 1, H, W)
-        drawn = (paint_tiles(self.head(y), self.window, self.grid) if self.overlap
-                 else unpatchify(self.head(y), self.patch_size, self.grid))
-        return keep * ref + (1 - keep) * drawn
+        return self.decoder(y, ref, self.grid)
 
+    # ---- checkpoints: the layout of Autoencoder's, plus merge --------------------------------------------------
     def export_config(self) -> dict:
-        """Its constructor arguments and the quantizer's class path and arguments (JSON, or weights-only torch)."""
-        q = self.quantizer
-        return {"init_args": dict(self.init_args),
-                "quantizer": {"class_path": f"{type(q).__module__}.{type(q).__name__}", "init_args": dict(q.init_args)}}
+        """The frame size, merge, budget, and the parts' class paths and arguments: plain JSON."""
+        config = {"image_size": list(self.image_size), "merge": self.merge,
+                  "max_bytes_per_frame": self.max_bytes_per_frame}
+        for name in ("encoder", "quantizer", "decoder"):
+            part = getattr(self, name)
+            config[name] = {"class_path": f"{type(part).__module__}.{type(part).__name__}",
+                            "init_args": _plain(part.init_args)}
+        return config
 
     def export_dict(self) -> dict:
         return {**self.export_config(),
                 "state_dict": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}}
 
     @classmethod
-    def check_config(cls, export, where: str = "its conditional model") -> None:
-        """``ValueError`` unless ``export`` (``export_config``'s, or ``export_dict``'s) names a codec quantizer and
-        arguments of the declared types within bounds. Builds nothing."""
-        if not (isinstance(export, dict) and isinstance(export.get("init_args"), dict)
-                and isinstance(export.get("quantizer"), dict)):
-            raise ValueError(f"not a compressor checkpoint: {where} is not {{init_args, quantizer, state_dict}}")
-        check_arguments(cls, export["init_args"], where)
-        spec = export["quantizer"]
-        if not (isinstance(spec.get("class_path"), str) and isinstance(spec.get("init_args"), dict)):
-            raise ValueError(f"not a compressor checkpoint: {where}: quantizer is not {{class_path, init_args}}")
-        check_arguments(part_class(spec), spec["init_args"], f"{where}: quantizer")
+    def check_config(cls, config, where: str = "its conditional model") -> None:
+        """``ValueError`` unless ``config`` (``export_config``'s, or one written before the codec was composed of
+        parts, converted) names codec parts with arguments of the declared types within bounds. Builds nothing."""
+        config = legacy.upgrade_config(config, where)
+        check_config(config, where)  # the per-frame model's check: image size, budget, the three parts
+        check_size(config.get("merge"), "merge", where)
 
     @classmethod
-    def from_export(cls, export) -> "ConditionalCodec":
-        """The codec ``export_dict`` gave. Its arguments' types and sizes are checked first, then the weights against
-        a model built on the meta device, as ``Autoencoder.from_export`` does: a hostile or damaged file is a
-        ``ValueError`` before anything is allocated."""
-        where = "its conditional model"
-        cls.check_config(export, where)
-        spec = export["quantizer"]
-        args = {k: tuple(v) if k == "image_size" else v for k, v in export["init_args"].items()}
+    def from_export(cls, export, where: str = "its conditional model") -> "ConditionalCodec":
+        """The codec ``export_dict`` gave (or an older file's, converted: ``legacy``). Its arguments' types and sizes
+        are checked first, then the weights against a model built on the meta device, as ``Autoencoder.from_export``
+        does: a hostile or damaged file is a ``ValueError`` before anything is allocated."""
+        if not isinstance(export, dict):
+            raise ValueError(f"not a compressor checkpoint: {where} is a {type(export).__name__}, not a dict")
+        config = {k: v for k, v in export.items() if k != "state_dict"}
+        cls.check_config(config, where)
+        config, state = legacy.upgrade_config(config, where), legacy.upgrade_state(config, export.get("state_dict"))
+
+        def build() -> ConditionalCodec:
+            parts = {name: build_part(config[name]) for name in ("encoder", "quantizer", "decoder")}
+            return cls(**parts, image_size=tuple(config["image_size"]), merge=config["merge"],
+                       max_bytes_per_frame=config["max_bytes_per_frame"])
+
         try:
             with torch.device("meta"):
-                skeleton = cls(build_part(spec), **args)
+                skeleton = build()
         except (ValueError, TypeError, AttributeError, AssertionError, ZeroDivisionError) as e:  # parts that do not fit
             raise ValueError(f"not a compressor checkpoint: {where}: {e}") from None
-        check_weights(skeleton, export.get("state_dict"))
-        codec = cls(build_part(spec), **args)
-        codec.load_state_dict(export["state_dict"])
+        check_weights(skeleton, state)
+        codec = build()
+        codec.load_state_dict(state)
         return codec.eval()
 
     # ---- codec API ----------------------------------------------------------------------------------------
@@ -198,19 +180,29 @@ class ConditionalCodec(nn.Module):
         return self.decode_codes(self.quantizer.tokens_to_codes(tokens).to(ref.dtype), ref).clamp(-1, 1)
 
 
-def warp(image: Tensor, flow: Tensor) -> Tensor:
-    """image (B, C, H, W), flow (B, 2, h, w) in pixels (dx, dy), on any grid that tiles the image -> the image
-    sampled at (x + dx, y + dy), bilinearly; the flow is interpolated bilinearly to every pixel first, so cells move
-    smoothly into each other, and samples past the edge repeat the border. In float32 whatever the autocast."""
-    B, _, H, W = image.shape
-    flow = F.interpolate(flow.float(), size=(H, W), mode="bilinear", align_corners=False)  # (B, 2, H, W)
-    ys, xs = torch.meshgrid(torch.arange(H, device=image.device), torch.arange(W, device=image.device), indexing="ij")
-    # grid_sample's coordinates with align_corners=False: -1 and 1 are the outer edges, pixel i's centre at
-    # (2i + 1) / size - 1.
-    gx = (2 * (xs + flow[:, 0]) + 1) / W - 1
-    gy = (2 * (ys + flow[:, 1]) + 1) / H - 1
-    return F.grid_sample(image.float(), torch.stack([gx, gy], -1), mode="bilinear", padding_mode="border",
-                         align_corners=False)
+@torch.no_grad()
+def widen_encoder(encoder: nn.Module, frame_encoder: nn.Module) -> None:
+    """Copy ``frame_encoder``'s weights (a per-frame encoder, 3 input channels) into ``encoder`` (the same class and
+    arguments, reading more channels): the input layer's weights for the extra channels (the reference's) are zero,
+    so ``encoder`` first encodes the frame as ``frame_encoder`` does, whatever the reference.
+
+    Only the input layer differs in shape, and its input axis holds channels innermost, whether it is a linear map of
+    patches (``(p q c)``, ``layers.patchify``) or a convolution (``(out, c, k, k)``)."""
+    mine = {k: v for k, v in encoder.init_args.items() if k != "in_channels"}
+    theirs = {k: v for k, v in frame_encoder.init_args.items() if k != "in_channels"}
+    if type(encoder) is not type(frame_encoder) or mine != theirs:
+        raise ValueError(f"the conditional encoder {type(encoder).__name__}({mine}) starts from a per-frame encoder "
+                         f"of the same class and arguments, not {type(frame_encoder).__name__}({theirs})")
+    c, wide = frame_encoder.in_channels, encoder.in_channels
+    source, state = frame_encoder.state_dict(), {}
+    for name, target in encoder.state_dict().items():
+        w = source[name]
+        if w.shape != target.shape:  # (out, K c, ...) -> (out, K, c, ...), zeros for the channels beyond c
+            grown = target.new_zeros(target.shape[0], target.shape[1] // wide, wide, *target.shape[2:])
+            grown[:, :, :c] = w.reshape(w.shape[0], w.shape[1] // c, c, *w.shape[2:])
+            w = grown.reshape(target.shape)
+        state[name] = w
+    encoder.load_state_dict(state)
 
 
 VIDEO_FORMAT = "compressor-video/1"
@@ -303,17 +295,23 @@ class VideoCodec(nn.Module, HubFolder, library_name="compressor",
             out.append(to_uint8(ref[0]))
         return torch.stack(out)
 
+    def export_config(self) -> dict:
+        """The group and both models' configs (class paths and arguments, no weights): plain JSON."""
+        return {"gop": self.gop, "intra": self.intra.export_config(), "inter": self.inter.export_config()}
+
     def export_dict(self) -> dict:
         return {"format": VIDEO_FORMAT, "gop": self.gop, "intra": self.intra.export_dict(),
                 "inter": self.inter.export_dict()}
 
     def save(self, path: str | os.PathLike) -> None:
-        torch.save(self.export_dict(), path)
+        """Write ``video.pt``, which ``compressor.load`` reads; written atomically."""
+        with atomic_write(path) as tmp:
+            torch.save(self.export_dict(), tmp)
 
     # ---- Hugging Face Hub folder: config.json holds what video.pt holds but the weights, which go to
     # model.safetensors under the prefixes intra. and inter. (this module's state dict) ---------------------------
     def hub_config(self) -> dict:
-        return {"gop": self.gop, "intra": self.intra.export_config(), "inter": self.inter.export_config()}
+        return self.export_config()
 
     @classmethod
     def check_hub_config(cls, config: dict, overrides: dict, where: str) -> None:

@@ -11,30 +11,31 @@ import time
 
 import pytorch_lightning as pl
 import torch
-import torchvision
 
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from compressor.metrics import frame_psnr, model_psnr
+from compressor.metrics import model_psnr
 from compressor.training.core import export
 from compressor.training.model_card import training_sections
 from compressor.training.perf import matmul_peak_flops, train_flops_per_image
 from compressor.utils import atomic_write
-from compressor.codec.packing import pack, unpack
 
 
 class ExportCallback(pl.Callback):
-    """At the end of fit, on rank 0: export the EMA model, save a reconstruction image, print PSNR and bytes.
+    """At the end of fit, on rank 0: export the codec the module trained and check what was written.
 
-    The reconstruction goes through the codec API and the bit packer (encode -> pack -> unpack -> decode), so
-    the printed numbers are what a user of ``model.pt`` gets. The same model is also written as a Hugging Face Hub
-    folder, ``hub/`` (``config.json``, ``model.safetensors``, ``recon.png`` and a ``README.md`` card with the
-    training data, steps and these numbers), ready for ``huggingface_hub.upload_folder``.
+    Every training module says what a user codes with (``exported()``: the model and its file name: ``model.pt``
+    for per-frame tokens, ``video.pt`` for video tokens, ``remembering.pt`` for a decoder that remembers), and
+    ``core.export`` writes it with its Hugging Face Hub folder, ``hub/`` (``config.json``, ``model.safetensors``,
+    ``recon.png`` and a ``README.md`` card with the training data, steps and the check's numbers), ready for
+    ``huggingface_hub.upload_folder``. The check codes validation frames (a video codec: the first validation clip,
+    in order) through the codec API and the bit packer (encode -> pack -> unpack -> decode), so the printed numbers
+    are what a user of the file gets, and the written file and folder must decode them as the trained model does.
 
     Args:
-        out_dir: where ``model.pt``, ``recon.png`` and ``hub/`` go; defaults to the trainer's ``default_root_dir``.
-        num_frames: validation frames in the check.
+        out_dir: where the model file, ``recon.png`` and ``hub/`` go; defaults to the trainer's ``default_root_dir``.
+        num_frames: validation frames in the check (a clip's frames, at most).
     """
 
     def __init__(self, out_dir: str | None = None, num_frames: int = 8):
@@ -45,30 +46,17 @@ class ExportCallback(pl.Callback):
         if trainer.global_rank != 0:
             return
         out_dir = self.out_dir or trainer.default_root_dir
-        os.makedirs(out_dir, exist_ok=True)
-        pl_module.calibrate_ema()  # the last steps may have come after the last validation
-        model = pl_module.ema.eval()
-        hub_dir = os.path.join(out_dir, "hub")
-
+        model, filename = pl_module.exported()
         loaders = trainer.datamodule.val_dataloader() if trainer.datamodule else []
         frames = _take(loaders, self.num_frames)
-        if frames is None:
-            model_path = export(model, out_dir, "model.pt", training_sections(trainer, pl_module, None))
-            print(f"saved {model_path} and {hub_dir} (no validation frames for a reconstruction check)")
+        done = export(model, out_dir, filename, training_sections(trainer, pl_module), frames)
+        written = ", ".join(filter(None, (done["path"], done["image"], done["hub"])))
+        if done["psnr"] is None:
+            print(f"saved {written} (no reconstruction check: no validation frames, or a model that does not encode)")
             return
-        frames = frames.to(pl_module.device)
-        data = pack(model.encode(frames), bits=model.bits_per_token)
-        recon = model.decode(unpack(data, len(frames), model.num_tokens, model.bits_per_token))
-        psnr = frame_psnr(recon, frames).mean().item()
-        image_path = os.path.join(out_dir, "recon.png")
-        # Each column: original above, reconstruction below.
-        grid = torch.cat([frames, recon], dim=2).cpu().float() / 255
-        torchvision.utils.save_image(grid, image_path, nrow=min(4, len(frames)), padding=2)
-        evaluation = {"psnr": psnr, "frames": len(frames), "bytes_per_frame": len(data) // len(frames)}
-        model_path = export(model, out_dir, "model.pt", training_sections(trainer, pl_module, evaluation), image_path)
-        print(f"saved {model_path}, {image_path} and {hub_dir}")
-        print(f"PSNR {psnr:.2f} dB on {len(frames)} validation frames at {len(data) // len(frames)} bytes/frame "
-              f"({model.num_tokens} tokens x {model.bits_per_token} bits)")
+        print(f"saved {written}")
+        print(f"PSNR {done['psnr']:.2f} dB on {done['frames']} validation frames at {done['bytes_per_frame']:g} "
+              f"bytes/frame, through the codec API and the bit packer; the written copies decode the same")
 
 
 class SigtermCheckpoint(pl.Callback):
@@ -131,12 +119,16 @@ class SigtermCheckpoint(pl.Callback):
 
 
 def _take(loaders, n: int) -> torch.Tensor | None:
+    """Up to ``n`` validation frames, uint8 (T, 3, H, W): from batches of frames, or the first clip of a batch of
+    clips (B, L, 3, H, W), whose frames stay in order."""
     if isinstance(loaders, (list, tuple)):
         loaders = loaders[0] if loaders else None
     if loaders is None:
         return None
     batches, count = [], 0
     for batch in loaders:
+        if batch.ndim == 5:  # clips: one, in order, as a video codec codes it
+            return batch[0, :n]
         batches.append(batch)
         count += len(batch)
         if count >= n:

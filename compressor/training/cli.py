@@ -4,7 +4,9 @@ Every run starts from ``configs/base.yaml`` (the plumbing every run shares and t
 ``--config`` files given are overlays on it, applied in order. The frame size is set once, as ``data.image_size``,
 and the model follows it.
 
-``auto_precision: true`` (the base's and the video configs' setting) makes a single-process CPU run time a few
+Video runs (``video_cli``) start from ``configs/video-base.yaml`` in the same way.
+
+``auto_precision: true`` (the bases' setting) makes a single-process CPU run time a few
 training steps of its own model (a video run: of its intra model) on each CPU path before fit (bf16 autocast with
 matmul or SDPA attention, float32) and train on the fastest: which wins depends on the CPU (docs/speed.md: bf16
 with matmul attention on an Intel Xeon with AMX, bf16 on AMD EPYC with AVX-512 BF16, float32 on an AMD EPYC
@@ -32,6 +34,7 @@ from compressor.training.perf import CPU_PATHS, fastest_cpu_path
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 BASE_CONFIG = os.path.join(CONFIGS, "base.yaml")
+VIDEO_BASE_CONFIG = os.path.join(CONFIGS, "video-base.yaml")  # the base of video runs
 
 
 class AutoPrecision:
@@ -121,13 +124,16 @@ class VideoCLI(AutoPrecision, LightningCLI):
 
 def video_cli(args: list[str] | None = None, run: bool = True) -> VideoCLI:
     """LightningCLI over ``compressor.training.video``'s modules (``VideoModule``: conditional tokens;
-    ``RememberModule``: a decoder that reads earlier frames' tokens) and ``ClipsDataModule``; a video config is
-    complete, with no base under it."""
+    ``RememberModule``: a decoder that reads earlier frames' tokens) and ``ClipsDataModule``: ``configs/video-base.yaml``
+    first, then the ``--config`` overlays, as ``cli`` does for per-frame runs."""
     import compressor.training.video  # noqa: F401 (the class paths video configs name)
     from compressor.data.clips import ClipsDataModule
 
+    defaults = {"default_config_files": [VIDEO_BASE_CONFIG]} if os.path.exists(VIDEO_BASE_CONFIG) else {}
+    if run:
+        defaults = {sub: defaults for sub in ("fit", "validate", "test", "predict")}
     return VideoCLI(pl.LightningModule, ClipsDataModule, subclass_mode_model=True, args=args, run=run,
-                    save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False)
+                    parser_kwargs=defaults, save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False)
 
 
 class _ParseOnly(CompressorCLI):

@@ -2,8 +2,7 @@
 
 ``compressor.codec.hub`` writes the codec half of the card (mode, architecture, token budget); this module adds the
 training data, the steps and images (or clips) seen, and the reconstruction check of ``ExportCallback``. Per-frame
-training (``ExportCallback``) and video training (``VideoModule.on_train_end``) both write it through
-``core.export``.
+and video training both write it through ``ExportCallback`` and ``core.export``.
 """
 
 from __future__ import annotations
@@ -18,9 +17,8 @@ from compressor.codec.hub import HubFolder
 _MAX_LISTED = 12  # sources named in the card; a long list of shards says no more than its count and folder
 
 
-def training_sections(trainer: pl.Trainer, pl_module: pl.LightningModule, evaluation: dict | None) -> dict[str, str]:
-    """Card sections (title -> markdown): "Training" from the trainer and datamodule, and "Evaluation" from
-    ``evaluation`` = ``{"psnr", "frames", "bytes_per_frame"}`` as measured by ``ExportCallback`` (or None)."""
+def training_sections(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, str]:
+    """The card's "Training" section (title -> markdown), from the trainer and datamodule."""
     steps = trainer.global_step
     dm = trainer.datamodule
     batch_size = getattr(getattr(dm, "hparams", None), "batch_size", None)
@@ -40,14 +38,15 @@ def training_sections(trainer: pl.Trainer, pl_module: pl.LightningModule, evalua
     if "lr" in hp:
         lines.append(f"- Optimiser: AdamW, lr {hp['lr']:g}, EMA decay {hp.get('ema_decay')}; "
                      "the exported weights are the EMA")
-    sections = {"Training": "\n".join(lines)}
-    if evaluation:
-        sections["Evaluation"] = (
-            f"PSNR {evaluation['psnr']:.2f} dB on {evaluation['frames']} validation frames at "
-            f"{evaluation['bytes_per_frame']} bytes/frame, measured at the end of training through the codec API "
-            "(encode -> pack -> unpack -> decode), as a user of this folder gets it. A few frames only: use "
-            "`compressor.tools.evaluate` for numbers to compare.")
-    return sections
+    return {"Training": "\n".join(lines)}
+
+
+def evaluation_section(check: dict) -> str:
+    """The card's "Evaluation" section from ``core.export``'s check: ``{"psnr", "frames", "bytes_per_frame"}``."""
+    return (f"PSNR {check['psnr']:.2f} dB on {check['frames']} validation frames at {check['bytes_per_frame']:g} "
+            "bytes/frame, measured at the end of training through the codec API (encode -> pack -> unpack -> "
+            "decode), as a user of this folder gets it. A few frames only: use `compressor.tools.evaluate` for "
+            "numbers to compare.")
 
 
 def _data_sources(dm) -> str:

@@ -197,6 +197,11 @@ class CompressorModule(pl.LightningModule):
                           progress=(lambda: self.train_seconds() / budget) if budget else None)
 
     # ---- export -------------------------------------------------------------------------------------------
+    def exported(self) -> tuple[nn.Module, str]:
+        """What a user codes with (``ExportCallback``): the EMA model, its statistics calibrated, as ``model.pt``."""
+        self.calibrate_ema()  # the last steps may have come after the last validation
+        return self.ema.eval(), "model.pt"
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # A weights-only export of the EMA model rides along, so compressor.load() reads .ckpt files too.
         self.calibrate_ema()

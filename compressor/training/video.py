@@ -16,14 +16,13 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
+from compressor.codec import video_legacy as legacy
 from compressor.codec.autoencoder import load
-from compressor.codec.decoders import ViTOverlapDecoder
 from compressor.codec.remember import RememberingDecoder
 from compressor.codec.video import ConditionalCodec, VideoCodec
 from compressor.metrics import model_psnr
 from compressor.training.losses import ReconstructionLoss
-from compressor.training.core import calibrate_ema, ema_copy, export, optimizers, param_groups, update_ema
-from compressor.training.model_card import training_sections
+from compressor.training.core import calibrate_ema, ema_copy, optimizers, param_groups, update_ema
 
 
 class VideoModule(pl.LightningModule):
@@ -31,42 +30,40 @@ class VideoModule(pl.LightningModule):
 
     Args:
         intra: path of the per-frame model (``model.pt``, a ``.ckpt`` or a Hub folder) that codes intra frames.
-        quantizer: the conditional frames' quantizer (an FSQ-family module).
+        encoder: the conditional encoder, an encoder of ``compressor.codec.encoders`` with ``in_channels: 6`` (it
+            reads the frame and the reference).
+        quantizer: the conditional frames' quantizer.
+        decoder: the conditional decoder, ``ConditionalViTDecoder`` or ``ConditionalViTOverlapDecoder`` (one per
+            pixel head; ``motion: true`` moves the reference before the blend).
         merge: grid cells per conditional token (1: 128 tokens at 128x256, 2: 64, 4: 32).
-        enc_dim, enc_depth, enc_heads, dec_dim, dec_depth, dec_heads: the conditional codec's transformers.
         image_size: (H, W) (linked to ``data.image_size``).
+        max_bytes_per_frame: the conditional frame's token budget, asserted by the codec.
+        gop: frames in a group of the exported ``VideoCodec`` (``encode.py --gop`` changes it later).
         loss: the reconstruction objective.
         lr: peak learning rate; warm-up then a cosine to ``lr * min_lr_ratio``.
         warmup_steps, min_lr_ratio, weight_decay, grad_clip, ema_decay: as in ``CompressorModule``.
         calibration_batches: recent batches on which the EMA copy's quantizer statistics are re-estimated.
-        init_from_intra: start the conditional codec from the intra model's weights (``ConditionalCodec.init_from``;
-            the widths and quantizer must match it), so that conditional frames start at intra quality.
-        motion: the conditional decoder moves the reference by a per-cell shift before blending it in
-            (``ConditionalCodec``'s ``motion``).
-        overlap: the conditional decoder paints overlapping tiles (``ConditionalCodec``'s ``overlap``); None: as the
-            intra model's decoder does (``ViTOverlapDecoder`` or not).
+        init_from_intra: start the conditional codec from the intra model's weights (``ConditionalCodec.init_from``:
+            the parts must be the per-frame parts' conditional versions, of the same sizes, with the same quantizer),
+            so that conditional frames start at intra quality.
     """
 
-    def __init__(self, intra: str, quantizer: nn.Module, merge: int = 1, enc_dim: int = 256, enc_depth: int = 4,
-                 enc_heads: int = 4, dec_dim: int = 384, dec_depth: int = 6, dec_heads: int = 6,
-                 image_size: tuple[int, int] = (128, 256), loss: ReconstructionLoss | None = None, lr: float = 1e-3,
-                 warmup_steps: int = 200, min_lr_ratio: float = 0.05, weight_decay: float = 0.05,
-                 grad_clip: float = 1.0, ema_decay: float = 0.999, calibration_batches: int = 8,
-                 init_from_intra: bool = True, motion: bool = False, overlap: bool | None = None):
+    def __init__(self, intra: str, encoder: nn.Module, quantizer: nn.Module, decoder: nn.Module, merge: int = 1,
+                 image_size: tuple[int, int] = (128, 256), max_bytes_per_frame: int = 224, gop: int = 8,
+                 loss: ReconstructionLoss | None = None, lr: float = 1e-3, warmup_steps: int = 200,
+                 min_lr_ratio: float = 0.05, weight_decay: float = 0.05, grad_clip: float = 1.0,
+                 ema_decay: float = 0.999, calibration_batches: int = 8, init_from_intra: bool = True):
         super().__init__()
-        self.save_hyperparameters(ignore=["quantizer", "loss"])
+        self.save_hyperparameters(ignore=["encoder", "quantizer", "decoder", "loss"])
         self.intra = load(intra).eval().requires_grad_(False)
-        if overlap is None:  # paint pixels as the intra model does, so that init_from_intra can copy its head
-            overlap = isinstance(self.intra.decoder, ViTOverlapDecoder)
-        self.codec = ConditionalCodec(quantizer, image_size, self.intra.encoder.patch_size, merge, enc_dim,
-                                      enc_depth, enc_heads, dec_dim, dec_depth, dec_heads, motion, overlap)
+        self.codec = ConditionalCodec(encoder, quantizer, decoder, image_size, merge, max_bytes_per_frame)
         if init_from_intra:
             try:
                 self.codec.init_from(self.intra)
-            except (RuntimeError, AttributeError) as e:  # other widths, quantizer or design than the intra model's
-                raise ValueError(f"init_from_intra needs the conditional codec built like the intra model {intra} "
-                                 f"(a ViT encoder and decoder of the same widths and depths, the same quantizer); "
-                                 f"set them to match or init_from_intra false: {e}") from e
+            except ValueError as e:  # other parts, sizes or quantizer than the intra model's
+                raise ValueError(f"init_from_intra needs the conditional parts built like the intra model {intra}'s "
+                                 f"(its encoder's class reading 6 channels, its decoder's conditional version, the "
+                                 f"same sizes and quantizer); set them to match or init_from_intra false: {e}") from e
         self.ema = ema_copy(self.codec)
         self.loss = loss or ReconstructionLoss()
         self._recent: deque[tuple[Tensor, Tensor]] = deque(maxlen=calibration_batches)
@@ -138,17 +135,24 @@ class VideoModule(pl.LightningModule):
         self.calibrate_ema()
         checkpoint["compressor_video"] = self.video_codec().export_dict()
 
-    def on_train_end(self) -> None:
-        # The file a user codes with (compressor.load), beside the run's checkpoints, and the same codec as a Hub
-        # folder (hub/: config.json, model.safetensors, a card with the training), as per-frame training writes.
-        if self.global_rank == 0:
-            self.calibrate_ema()
-            export(self.video_codec(), self.trainer.default_root_dir, "video.pt",
-                   training_sections(self.trainer, self, None))
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # A run saved before the conditional codec was composed of parts resumes with its weights renamed.
+        state = checkpoint.get("state_dict", {})
+        for prefix in ("codec.", "ema."):
+            if f"{prefix}enc_embed.weight" in state:
+                old = {k.removeprefix(prefix): state.pop(k) for k in [k for k in state if k.startswith(prefix)]}
+                legacy_config = {"init_args": {"patch_size": self.codec.patch_size}}
+                state.update({prefix + k: v for k, v in legacy.upgrade_state(legacy_config, old).items()})
 
-    def video_codec(self, gop: int = 8) -> VideoCodec:
-        """The codec a user runs: the intra model and the EMA conditional model (a copy)."""
-        return VideoCodec(copy.deepcopy(self.intra), copy.deepcopy(self.ema).eval(), gop)
+    def exported(self) -> tuple[VideoCodec, str]:
+        """What a user codes with (``ExportCallback``): the intra model and the calibrated EMA conditional model, as
+        ``video.pt``."""
+        self.calibrate_ema()
+        return self.video_codec(), "video.pt"
+
+    def video_codec(self) -> VideoCodec:
+        """The codec a user runs: the intra model and the EMA conditional model (copies), in groups of ``gop``."""
+        return VideoCodec(copy.deepcopy(self.intra), copy.deepcopy(self.ema).eval(), self.hparams.gop)
 
 
 class RememberModule(pl.LightningModule):
@@ -210,6 +214,7 @@ class RememberModule(pl.LightningModule):
     configure_optimizers = VideoModule.configure_optimizers
     configure_gradient_clipping = VideoModule.configure_gradient_clipping
 
-    def on_train_end(self) -> None:
-        if self.global_rank == 0:  # nothing to calibrate: the quantizer is the intra model's, frozen
-            export(self.ema, self.trainer.default_root_dir, "remembering.pt", {})
+    def exported(self) -> tuple[RememberingDecoder, str]:
+        """What a user decodes with (``ExportCallback``): the EMA decoder, as ``remembering.pt``; nothing to
+        calibrate, since its quantizer is the intra model's, frozen."""
+        return self.ema.eval(), "remembering.pt"
