@@ -23,8 +23,9 @@ from huggingface_hub import ModelCard
 from torch import Tensor, nn
 
 from compressor.codec import video_legacy as legacy
-from compressor.codec.autoencoder import (CHECKPOINT_FORMAT, Autoencoder, _plain, build_part, check_config, check_size,
-                                          check_weights, load, read_checkpoint, to_uint8)
+from compressor.codec.autoencoder import Autoencoder, load, to_uint8
+from compressor.codec.checkpoint import (CHECKPOINT_FORMAT, build_part, check_config, check_size, check_weights, plain,
+                                         read_checkpoint)
 from compressor.codec.hub import HubFolder, folder_config, video_card
 from compressor.codec.layers import init_weights
 from compressor.codec.packing import check_tokens, token_bits
@@ -123,7 +124,7 @@ class ConditionalCodec(nn.Module):
         for name in ("encoder", "quantizer", "decoder"):
             part = getattr(self, name)
             config[name] = {"class_path": f"{type(part).__module__}.{type(part).__name__}",
-                            "init_args": _plain(part.init_args)}
+                            "init_args": plain(part.init_args)}
         return config
 
     def export_dict(self) -> dict:
