@@ -19,7 +19,7 @@ from compressor.metrics import model_psnr
 from compressor.training.core import export
 from compressor.training.model_card import training_sections
 from compressor.training.perf import matmul_peak_flops, train_flops_per_image
-from compressor.utils import atomic_write
+from compressor.utils import atomic_write, to_unit
 
 
 class ExportCallback(pl.Callback):
@@ -52,7 +52,7 @@ class ExportCallback(pl.Callback):
         done = export(model, out_dir, filename, training_sections(trainer, pl_module), frames)
         written = ", ".join(filter(None, (done["path"], done["image"], done["hub"])))
         if done["psnr"] is None:
-            print(f"saved {written} (no reconstruction check: no validation frames, or a model that does not encode)")
+            print(f"saved {written} (no reconstruction check: no validation frames)")
             return
         print(f"saved {written}")
         print(f"PSNR {done['psnr']:.2f} dB on {done['frames']} validation frames at {done['bytes_per_frame']:g} "
@@ -213,7 +213,7 @@ class ValCurve(pl.Callback):
         scores = []
         with trainer.precision_plugin.forward_context():
             for frames in self._probe.split(trainer.datamodule.hparams.batch_size):
-                x = frames.to(pl_module.device).float() / 127.5 - 1
+                x = to_unit(frames.to(pl_module.device))
                 scores.append(model_psnr(model(x)["recon"], x))  # as val/psnr is computed
         return float(torch.cat(scores).mean())
 
