@@ -6,7 +6,8 @@
 - ``open_checked``: open a file only if it is a regular file of a bounded size (never a device or a FIFO).
 - ``load_json``: ``json.loads`` whose too deeply nested input is a ``ValueError``, not a ``RecursionError``;
   ``write_json``: a JSON file written atomically.
-- ``to_unit``: uint8 frames to the float range models read; ``batched``: a function over slices of a batch.
+- ``to_unit`` / ``to_uint8``: uint8 frames to the float range models read, and back.
+- ``batched``: a function over slices of a batch.
 - ``cosine`` / ``wsd``: the learning-rate multipliers of the two schedules (half-cosine; warm-up, stable, decay).
 - ``token_entropy_bits``: the entropy of a token histogram (training, evaluation, the world-model example).
 - ``resolve_device``: what ``--device auto`` (every command's default) means.
@@ -102,10 +103,15 @@ def write_json(path: str | os.PathLike, obj, indent: int | None = 1) -> None:
         json.dump(obj, f, indent=indent)
 
 
-def to_unit(frames: torch.Tensor) -> torch.Tensor:
-    """uint8 frames -> float32 in [-1, 1], what every model here reads (``compressor.codec.autoencoder.to_uint8``
-    is the way back)."""
-    return frames.float() / 127.5 - 1
+def to_unit(frames: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 frames -> ``dtype`` (float32 unless a caller computes in the dtype of its other input) in [-1, 1], what
+    every model here reads; ``to_uint8`` is the way back."""
+    return frames.to(dtype) / 127.5 - 1
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """float (..., 3, H, W) in [-1, 1] (clamped to it) -> uint8 frames, rounded: the inverse of ``to_unit``."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 def batched(fn, *tensors: torch.Tensor, size: int) -> torch.Tensor:

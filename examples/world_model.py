@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     segments, fmt = read_segments(args.train)  # verified reads through LatentDataset; fmt: codebook, grid, digits
-    fit, holdout = split_holdout(segments, 0.1)  # whole videos held out for early stopping
+    fit, holdout = split_holdout(segments, 0.1)  # whole cameras held out for early stopping
     config = WorldModelConfig(fmt.codebook_size, fmt.num_tokens, fmt.radices, context_frames=4, dim=128, depth=2,
                               heads=4)
     model, facts = train(fit, holdout, fmt, config, args.output, max_steps=args.steps, val_every=100)

@@ -3,6 +3,8 @@ one, so the encode pipeline, the dataset cards, preview and evaluation take one 
 
 from __future__ import annotations
 
+import ast
+import glob
 import os
 import re
 
@@ -22,7 +24,8 @@ from tests.conftest import tiny_model, video_codec, write_video
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The callers that must handle clips only; compressor/codec/clips.py is the one place that tells the kinds apart.
 CALLERS = ("compressor/latents/pipeline.py", "compressor/latents/card.py", "compressor/tools/preview.py",
-           "compressor/tools/evaluate.py", "encode.py")
+           "compressor/tools/evaluate.py", "compressor/tools/evaluate_video.py", "compressor/training/core.py",
+           "encode.py")
 
 
 def test_a_per_frame_model_is_a_clip_codec_with_groups_of_one():
@@ -94,3 +97,21 @@ def test_no_caller_branches_on_the_kind_of_codec():
         with open(os.path.join(REPO, path)) as f:
             source = f.read()
         assert not re.search(r"isinstance\([^)]*\b(VideoCodec|Autoencoder)\b", source), path
+
+
+def test_one_intra_frame_rule_in_the_package():
+    """Which frames are intra is decided in one place, compressor.codec.packing.frame_types: no other code of the
+    package computes ``t % gop`` (a codec, an evaluator, an export check reading its own rule would drift from it)."""
+    found = []
+    for path in sorted(glob.glob(os.path.join(REPO, "compressor", "**", "*.py"), recursive=True)):
+        if path.endswith(os.path.join("codec", "packing.py")):
+            continue
+        with open(path) as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod):
+                right = node.right
+                name = right.attr if isinstance(right, ast.Attribute) else getattr(right, "id", "")
+                if name == "gop":
+                    found.append(f"{os.path.relpath(path, REPO)}:{node.lineno}")
+    assert not found, f"an intra-frame rule of its own: {found}"

@@ -229,7 +229,7 @@ def test_a_long_segment_codes_to_the_bytes_of_the_numpy_model(version):
 def test_counts_are_summed_over_a_frame_then_halved_once():
     """The compiled count update equals the numpy update it replaced: sums per unique context, then each context
     over its table's limit halved once, also where one frame adds more than twice the limit."""
-    from compressor.entropy.adaptive import _Tables
+    from compressor.entropy.adaptive_model import _Tables
 
     def numpy_update(c, offsets, limits, idx, bits):  # compressor 3c276c5's _Tables.update
         at, where = np.unique((idx + offsets).ravel(), return_inverse=True)

@@ -237,6 +237,58 @@ def test_legal_segments_that_cost_little_pay_for_their_decoding_and_round_trip(f
     assert torch.equal(decode_segment(data), tokens)
 
 
+def fitted_prior(kind: str):
+    """A factorised prior (fitted on moving tokens) or a small untrained temporal one, on the real grid."""
+    from compressor.entropy.coding import digit_radices
+    from compressor.entropy.priors import FactorisedPrior, TemporalPrior
+    from tests.stream_fuzz import moving_tokens
+
+    if kind == "factorised":
+        return FactorisedPrior(15360, digit_radices(15360), (8, 16)).fit(moving_tokens(20, seed=2))
+    return TemporalPrior(15360, digit_radices(15360), (8, 16), dim=8, depth=1).eval()
+
+
+@pytest.mark.parametrize("kind", ["factorised", "temporal"])
+def test_a_fitted_prior_segment_claiming_more_frames_than_its_payload_pays_for_is_refused_before_decoding(kind):
+    """Near-certain symbols cost ~2e-5 bits under 16-bit rANS, so the bound from symbol costs alone let a header
+    claim ~100 factorised or temporal frames a payload byte (a temporal frame is a network pass per channel): the
+    work budget refuses 20 a byte up front, within a CPU-seconds limit."""
+    from compressor.entropy.stream import (CODER_COMPRESSAI_RANS16, HEADER_BYTES, StreamError, decode_segment,
+                                           encode_segment)
+    from tests.stream_fuzz import moving_tokens, seal, set_field
+
+    prior = fitted_prior(kind)
+    tokens = moving_tokens(2, seed=1)
+    data = encode_segment(tokens, prior)
+    decode_segment(data, prior)  # load what decoding needs before the limit counts
+    # The frames' own rANS payload (a prior that fits them poorly gets them stored packed; a crafter says rANS).
+    payload = prior.encode_payload(tokens)
+    crafted = set_field(set_field(data, "coder", CODER_COMPRESSAI_RANS16), "length", len(payload))
+    crafted = set_field(seal(crafted[:HEADER_BYTES], payload), "frames", 20 * len(payload))
+    assert len(crafted) == HEADER_BYTES + len(payload)
+    result = outcome(lambda: decode_segment(crafted, prior), seconds=900, cpu_seconds=10)
+    assert result.startswith(StreamError.__name__) and "holds at most" in result, result
+
+
+def test_a_near_static_fitted_prior_segment_is_padded_to_pay_for_its_decoding_and_round_trips():
+    """A factorised prior fitted on a static scene codes its frames in a few bits: the encoder pads the payload (with
+    words never read) to what the decoder's budget asks, so no segment an encoder writes is refused."""
+    import torch
+
+    from compressor.entropy.coding import digit_radices
+    from compressor.entropy.priors import FactorisedPrior
+    from compressor.entropy.stream import FREE_WORK, WORK_PER_BYTE, decode_segment, encode_segment, read_header
+    from tests.stream_fuzz import moving_tokens
+
+    tokens = moving_tokens(1, seed=3).expand(600, -1).clone()
+    prior = FactorisedPrior(15360, digit_radices(15360), (8, 16)).fit(tokens)
+    head = read_header(data := encode_segment(tokens, prior))
+    work = len(tokens) * prior.work_per_frame()
+    assert not head["stored"] and len(prior.encode_payload(tokens)) * WORK_PER_BYTE + FREE_WORK < work  # padded
+    assert work <= head["payload_bytes"] * WORK_PER_BYTE + FREE_WORK
+    assert torch.equal(decode_segment(data, prior), tokens)
+
+
 # ---- grids -----------------------------------------------------------------------------------------------------
 def test_a_video_codec_whose_conditional_part_has_another_grid_is_described_and_refused_for_entropy_coding(tmp_path):
     """Conditional frames on 8-px cells beside 16-px intra frames: their samples' P layout is the conditional grid,

@@ -15,6 +15,7 @@ from compressor.training.cli import video_cli
 from compressor.codec.decoders import ConditionalViTDecoder, ConditionalViTOverlapDecoder
 from compressor.codec.encoders import ConvStemViTEncoder, ViTEncoder
 from compressor.training.core import export
+from compressor.codec.remember import RememberingCodec
 from compressor.training.video import RememberModule, VideoModule
 from tests.conftest import tiny_model, video_codec
 from tests.test_video_tokens import SMALL_PARTS
@@ -73,6 +74,8 @@ def test_one_step_of_the_remember_config_fine_tunes_the_decoder_and_freezes_the_
     assert not any(k.startswith("quantizer.") for k in changed)  # what a token means stays the intra model's
     assert moved(ema, module.ema)  # the EMA follows the step (not one step behind)
     assert (tmp_path / "run" / "remembering.pt").exists()
+    # through the one export helper: a Hub folder too, each copy loaded back and checked (the helper raises otherwise)
+    assert isinstance(compressor.load(tmp_path / "run" / "hub"), RememberingCodec)
 
 
 # Two choices of parts for the conditional codec, each as a YAML overlay on configs/video-base.yaml: the recipe's

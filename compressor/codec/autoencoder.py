@@ -24,7 +24,7 @@ from compressor.codec.checkpoint import (CHECKPOINT_FORMAT, build_part, check_ar
 from compressor.codec.encoders import grid_size
 from compressor.codec.hub import HubFolder, model_card
 from compressor.codec.packing import check_tokens, token_bits
-from compressor.utils import atomic_write, to_unit
+from compressor.utils import atomic_write, to_uint8, to_unit
 
 
 # HubFolder gives save_pretrained / from_pretrained / push_to_hub (file layout, config.json, Hub download and upload,
@@ -240,11 +240,6 @@ class Autoencoder(nn.Module, HubFolder, library_name="compressor",
         except (KeyError, TypeError, AttributeError) as e:  # ValueErrors (budget, foreign class) say why already
             raise ValueError(f"not a compressor checkpoint: its config does not build a model "
                              f"({type(e).__name__}: {e})") from e
-
-
-def to_uint8(x: Tensor) -> Tensor:
-    """float (..., 3, H, W) in [-1, 1] -> uint8 frames."""
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu", **overrides) -> Autoencoder:

@@ -15,6 +15,10 @@ What only a per-frame model has is a capability that callers check for, never a 
   ``encode_tokens`` and ``encode_clip``;
 - ``encode_tokens``: the tokens without the reconstruction (each frame is coded alone, so nothing needs it);
   ``clip_tokens`` uses it where it exists.
+
+Which frames of a clip are intra is ``compressor.codec.packing.frame_types(len(clip), codec.gop)``, and what a frame
+costs is its packed size at its type's bits (``transmit``): every encoder, evaluator and export check reads both from
+there.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from compressor.codec.autoencoder import Autoencoder
+from compressor.codec.packing import frame_types, pack, unpack
 from compressor.utils import batched
 
 
@@ -137,3 +142,16 @@ def clip_tokens(codec, frames: Tensor, search_steps: int = 0, bf16: bool = False
         return codec.encode_clip(frames)[0]
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
         return list(codec.encode_tokens(frames, search_steps=search_steps))
+
+
+def transmit(codec, tokens: list[Tensor]) -> tuple[list[Tensor], list[int]]:
+    """Each frame's tokens of a clip (as ``encode_clip`` gives them, from a group's start) -> (the tokens a decoder
+    that has only the bytes receives: each frame ``pack``-ed at its type's bits and ``unpack``-ed, int64 (n_t,) on
+    the tokens' device; the bytes of each frame). Where every evaluation and export check counts a frame's cost."""
+    formats, received, sizes = codec.frame_formats(), [], []
+    for tok, kind in zip(tokens, frame_types(len(tokens), codec.gop), strict=True):
+        bits = formats[kind]["bits_per_token"]
+        data = pack(tok[None], bits=bits)
+        received.append(unpack(data, 1, len(tok), bits)[0].to(tok.device))
+        sizes.append(len(data))
+    return received, sizes

@@ -236,6 +236,27 @@ def video_card(codec: nn.Module, card_data: ModelCardData, sections: dict[str, s
     return _card(card_data, lines, sections, image)
 
 
+def remembering_card(codec: nn.Module, card_data: ModelCardData, sections: dict[str, str] | None = None,
+                     image: str | None = None) -> ModelCard:
+    """The card of ``codec``, a ``RememberingCodec``: per-frame tokens decoded with the frames before them."""
+    H, W = codec.image_size
+    lines = [
+        "# compressor: dashcam frames to discrete tokens, decoded with memory", "",
+        f"Per-frame tokens ({codec.num_tokens} of {codec.bits_per_token} bits, {codec.bytes_per_frame} bytes a "
+        f"{H}x{W} frame), each frame coded alone, decoded with the tokens of up to {codec.history} frames before it.",
+        "", "Mode: per-frame tokens, remembering decoder. The tokens are the intra model's: any frame's tokens decode "
+        "alone, and better after the frames before them (`compressor.load` returns this codec).", "",
+        "```python", "codec = compressor.load(\"path/to/this/folder\")",
+        "tokens, recon = codec.encode_clip(frames)  # frames: uint8 (T, 3, H, W) of one clip, in order",
+        "frames_out = codec.decode_clip(tokens)", "```", "", _SAFE_LOADING, "",
+        "## Architecture", "", "| part | class | arguments | parameters |", "|---|---|---|---:|",
+        *(_part_row(f"intra {name}", getattr(codec.intra, name)) for name in ("encoder", "quantizer", "decoder")),
+        f"| remembering decoder (decoder copy, projections of {codec.history} earlier frames) | | | "
+        f"{num_params(codec.decoder):,} |", "",
+    ]
+    return _card(card_data, lines, sections, image)
+
+
 EVALUATION_BEGIN, EVALUATION_END = "<!-- evaluation: compressor.tools.evaluate --card -->", "<!-- /evaluation -->"
 
 

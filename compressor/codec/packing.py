@@ -1,5 +1,6 @@
 """The token storage format: bit packing (the on-the-wire size of a frame is exactly ceil(num_tokens * bits / 8)
-bytes), tokens as mixed-radix digits, and the CRC that samples and coded segments carry. A leaf: it imports only numpy and torch, so the latent
+bytes), tokens as mixed-radix digits, the CRC that samples and coded segments carry, and which frames of a clip are
+intra (``frame_types``). A leaf: it imports only numpy and torch, so the latent
 readers and the entropy coder use it without loading any model code."""
 
 from __future__ import annotations
@@ -74,6 +75,15 @@ def unpack(data: bytes, num_frames: int, num_tokens: int = 128, bits: int = 14) 
     bitplanes = np.unpackbits(packed, axis=1)[:, : num_tokens * bits].reshape(num_frames, num_tokens, bits)
     weights = (1 << np.arange(bits - 1, -1, -1, dtype=np.int64))
     return torch.from_numpy((bitplanes.astype(np.int64) * weights).sum(-1))
+
+
+def frame_types(num_frames: int, gop: int) -> str:
+    """The one intra-frame rule: ``"I"`` (coded alone) at every multiple of ``gop``, ``"P"`` (coded against the frame
+    before) elsewhere, for a clip or segment that starts a group. Codecs, shards, export checks and evaluation all
+    read it from here."""
+    if gop < 1:
+        raise ValueError(f"gop must be >= 1, got {gop}")
+    return "".join("I" if t % gop == 0 else "P" for t in range(num_frames))
 
 
 def tokens_crc32(tokens: Tensor | np.ndarray) -> int:

@@ -1,7 +1,9 @@
 """A decoder that remembers: per-frame tokens decoded with the tokens of the frames before them.
 
 The per-frame model's tokens, their format and every stored latent stay as they are; only decoding improves
-(``docs/video.md``). Trained by ``compressor.training.video.RememberModule``; saved as ``remembering.pt``.
+(``docs/video.md``). Trained by ``compressor.training.video.RememberModule``; saved as ``remembering.pt`` and a Hub
+folder. ``RememberingCodec`` is what ``compressor.load`` returns for either: the per-frame model and the decoder, with
+the clip API of every codec (``compressor.codec.clips``).
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ import os
 import torch
 from torch import Tensor, nn
 
-from compressor.codec.autoencoder import Autoencoder, to_uint8
-from compressor.codec.checkpoint import check_size, check_weights, read_checkpoint
+from compressor.codec.autoencoder import Autoencoder
+from compressor.codec.checkpoint import CHECKPOINT_FORMAT, check_config, check_size, check_weights, read_checkpoint
+from compressor.codec.clips import FrameCodec
+from compressor.codec.hub import HubFolder, remembering_card
 from compressor.codec.packing import check_tokens
+from compressor.utils import to_uint8
 
 
 class RememberingDecoder(nn.Module):
@@ -89,7 +94,12 @@ MAX_HISTORY = 64  # earlier frames a remembering decoder reads
 
 def load_remembering(path: str | os.PathLike) -> tuple[Autoencoder, RememberingDecoder]:
     """(the per-frame model whose tokens it decodes, the remembering decoder) from ``RememberingDecoder.save``."""
-    blob = read_checkpoint(path)
+    codec = remembering_from_export(read_checkpoint(path), path)
+    return codec.intra, codec.decoder
+
+
+def remembering_from_export(blob, path: str | os.PathLike) -> "RememberingCodec":
+    """A ``RememberingCodec`` from ``RememberingDecoder.export_dict()``: its size, intra model and weights checked."""
     if not isinstance(blob, dict) or blob.get("format") != REMEMBERING_FORMAT:
         raise ValueError(f"{path} is not a remembering decoder file (format {REMEMBERING_FORMAT!r})")
     try:
@@ -100,4 +110,82 @@ def load_remembering(path: str | os.PathLike) -> tuple[Autoencoder, RememberingD
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
     decoder.load_state_dict(blob["state_dict"])
-    return intra, decoder.eval()
+    return RememberingCodec(intra, decoder.eval())
+
+
+class RememberingCodec(nn.Module, HubFolder, library_name="compressor",
+                       tags=["image-compression", "image-tokenizer", "dashcam"]):
+    """A per-frame model's tokens decoded by a ``RememberingDecoder``: the clip API (``compressor.codec.clips``) of a
+    per-frame codec (groups of one; every frame's tokens are the per-frame model's, of its one size, so shards, packing
+    and the entropy coder take them as they are), whose ``decode_clip`` reads the frames before each frame.
+
+    Saved as the decoder's ``remembering.pt`` (``save``) or a Hub folder (``save_pretrained``: ``config.json`` with
+    the history and the intra model's config, ``model.safetensors`` under the prefixes ``intra.`` and ``decoder.``);
+    ``compressor.load`` reads both.
+    """
+
+    FORMAT = REMEMBERING_FORMAT
+    gop = 1
+    supports_search = False  # a search fits tokens to the per-frame decoder, not to this one
+
+    def __init__(self, intra: Autoencoder, decoder: RememberingDecoder):
+        super().__init__()
+        self.intra, self.decoder = intra, decoder
+        self._frames = FrameCodec(intra)  # the per-frame side: tokens, their format and sizes
+
+    history = property(lambda self: self.decoder.history)
+    image_size = property(lambda self: self._frames.image_size)
+    grid = property(lambda self: self._frames.grid)
+    num_tokens = property(lambda self: self._frames.num_tokens)
+    codebook_size = property(lambda self: self._frames.codebook_size)
+    bits_per_token = property(lambda self: self._frames.bits_per_token)
+    bytes_per_frame = property(lambda self: self._frames.bytes_per_frame)
+
+    def frame_formats(self) -> dict[str, dict]:
+        return self._frames.frame_formats()
+
+    def parts(self) -> dict[str, nn.Module]:
+        return {**self._frames.parts(), "remembering decoder": self.decoder}
+
+    def encode_tokens(self, frames: Tensor, search_steps: int = 0) -> Tensor:
+        """frames: uint8 (T, 3, H, W) -> the per-frame model's tokens, int64 (T, N): each frame coded alone."""
+        return self._frames.encode_tokens(frames, search_steps)
+
+    def encode_clip(self, frames: Tensor) -> tuple[list[Tensor], Tensor]:
+        tokens = self.encode_tokens(frames)
+        return list(tokens), self.decode_clip(tokens)
+
+    def decode_clip(self, tokens: list[Tensor] | Tensor) -> Tensor:
+        """Tokens of consecutive frames (a list of (N,), or (T, N)) -> uint8 (T, 3, H, W)."""
+        tokens = tokens if isinstance(tokens, Tensor) else torch.stack(list(tokens))
+        return self.decoder.decode_clip(tokens.to(self.decoder.missing.device))
+
+    def save(self, path: str | os.PathLike) -> None:
+        self.decoder.save(path)
+
+    # ---- Hugging Face Hub folder ----------------------------------------------------------------------------------
+    def hub_config(self) -> dict:
+        return {"history": self.history, "intra": self.intra.export_config()}
+
+    @classmethod
+    def check_hub_config(cls, config: dict, overrides: dict, where: str) -> None:
+        # The mixin passes config.json's intra back as a constructor argument; nothing may differ.
+        if other := sorted(k for k, v in overrides.items() if v != config.get(k)):
+            raise ValueError(f"{where} is a remembering decoder: {other} cannot be changed")
+        check_size(config.get("history"), "history", where, MAX_HISTORY)
+        check_config(config.get("intra"), f"{where}: intra")
+
+    @classmethod
+    def from_hub(cls, config: dict, state: dict, where: str, **overrides) -> "RememberingCodec":
+        """The codec of a Hub folder, through ``remembering_from_export``: the checks of a ``remembering.pt``."""
+        parts = {name: {k.removeprefix(f"{name}."): v for k, v in state.items() if k.startswith(f"{name}.")}
+                 for name in ("intra", "decoder")}
+        if stray := [k for k in state if not k.startswith(("intra.", "decoder."))]:
+            raise ValueError(f"{where}: not a compressor checkpoint: {stray[0]} belongs to neither part")
+        intra = {"format": CHECKPOINT_FORMAT, "config": config["intra"], "state_dict": parts["intra"]}
+        blob = {"format": REMEMBERING_FORMAT, "history": config["history"], "intra": intra,
+                "state_dict": parts["decoder"]}
+        return remembering_from_export(blob, where)
+
+    def generate_model_card(self, sections: dict[str, str] | None = None, image: str | None = None):
+        return remembering_card(self, self._hub_mixin_info.model_card_data, sections, image)

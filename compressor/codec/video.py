@@ -23,13 +23,14 @@ from huggingface_hub import ModelCard
 from torch import Tensor, nn
 
 from compressor.codec import video_legacy as legacy
-from compressor.codec.autoencoder import Autoencoder, load, to_uint8
+from compressor.codec.autoencoder import Autoencoder, load
 from compressor.codec.checkpoint import (CHECKPOINT_FORMAT, build_part, check_config, check_size, check_weights, plain,
                                          read_checkpoint)
 from compressor.codec.hub import HubFolder, folder_config, video_card
 from compressor.codec.layers import init_weights
-from compressor.codec.packing import check_tokens, token_bits
-from compressor.utils import atomic_write
+from compressor.codec.packing import check_tokens, frame_types, token_bits
+from compressor.codec.remember import REMEMBERING_FORMAT, RememberingCodec, remembering_from_export
+from compressor.utils import atomic_write, to_uint8, to_unit
 
 
 class ConditionalCodec(nn.Module):
@@ -169,7 +170,7 @@ class ConditionalCodec(nn.Module):
     @torch.no_grad()
     def encode(self, frames: Tensor, ref: Tensor) -> Tensor:
         """frames: uint8 (B, 3, H, W); ref: float (B, 3, H, W), the previous reconstruction -> int64 (B, n)."""
-        tokens = self.encode_to_codes(frames.to(ref.dtype) / 127.5 - 1, ref)["tokens"]
+        tokens = self.encode_to_codes(to_unit(frames, ref.dtype), ref)["tokens"]
         if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.codebook_size):
             raise ValueError(f"the model gave tokens outside [0, {self.codebook_size}): a diverged model?")
         return tokens
@@ -272,8 +273,8 @@ class VideoCodec(nn.Module, HubFolder, library_name="compressor",
         reconstruction the decoder will produce, uint8 (T, 3, H, W)). Frame t is intra when t % gop == 0."""
         tokens, recons, ref = [], [], None
         frames = frames.to(self.intra.pre_quant.weight.device)
-        for t in range(len(frames)):
-            if t % self.gop == 0:
+        for t, kind in enumerate(frame_types(len(frames), self.gop)):
+            if kind == "I":
                 tok = self.intra.encode(frames[t : t + 1])
                 ref = self.intra.reconstruct(tok)
             else:
@@ -287,9 +288,9 @@ class VideoCodec(nn.Module, HubFolder, library_name="compressor",
     def decode_clip(self, tokens: list[Tensor]) -> Tensor:
         """Tokens of a clip that starts at an intra frame, as ``encode_clip`` gives -> uint8 (T, 3, H, W)."""
         out, ref, device = [], None, self.intra.pre_quant.weight.device
-        for t, tok in enumerate(tokens):
+        for tok, kind in zip(tokens, frame_types(len(tokens), self.gop)):
             tok = tok.unsqueeze(0).to(device)
-            if t % self.gop == 0:
+            if kind == "I":
                 ref = self.intra.reconstruct(tok)
             else:
                 ref = self.inter.decode(tok, ref)
@@ -361,15 +362,21 @@ def video_from_export(blob, path: str | os.PathLike, gop: int | None = None) -> 
 
 
 def load_codec(path: str | os.PathLike, map_location: str | torch.device = "cpu",
-               **overrides) -> Autoencoder | VideoCodec:
+               **overrides) -> Autoencoder | VideoCodec | RememberingCodec:
     """The codec a file or Hub folder holds, so that callers need no flag for the mode: a ``VideoCodec`` for a video
-    codec (``video.pt``, or a folder whose ``config.json`` has its format), else the per-frame ``Autoencoder`` that
+    codec (``video.pt``, or a folder whose ``config.json`` has its format), a ``RememberingCodec`` for a decoder that
+    remembers (``remembering.pt`` or its folder), else the per-frame ``Autoencoder`` that
     ``autoencoder.load`` reads (``.pt``, ``.ckpt``, Hub folder; ``overrides`` go to it). This is
     ``compressor.load``."""
     folder = os.path.isdir(path)
     # What says the mode: a folder's config.json (checked: a regular file of a bounded size holding a JSON object),
     # or a file's weights-only data.
     source = folder_config(path) if folder else read_checkpoint(path)
+    if isinstance(source, dict) and source.get("format") == REMEMBERING_FORMAT:  # per-frame tokens, decoded with memory
+        if overrides:
+            raise ValueError(f"{path} is a remembering decoder: {sorted(overrides)} cannot be changed")
+        codec = RememberingCodec.from_pretrained(path) if folder else remembering_from_export(source, path)
+        return codec.to(map_location)
     if not (isinstance(source, dict) and source.get("format") == VIDEO_FORMAT):
         if folder:
             return load(path, map_location, **overrides)

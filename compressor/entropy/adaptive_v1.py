@@ -1,8 +1,8 @@
 """Version 1 of the adaptive prior's model, kept so that segments coded with it (compressor before adaptive
 version 2) still decode. Frozen: a change here changes the bytes that ``tests/test_entropy_adaptive.py`` pins.
 
-``compressor.entropy.adaptive`` is the coder (versions 2 and 3, and the driver all versions share); a segment
-header's version picks the model (``AdaptivePrior.from_id``; ``AdaptivePrior(..., version=1)`` writes version 1, for
+``compressor.entropy.adaptive`` is the driver all versions share (the model of versions 2 to 4 is
+``compressor.entropy.adaptive_model``); a segment header's version picks the model (``AdaptivePrior.from_id``; ``AdaptivePrior(..., version=1)`` writes version 1, for
 tests). Version 1 blends context orders the way PPM and CTW do: a KT
 estimate over the coarsest context, then each finer context's counts with ``strength`` pseudo-counts of the
 coarser estimate, ``p_k = (ones_k * 2**16 + strength_k * p_{k-1}) // (n_k + strength_k)``; counts are halved past a

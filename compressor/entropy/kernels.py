@@ -1,4 +1,4 @@
-"""The adaptive model's (versions 2 and 3, ``compressor.entropy.adaptive``) batch loops, compiled with numba.
+"""The adaptive model's (versions 2 to 4, ``compressor.entropy.adaptive_model``) batch loops, compiled with numba.
 
 A batch is a few dozen decisions (one tree level, one checkerboard phase), so numpy spent more time starting its
 ~90 calls per batch than computing them; one compiled call per batch does the same integer arithmetic in one pass.
@@ -108,7 +108,7 @@ def apm_update(t, hits, at, w, bits, limit):
                 num[cell] = den[cell] = 0
 
 
-# ---- the model's context tables and a stage's prediction (compressor.entropy.adaptive) ----------------------
+# ---- the model's context tables and a stage's prediction (compressor.entropy.adaptive_model) ----------------
 @jit
 def hash_index(key, salt):
     """A uint64 key -> an index into a 2**HASH_BITS table (Fibonacci hashing: the product wraps, deterministic)."""
@@ -182,7 +182,7 @@ def predict(c, offsets, chain, w, sel, apm, apm_ctx, idx):
 
 @jit
 def tree_contexts(level, depth, codebook_size, prefix, prev, cand, keys, salts):
-    """The token tree's contexts at ``level`` (see ``adaptive._Model.tree``) for tokens whose top ``level`` bits
+    """The token tree's contexts at ``level`` (see ``adaptive_model._Model.tree``) for tokens whose top ``level`` bits
     are prefix (m,): prev (m,) the previous token (``1 << depth``: none), cand (m, c) the candidate tokens, keys
     (m, 3) the hashed contexts' keys that do not change with the level (already shifted past the node's bits),
     salts (4,) one per hashed table. Returns coded (m,), whether the 1-branch holds a code, and for the coded ones
@@ -222,7 +222,7 @@ def tree_contexts(level, depth, codebook_size, prefix, prev, cand, keys, salts):
 
 @jit
 def flag_contexts(pos, cross, ring, changed, changed_now, phase_b, known, rate, prev, age, salts):
-    """The repeat flags' contexts (see ``adaptive._Model.flags``) at positions pos (m,): cross (N, 4) and ring
+    """The repeat flags' contexts (see ``adaptive_model._Model.flags``) at positions pos (m,): cross (N, 4) and ring
     (N, 8) each position's neighbours (N: a padding slot), changed (N + 1,) the last frame's changes, changed_now
     (N + 1,) this frame's so far (phase B: phase A's), known whether ``changed`` and age (N,) say anything yet (not
     before a segment's third frame), rate the change-rate bucket, prev (N + 1,) the last frame's tokens, salts (2,)

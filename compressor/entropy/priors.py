@@ -25,6 +25,9 @@ from compressor.codec.packing import from_digits, to_digits
 from compressor.entropy.coding import Decoder, Encoder, TableSet, quantized_cdfs
 
 KINDS = ("static", "factorised", "temporal")
+# Decoding work of one network pass over a frame, in symbols' worth (``Prior.work_per_frame``): what a frame of a
+# small grid costs beyond its few symbols.
+NETWORK_PASS_WORK = 16
 
 
 @contextlib.contextmanager
@@ -70,6 +73,13 @@ class Prior(nn.Module):
     def frame_alphabets(self) -> list[int]:
         """The alphabet sizes of the symbols that code one frame (here: one per digit of each token)."""
         return self.radices * self.num_tokens
+
+    network_passes = 0  # network passes that decoding a frame takes
+
+    def work_per_frame(self) -> int:
+        """Decoding one frame's work, in units a payload byte pays for (``stream.WORK_PER_BYTE``): one a symbol,
+        ``NETWORK_PASS_WORK`` a network pass."""
+        return len(self.frame_alphabets()) + NETWORK_PASS_WORK * self.network_passes
 
     def check_tokens(self, tokens: Tensor) -> None:
         if tokens.ndim != 2 or tokens.shape[1] != self.num_tokens:
@@ -228,6 +238,7 @@ class TemporalPrior(Prior):
         self.heads = nn.ModuleList(
             nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1), nn.GELU(), nn.Conv2d(dim, r + 1, 1)) for r in radices)
         self._vocab = vocab
+        self.network_passes = 1 + len(radices)  # the trunk, then a head per channel
 
     @property
     def init_args(self) -> dict:

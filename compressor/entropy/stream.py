@@ -26,7 +26,7 @@ cannot: a prior that evaluates to different probabilities on the decoding machin
 A CRC is no defence against crafted bytes, so every header field is also checked against the payload before any
 decoding: zero frames if and only if no payload, a stored payload of exactly ``frames`` packed frames, and a rANS
 payload of whole 4-byte words that can hold ``frames`` frames at all (every coded symbol costs a minimum number of
-bits). ``coding.Decoder`` then keeps the rANS coder inside the payload (constriction checks its own reads), and
+bits) and that pays for decoding them (``work_frames``: the encoder pads a payload that pays for less). ``coding.Decoder`` then keeps the rANS coder inside the payload (constriction checks its own reads), and
 decoded tokens are range-checked.
 
 Segments written before the adaptive prior existed have the same format (version 1) and decode as before.
@@ -76,6 +76,8 @@ def encode_segment(tokens: Tensor, prior: Prior) -> bytes:
     tokens = torch.as_tensor(tokens).long().cpu()
     prior.check_tokens(tokens)
     payload = prior.encode_payload(tokens) if len(tokens) else b""  # compressai's flush of an empty stream crashes
+    if payload and not isinstance(prior, AdaptivePrior):  # the adaptive coder pads its own (its version 4)
+        payload = paid_payload(prior, payload, len(tokens))
     coder = prior.coder
     stored = pack(tokens, token_bits(prior.codebook_size)) if len(tokens) else b""
     if len(stored) < len(payload):  # a prior that does not fit these tokens never costs more than packing
@@ -137,8 +139,37 @@ def segment_prior(data: bytes, prior: Prior | None) -> Prior:
     return prior
 
 
+# Decoding work a fitted prior's payload pays for (issue 39). Under 16-bit rANS a near-certain symbol costs ~2e-5
+# bits, so a crafted header could claim ~114 factorised or temporal frames a payload byte, each decoded in full
+# (the temporal prior runs its network for every one). So a P-byte payload may code at most
+# FREE_WORK + WORK_PER_BYTE * P units of work (``Prior.work_per_frame``: one a symbol, more for a network pass); the
+# encoder pads a payload that codes more with zero words the decoder never reads (only near-static segments: real
+# tokens cost far more bytes a frame than the budget asks), and the decoder refuses a header that claims more.
+# reports/hostile/bench-crafted-streams measures what crafted segments cost against real ones.
+WORK_PER_BYTE = 64
+FREE_WORK = 4096
+
+
+def work_frames(prior: Prior, payload_bytes: int) -> int:
+    """The most frames a fitted prior's payload of this many bytes pays for."""
+    return (FREE_WORK + WORK_PER_BYTE * payload_bytes) // prior.work_per_frame()
+
+
+def paid_payload(prior: Prior, payload: bytes, frames: int) -> bytes:
+    """``payload`` with zero words appended until it pays for ``frames`` frames (unchanged when it already does).
+
+    A rANS decoder reads a legal payload's words in order and never past the encoder's last one, so the words
+    appended are never read: the tokens decode as before."""
+    missing = frames * prior.work_per_frame() - FREE_WORK - WORK_PER_BYTE * len(payload)
+    if missing <= 0:
+        return payload
+    words = -(-missing // (4 * WORK_PER_BYTE))
+    return payload + bytes(4 * words)
+
+
 def max_frames(prior: Prior, payload_bytes: int) -> int | None:
-    """The most frames a rANS payload of this size can hold under this prior (None: no bound).
+    """The most frames a rANS payload of this size can hold under this prior (None: no bound), and that it pays
+    for (``work_frames``).
 
     Decoding a legal payload of W words after the 8-byte state moves the coder's state from below 2**63 to at
     least 2**31 while reading W words of at most 32 + SLACK_BITS bits each, so its symbols cost at most
@@ -148,7 +179,8 @@ def max_frames(prior: Prior, payload_bytes: int) -> int | None:
         return prior.max_frames(payload_bytes)
     frame_bits = sum(min_symbol_bits(a) for a in prior.frame_alphabets())
     words = (payload_bytes - 8) / 4
-    return math.floor((32 + (32 + SLACK_BITS) * words) / frame_bits) if frame_bits > 0 else None
+    paid = work_frames(prior, payload_bytes)
+    return min(paid, math.floor((32 + (32 + SLACK_BITS) * words) / frame_bits)) if frame_bits > 0 else paid
 
 
 def decode_segment(data: bytes, prior: Prior | None = None, num_frames: int | None = None) -> Tensor:
@@ -178,7 +210,9 @@ def decode_segment(data: bytes, prior: Prior | None = None, num_frames: int | No
                           f"bytes; this one is {len(payload)}")
     limit = None if head["stored"] else max_frames(prior, len(payload))
     if limit is not None and frames > limit:
-        raise StreamError(f"header says {frames} frames; a {len(payload)}-byte payload holds at most {limit}")
+        note = ("" if isinstance(prior, AdaptivePrior) else "; segments written before issue 39's work budget may "
+                "exceed it: re-encode them")
+        raise StreamError(f"header says {frames} frames; a {len(payload)}-byte payload holds at most {limit}{note}")
     try:
         if head["stored"]:
             tokens = unpack(payload, frames, prior.num_tokens, bits)

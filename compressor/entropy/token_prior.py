@@ -43,6 +43,7 @@ class TokenPrior(Prior):
     """
 
     kind = "token"
+    network_passes = 3  # the past frames' features, then each checkerboard phase
 
     def __init__(self, codebook_size: int, grid: tuple[int, int], model_id: str = "", context: int = 2,
                  dim: int = 64, depth: int = 2):

@@ -21,16 +21,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from compressor.codec.packing import frame_types
+
 VIDEO = "video"
 
 
 def is_video(meta: dict) -> bool:
     return meta.get("mode") == VIDEO
-
-
-def frame_types(num_frames: int, gop: int) -> str:
-    """``"I"`` at every multiple of ``gop``, ``"P"`` elsewhere: the frames of a segment that starts a group."""
-    return "".join("I" if t % gop == 0 else "P" for t in range(num_frames))
 
 
 def video_fields(codec, gop: int) -> dict:
@@ -98,7 +95,7 @@ def check_video(tokens: np.ndarray, meta: dict) -> None:
 def window_starts(num_frames: int, seq_len: int, stride: int, gop: int | None) -> range:
     """Where windows of ``seq_len`` frames start in a segment: every ``stride`` frames; for a video-mode segment
     (``gop`` given) only at intra frames, so ``stride`` must be a multiple of ``gop`` (``ValueError`` otherwise)."""
-    if gop is not None and stride % gop:
+    if gop is not None and frame_types(stride + 1, gop)[stride] != "I":  # a window's first frame must be intra
         raise ValueError(f"video-mode tokens come in groups of {gop} frames and a window must start at an intra "
                          f"frame to decode: stride must be a multiple of {gop}, got {stride} (leave stride unset "
                          "for one window per group)")

@@ -39,12 +39,11 @@ from compressor.tools import baselines
 from compressor.tools.eval_report import card_results, comparison_markdown, to_markdown
 from compressor.codec.autoencoder import Autoencoder
 from compressor.codec.hub import write_evaluation
-from compressor.codec.clips import clip_codec, clip_tokens
+from compressor.codec.clips import clip_codec, clip_tokens, transmit
 from compressor.codec.video import VideoCodec, load_codec
 from compressor.metrics import LPIPS, frame_ms_ssim, frame_psnr
-from compressor.codec.packing import pack, unpack
 from compressor.data.video import list_videos, open_video, read_frames, read_manifest
-from compressor.latents.groups import codec_fields, frame_types, is_video
+from compressor.latents.groups import codec_fields, is_video
 from compressor.benchmark import sync, write_report
 from compressor.utils import batched, num_params, resolve_device, token_entropy_bits
 
@@ -55,22 +54,17 @@ RD_BUDGETS = (48, 64, 96, 128, 160, 224, 320, 448, 640, 896, 1280)
 def codec_roundtrip(codec, frames: torch.Tensor, search_steps: int = 0) -> dict:
     """uint8 (T, 3, H, W) of one clip, in order, on the CPU, through a clip codec (``compressor.codec.clips``):
     encode -> pack -> unpack -> decode on the codec's device, a decoder that has only the bytes. Returns recon uint8
-    (T, 3, H, W) and every frame's tokens concatenated (for codebook statistics) on the CPU, the packed bytes per
-    frame (each frame at its type's bits), and timings."""
+    (T, 3, H, W) and every frame's tokens concatenated (for codebook statistics) on the CPU, the packed bytes of
+    each frame and their mean (each frame at its type's bits: ``clips.transmit``), and timings."""
     device = next(codec.intra.parameters()).device
     t0 = time.perf_counter()
     tokens = clip_tokens(codec, frames, search_steps)
     sync(device)  # CUDA runs asynchronously: without this, encode time would be counted as decode time
     t1 = time.perf_counter()
-    formats, received, n_bytes = codec.frame_formats(), [], 0
-    for tok, kind in zip(tokens, frame_types(len(frames), codec.gop)):
-        bits = formats[kind]["bits_per_token"]
-        data = pack(tok[None], bits=bits)
-        received.append(unpack(data, 1, len(tok), bits)[0])
-        n_bytes += len(data)
+    received, sizes = transmit(codec, tokens)
     recon = codec.decode_clip(received).cpu()
-    return {"recon": recon, "tokens": torch.cat(tokens).cpu(), "bytes_per_frame": n_bytes / len(frames),
-            "encode_s": t1 - t0, "decode_s": time.perf_counter() - t1}
+    return {"recon": recon, "tokens": torch.cat(tokens).cpu(), "bytes": sizes,
+            "bytes_per_frame": sum(sizes) / len(frames), "encode_s": t1 - t0, "decode_s": time.perf_counter() - t1}
 
 
 def evaluate_clip(codec, path: str, search_steps: int = 0) -> dict:

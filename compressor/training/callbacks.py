@@ -19,7 +19,7 @@ from compressor.metrics import model_psnr
 from compressor.training.core import export
 from compressor.training.model_card import training_sections
 from compressor.training.perf import matmul_peak_flops, train_flops_per_image
-from compressor.utils import atomic_write
+from compressor.utils import atomic_write, to_unit
 
 
 class ExportCallback(pl.Callback):
@@ -52,7 +52,7 @@ class ExportCallback(pl.Callback):
         done = export(model, out_dir, filename, training_sections(trainer, pl_module), frames)
         written = ", ".join(filter(None, (done["path"], done["image"], done["hub"])))
         if done["psnr"] is None:
-            print(f"saved {written} (no reconstruction check: no validation frames, or a model that does not encode)")
+            print(f"saved {written} (no reconstruction check: no validation frames)")
             return
         print(f"saved {written}")
         print(f"PSNR {done['psnr']:.2f} dB on {done['frames']} validation frames at {done['bytes_per_frame']:g} "
@@ -61,17 +61,25 @@ class ExportCallback(pl.Callback):
 
 class SigtermCheckpoint(pl.Callback):
     """SIGTERM (what schedulers send before SIGKILL) ends a fit within ``grace_s`` seconds, its last checkpoint
-    loadable.
+    loadable, on one process or many (DDP).
 
-    Lightning's own handler (its signal connector) only notes the signal (``trainer.received_sigterm``), forwards it to
-    the DDP processes it launched, and raises ``SIGTERMException`` on every rank at the end of the current training
-    step (rank 0's flag is broadcast). This callback then saves that step's checkpoint on every rank's behalf
-    (``trainer.save_checkpoint``, so under DDP all ranks take part) as ``last.ckpt`` beside the ``ModelCheckpoint``'s
-    (``--ckpt_path last`` resumes from it; ``<default_root_dir>/checkpoints`` without one), written to a temporary
-    name and renamed, so a SIGKILL while it is written leaves the previous one. The process exits with 143, as a
-    process killed by SIGTERM does, so that a scheduler does not take the run for finished. A step that never ends
-    (a collective that hangs: issue 39 saw a 2-process CPU fit hang at its first step and ignore SIGTERM) never
-    reaches that point: ``grace_s`` after the signal the process exits anyway, without a new checkpoint.
+    Lightning's own SIGTERM handler (its signal connector) is replaced once training starts: it calls
+    ``dist.broadcast`` inside the signal handler, that is at whatever point each rank happens to be, so under DDP its
+    broadcast can meet another collective on the other rank (a gradient all-reduce, a barrier) and the ranks hang
+    (issue 39: a 2-process CPU fit sometimes did not exit within 60 s of SIGTERM). Here the signal only sets a flag;
+    every rank all-reduces that flag at the same point of every training step (``on_train_batch_end``), so all
+    ranks stop at the same step whichever of them got the signal, and raise ``SIGTERMException`` together. This
+    callback then saves that step's checkpoint on every rank's behalf (``trainer.save_checkpoint``, in which all
+    ranks take part) as ``last.ckpt`` beside the ``ModelCheckpoint``'s (``--ckpt_path last`` resumes from it;
+    ``<default_root_dir>/checkpoints`` without one), written to a temporary name and renamed, so a SIGKILL while it
+    is written leaves the previous one. The process exits with 143, as a process killed by SIGTERM does, so that a
+    scheduler does not take the run for finished.
+
+    A Python signal handler runs only when the main thread is back in the interpreter, which a collective that never
+    returns (issue 39 saw a 2-process CPU fit hang at its first step and ignore SIGTERM) prevents. So a watchdog
+    thread reads the signal from ``signal.set_wakeup_fd``, which the interpreter writes as the signal arrives: it
+    forwards SIGTERM to the DDP processes this one launched and exits the process ``grace_s`` after the signal
+    should the step never end, without a new checkpoint.
 
     Args:
         grace_s: seconds from SIGTERM to a forced exit.
@@ -81,19 +89,56 @@ class SigtermCheckpoint(pl.Callback):
 
     def __init__(self, grace_s: float = 25.0):
         self.grace_s = grace_s
-        self._previous = None
-        self._timer: threading.Timer | None = None
+        self.received = threading.Event()  # set by the watchdog thread as the signal arrives
+        self._launcher = None
+        self._wakeup: tuple[int, int] | None = None  # the pipe the interpreter writes signal numbers to
+        self._previous_fd = -1
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Lightning registers its handler after on_fit_start and calls the one it finds there too: this one.
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+    def _install(self, trainer: pl.Trainer) -> None:
+        """Replaces Lightning's SIGTERM handler (registered after ``on_fit_start``) with one that only wakes the
+        watchdog; installed once, from the main thread (the only one that may set handlers)."""
+        if self._wakeup is not None or threading.current_thread() is not threading.main_thread():
+            return
+        self.received.clear()  # a new fit
+        self._launcher = trainer.strategy.launcher  # rank 0 of a DDP fit: the processes it started
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)  # the interpreter requires it: a signal never blocks on a full pipe
+        self._wakeup = (read_fd, write_fd)
+        self._previous_fd = signal.set_wakeup_fd(write_fd)
+        signal.signal(signal.SIGTERM, _note_signal)
+        threading.Thread(target=self._watch, args=(read_fd,), daemon=True, name="sigterm-watchdog").start()
 
-    def _on_sigterm(self, signum, frame) -> None:
-        if self._timer is None:
-            self._timer = threading.Timer(self.grace_s, os._exit, args=(self.EXIT_CODE,))
-            self._timer.daemon = True
-            self._timer.start()
+    def _watch(self, read_fd: int) -> None:
+        while True:
+            data = os.read(read_fd, 64)
+            if not data:  # teardown closed the write end
+                os.close(read_fd)
+                return
+            if int(signal.SIGTERM) in data and not self.received.is_set():
+                self.received.set()
+                if self._launcher is not None and getattr(self._launcher, "procs", None):
+                    self._launcher.kill(signal.SIGTERM)  # the other ranks stop at the same step
+                timer = threading.Timer(self.grace_s, os._exit, args=(self.EXIT_CODE,))
+                timer.daemon = True
+                timer.start()
+
+    # Installed at the first hook after Lightning registers its own handler: the sanity check when there is one.
+    def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._install(trainer)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._install(trainer)
+
+    def should_stop(self, trainer: pl.Trainer) -> bool:
+        """Whether any rank got SIGTERM: one all-reduce per step, at the same point on every rank."""
+        flag = torch.tensor([1 if self.received.is_set() else 0], device=trainer.strategy.root_device)
+        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.should_stop(trainer):
+            raise SIGTERMException()
 
     def checkpoint_path(self, trainer: pl.Trainer) -> str:
         for callback in trainer.checkpoint_callbacks:
@@ -102,6 +147,7 @@ class SigtermCheckpoint(pl.Callback):
         return os.path.join(trainer.default_root_dir, "checkpoints", "last.ckpt")
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._uninstall()  # a fit that fails does not reach teardown; a grace timer already started keeps running
         if not isinstance(exception, SIGTERMException):
             return
         path = self.checkpoint_path(trainer)
@@ -113,9 +159,20 @@ class SigtermCheckpoint(pl.Callback):
         exception.code = self.EXIT_CODE
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self._previous is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
+        self._uninstall()
+
+    def _uninstall(self) -> None:
+        # Lightning's connector restores the handler it found before fit; the wakeup pipe is this callback's: closing
+        # its write end ends the watchdog thread, which closes the read end.
+        if self._wakeup is not None and threading.current_thread() is threading.main_thread():
+            signal.set_wakeup_fd(self._previous_fd)
+            os.close(self._wakeup[1])
+            self._wakeup = None
+
+
+def _note_signal(signum, frame) -> None:
+    """SIGTERM's Python handler: nothing to do here, the watchdog thread acts on the byte the interpreter wrote to
+    the wakeup pipe (a handler must exist for that byte to be written)."""
 
 
 def _take(loaders, n: int) -> torch.Tensor | None:
@@ -213,7 +270,7 @@ class ValCurve(pl.Callback):
         scores = []
         with trainer.precision_plugin.forward_context():
             for frames in self._probe.split(trainer.datamodule.hparams.batch_size):
-                x = frames.to(pl_module.device).float() / 127.5 - 1
+                x = to_unit(frames.to(pl_module.device))
                 scores.append(model_psnr(model(x)["recon"], x))  # as val/psnr is computed
         return float(torch.cat(scores).mean())
 

@@ -18,7 +18,7 @@ import torch
 import torchvision
 from torch import nn
 
-from compressor.codec.packing import pack, unpack
+from compressor.codec.clips import clip_codec, clip_tokens, transmit
 from compressor.codec.quantizers import Whitening
 from compressor.codec.video import load_codec  # compressor.load: it tells per-frame and video models apart
 from compressor.metrics import frame_psnr
@@ -167,10 +167,10 @@ def export(model: nn.Module, out_dir: str, filename: str, sections: dict[str, st
     where the model has a Hub format (``save_pretrained``), the Hub folder ``out_dir/hub`` with the card's training
     ``sections``. Every codec's trainer exports through this (``callbacks.ExportCallback``).
 
-    With check ``frames`` (uint8 (T, 3, H, W): validation frames, or one clip in order for a video codec) and a model
-    that encodes, the frames are coded as a user codes them (``round_trip``: encode, pack, unpack, decode), every
-    written copy (the file, the folder) is loaded back with ``compressor.load`` and must decode the same packed tokens
-    to the same frames (within a grey level: float sums may run in another order), a ``recon.png`` (originals above,
+    With check ``frames`` (uint8 (T, 3, H, W): validation frames, or one clip in order for a video codec), the
+    frames are coded as a user codes them (``round_trip``: encode, pack, unpack, decode), every written copy (the
+    file, the folder) is loaded back with ``compressor.load`` and must decode the same packed tokens to the same
+    frames (within a grey level: float sums may run in another order), a ``recon.png`` (originals above,
     reconstructions below) goes beside the file and into the folder, and the PSNR and bytes go into the card.
 
     Returns ``{"path", "hub" (or None), "psnr", "frames", "bytes_per_frame", "image"}`` (the last four None unchecked).
@@ -180,7 +180,7 @@ def export(model: nn.Module, out_dir: str, filename: str, sections: dict[str, st
     model.save(path)
     result = {"path": path, "hub": None, "psnr": None, "frames": None, "bytes_per_frame": None, "image": None}
     tokens = None
-    if frames is not None and (hasattr(model, "encode") or hasattr(model, "encode_clip")):
+    if frames is not None:
         tokens, recon, num_bytes = round_trip(model, frames)
         frames = frames.to(recon.device)
         result.update(psnr=frame_psnr(recon, frames).mean().item(), frames=len(frames),
@@ -188,7 +188,7 @@ def export(model: nn.Module, out_dir: str, filename: str, sections: dict[str, st
         grid = torch.cat([frames, recon], dim=2).cpu().float() / 255  # each column: original above, recon below
         torchvision.utils.save_image(grid, result["image"], nrow=min(4, len(frames)), padding=2)
         sections = {**sections, "Evaluation": evaluation_section(result)}
-    if hasattr(model, "save_pretrained"):  # a RememberingDecoder has no Hub format yet
+    if hasattr(model, "save_pretrained"):  # every codec here has a Hub format; a model of another kind may not
         result["hub"] = os.path.join(out_dir, "hub")
         save_hub_folder(model, result["hub"], sections, result["image"])
     if tokens is not None:
@@ -200,33 +200,19 @@ def export(model: nn.Module, out_dir: str, filename: str, sections: dict[str, st
 @torch.no_grad()
 def round_trip(codec: nn.Module, frames: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, int]:
     """frames: uint8 (T, 3, H, W) -> (each frame's tokens as unpacked; the frames a user decodes from them, uint8
-    (T, 3, H, W); the packed bytes), through the codec API: encode, ``pack`` each frame's tokens, ``unpack``,
-    decode."""
-    frames = frames.to(next(codec.parameters()).device)
-    if hasattr(codec, "encode_clip"):  # a video codec: the clip in order, frame t intra when t % gop == 0
-        tokens, _ = codec.encode_clip(frames)
-        formats = codec.frame_formats()
-        formats = [formats["I" if t % codec.gop == 0 else "P"] for t in range(len(frames))]
-    else:  # a per-frame model: every frame alone
-        tokens = list(codec.encode(frames))
-        formats = [{"num_tokens": codec.num_tokens, "bits_per_token": codec.bits_per_token}] * len(frames)
-    data = [pack(t[None], f["bits_per_token"]) for t, f in zip(tokens, formats)]
-    back = [unpack(d, 1, f["num_tokens"], f["bits_per_token"])[0].to(frames.device) for d, f in zip(data, formats)]
-    return back, decode_tokens(codec, back), sum(map(len, data))
-
-
-def decode_tokens(codec: nn.Module, tokens: list[torch.Tensor]) -> torch.Tensor:
-    """Each frame's tokens -> uint8 frames (T, 3, H, W), by the codec's clip decoder where it has one."""
-    if hasattr(codec, "decode_clip"):
-        return codec.decode_clip(tokens)
-    return codec.decode(torch.stack(tokens))
+    (T, 3, H, W); the packed bytes), through the clip API (``compressor.codec.clips``) that every codec answers:
+    the clip in order, each frame packed at its type's bits (``transmit``), decoded from what was unpacked."""
+    clips = clip_codec(codec)
+    frames = frames.to(next(clips.parameters()).device)
+    back, sizes = transmit(clips, clip_tokens(clips, frames))
+    return back, clips.decode_clip(back), sum(sizes)
 
 
 @torch.no_grad()
 def check_copy(path: str, tokens: list[torch.Tensor], recon: torch.Tensor) -> None:
     """``RuntimeError`` unless the model written to ``path`` (a file or a Hub folder), loaded with
     ``compressor.load``, decodes ``tokens`` to ``recon`` (what the trained model decoded) within a grey level."""
-    again = decode_tokens(load_codec(path, map_location=recon.device), tokens)
+    again = clip_codec(load_codec(path, map_location=recon.device)).decode_clip(tokens)
     if again.shape != recon.shape or (again.int() - recon.int()).abs().max() > 1:
         raise RuntimeError(f"{path} does not decode the check frames' tokens as the trained model does: the export "
                            "is broken")

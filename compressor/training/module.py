@@ -20,7 +20,7 @@ from compressor.codec.autoencoder import Autoencoder
 from compressor.metrics import model_psnr, ms_ssim_01
 from compressor.training.core import calibrate_ema, ema_copy, optimizers, param_groups, update_ema
 from compressor.training.losses import CompressionLoss
-from compressor.utils import token_entropy_bits
+from compressor.utils import to_uint8, to_unit, token_entropy_bits
 
 
 class CompressorModule(pl.LightningModule):
@@ -91,7 +91,7 @@ class CompressorModule(pl.LightningModule):
     # ---- steps --------------------------------------------------------------------------------------------
     def _common_step(self, frames: Tensor, stage: str) -> dict[str, Tensor]:
         """frames: uint8 (B, 3, H, W). Returns the loss terms and outputs; logs ``{stage}/{name}``."""
-        x = frames.float() / 127.5 - 1
+        x = to_unit(frames)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if stage == "train":
@@ -151,7 +151,7 @@ class CompressorModule(pl.LightningModule):
         """Re-estimate the EMA model's normalization statistics on its own encoder outputs over the last
         ``calibration_batches`` training batches (``core.calibrate_ema`` says why)."""
         context = self.trainer.precision_plugin.forward_context() if self._trainer is not None else None
-        calibrate_ema(self.ema, self._recent_frames, lambda frames: self.ema.encode_to_codes(frames.float() / 127.5 - 1),
+        calibrate_ema(self.ema, self._recent_frames, lambda frames: self.ema.encode_to_codes(to_unit(frames)),
                       context)
 
     def on_validation_epoch_start(self) -> None:
@@ -182,7 +182,7 @@ class CompressorModule(pl.LightningModule):
         if logger is None or not hasattr(logger, "log_image") or self.global_rank != 0:
             return
         grid = torch.cat([x[:n], recon[:n].clamp(-1, 1)], dim=2)  # original above, reconstruction below
-        images = [((g.float() + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy() for g in grid]
+        images = [to_uint8(g.float()).permute(1, 2, 0).cpu().numpy() for g in grid]
         logger.log_image("val/recon", images, step=self.global_step)  # wandb needs uint8
 
     # ---- optimisation -------------------------------------------------------------------------------------

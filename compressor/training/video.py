@@ -18,11 +18,12 @@ from torch import Tensor, nn
 
 from compressor.codec import video_legacy as legacy
 from compressor.codec.autoencoder import load
-from compressor.codec.remember import RememberingDecoder
+from compressor.codec.remember import RememberingCodec, RememberingDecoder
 from compressor.codec.video import ConditionalCodec, VideoCodec
 from compressor.metrics import model_psnr
 from compressor.training.losses import ReconstructionLoss
 from compressor.training.core import calibrate_ema, ema_copy, optimizers, param_groups, update_ema
+from compressor.utils import to_unit
 
 
 class VideoModule(pl.LightningModule):
@@ -82,7 +83,7 @@ class VideoModule(pl.LightningModule):
     def run_clip(self, codec: ConditionalCodec, clips: Tensor) -> tuple[Tensor, list[Tensor], list[dict]]:
         """clips: uint8 (B, L, 3, H, W) -> (mean loss over conditional frames, PSNR per frame (B,) for t = 1..L-1,
         the loss terms per frame)."""
-        x = clips.float() / 127.5 - 1
+        x = to_unit(clips)
         ref = self.intra_reference(clips[:, 0])
         total, psnrs, terms_all = 0.0, [], []
         for t in range(1, clips.shape[1]):
@@ -119,7 +120,7 @@ class VideoModule(pl.LightningModule):
         self.log("val/loss", loss, batch_size=len(clips), sync_dist=True)
         self.log("val/psnr", torch.cat(psnrs).mean(), prog_bar=True, batch_size=len(clips), sync_dist=True)
         with torch.no_grad():
-            x0 = clips[:, 0].float() / 127.5 - 1
+            x0 = to_unit(clips[:, 0])
             self.log("val/intra_psnr", model_psnr(self.intra_reference(clips[:, 0]), x0).mean(),
                      batch_size=len(clips), sync_dist=True)
 
@@ -195,7 +196,7 @@ class RememberModule(pl.LightningModule):
         seen = torch.where(torch.rand(B, device=clips.device) < keep, K,
                            torch.randint(0, max(K, 1), (B,), device=clips.device))
         available = torch.arange(K, device=clips.device)[None] < seen[:, None]
-        return tokens, available, clips[:, -1].float() / 127.5 - 1
+        return tokens, available, to_unit(clips[:, -1])
 
     def training_step(self, clips: Tensor, batch_idx: int) -> Tensor:
         tokens, available, x = self._batch(clips, self.hparams.keep_history)
@@ -214,7 +215,7 @@ class RememberModule(pl.LightningModule):
     configure_optimizers = VideoModule.configure_optimizers
     configure_gradient_clipping = VideoModule.configure_gradient_clipping
 
-    def exported(self) -> tuple[RememberingDecoder, str]:
-        """What a user decodes with (``ExportCallback``): the EMA decoder, as ``remembering.pt``; nothing to
-        calibrate, since its quantizer is the intra model's, frozen."""
-        return self.ema.eval(), "remembering.pt"
+    def exported(self) -> tuple[RememberingCodec, str]:
+        """What a user codes with (``ExportCallback``): the intra model and the EMA decoder (copies), as
+        ``remembering.pt`` and a Hub folder; nothing to calibrate, since its quantizer is the intra model's, frozen."""
+        return RememberingCodec(copy.deepcopy(self.intra), copy.deepcopy(self.ema).eval()), "remembering.pt"

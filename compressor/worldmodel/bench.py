@@ -98,3 +98,52 @@ def main(args) -> dict:
     write_report(args.output, "bench-step", result, md)
     return result
 
+
+
+def search(args) -> dict:
+    """``compressor-world-model bench-search``: states/s of the ar-digits head's argmax and temperature-1 sampling,
+    enumerating the codebook (the old way) against the branch-and-bound search and ancestral sampling, on the
+    teacher-forced states of a trained checkpoint over real val windows (a random model's near-uniform states are
+    the search's worst case, not its use). Writes ``bench-search.json`` and ``bench-search.md``."""
+    import torch.nn.functional as F
+
+    from compressor.benchmark import write_report
+    from compressor.worldmodel.data import TokenWindows, read_segments
+    from compressor.worldmodel.module import load
+
+    torch.set_num_threads(args.threads)
+    model, _, _ = load(args.checkpoint)
+    head, T = model.head, model.config.context_frames
+    segments, _ = read_segments(args.val)
+    windows = TokenWindows(segments, T, stride=T)
+    batch = torch.stack([windows[i * len(windows) // args.windows] for i in range(args.windows)])  # (B, T, N)
+    B, _, N = batch.shape
+    with torch.no_grad():
+        states = model(batch.reshape(B, T * N)[:, :-1])[:, N - 1 :].reshape(-1, model.config.dim)  # (S, D)
+        timed = {}
+        for name, fn in (
+                ("argmax, enumerated", lambda: torch.cat([lp.argmax(-1) for lp in head._chunks(states)])),
+                ("argmax, branch and bound", lambda: head.argmax(states)),
+                ("sample t=1, enumerated", lambda: torch.multinomial(torch.cat(
+                    [F.softmax(lp, -1) for lp in head._chunks(states)]), 1).squeeze(-1)),
+                ("sample t=1, ancestral", lambda: head.sample(states, 1.0, None))):
+            t0, c0 = time.perf_counter(), time.process_time()
+            out = fn()
+            timed[name] = {"cpu_s": time.process_time() - c0, "wall_s": time.perf_counter() - t0, "tokens": out}
+    same = int((timed["argmax, enumerated"]["tokens"] == timed["argmax, branch and bound"]["tokens"]).sum())
+    rows = [{"method": k, "states": len(states), "cpu_s": v["cpu_s"], "wall_s": v["wall_s"],
+             "states_per_cpu_s": len(states) / v["cpu_s"]} for k, v in timed.items()]
+    result = {"command": "compressor-world-model " + " ".join(sys.argv[1:]), "checkpoint": args.checkpoint,
+              "val": args.val, "states": len(states), "argmax_agree": same, "threads": args.threads,
+              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs", "rows": rows}
+    md = ["# ar-digits head: argmax and sampling speed", "",
+          f"{len(states)} teacher-forced states ({args.windows} windows of {T} frames of {args.val}, frames 2..{T}) "
+          f"of `{args.checkpoint}`, {args.threads} thread(s), CPU seconds of the process (the CPU may be shared: "
+          f"wall times mean little). The search's argmax equals the enumeration's on {same} of {len(states)} "
+          f"states. Machine: {result['machine']}.", "", f"Command: `{result['command']}`", "",
+          "| method | CPU s | states per CPU s |", "|---|---|---|"]
+    md += [f"| {r['method']} | {r['cpu_s']:.2f} | {r['states_per_cpu_s']:.0f} |" for r in rows]
+    md = "\n".join(md) + "\n"
+    print(md)
+    write_report(args.output, "bench-search", result, md)
+    return result

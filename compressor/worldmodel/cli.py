@@ -7,8 +7,11 @@
         --compressor ../shared/models/recipe-48k --output reports/world-model/futures
     compressor-world-model probe --input ../shared/latents/recipe-48k --output reports/world-model/probe
     compressor-world-model bench --output reports/world-model
+    compressor-world-model bench-search --checkpoint RUN/world_model.pt --output reports/world-model
 
-A ``--config`` YAML sets any option by its name (``head: digits``, ``max_steps: 3000``); the command line wins.
+A ``--config`` YAML sets any option by its name (``head: digits``, ``max_steps: 3000``); repeated, later files
+overlay earlier ones (``--config configs/world-model/reference.yaml --config configs/world-model/context-8.yaml``);
+the command line wins.
 ``train`` into an ``--output`` holding ``checkpoints/last.ckpt`` resumes that run (``--no-resume``: start afresh);
 ``--max-minutes`` counts from the invocation (compressor/worldmodel/module.py says how the schedule continues).
 """
@@ -25,7 +28,7 @@ from dataclasses import fields
 import torch
 
 from compressor.codec.layers import ATTENTION_KERNELS
-from compressor.worldmodel.data import read_segments, repeat_share, split_holdout, unigram_counts
+from compressor.worldmodel.data import HOLDOUTS, read_segments, repeat_share, split_holdout, unigram_counts
 from compressor.worldmodel.model import HEADS, WorldModelConfig
 
 LATENTS = "../shared/latents/recipe-48k"
@@ -50,7 +53,11 @@ def _model_args(ap: argparse.ArgumentParser) -> None:
 
 def _train_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--train", nargs="+", default=[f"{LATENTS}/train"], help="training latents")
-    ap.add_argument("--holdout", type=float, default=0.1, help="share of train videos held out for early stopping")
+    ap.add_argument("--holdout", choices=HOLDOUTS, default="camera",
+                    help="what early stopping holds out of the train latents: whole cameras (owner__repo of the "
+                         "video names: new scenes, like val-new-cameras) or whole videos (the first two runs')")
+    ap.add_argument("--holdout-fraction", type=float, default=0.1,
+                    help="camera: the most frames held out (a share of all); video: the share of videos")
     ap.add_argument("--max-steps", type=int, default=3000)
     ap.add_argument("--max-minutes", type=float, default=None, help="stop after this wall time too")
     ap.add_argument("--batch-size", type=int, default=8)
@@ -80,7 +87,9 @@ def _parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train the world model")
-    p.add_argument("--config", help="YAML of option defaults")
+    p.add_argument("--config", action="append",
+                   help="YAML of option defaults; repeat to overlay (later files win), e.g. reference.yaml then "
+                        "context-8.yaml")
     p.add_argument("--output", default="runs/world-model")
     _model_args(p)
     _train_args(p)
@@ -120,6 +129,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=3, help="timed steps per configuration (after one warm-up)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--output", default="reports/world-model")
+    p = sub.add_parser("bench-search", help="ar-digits argmax/sampling speed: enumeration against search")
+    p.add_argument("--checkpoint", required=True, help="a trained ar-digits world_model.pt")
+    p.add_argument("--val", default=f"{LATENTS}/val", help="latents whose windows give the states")
+    p.add_argument("--windows", type=int, default=2, help="windows (of T frames) whose states are timed")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--output", default="reports/world-model")
     return ap
 
 
@@ -129,13 +144,16 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     if getattr(args, "config", None):
         import yaml
 
-        with open(args.config) as f:
-            defaults = yaml.safe_load(f) or {}
         sub = ap._subparsers._group_actions[0].choices[args.command]
         known = {a.dest for a in sub._actions}
-        unknown = set(defaults) - known
-        if unknown:
-            raise SystemExit(f"{args.config}: unknown options {sorted(unknown)}")
+        defaults = {}
+        for path in args.config:  # overlays: a later file's options replace an earlier one's
+            with open(path) as f:
+                layer = yaml.safe_load(f) or {}
+            unknown = set(layer) - known
+            if unknown:
+                raise SystemExit(f"{path}: unknown options {sorted(unknown)}")
+            defaults.update(layer)
         sub.set_defaults(**defaults)
         args = ap.parse_args(argv)
     return args
@@ -155,7 +173,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
     from compressor.worldmodel.module import train
 
     segments, fmt = read_segments(args.train)
-    fit, holdout = split_holdout(segments, args.holdout)
+    fit, holdout = split_holdout(segments, args.holdout_fraction, args.holdout)
     config = _config(args, fmt)
     t0 = time.perf_counter()
     _, facts = train(fit, holdout, fmt, config, args.output, max_steps=args.max_steps, max_minutes=args.max_minutes,
@@ -252,7 +270,7 @@ def cmd_probe(args: argparse.Namespace) -> dict:
     if not val:
         raise SystemExit("probe: no val folder (give --val, or --input holding val*/)")
     segments, fmt = read_segments(train_folders)
-    fit, holdout = split_holdout(segments, 0.1)
+    fit, holdout = split_holdout(segments, 0.1, "video")  # as when the probe was fixed: its numbers stay comparable
     model_keys = {f.name for f in fields(WorldModelConfig)}
     config = WorldModelConfig(codebook_size=fmt.codebook_size, num_tokens=fmt.num_tokens, radices=fmt.radices,
                               head=args.head, **{k: v for k, v in PROBE.items() if k in model_keys})
@@ -269,10 +287,10 @@ def main(argv: list[str] | None = None):
     """Run one command and return what it produced (facts, scores, files), for callers in Python."""
     args = _parse(argv)
     torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
-    if args.command == "bench":
-        from compressor.worldmodel.bench import main as bench
+    if args.command in ("bench", "bench-search"):
+        from compressor.worldmodel import bench
 
-        return bench(args)
+        return (bench.main if args.command == "bench" else bench.search)(args)
     return {"train": cmd_train, "score": cmd_score, "generate": cmd_generate, "probe": cmd_probe}[args.command](args)
 
 

@@ -71,14 +71,48 @@ def _format(shards, segments: list[Segment], model_id: str) -> TokenFormat:
     return TokenFormat(codebook, num_tokens, tuple(grid), digit_radices(codebook), model_id)
 
 
-def split_holdout(segments: list[Segment], fraction: float) -> tuple[list[Segment], list[Segment]]:
-    """Hold out whole source videos (at least one, by a hash of their names) for early stopping: windows of the
-    same video on both sides would make the val loss a memorisation test."""
-    sources = sorted({s.source for s in segments}, key=lambda s: zlib.crc32(s.encode()))
-    if len(sources) < 2 or fraction <= 0:
+HOLDOUTS = ("camera", "video")
+
+
+def camera_of(source: str) -> str:
+    """The camera (the public repository) a video came from: ``owner__repo`` of ``[folder/]owner__repo__clip.mp4``
+    (the dashcam folders' naming, ../shared/dashcam/MANIFEST.tsv); a name without that form is its own camera."""
+    name = source.replace("\\", "/").rsplit("/", 1)[-1]
+    parts = name.split("__")
+    return "__".join(parts[:2]) if len(parts) >= 3 else name
+
+
+def split_holdout(segments: list[Segment], fraction: float,
+                  by: str = "camera") -> tuple[list[Segment], list[Segment]]:
+    """Hold out data for early stopping: (training segments, held-out segments). Deterministic (a hash of names).
+
+    ``by="camera"`` (default) holds out whole cameras (``camera_of``), so the held-out set is new scenes from new
+    cameras, as the ``val-new-cameras`` set is: cameras in the order of a hash of their names, each taken if the
+    held-out frames stay within ``fraction`` of all frames with it (the first camera where none fits), never all.
+    ``by="video"`` holds out whole videos instead: ``round(fraction * videos)`` of them (at least one) by a hash of
+    their names; their cameras keep their other videos in training, so the held-out loss rewards knowing a camera
+    (the runs before issue 37's third run held out 4 videos this way and ranked two models opposite to val). Either
+    way no video has windows on both sides, or the held-out loss would be a memorisation test.
+    """
+    if by not in HOLDOUTS:
+        raise ValueError(f"holdout must be one of {HOLDOUTS}, got {by!r}")
+    key = camera_of if by == "camera" else (lambda source: source)
+    groups = sorted({key(s.source) for s in segments}, key=lambda g: zlib.crc32(g.encode()))
+    if len(groups) < 2 or fraction <= 0:
         return segments, []
-    held = set(sources[: max(1, round(fraction * len(sources)))])
-    return [s for s in segments if s.source not in held], [s for s in segments if s.source in held]
+    if by == "video":
+        held = set(groups[: max(1, round(fraction * len(groups)))])
+    else:
+        frames = {g: 0 for g in groups}
+        for s in segments:
+            frames[key(s.source)] += len(s.tokens)
+        budget, held, taken = fraction * sum(frames.values()), set(), 0
+        for g in groups[:-1]:  # at least one camera stays in training
+            if taken + frames[g] <= budget:  # a camera too large to fit is skipped, not a reason to stop
+                held.add(g)
+                taken += frames[g]
+        held = held or {groups[0]}
+    return ([s for s in segments if key(s.source) not in held], [s for s in segments if key(s.source) in held])
 
 
 class TokenWindows(Dataset):

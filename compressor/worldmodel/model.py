@@ -7,14 +7,8 @@ repeat the previous frame's, and on a 40-minute CPU budget a model should not sp
 exactly N positions back. The hint is causal (token i+1-N lies before i+1), so nothing is seen that the coder would
 not have.
 
-Three heads:
-- ``FullHead``: one softmax over the codebook (15,360 logits).
-- ``DigitHead`` (factorised): one softmax per FSQ digit (8+8+8+6+5 = 35 logits), the digits predicted
-  *independently* given the transformer state: log p(token) = sum of the digits' log-probs. This is a proper
-  distribution over the codebook (it sums to 1 there; tests/test_world_model.py checks it).
-- ``ARDigitHead`` (``ar-digits``): the digits predicted one after another, each given the state and the exact
-  prefix of the digits before it: exact like the full softmax (no independence loss), about as cheap in training as
-  the digits head.
+The heads (``full``, ``digits``, ``ar-digits``) turn states into log-probs, argmaxes and samples:
+``compressor/worldmodel/heads.py``.
 
 Attention keeps a key/value cache for generation (``forward(..., cache=...)``), so sampling a frame costs one pass
 over the context and then N one-token steps.
@@ -22,7 +16,6 @@ over the context and then N one-token steps.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -30,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from compressor.codec.layers import Attention, matmul_attention
-from compressor.codec.packing import from_digits, to_digits
+from compressor.worldmodel.heads import HEADS
 
 
 @dataclass
@@ -103,134 +96,6 @@ class Block(nn.Module):
     def forward(self, x: Tensor, cache: list | None = None) -> Tensor:
         x = x + self.drop(self.attn(self.norm1(x), cache))
         return x + self.mlp(self.norm2(x))
-
-
-class FullHead(nn.Module):
-    """One softmax over the whole codebook. h: (..., D) -> logits (..., V)."""
-
-    def __init__(self, dim: int, codebook_size: int, radices: list[int]):
-        super().__init__()
-        self.proj = nn.Linear(dim, codebook_size)
-
-    def log_probs(self, h: Tensor, tokens: Tensor) -> Tensor:
-        """h (..., D), tokens (...) -> log p(token) in nats (...)."""
-        logp = F.log_softmax(self.proj(h).float(), -1)
-        return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-
-    def argmax(self, h: Tensor) -> Tensor:
-        return self.proj(h).argmax(-1)
-
-    def sample(self, h: Tensor, temperature: float, generator: torch.Generator | None) -> Tensor:
-        probs = F.softmax(self.proj(h).float() / temperature, -1)  # (B, V)
-        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-
-    def full_log_probs(self, h: Tensor) -> Tensor:
-        """h (..., D) -> log p over every code (..., V)."""
-        return F.log_softmax(self.proj(h).float(), -1)
-
-
-class DigitHead(nn.Module):
-    """Factorised FSQ head: one independent softmax per digit. log p(token) = sum_c log p_c(digit_c)."""
-
-    def __init__(self, dim: int, codebook_size: int, radices: list[int]):
-        super().__init__()
-        if math.prod(radices) != codebook_size:
-            raise ValueError(f"radices {radices} multiply to {math.prod(radices)}, not the codebook {codebook_size}")
-        self.radices = list(radices)
-        self.proj = nn.Linear(dim, sum(radices))
-
-    def _digit_log_probs(self, h: Tensor) -> list[Tensor]:
-        return [F.log_softmax(z.float(), -1) for z in self.proj(h).split(self.radices, -1)]  # C x (..., r_c)
-
-    def log_probs(self, h: Tensor, tokens: Tensor) -> Tensor:
-        digits = to_digits(tokens, self.radices)  # (..., C)
-        return sum(lp.gather(-1, digits[..., c : c + 1]).squeeze(-1)
-                   for c, lp in enumerate(self._digit_log_probs(h)))
-
-    def argmax(self, h: Tensor) -> Tensor:
-        # Independent digits: the most likely token is every digit's most likely level.
-        digits = torch.stack([z.argmax(-1) for z in self.proj(h).split(self.radices, -1)], -1)
-        return from_digits(digits, self.radices)
-
-    def sample(self, h: Tensor, temperature: float, generator: torch.Generator | None) -> Tensor:
-        digits = [torch.multinomial(F.softmax(z.float() / temperature, -1), 1, generator=generator).squeeze(-1)
-                  for z in self.proj(h).split(self.radices, -1)]
-        return from_digits(torch.stack(digits, -1), self.radices)
-
-    def full_log_probs(self, h: Tensor) -> Tensor:
-        digits = to_digits(torch.arange(math.prod(self.radices), device=h.device), self.radices)  # (V, C)
-        return sum(lp[..., digits[:, c]] for c, lp in enumerate(self._digit_log_probs(h)))  # (..., V)
-
-
-class ARDigitHead(nn.Module):
-    """Autoregressive FSQ-digit head: p(token) = prod_c p(d_c | h, d_0..d_{c-1}), exact (no independence between
-    digits), at a fraction of the full softmax's cost.
-
-    Digit c (least significant first) sees the transformer state and the exact *prefix* of the digits before it
-    (the value d_0 + r_0 d_1 + ..., one learned embedding per prefix: 1 + 8 + 64 + 512 + 3,072 rows for the
-    recipe's levels): hidden_c = GELU(W_c h + E_c[prefix_c]), logits_c = U_c hidden_c + b_c (r_c levels). In
-    training each digit is conditioned on the true digits before it (teacher forcing), so a token costs one
-    ``dim x C*hidden`` matmul and C small softmaxes instead of ``dim x codebook``. The product of the conditionals
-    is a normalised distribution over the codebook (a test sums it); ``full_log_probs`` enumerates it prefix by
-    prefix (about 3,657 hidden vectors a state), which argmax and sampling use, so both are exact.
-    """
-
-    def __init__(self, dim: int, codebook_size: int, radices: list[int], hidden: int = 128):
-        super().__init__()
-        if math.prod(radices) != codebook_size:
-            raise ValueError(f"radices {radices} multiply to {math.prod(radices)}, not the codebook {codebook_size}")
-        self.radices, self.hidden = list(radices), hidden
-        C, R = len(radices), max(radices)
-        basis = [math.prod(radices[:c]) for c in range(C)]  # place values: prefix_c = token mod basis[c]
-        self.basis_list = basis
-        self.register_buffer("basis", torch.tensor(basis), persistent=False)
-        self.register_buffer("offset", torch.tensor([sum(basis[:c]) for c in range(C)]), persistent=False)
-        self.register_buffer("valid", torch.arange(R)[None] < torch.tensor(radices)[:, None], persistent=False)
-        self.inp = nn.Linear(dim, C * hidden)
-        self.prefix = nn.Embedding(sum(basis), hidden)
-        self.out = nn.Parameter(torch.randn(C, R, hidden) * 0.02)  # (C, R, H), levels >= r_c masked
-        self.out_bias = nn.Parameter(torch.zeros(C, R))
-
-    def log_probs(self, h: Tensor, tokens: Tensor) -> Tensor:
-        C, H = len(self.radices), self.hidden
-        a = self.inp(h).unflatten(-1, (C, H))  # (..., C, H)
-        prefix = tokens.unsqueeze(-1) % self.basis + self.offset  # (..., C): rows of the prefix embedding
-        z = F.gelu(a + self.prefix(prefix).to(a.dtype))
-        logits = torch.einsum("...ch,crh->...cr", z, self.out.to(z.dtype)) + self.out_bias.to(z.dtype)
-        logp = F.log_softmax(logits.float().masked_fill(~self.valid, float("-inf")), -1)  # (..., C, R)
-        digits = to_digits(tokens, self.radices)  # (..., C)
-        return logp.gather(-1, digits.unsqueeze(-1)).squeeze(-1).sum(-1)
-
-    def full_log_probs(self, h: Tensor) -> Tensor:
-        lead = h.shape[:-1]
-        C, H = len(self.radices), self.hidden
-        a = self.inp(h).reshape(-1, C, H)  # (M, C, H)
-        total = a.new_zeros(a.shape[0], 1, dtype=torch.float32)  # log p of each prefix so far: (M, basis_c)
-        for c, (r, b) in enumerate(zip(self.radices, self.basis_list)):
-            e = self.prefix.weight[self.offset_of(c) : self.offset_of(c) + b].to(a.dtype)  # (b, H)
-            z = F.gelu(a[:, c, None, :] + e)  # (M, b, H)
-            lp = F.log_softmax((z @ self.out[c, :r].to(z.dtype).T + self.out_bias[c, :r].to(z.dtype)).float(), -1)
-            total = (total[:, None, :] + lp.transpose(1, 2)).reshape(-1, b * r)  # new prefix = prefix + d * b
-        return total.view(*lead, -1)
-
-    def offset_of(self, c: int) -> int:
-        return sum(self.basis_list[:c])
-
-    def _chunks(self, h: Tensor, chunk: int = 64):
-        flat = h.reshape(-1, h.shape[-1])
-        return [self.full_log_probs(flat[i : i + chunk]) for i in range(0, len(flat), chunk)]
-
-    def argmax(self, h: Tensor) -> Tensor:
-        """The exact most likely token (the whole distribution enumerated, in chunks of states)."""
-        return torch.cat([lp.argmax(-1) for lp in self._chunks(h)]).view(h.shape[:-1])
-
-    def sample(self, h: Tensor, temperature: float, generator: torch.Generator | None) -> Tensor:
-        """A token from the joint distribution at ``temperature`` (as the full head samples), not per digit."""
-        probs = torch.cat([F.softmax(lp / temperature, -1) for lp in self._chunks(h)])
-        return torch.multinomial(probs, 1, generator=generator).squeeze(-1).view(h.shape[:-1])
-
-
-HEADS = {"full": FullHead, "digits": DigitHead, "ar-digits": ARDigitHead}
 
 
 class WorldModel(nn.Module):

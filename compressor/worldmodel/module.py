@@ -1,4 +1,4 @@
-"""Training: a LightningModule over ``TokenWindows``, early stopping on windows of held-out train videos, and the
+"""Training: a LightningModule over ``TokenWindows``, early stopping on held-out train cameras or videos, and the
 checkpoint (``world_model.pt``: config, token format and weights) that scoring and generation load.
 
 Resuming: ``train`` into an ``output`` that holds ``checkpoints/last.ckpt`` (written every ``checkpoint_minutes``,
