@@ -26,8 +26,9 @@ cannot: a prior that evaluates to different probabilities on the decoding machin
 A CRC is no defence against crafted bytes, so every header field is also checked against the payload before any
 decoding: zero frames if and only if no payload, a stored payload of exactly ``frames`` packed frames, and a rANS
 payload of whole 4-byte words that can hold ``frames`` frames at all (every coded symbol costs a minimum number of
-bits) and that pays for decoding them (``work_frames``: the encoder pads a payload that pays for less). ``coding.Decoder`` then keeps the rANS coder inside the payload (constriction checks its own reads), and
-decoded tokens are range-checked.
+bits) and that pays for decoding them (``work_frames``: the encoder pads a payload that pays for less).
+``coding.Decoder`` then keeps the rANS coder inside the payload (constriction checks its own reads), and decoded
+tokens are range-checked.
 
 Segments written before the adaptive prior existed have the same format (version 1) and decode as before.
 """
