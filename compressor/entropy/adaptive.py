@@ -29,8 +29,8 @@ KIND = "adaptive"
 VERSION = 4  # in the segment header (prior_id): any change to the model or the format below must bump it
 CODER_ID = 2  # the header's coder byte: constriction 0.5 ANS, 24-bit, Bernoulli decisions
 # The mixers' steps (flags, tree) by version. Version 2's step of 4 left the mixers barely moving from their start
-# (all weight on the chain blend); 128 / 256 gave 6% fewer ideal bits on FSQ val tokens and 3% on VQ's in issue 24's
-# exploration (not yet in a committed report: measure with compressor.tools.entropy report before citing it).
+# (all weight on the chain blend); 128 / 256 code recipe-48k's val tokens in 5.9% fewer bits (3.926 against 4.174
+# bits/token: reports/entropy-adaptive/recipe-48k-val, from compressor.tools.entropy report --adaptive-versions 2 3 4).
 RATES = {2: (4, 4), 3: (128, 256), 4: (128, 256)}  # version 4: version 3's model, payloads that pay their work
 # The least a frame can cost in the payload: its frame flag at >= FRAME_P_MIN less the ANS's rounding (its state
 # stays >= 2**32 and frequencies < 2**24, so a decode step removes at most log2(1 + 2**-8) bits less than the cost).
