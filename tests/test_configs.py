@@ -123,3 +123,17 @@ def test_shape_overlays_keep_the_tokens_and_cost_what_their_comment_says(shape):
     assert train_flops_per_image(model) / 1e9 == pytest.approx(SHAPE_GFLOPS[shape], rel=0.02)
     assert SHAPE_GFLOPS[shape] == pytest.approx(float(re.search(r"([\d.]+) GFLOPs", open(
         os.path.join(REPO, "configs", "experiments", "shapes", shape)).read()).group(1)))
+
+
+def test_the_documented_ddp_timeout_overlay_bounds_a_hung_collective(tmp_path):
+    """docs/distributed.md's YAML for a shorter process-group timeout (a rank stuck in a collective with no signal
+    fails after it) is what the CLI builds: a DDPStrategy whose timeout is that timedelta, not the 30-minute default."""
+    import datetime
+
+    with open(os.path.join(REPO, "docs", "distributed.md")) as f:
+        snippet = re.search(r"```yaml\n(.*?DDPStrategy.*?)```", f.read(), re.S).group(1)
+    overlay = tmp_path / "ddp-timeout.yaml"
+    overlay.write_text("\n".join(line[2:] for line in snippet.splitlines()))  # the doc indents it in a list item
+    trainer = cli(["--config", str(overlay), "--trainer.accelerator", "cpu", "--trainer.logger", "false"],
+                  run=False).trainer
+    assert trainer.strategy._timeout == datetime.timedelta(minutes=5)
