@@ -184,13 +184,36 @@ def test_a_header_claiming_hundreds_of_frames_a_payload_byte_is_refused_before_d
 
 @pytest.mark.parametrize("version", [None, 3, 1])  # the current version, and older ones a crafted header may name
 def test_decoding_a_crafted_segment_stops_at_the_first_frame_its_payload_cannot_pay_for(version):
-    """A header that claims as many frames as the up-front check allows: decoding stops early with StreamError
-    (the frames past the real one cost more than the payload pays for), not after every claimed frame."""
+    """A header that claims as many frames as the up-front check allows: decoding ends early in StreamError, not
+    after every claimed frame (the frames past the real one do not decode; the spend check that stops frames which
+    do decode but cost more than the payload pays for is tested below)."""
     from compressor.entropy.stream import StreamError, decode_segment
 
     data = crafted_adaptive(version=version)
     result = bounded(lambda: decode_segment(crafted_adaptive(payload_bound(data, version), version)))
     assert result.startswith(StreamError.__name__) and "checksum" not in result, result
+
+
+def test_decoding_stops_at_the_first_frame_that_costs_more_than_the_payload_pays_for():
+    """The up-front check counts every claimed frame as a cheap repeat; a segment whose frames each change a token
+    (here a legal version-3 one: unpadded, 200 frames in ~440 bytes) passes it and is stopped mid-way by the spend
+    check, with the frame it stopped at, instead of decoding every frame."""
+    import torch
+
+    from compressor.entropy.adaptive import AdaptivePrior, work_budget
+    from compressor.entropy.stream import StreamError, decode_segment, encode_segment, read_header
+    from tests.stream_fuzz import moving_tokens
+
+    prior = AdaptivePrior(15360, (8, 16), version=3)
+    tokens = moving_tokens(1, seed=1).expand(200, -1).clone()
+    tokens[1::2, 0] = (tokens[1::2, 0] + 1) % 15360  # one token flickers: every frame changes, ~2 bytes each
+    data = encode_segment(tokens, prior)
+    payload = read_header(data)["payload_bytes"]
+    assert prior.max_frames(payload) >= 200  # the header's claim passes the up-front check
+    assert prior.segment_work(tokens.numpy()) > work_budget(payload)  # the frames cost more than the payload pays
+    with pytest.raises(StreamError, match=r"frame \d+ of 200 needs more decoding than"):
+        decode_segment(data)
+    assert torch.equal(decode_segment(encode_segment(tokens, AdaptivePrior(15360, (8, 16)))), tokens)  # v4 pads
 
 
 def test_a_crafted_sample_in_a_shard_costs_no_more_than_its_bytes(tmp_path):
@@ -277,15 +300,15 @@ def test_a_near_static_fitted_prior_segment_is_padded_to_pay_for_its_decoding_an
 
     from compressor.entropy.coding import digit_radices
     from compressor.entropy.priors import FactorisedPrior
-    from compressor.entropy.stream import FREE_WORK, WORK_PER_BYTE, decode_segment, encode_segment, read_header
+    from compressor.entropy.stream import FREE_WORK, decode_segment, encode_segment, read_header
     from tests.stream_fuzz import moving_tokens
 
     tokens = moving_tokens(1, seed=3).expand(600, -1).clone()
     prior = FactorisedPrior(15360, digit_radices(15360), (8, 16)).fit(tokens)
     head = read_header(data := encode_segment(tokens, prior))
     work = len(tokens) * prior.work_per_frame()
-    assert not head["stored"] and len(prior.encode_payload(tokens)) * WORK_PER_BYTE + FREE_WORK < work  # padded
-    assert work <= head["payload_bytes"] * WORK_PER_BYTE + FREE_WORK
+    assert not head["stored"] and len(prior.encode_payload(tokens)) * prior.work_per_byte + FREE_WORK < work  # padded
+    assert work <= head["payload_bytes"] * prior.work_per_byte + FREE_WORK
     assert torch.equal(decode_segment(data, prior), tokens)
 
 

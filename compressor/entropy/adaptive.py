@@ -40,11 +40,13 @@ MIN_FRAME_BITS = -math.log2(1 - FRAME_P_MIN / ONE) - math.log2(1 + 2.0**-8)
 # tokens). Every frame costs WORK_FRAME, every frame that is not a repeat (a segment's first included) WORK_CHANGED
 # more (its ~2 + depth batches), every decision 1. A payload pays for WORK_PER_BYTE units a byte plus WORK_FREE: the
 # version-4 encoder pads a payload that would pay for less (static scenes: ~0.7 bits a repeated frame), and the
-# decoder stops at the first frame past what its payload pays for. Real tokens pay several times what they use
-# (recipe-48k val: ~63 bytes and ~1,000 units a frame), so only near-static segments are padded; a crafted payload
-# buys at most WORK_PER_BYTE units a byte, which compressor/tools/bench_crafted_streams.py times against real ones.
+# decoder stops at the first frame past what its payload pays for. Real tokens pay ~4x what they use (recipe-48k
+# val: ~63 bytes and ~1,250 units a frame), so only near-static segments are padded; a crafted payload buys at most
+# WORK_PER_BYTE units a byte, which compressor/tools/bench_crafted_streams.py times against real ones: at 96 units a
+# byte (real tokens paying 8x their use) and 8 a frame (a repeated frame's ~27 us is ~16 units' time) a legal static
+# scene cost 13.6x real tokens' CPU per KB, at 48 and 16 the bound holds under 10x.
 MAX_TOKENS = 1 << 15  # positions per frame (see AdaptivePrior)
-WORK_FRAME, WORK_CHANGED, WORK_PER_BYTE, WORK_FREE = 8, 64, 96, 4096
+WORK_FRAME, WORK_CHANGED, WORK_PER_BYTE, WORK_FREE = 16, 64, 48, 4096
 
 
 def work_budget(payload_bytes: int) -> int:

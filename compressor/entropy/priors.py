@@ -75,9 +75,15 @@ class Prior(nn.Module):
         return self.radices * self.num_tokens
 
     network_passes = 0  # network passes that decoding a frame takes
+    # Work units a payload byte pays for (``stream.work_frames``). A crafted segment can buy this much decoding a
+    # byte, a real one uses what its frames cost, so the rate is set from what real tokens cost a byte under each
+    # kind: a prior that codes them in many bytes a frame (factorised: ~200) needs a lower rate than one that codes
+    # them in few (temporal: 20-100), or a crafted segment costs 20x a real one's CPU per KB (issue 39;
+    # reports/hostile/bench-crafted-streams). Real tokens pay 2.5x (factorised) to ~4x what they use at these rates.
+    work_per_byte = 32
 
     def work_per_frame(self) -> int:
-        """Decoding one frame's work, in units a payload byte pays for (``stream.WORK_PER_BYTE``): one a symbol,
+        """Decoding one frame's work, in units a payload byte pays for (``work_per_byte``): one a symbol,
         ``NETWORK_PASS_WORK`` a network pass."""
         return len(self.frame_alphabets()) + NETWORK_PASS_WORK * self.network_passes
 
@@ -106,6 +112,7 @@ class StaticPrior(Prior):
     """(a) p(token at position i) from counts, smoothed toward the all-position marginal."""
 
     kind = "static"
+    work_per_byte = 8  # real tokens: ~200 bytes a frame of 640 symbols, still paying 2.5x what they use
 
     def __init__(self, codebook_size: int, radices: list[int], grid: tuple[int, int], model_id: str = ""):
         super().__init__(codebook_size, radices, grid, model_id)
@@ -149,6 +156,7 @@ class FactorisedPrior(Prior):
     """(b) p(token at i) = prod_c p_ic(digit c): small alphabets that 16-bit rANS codes with almost no loss."""
 
     kind = "factorised"
+    work_per_byte = 8  # real tokens: ~200 bytes a frame of 640 symbols, still paying 2.5x what they use
 
     def __init__(self, codebook_size: int, radices: list[int], grid: tuple[int, int], model_id: str = ""):
         super().__init__(codebook_size, radices, grid, model_id)

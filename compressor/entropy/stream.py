@@ -143,17 +143,16 @@ def segment_prior(data: bytes, prior: Prior | None) -> Prior:
 # Decoding work a fitted prior's payload pays for (issue 39). Under 16-bit rANS a near-certain symbol costs ~2e-5
 # bits, so a crafted header could claim ~114 factorised or temporal frames a payload byte, each decoded in full
 # (the temporal prior runs its network for every one). So a P-byte payload may code at most
-# FREE_WORK + WORK_PER_BYTE * P units of work (``Prior.work_per_frame``: one a symbol, more for a network pass); the
-# encoder pads a payload that codes more with zero words the decoder never reads (only near-static segments: real
-# tokens cost far more bytes a frame than the budget asks), and the decoder refuses a header that claims more.
-# reports/hostile/bench-crafted-streams measures what crafted segments cost against real ones.
-WORK_PER_BYTE = 64
+# FREE_WORK + prior.work_per_byte * P units of work (``Prior.work_per_frame``: one a symbol, more for a network
+# pass); the encoder pads a payload that codes more with zero words the decoder never reads (only near-static
+# segments: real tokens cost more bytes a frame than the budget asks), and the decoder refuses a header that claims
+# more. reports/hostile/bench-crafted-streams measures what crafted segments cost against real ones.
 FREE_WORK = 4096
 
 
 def work_frames(prior: Prior, payload_bytes: int) -> int:
     """The most frames a fitted prior's payload of this many bytes pays for."""
-    return (FREE_WORK + WORK_PER_BYTE * payload_bytes) // prior.work_per_frame()
+    return (FREE_WORK + prior.work_per_byte * payload_bytes) // prior.work_per_frame()
 
 
 def paid_payload(prior: Prior, payload: bytes, frames: int) -> bytes:
@@ -161,10 +160,10 @@ def paid_payload(prior: Prior, payload: bytes, frames: int) -> bytes:
 
     A rANS decoder reads a legal payload's words in order and never past the encoder's last one, so the words
     appended are never read: the tokens decode as before."""
-    missing = frames * prior.work_per_frame() - FREE_WORK - WORK_PER_BYTE * len(payload)
+    missing = frames * prior.work_per_frame() - FREE_WORK - prior.work_per_byte * len(payload)
     if missing <= 0:
         return payload
-    words = -(-missing // (4 * WORK_PER_BYTE))
+    words = -(-missing // (4 * prior.work_per_byte))
     return payload + bytes(4 * words)
 
 

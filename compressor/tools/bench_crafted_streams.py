@@ -4,7 +4,7 @@ within 10x the CPU per KB of real data), for the adaptive coder and the fitted f
     python -m compressor.tools.bench_crafted_streams --input ../shared/latents/recipe-48k/val
 
 The fitted priors are fitted here on ``--train`` (the temporal one briefly: ``--temporal-steps``): what a crafted
-segment costs is bounded by ``stream.WORK_PER_BYTE``, what a real one costs depends on how well the prior codes it,
+segment costs is bounded by its prior's ``work_per_byte``, what a real one costs depends on how well the prior codes it,
 so a briefly fitted temporal prior (more bytes a real frame) understates the ratio a fully fitted one gives.
 
 Real: segments of real tokens (the first ``--frames`` frames of each segment of ``--input``; a generated fixture
@@ -68,14 +68,19 @@ def real_segments(latents: str | None, frames: int, limit: int) -> tuple[list[to
     return segments, 15360, (8, 16), "generated moving tokens (45% change a frame)"
 
 
-def timed_decode(data: bytes, prior: Prior | None = None) -> tuple[float, str]:
-    t0 = time.process_time()
-    try:
-        decode_segment(data, prior)
-        result = "decoded"
-    except StreamError as e:
-        result = f"StreamError: {str(e)[:90]}"
-    return time.process_time() - t0, result
+def timed_decode(data: bytes, prior: Prior | None = None, repeats: int = 5) -> tuple[float, str]:
+    """The least CPU seconds of ``repeats`` decodes (single runs of a few milliseconds varied 2x between runs of this
+    benchmark), and how decoding ended."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.process_time()
+        try:
+            decode_segment(data, prior)
+            result = "decoded"
+        except StreamError as e:
+            result = f"StreamError: {str(e)[:90]}"
+        best = min(best, time.process_time() - t0)
+    return best, result
 
 
 def sealed(data: bytes, payload: bytes | None = None, frames: int | None = None) -> bytes:
@@ -123,6 +128,25 @@ def fitted_cases(prior: Prior, first: torch.Tensor) -> dict[str, bytes]:
     return out
 
 
+def small_real(prior: Prior, first: torch.Tensor) -> float:
+    """CPU s/KB of a genuine two-frame segment: the baseline of equal size for crafted segments of a few hundred
+    bytes, whose cost is mostly what any segment costs (header, checksum, setting up the decoder)."""
+    data = encode_segment(first[:2], prior)
+    seconds, result = timed_decode(data, prior)
+    assert result == "decoded", result
+    return seconds / (len(data) / 1024)
+
+
+def row(name: str, data: bytes, prior: Prior | None, real: float, small: float) -> dict:
+    """One case: its CPU against real segments (``real``, CPU s/KB of 40-frame segments) and against a real
+    segment of its own size class (``small``, a two-frame one)."""
+    seconds, result = timed_decode(data, prior)
+    per_kb = seconds / (len(data) / 1024)
+    return {"case": name, "bytes": len(data), "frames_claimed": read_header(data)["num_frames"],
+            "cpu_s": round(seconds, 4), "cpu_s_per_kb": round(per_kb, 4), "x_real": round(per_kb / real, 2),
+            "x_real_2frame": round(per_kb / small, 2), "result": result}
+
+
 def fitted_section(prior: Prior, segments: list[torch.Tensor]) -> tuple[dict, list[dict]]:
     """Real segments' CPU s/KB under ``prior``, and each crafted case's against it."""
     decode_segment(encode_segment(segments[0][:2], prior), prior)  # build what decoding needs before timing
@@ -133,16 +157,12 @@ def fitted_section(prior: Prior, segments: list[torch.Tensor]) -> tuple[dict, li
         assert result == "decoded", result
         real_bytes, real_s = real_bytes + len(data), real_s + seconds
     real = real_s / (real_bytes / 1024)
-    rows = []
-    for name, data in fitted_cases(prior, segments[0]).items():
-        seconds, result = timed_decode(data, prior)
-        per_kb = seconds / (len(data) / 1024)
-        rows.append({"case": f"{prior.kind}: {name}", "bytes": len(data),
-                     "frames_claimed": read_header(data)["num_frames"], "cpu_s": round(seconds, 4),
-                     "cpu_s_per_kb": round(per_kb, 4), "x_real": round(per_kb / real, 2), "result": result})
+    small = small_real(prior, segments[0])
+    rows = [row(f"{prior.kind}: {name}", data, prior, real, small)
+            for name, data in fitted_cases(prior, segments[0]).items()]
     frames = sum(len(t) for t in segments)
     return {"prior": prior.kind, "bytes": real_bytes, "bytes_per_frame": round(real_bytes / frames, 2),
-            "cpu_s": round(real_s, 4), "cpu_s_per_kb": round(real, 4)}, rows
+            "cpu_s": round(real_s, 4), "cpu_s_per_kb": round(real, 4), "two_frame_cpu_s_per_kb": round(small, 4)}, rows
 
 
 def fitted_priors(train: str, codebook: int, grid: tuple, steps: int) -> list[Prior]:
@@ -181,37 +201,39 @@ def main(argv: list[str] | None = None) -> None:
         used += prior.segment_work(tokens.numpy())
         paid += work_budget(read_header(data)["payload_bytes"])
     real = real_s / (real_bytes / 1024)
-    rows = []
-    for name, data in crafted_cases(codebook, grid, segments[0]).items():
-        seconds, result = timed_decode(data)
-        per_kb = seconds / (len(data) / 1024)
-        rows.append({"case": name, "bytes": len(data), "frames_claimed": read_header(data)["num_frames"],
-                     "cpu_s": round(seconds, 4), "cpu_s_per_kb": round(per_kb, 4), "x_real": round(per_kb / real, 2),
-                     "result": result})
+    small = small_real(prior, segments[0])
+    rows = [row(name, data, None, real, small) for name, data in crafted_cases(codebook, grid, segments[0]).items()]
     fitted_real = []
     for fitted in fitted_priors(args.train, codebook, grid, args.temporal_steps):
         real_row, fitted_rows = fitted_section(fitted, segments)
         fitted_real.append(real_row)
         rows += fitted_rows
     worst = max(r["x_real"] for r in rows)
+    worst_small = max(r["x_real_2frame"] for r in rows)
     result = {"fitted_real": fitted_real, "temporal_steps": args.temporal_steps, "real": {"source": source, "segments": len(segments), "frames": sum(len(s) for s in segments),
                        "bytes": real_bytes, "cpu_s": round(real_s, 4), "cpu_s_per_kb": round(real, 4),
-                       "work_used": used, "work_paid": paid},
-              "crafted": rows, "worst_x_real": worst, "target_x_real": 10, "version": VERSION,
+                       "two_frame_cpu_s_per_kb": round(small, 4), "work_used": used, "work_paid": paid},
+              "crafted": rows, "worst_x_real": worst, "worst_x_real_2frame": worst_small, "target_x_real": 10, "version": VERSION,
               "cpu": cpu_flags().get("model"), "note": args.note}
     lines = [f"# Decoding cost of crafted segments against real tokens (adaptive version {VERSION}; factorised and "
              "temporal priors)", "",
              f"Real: {len(segments)} segments, {result['real']['frames']} frames of {source}: "
              f"{real_bytes} bytes, {real:.4f} CPU s/KB; their payloads pay for {paid} work units, decoding them uses "
-             f"{used} ({paid / max(used, 1):.1f}x). CPU: {result['cpu']}. {args.note}", "",
+             f"{used} ({paid / max(used, 1):.1f}x); a genuine two-frame segment {small:.4f} CPU s/KB. CPU: "
+             f"{result['cpu']}. Each time is the least of 5 decodes. {args.note}", "",
              "Fitted priors (fitted here on " + args.train + f"; the temporal one for {args.temporal_steps} steps), "
              "the same real segments: " + "; ".join(
-                 f"{r['prior']} {r['bytes_per_frame']} bytes/frame, {r['cpu_s_per_kb']:.4f} CPU s/KB"
-                 for r in fitted_real) + ". Each crafted case's x real is against its own prior's real segments.", "",
-             "| case | bytes | frames claimed | CPU s | CPU s/KB | x real | result |", "|---|---:|---:|---:|---:|---:|---|"]
+                 f"{r['prior']} {r['bytes_per_frame']} bytes/frame, {r['cpu_s_per_kb']:.4f} CPU s/KB (a two-frame "
+                 f"segment {r['two_frame_cpu_s_per_kb']:.4f})" for r in fitted_real)
+             + ". Each case is against its own prior's real segments: x real against the 40-frame ones, x 2-frame "
+               "against a genuine two-frame segment (a few hundred bytes, like most cases here: what every segment "
+               "costs, header, checksum and decoder set-up, is most of a small one's).", "",
+             "| case | bytes | frames claimed | CPU s | CPU s/KB | x real | x 2-frame | result |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
     lines += [f"| {r['case']} | {r['bytes']} | {r['frames_claimed']} | {r['cpu_s']} | {r['cpu_s_per_kb']} | "
-              f"{r['x_real']} | {r['result']} |" for r in rows]
-    lines += ["", f"Worst: {worst}x real per KB (target <= 10x).", ""]
+              f"{r['x_real']} | {r['x_real_2frame']} | {r['result']} |" for r in rows]
+    lines += ["", f"Worst: {worst}x real per KB against 40-frame segments, {worst_small}x against a two-frame one "
+              "(target <= 10x).", ""]
     for path in write_report(args.output, "bench-crafted-streams", result, "\n".join(lines)):
         print(path)
     print("\n".join(lines))
