@@ -88,7 +88,8 @@ def check_size(value, name: str, where: str, high: int = _MAX_SIZE) -> None:
 
 def check_arguments(cls: type, init_args: dict, where: str) -> None:
     """Refuse, with ``ValueError``, constructor arguments of ``cls`` that it does not declare, or whose values do not
-    have the declared type (int, list[int], float, tuple[int, int], bool, str) within bounds. Builds nothing."""
+    have the declared type (int, list[int], float, tuple[int, int], bool, str, str | None) within bounds. Builds
+    nothing."""
     params = inspect.signature(cls).parameters
     for key, value in init_args.items():
         at = f"{where}.{key}"
@@ -109,8 +110,10 @@ def check_arguments(cls: type, init_args: dict, where: str) -> None:
         elif kind == "bool":
             if type(value) is not bool:
                 raise ValueError(f"not a compressor checkpoint: {at} is {value!r}, not true or false")
-        elif kind == "str":  # a choice by name (a stem's norm): short; the class itself refuses unknown names
-            if type(value) is not str or not 1 <= len(value) <= 32:
+        elif kind in ("str", "str | None"):  # a choice by name (a stem's norm; a decoder's, or None): short; the
+            # class itself refuses unknown names
+            named = type(value) is str and 1 <= len(value) <= 32
+            if not (named or (value is None and kind == "str | None")):
                 raise ValueError(f"not a compressor checkpoint: {at} is {value!r:.40}, not a name of 1 to 32 "
                                  "characters")
         else:

@@ -1,4 +1,5 @@
-"""Convolutional building blocks for the encoders of the ViT-versus-convolution comparison (issue 35).
+"""Convolutional building blocks for the encoders of the ViT-versus-convolution comparison (issue 35), and the norm
+of the decoders' conv stages (``conv_norm``).
 
 - ``ConvStem``: Xiao et al. 2021 ("Early convolutions help transformers see better"): stride-2 3x3 conv + norm +
   ReLU stages, then a 1x1 conv to the transformer width. Normalised, unlike ``encoders._DownStage``, whose

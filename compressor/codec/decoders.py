@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from compressor.codec.convblocks import NORMS, conv_norm
 from compressor.codec.layers import (captured_args, ResBlock, Transformer, init_weights, patchify, sincos_2d,
                                      unpatchify)
 
@@ -161,6 +162,9 @@ class ConvUpsampleDecoder(nn.Module):
         heads: attention heads.
         head_channels: channels after each x2 upsampling stage; ``2**len`` must equal the encoder's patch size.
         mlp_ratio: MLP hidden width over `dim`.
+        norm: None (no normalisation: the modules of checkpoints written before this argument) or a name of
+            ``convblocks.conv_norm`` (``"group"``: GroupNorm, as taming and LDM normalise their up-stages), put in
+            each up-stage before its nonlinearities (``_UpStage``).
     """
 
     def __init__(
@@ -170,15 +174,17 @@ class ConvUpsampleDecoder(nn.Module):
         heads: int = 6,
         head_channels: list[int] = [192, 96, 48, 24],  # noqa: B006
         mlp_ratio: float = 4.0,
+        norm: str | None = None,
     ):
         super().__init__()
         self.init_args = captured_args(locals())  # lets a checkpoint rebuild the model
+        check_norm(norm)
         self.patch_size = 2 ** len(head_channels)
         self.dim = dim
         self.transformer = Transformer(dim, depth, heads, mlp_ratio)
         stages, c_in = [], dim
         for c in head_channels:
-            stages.append(_UpStage(c_in, c))
+            stages.append(_UpStage(c_in, c, norm))
             c_in = c
         self.head = nn.Sequential(*stages, nn.Conv2d(c_in, 3, 3, padding=1))
         init_weights(self)
@@ -190,10 +196,27 @@ class ConvUpsampleDecoder(nn.Module):
         return self.head(x)
 
 
+def check_norm(norm: str | None) -> None:
+    """A decoder's ``norm`` argument: None or a name ``convblocks.conv_norm`` knows; ``ValueError`` otherwise, when
+    the decoder is built (also from a checkpoint), whatever its stages."""
+    if norm is not None and norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS} or None, got {norm!r}")
+
+
 class _UpStage(nn.Module):
-    def __init__(self, c_in: int, c_out: int):
+    """x2 upsampling: 1x1 conv + pixel shuffle (then a norm, if any), then GELU(x + refine(x)), where refine is a
+    GELU and a 3x3 conv that starts at zero. (B, c_in, h, w) -> (B, c_out, 2h, 2w).
+
+    The norm sits after the upsampling, before both nonlinearities, as a conv stem's sits after its conv: each stage
+    then reads activations of a held scale, whatever the stages before it did. Without it (``norm=None``) nothing
+    holds the scale, as in the conv stem whose tokens used 3% of the codebook (issue 35).
+    """
+
+    def __init__(self, c_in: int, c_out: int, norm: str | None = None):
         super().__init__()
-        self.up = nn.Sequential(nn.Conv2d(c_in, 4 * c_out, 1), nn.PixelShuffle(2))
+        # With norm=None the modules are exactly those of checkpoints written before norms existed.
+        norm_layer = [conv_norm(norm, c_out)] if norm is not None else []
+        self.up = nn.Sequential(nn.Conv2d(c_in, 4 * c_out, 1), nn.PixelShuffle(2), *norm_layer)
         self.refine = nn.Sequential(nn.GELU(), nn.Conv2d(c_out, c_out, 3, padding=1))
         nn.init.zeros_(self.refine[1].weight)  # residual branch starts as identity
         nn.init.zeros_(self.refine[1].bias)
@@ -210,6 +233,9 @@ class ConvDecoder(nn.Module):
         dim: channels at the token grid.
         depth: residual 3x3 blocks at the token grid (where the other decoders have their transformer).
         head_channels: channels after each x2 upsampling stage; ``2**len`` must equal the encoder's grid size.
+        norm: None (no normalisation: the modules of checkpoints written before this argument) or a name of
+            ``convblocks.conv_norm`` (``"group"``: GroupNorm), put in each residual block and up-stage before its
+            nonlinearity.
     """
 
     def __init__(
@@ -217,14 +243,16 @@ class ConvDecoder(nn.Module):
         dim: int = 512,
         depth: int = 2,
         head_channels: list[int] = [384, 192, 96, 48],  # noqa: B006
+        norm: str | None = None,
     ):
         super().__init__()
         self.init_args = captured_args(locals())  # lets a checkpoint rebuild the model
+        check_norm(norm)
         self.patch_size = 2 ** len(head_channels)
         self.dim = dim
-        stages, c_in = [ResBlock(dim) for _ in range(depth)], dim
+        stages, c_in = [ResBlock(dim, conv_norm(norm, dim) if norm is not None else None) for _ in range(depth)], dim
         for c in head_channels:
-            stages.append(_UpStage(c_in, c))
+            stages.append(_UpStage(c_in, c, norm))
             c_in = c
         self.net = nn.Sequential(*stages, nn.Conv2d(c_in, 3, 3, padding=1))
 

@@ -156,14 +156,20 @@ def captured_args(local_vars: dict) -> dict:
 
 
 class ResBlock(nn.Module):
-    """x + conv3x3(gelu(conv3x3(x))), starting as the identity."""
+    """x + conv3x3(gelu(norm(conv3x3(x)))), starting as the identity.
 
-    def __init__(self, channels: int):
+    Args:
+        channels: channels in and out.
+        norm: a normalisation of ``channels`` before the nonlinearity (e.g. ``convblocks.conv_norm``'s), or None for
+            none: then the modules (and a checkpoint's weight names) are those of the block before norms existed.
+    """
+
+    def __init__(self, channels: int, norm: nn.Module | None = None):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.GELU(),
-                                  nn.Conv2d(channels, channels, 3, padding=1))
-        nn.init.zeros_(self.body[2].weight)
-        nn.init.zeros_(self.body[2].bias)
+        self.body = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), *([norm] if norm is not None else []),
+                                  nn.GELU(), nn.Conv2d(channels, channels, 3, padding=1))
+        nn.init.zeros_(self.body[-1].weight)
+        nn.init.zeros_(self.body[-1].bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.body(x)
