@@ -139,3 +139,27 @@ def test_scaling_against_flops_puts_each_shape_at_its_compute(tmp_path):
     assert (tmp_path / "frontier.png").stat().st_size > 0 and (tmp_path / "frontier.json").exists()
     with pytest.raises(ValueError, match="x_axis"):
         experiments.scaling({"small": ["s1"]}, str(tmp_path), 21.0, str(tmp_path / "f.png"), x_axis="hours")
+
+
+def test_a_run_resumes_from_its_last_checkpoint_in_a_runs_folder_outside_the_tree(tmp_path, monkeypatch):
+    """--runs DIR: a long run's checkpoints live outside the work tree, and running it again resumes there."""
+    from compressor.training import cli
+
+    last = tmp_path / "elsewhere" / "long" / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"")
+    (tmp_path / "val.mp4").write_bytes(b"")  # evaluation never starts: any file of a video's name
+    seen = {}
+
+    def train(cmd, **kwargs):
+        seen["cmd"] = cmd
+        raise InterruptedError  # stop before evaluation: the command is the contract
+
+    monkeypatch.setattr(experiments, "REPORTS", str(tmp_path / "reports"))
+    monkeypatch.setattr(experiments.subprocess, "run", train)
+    with pytest.raises(InterruptedError):
+        experiments.main(["run", "long", "--config", os.path.join(cli.CONFIGS, "experiments", "proxy.yaml"),
+                          "--images", "32", "--shards", str(tmp_path), "--input", str(tmp_path), "--split", "", "--other-input",
+                          "--runs", str(tmp_path / "elsewhere")])
+    assert f"--ckpt_path={last}" in seen["cmd"]
+    assert f"--trainer.default_root_dir={last.parent.parent}" in seen["cmd"]

@@ -10,7 +10,7 @@ shared the machine; training seconds are recorded beside it for throughput. ``ru
 a subprocess (resumed from ``last.ckpt`` when the run directory has one), then evaluates the exported model on
 every frame of every ``val`` clip with ``compressor.tools.evaluate``. ``reports/experiments/NAME/`` receives
 ``config.yaml`` (the resolved LightningCLI config), ``curve.json`` (validation metrics against images seen) and
-``result.json`` (per-clip PSNR, clip mean, codebook use, throughput, provenance). Weights stay in ``runs/``.
+``result.json`` (per-clip PSNR, clip mean, codebook use, throughput, provenance). Weights stay in ``runs/`` (or ``--runs DIR``).
 """
 
 from __future__ import annotations
@@ -70,7 +70,8 @@ def _git_commit() -> str | None:
 
 
 def run(name: str, configs: list[str], images: int, shards: str, videos: list[str], overrides: list[str],
-        force: bool = False, branch_from: str | None = None, other_sets: dict[str, list[str]] | None = None) -> dict:
+        force: bool = False, branch_from: str | None = None, other_sets: dict[str, list[str]] | None = None,
+        runs: str = RUNS) -> dict:
     """Train NAME to ``images`` images seen and evaluate it; returns the result record.
 
     ``other_sets``: further val sets (name -> videos), each scored apart under ``val_sets`` (per clip and clip
@@ -79,8 +80,11 @@ def run(name: str, configs: list[str], images: int, shards: str, videos: list[st
 
     ``branch_from``: a training checkpoint of another run that a fresh start of NAME resumes from (its step, weights,
     optimizer and data position), e.g. a WSD constant-phase checkpoint whose cool-down NAME is.
+
+    ``runs``: the folder of run directories (checkpoints, ``model.pt``); a run started again resumes from its
+    ``last.ckpt`` there, so a folder outside the work tree carries a long run across sessions.
     """
-    out_dir, run_dir = os.path.join(REPORTS, name), os.path.join(RUNS, name)
+    out_dir, run_dir = os.path.join(REPORTS, name), os.path.join(runs, name)
     result_path = os.path.join(out_dir, "result.json")
     if os.path.exists(result_path) and not force:
         print(f"{name}: {result_path} exists, skipping (--force re-runs)")
@@ -352,6 +356,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="further val sets, each scored apart (result.json's val_sets); absent folders are skipped")
     r.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="LightningCLI overrides, e.g. model.lr=2e-3")
     r.add_argument("--force", action="store_true", help="re-run even if result.json exists")
+    r.add_argument("--runs", default=RUNS, help="where the run's checkpoints and model.pt live; a folder outside the "
+                   "work tree keeps a run that spans sessions (it resumes from its last.ckpt when run again)")
     r.add_argument("--branch-from", default=None, metavar="CKPT",
                    help="start from another run's training checkpoint (a WSD cool-down from its constant phase)")
     t = sub.add_parser("table", help="tabulate and plot every result")
@@ -379,7 +385,7 @@ def main(argv: list[str] | None = None) -> None:
         others = {os.path.basename(os.path.normpath(d)): select_videos([d], args.split)
                   for d in args.other_input if os.path.isdir(d)}
         run(args.name, args.config, images, args.shards, select_videos(args.input, args.split), args.set,
-            args.force, args.branch_from, others)
+            args.force, args.branch_from, others, args.runs)
     else:
         md = table(args.reports, args.baseline)
         with atomic_write(os.path.join(args.reports, "table.md")) as tmp, open(tmp, "w") as f:
