@@ -159,7 +159,7 @@ def test_a_run_resumes_from_its_last_checkpoint_in_a_runs_folder_outside_the_tre
     monkeypatch.setattr(experiments.subprocess, "run", train)
     with pytest.raises(InterruptedError):
         experiments.main(["run", "long", "--config", os.path.join(cli.CONFIGS, "experiments", "proxy.yaml"),
-                          "--images", "32", "--shards", str(tmp_path), "--input", str(tmp_path), "--split", "", "--other-input",
-                          "--runs", str(tmp_path / "elsewhere")])
+                          "--images", "32", "--shards", str(tmp_path), "--input", str(tmp_path), "--split", "",
+                          "--other-input", "--runs", str(tmp_path / "elsewhere")])
     assert f"--ckpt_path={last}" in seen["cmd"]
     assert f"--trainer.default_root_dir={last.parent.parent}" in seen["cmd"]

@@ -10,7 +10,8 @@ shared the machine; training seconds are recorded beside it for throughput. ``ru
 a subprocess (resumed from ``last.ckpt`` when the run directory has one), then evaluates the exported model on
 every frame of every ``val`` clip with ``compressor.tools.evaluate``. ``reports/experiments/NAME/`` receives
 ``config.yaml`` (the resolved LightningCLI config), ``curve.json`` (validation metrics against images seen) and
-``result.json`` (per-clip PSNR, clip mean, codebook use, throughput, provenance). Weights stay in ``runs/`` (or ``--runs DIR``).
+``result.json`` (per-clip PSNR, clip mean, codebook use, throughput, provenance). Weights stay in ``runs/`` (or
+``--runs DIR``).
 """
 
 from __future__ import annotations
