@@ -50,6 +50,25 @@ def tiny_model(design: str = "vit", quantizer: str = "fsq", **kwargs) -> Autoenc
     return Autoencoder(ENCODERS[design](), QUANTIZERS[quantizer](), DECODERS[design](), **kwargs).eval()
 
 
+def assert_round_trip(model: Autoencoder, folder, part: str) -> None:
+    """``model`` (its running statistics moved by a training pass) saved as ``model.pt`` and as a Hub folder under
+    ``folder``: each copy, loaded back, rebuilds ``part`` ("encoder" or "decoder") from the same arguments and encodes
+    and decodes exactly as the model in memory does."""
+    from compressor.codec.autoencoder import load
+
+    model.train()(torch.rand(4, 3, *model.image_size) * 2 - 1)  # moves the quantizer's (and norms') statistics
+    model.eval()
+    frames = torch.randint(0, 256, (3, 3, *model.image_size), dtype=torch.uint8)
+    model.save(folder / "model.pt")
+    model.save_pretrained(folder / "hub")
+    tokens = model.encode(frames)
+    for loaded in (load(folder / "model.pt"), load(folder / "hub")):
+        mine, theirs = getattr(model, part), getattr(loaded, part)
+        assert type(theirs) is type(mine) and theirs.init_args == mine.init_args
+        assert torch.equal(loaded.encode(frames), tokens)
+        assert torch.equal(loaded.decode(tokens), model.decode(tokens))
+
+
 def conditional_codec(merge: int = 1, decoder: str = "vit", quantizer: torch.nn.Module | None = None,
                       enc_dim: int = 32, dec_dim: int = 32, motion: bool = False) -> ConditionalCodec:
     """A tiny conditional codec composed as a video config composes it: a 6-channel ViT encoder, a quantizer and the

@@ -10,11 +10,12 @@ import pytest
 import torch
 import yaml
 
-from compressor.codec.autoencoder import Autoencoder, load
+from compressor.codec.autoencoder import Autoencoder
 from compressor.codec.decoders import ConvDecoder, ConvUpsampleDecoder, ViTOverlapDecoder
 from compressor.codec.encoders import ViTEncoder
 from compressor.codec.quantizers import StandardizedFSQ
 from compressor.training.perf import train_flops_per_image
+from tests.conftest import assert_round_trip
 from tests.test_configs import parse
 
 FOLDER = os.path.join("experiments", "decoders")
@@ -77,16 +78,7 @@ def test_backward_reaches_every_decoder_weight_without_nan(design, norm):
 @pytest.mark.parametrize("design", sorted(TINY))
 def test_checkpoint_round_trip_gives_identical_outputs(tmp_path, design, norm):
     model = tiny_model(design, norm)
-    model.train()(torch.rand(4, 3, 128, 256) * 2 - 1)  # moves the quantizer's running statistics
-    model.eval()
-    frames = torch.randint(0, 256, (3, 3, 128, 256), dtype=torch.uint8)
-    model.save(tmp_path / "model.pt")
-    model.save_pretrained(tmp_path / "hub")
-    for loaded in (load(tmp_path / "model.pt"), load(tmp_path / "hub")):
-        assert type(loaded.decoder) is type(model.decoder) and loaded.decoder.init_args == model.decoder.init_args
-        tokens = model.encode(frames)
-        assert torch.equal(loaded.encode(frames), tokens)
-        assert torch.equal(loaded.decode(tokens), model.decode(tokens))
+    assert_round_trip(model, tmp_path, "decoder")
 
 
 @pytest.mark.parametrize("design", sorted(TINY))

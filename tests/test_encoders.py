@@ -9,12 +9,13 @@ import pytest
 import torch
 import yaml
 
-from compressor.codec.autoencoder import Autoencoder, load
+from compressor.codec.autoencoder import Autoencoder
 from compressor.codec.convblocks import ConvStem
 from compressor.codec.decoders import ViTOverlapDecoder
 from compressor.codec.encoders import ConvNeXtEncoder, ConvStemViTEncoder, ConvViTEncoder, ViTEncoder
 from compressor.codec.quantizers import StandardizedFSQ
 from compressor.training.perf import train_flops_per_image
+from tests.conftest import assert_round_trip
 from tests.test_configs import REPO, parse
 
 OVERLAYS = sorted(glob.glob(os.path.join(REPO, "configs", "experiments", "encoders", "*.yaml")))
@@ -69,15 +70,7 @@ def test_backward_reaches_every_encoder_weight_without_nan(design):
 @pytest.mark.parametrize("design", sorted(TINY))
 def test_checkpoint_round_trip_gives_identical_outputs(tmp_path, design):
     model = tiny_model(design)
-    model.train()(torch.rand(4, 3, 128, 256) * 2 - 1)  # moves BatchNorm's and the quantizer's running statistics
-    model.eval()
-    frames = torch.randint(0, 256, (3, 3, 128, 256), dtype=torch.uint8)
-    model.save(tmp_path / "model.pt")
-    model.save_pretrained(tmp_path / "hub")
-    for loaded in (load(tmp_path / "model.pt"), load(tmp_path / "hub")):
-        assert type(loaded.encoder) is type(model.encoder) and loaded.encoder.init_args == model.encoder.init_args
-        assert torch.equal(loaded.encode(frames), model.encode(frames))
-        assert torch.equal(loaded.decode(model.encode(frames)), model.decode(model.encode(frames)))
+    assert_round_trip(model, tmp_path, "encoder")
 
 
 @pytest.mark.parametrize("norm", ["group", "layer", "batch"])
