@@ -100,3 +100,13 @@ def test_augment_keeps_shape_dtype_and_content_range():
     left_bright = (out[:, 0, 64, 0] > 100).tolist()
     assert True in left_bright and False in left_bright  # some frames were flipped
     assert torch.equal(augment_frames(frames, min_scale=1.0).sum(), frames.sum())  # flips only at scale 1
+
+
+def test_shards_of_another_frame_size_are_refused(tmp_path):
+    # Training takes any frame size, so 128x256 shards under a 256x512 config would train silently on a quarter of
+    # the tokens (and the FLOPs budget would count 4x too many images); make_shards.json records the size.
+    (tmp_path / "make_shards.json").write_text(json.dumps({"image_size": [128, 256], "stride": 1, "root": "x"}))
+    with pytest.raises(ValueError, match="holds 128x256 frames .* data.image_size is 256x512"):
+        FramesDataModule(shards=str(tmp_path), image_size=(256, 512)).setup("fit")
+    with pytest.raises(FileNotFoundError, match="no train"):  # the size matches: on to the (missing) shards
+        FramesDataModule(shards=str(tmp_path), image_size=(128, 256)).setup("fit")

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from compressor.data.frame_shards import FrameShards
 from compressor.data.synthetic import driving_scene
-from compressor.utils import rank_world, worker
+from compressor.utils import load_json, open_checked, rank_world, worker
 from compressor.data.video import iter_frames, list_videos, preprocess, split_videos
 
 
@@ -116,6 +116,24 @@ def augment_frames(frames: torch.Tensor, min_scale: float = 0.6) -> torch.Tensor
     return out
 
 
+def check_shard_size(shards: str, image_size: tuple[int, int]) -> None:
+    """``ValueError`` when the frame size ``make_shards.json`` records for ``shards`` is not ``image_size``.
+
+    Training takes any frame size (the token grid follows the input), so 128x256 shards under a 256x512 config would
+    train silently at a quarter of the tokens while the evaluation scores 256x512 frames. Shards without the record
+    (written before it) pass unchecked.
+    """
+    path = os.path.join(shards, "make_shards.json")
+    if not os.path.lexists(path):
+        return
+    with open_checked(path, 1 << 16) as f:
+        recorded = load_json(f.read()).get("image_size")
+    if recorded is not None and tuple(recorded) != tuple(image_size):
+        raise ValueError(f"{shards} holds {recorded[0]}x{recorded[1]} frames (make_shards.json), but data.image_size "
+                         f"is {image_size[0]}x{image_size[1]}; write shards at that size with "
+                         f"compressor.tools.make_shards --image-size {image_size[0]} {image_size[1]}")
+
+
 class FramesDataModule(pl.LightningDataModule):
     """Training frames from videos, frame shards, or (when neither is given) procedural scenes.
 
@@ -172,6 +190,7 @@ class FramesDataModule(pl.LightningDataModule):
             if not self.train_videos:
                 raise ValueError(f"no training videos left after the split of {hp.videos!r}")
         elif hp.shards is not None:
+            check_shard_size(hp.shards, self.image_size)
             self.train_shards = sorted(glob.glob(os.path.join(hp.shards, "train-*.tar")))
             self.val_shards = sorted(glob.glob(os.path.join(hp.shards, "val-*.tar")))
             if not self.train_shards:
