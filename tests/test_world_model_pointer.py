@@ -222,3 +222,16 @@ def test_training_on_static_frames_learns_to_copy():
     frame = torch.randint(0, V, (4, 1, N), generator=g)
     p = model.window_log_probs(frame.expand(4, 3, N)).exp()
     assert p.mean() > 0.9, (first, p.mean())
+
+
+def test_the_pointer_overlay_reaches_the_config():
+    import os
+
+    from compressor.worldmodel import cli
+
+    configs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "world-model")
+    args = cli._parse(["train", "--config", f"{configs}/reference.yaml", "--config", f"{configs}/pointer.yaml"])
+    config = cli._config(args, TokenFormat(15360, 128, (8, 16), [8, 8, 8, 6, 5], "0123456789abcdef"))
+    assert config.copy_pointer and config.grid == [8, 16] and config.head == "full"
+    plain = cli._parse(["train", "--config", f"{configs}/reference.yaml"])
+    assert not cli._config(plain, TokenFormat(15360, 128, (8, 16), [8, 8, 8, 6, 5], "")).copy_pointer
