@@ -49,6 +49,9 @@ def _model_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--dropout", type=float, default=0.1)
     ap.add_argument("--no-copy-hint", dest="copy_hint", action="store_false",
                     help="do not embed the previous frame's token at the predicted position (commaVQ's plain GPT)")
+    ap.add_argument("--copy-pointer", action="store_true",
+                    help="mix the head with copies of the previous frame's tokens around the predicted position "
+                         "(configs/world-model/pointer.yaml)")
 
 
 def _train_args(ap: argparse.ArgumentParser) -> None:
@@ -166,7 +169,8 @@ def _val_folders(args: argparse.Namespace, root: str = LATENTS) -> list[str]:
 def _config(args: argparse.Namespace, fmt) -> WorldModelConfig:
     names = {f.name for f in fields(WorldModelConfig)}
     given = {k: v for k, v in vars(args).items() if k in names}
-    return WorldModelConfig(codebook_size=fmt.codebook_size, num_tokens=fmt.num_tokens, radices=fmt.radices, **given)
+    return WorldModelConfig(codebook_size=fmt.codebook_size, num_tokens=fmt.num_tokens, radices=fmt.radices,
+                            grid=list(fmt.grid), **given)
 
 
 def cmd_train(args: argparse.Namespace) -> dict:
@@ -273,7 +277,7 @@ def cmd_probe(args: argparse.Namespace) -> dict:
     fit, holdout = split_holdout(segments, 0.1, "video")  # as when the probe was fixed: its numbers stay comparable
     model_keys = {f.name for f in fields(WorldModelConfig)}
     config = WorldModelConfig(codebook_size=fmt.codebook_size, num_tokens=fmt.num_tokens, radices=fmt.radices,
-                              head=args.head, **{k: v for k, v in PROBE.items() if k in model_keys})
+                              grid=list(fmt.grid), head=args.head, **{k: v for k, v in PROBE.items() if k in model_keys})
     t0 = time.perf_counter()
     model, facts = train(fit, holdout, fmt, config, os.path.join(args.output, "run"), max_steps=args.max_steps,
                          batch_size=PROBE["batch_size"], lr=PROBE["lr"], warmup_steps=PROBE["warmup_steps"],

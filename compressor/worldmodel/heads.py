@@ -32,6 +32,10 @@ class FullHead(nn.Module):
         logp = F.log_softmax(self.proj(h).float(), -1)
         return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
+    def candidate_log_probs(self, h: Tensor, candidates: Tensor) -> Tensor:
+        """h (..., D), candidates (..., K) -> log p of each candidate (..., K): one softmax a state, not K."""
+        return F.log_softmax(self.proj(h).float(), -1).gather(-1, candidates)
+
     def argmax(self, h: Tensor) -> Tensor:
         return self.proj(h).argmax(-1)
 
@@ -61,6 +65,11 @@ class DigitHead(nn.Module):
         digits = to_digits(tokens, self.radices)  # (..., C)
         return sum(lp.gather(-1, digits[..., c : c + 1]).squeeze(-1)
                    for c, lp in enumerate(self._digit_log_probs(h)))
+
+    def candidate_log_probs(self, h: Tensor, candidates: Tensor) -> Tensor:
+        """h (..., D), candidates (..., K) -> log p of each candidate (..., K)."""
+        digits = to_digits(candidates, self.radices)  # (..., K, C)
+        return sum(lp.gather(-1, digits[..., c]) for c, lp in enumerate(self._digit_log_probs(h)))
 
     def argmax(self, h: Tensor) -> Tensor:
         # Independent digits: the most likely token is every digit's most likely level.
@@ -124,6 +133,11 @@ class ARDigitHead(nn.Module):
         logp = F.log_softmax(logits.float().masked_fill(~self.valid, float("-inf")), -1)  # (..., C, R)
         digits = to_digits(tokens, self.radices)  # (..., C)
         return logp.gather(-1, digits.unsqueeze(-1)).squeeze(-1).sum(-1)
+
+    def candidate_log_probs(self, h: Tensor, candidates: Tensor) -> Tensor:
+        """h (..., D), candidates (..., K) -> log p of each candidate (..., K): each digit's conditional depends on
+        the candidate's own prefix, so every candidate gets its own pass."""
+        return self.log_probs(h.unsqueeze(-2).expand(*candidates.shape, h.shape[-1]), candidates)
 
     def offset_of(self, c: int) -> int:
         return sum(self.basis_list[:c])

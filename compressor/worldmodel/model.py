@@ -8,7 +8,9 @@ exactly N positions back. The hint is causal (token i+1-N lies before i+1), so n
 not have.
 
 The heads (``full``, ``digits``, ``ar-digits``) turn states into log-probs, argmaxes and samples:
-``compressor/worldmodel/heads.py``.
+``compressor/worldmodel/heads.py``. With ``copy_pointer`` the distribution is a mixture of the head and the previous
+frame's tokens around the predicted position (``compressor/worldmodel/pointer.py``); every log-prob, argmax and
+sample goes through ``token_log_probs`` / ``token_argmax`` / ``token_sample``, which pick head or mixture.
 
 Attention keeps a key/value cache for generation (``forward(..., cache=...)``), so sampling a frame costs one pass
 over the context and then N one-token steps.
@@ -24,6 +26,7 @@ from torch import Tensor, nn
 
 from compressor.codec.layers import Attention, matmul_attention
 from compressor.worldmodel.heads import HEADS
+from compressor.worldmodel.pointer import CopyPointer
 
 
 @dataclass
@@ -39,6 +42,8 @@ class WorldModelConfig:
     head: str = "full"  # "full" softmax over the codebook, "digits" (independent FSQ digits) or "ar-digits"
     digit_hidden: int = 128  # the ar-digits head's hidden width
     copy_hint: bool = True  # add the previous frame's token at the predicted position to each input
+    grid: list[int] = field(default_factory=lambda: [8, 16])  # (h, w) of a frame's tokens: the pointer's neighbours
+    copy_pointer: bool = False  # mix the head with copies of the previous frame's 3x3 neighbourhood (pointer.py)
 
     @property
     def seq_len(self) -> int:
@@ -120,7 +125,14 @@ class WorldModel(nn.Module):
         self.norm = nn.LayerNorm(c.dim)
         extra = {"hidden": c.digit_hidden} if c.head == "ar-digits" else {}
         self.head = HEADS[c.head](c.dim, c.codebook_size, c.radices, **extra)
+        self.pointer = None
+        if c.copy_pointer:
+            if len(c.grid) != 2 or c.grid[0] * c.grid[1] != c.num_tokens:
+                raise ValueError(f"copy_pointer needs a grid of num_tokens={c.num_tokens} tokens, got {c.grid}")
+            self.pointer = CopyPointer(c.dim, c.grid)
         self.apply(self._init)
+        if self.pointer is not None:
+            self.pointer.reset_gate()  # after _init, which zeroes every bias
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -153,18 +165,42 @@ class WorldModel(nn.Module):
             x = block(x, None if cache is None else cache[i])
         return self.norm(x)
 
+    def copy_candidates(self, seq: Tensor, pos: Tensor) -> tuple[Tensor, Tensor] | None:
+        """seq (B, L) tokens, pos (M,) indices of predicted tokens -> the pointer's candidates (B, M, K) and valid
+        (M, K), or None without a pointer."""
+        return None if self.pointer is None else self.pointer.candidates(seq, pos)
+
+    def scored_states(self, flat: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        """flat (B, L) a window -> the states predicting tokens N..L-1 (B, L-N, D) and their copy candidates."""
+        N = self.config.num_tokens
+        h = self(flat[:, :-1])[:, N - 1 :]  # position i predicts token i+1
+        return h, self.copy_candidates(flat, torch.arange(N, flat.shape[1], device=flat.device))
+
+    def token_log_probs(self, h: Tensor, tokens: Tensor, cands: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """h (..., D), tokens (...) -> log p (nats) (...): the head's, or the mixture's with ``cands``."""
+        return self.head.log_probs(h, tokens) if cands is None else self.pointer.log_probs(self.head, h, *cands, tokens)
+
+    def token_argmax(self, h: Tensor, cands: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        return self.head.argmax(h) if cands is None else self.pointer.argmax(self.head, h, *cands)
+
+    def token_sample(self, h: Tensor, temperature: float, generator: torch.Generator | None,
+                     cands: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        if cands is None:
+            return self.head.sample(h, temperature, generator)
+        return self.pointer.sample(self.head, h, *cands, temperature, generator)
+
     def window_log_probs(self, window: Tensor) -> Tensor:
         """window (B, T, N) -> log p (nats) of every token of frames 2..T given all before it: (B, T-1, N)."""
         B, T, N = window.shape
         flat = window.reshape(B, T * N)
-        h = self(flat[:, :-1])  # (B, T*N - 1, D): position i predicts token i+1
-        return self.head.log_probs(h[:, N - 1 :], flat[:, N:]).view(B, T - 1, N)
+        h, cands = self.scored_states(flat)  # (B, (T-1)*N, D)
+        return self.token_log_probs(h, flat[:, N:], cands).view(B, T - 1, N)
 
     def window_argmax(self, window: Tensor) -> Tensor:
         """window (B, T, N) -> teacher-forced argmax of every token of frames 2..T: (B, T-1, N)."""
         B, T, N = window.shape
         flat = window.reshape(B, T * N)
-        return self.head.argmax(self(flat[:, :-1])[:, N - 1 :]).view(B, T - 1, N)
+        return self.token_argmax(*self.scored_states(flat)).view(B, T - 1, N)
 
     @torch.no_grad()
     def next_frame(self, past: Tensor, temperature: float = 0.0, generator: torch.Generator | None = None) -> Tensor:
@@ -178,7 +214,11 @@ class WorldModel(nn.Module):
         h = self(seq, cache=cache)[:, -1]  # (B, D): predicts the new frame's token 0
         out = []
         for n in range(N):
-            token = self.head.argmax(h) if temperature <= 0 else self.head.sample(h, temperature, generator)  # (B,)
+            cands = self.copy_candidates(seq, torch.tensor([P * N + n], device=seq.device))  # new token n's
+            if cands is not None:
+                cands = (cands[0][:, 0], cands[1][0])  # (B, K), (K,)
+            token = (self.token_argmax(h, cands) if temperature <= 0
+                     else self.token_sample(h, temperature, generator, cands))  # (B,)
             out.append(token)
             if n == N - 1:
                 break

@@ -51,9 +51,9 @@ def model_bits(model: WorldModel, segments: list[Segment], batch_size: int = 16)
             batch = torch.stack([s.tokens[a : a + length] for s, a, _ in chunk])  # (B, L, N)
             B, L, N = batch.shape
             flat = batch.reshape(B, L * N)
-            h = model(flat[:, :-1])[:, N - 1 :]  # (B, (L-1)*N, D): the states that predict frames 1..L-1
-            nats = -model.head.log_probs(h, flat[:, N:]).view(B, L - 1, N)
-            hit = (model.head.argmax(h) == flat[:, N:]).view(B, L - 1, N)
+            h, cands = model.scored_states(flat)  # (B, (L-1)*N, D): the states that predict frames 1..L-1
+            nats = -model.token_log_probs(h, flat[:, N:], cands).view(B, L - 1, N)
+            hit = (model.token_argmax(h, cands) == flat[:, N:]).view(B, L - 1, N)
             for b, (s, a, first) in enumerate(chunk):
                 keep = slice(first - a - 1, None)  # frames first..end-1 of the segment
                 row = out[s.source]
