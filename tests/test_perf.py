@@ -153,3 +153,31 @@ def test_throughput_monitor_measures_the_ceiling_of_the_training_precision(monke
     module = SimpleNamespace(autoencoder=None, device=torch.device("cpu"))
     callbacks.ThroughputMonitor().on_fit_start(SimpleNamespace(precision=precision), module)
     assert asked == [dtype]
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_flops_are_counted_on_the_cpu_only_when_asked(causal):
+    # On the CPU, SDPA runs as aten._scaled_dot_product_flash_attention_for_cpu, which torch 2.14 counts as 0 FLOPs;
+    # flop_counter(attention=True) gives it torch's CUDA flash-attention formulas (causal not halved).
+    from compressor.codec.layers import matmul_attention
+    from compressor.training.perf import flop_counter
+
+    B, h, N, d = 2, 3, 32, 16
+    q, k, v = (torch.rand(B, h, N, d, requires_grad=True) for _ in range(3))
+
+    def count(attention_fn, attention: bool) -> tuple[int, int]:
+        with flop_counter(attention) as fc:
+            out = attention_fn(q, k, v, is_causal=causal)
+        forward = fc.get_total_flops()
+        with flop_counter(attention) as fc:
+            out.sum().backward()
+        return forward, fc.get_total_flops()
+
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    assert count(sdpa, attention=False) == (0, 0)  # the default: training budgets keep the old count
+    forward, backward = count(sdpa, attention=True)
+    assert forward == 4 * B * h * N * N * d  # q @ k^T and scores @ v, 2 FLOPs a multiply-add
+    assert backward == 10 * B * h * N * N * d  # the scores recomputed, then four matmuls for dq, dk, dv
+    # Written as explicit matmuls (the softmax counts 0 either way) it is the same, but for the recomputation.
+    m_forward, m_backward = count(lambda q, k, v, is_causal: matmul_attention(q, k, v, is_causal), attention=False)
+    assert m_forward == forward and m_backward == backward - 2 * B * h * N * N * d

@@ -5,7 +5,7 @@ CPU path (precision and attention kernel), and the matmul ceiling (for ``callbac
 from __future__ import annotations
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode, conv_backward_flop
+from torch.utils.flop_counter import FlopCounterMode, conv_backward_flop, sdpa_backward_flop, sdpa_flop
 
 from compressor.benchmark import seconds_per_call
 from compressor.codec.autoencoder import Autoencoder
@@ -28,9 +28,23 @@ def train_flops_per_image(model: Autoencoder, image_size: tuple[int, int] | None
     return float(fc.get_total_flops())
 
 
-def flop_counter() -> FlopCounterMode:
-    """torch's ``FlopCounterMode`` with grouped convolutions' backward counted right (``_conv_backward_flop``)."""
-    return FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flop})
+def flop_counter(attention: bool = False) -> FlopCounterMode:
+    """torch's ``FlopCounterMode`` with grouped convolutions' backward counted right (``_conv_backward_flop``).
+
+    ``attention``: also count ``scaled_dot_product_attention`` on the CPU. There it runs as
+    ``aten._scaled_dot_product_flash_attention_for_cpu`` (and ``..._backward``), which torch 2.14's counter has no
+    formula for, so it counts as 0 FLOPs; with True it gets torch's own formulas for the CUDA flash attention: forward
+    4·B·h·N²·d (two matmuls, causal not halved), backward 10·B·h·N²·d (the scores recomputed, then four matmuls).
+    Off by default: ``train_flops_per_image`` sets every experiment's ``--flops`` image budget, and counting
+    attention there would change the budgets of runs already compared. The matmul kernel
+    (``layers.matmul_attention``) is counted either way.
+    """
+    mapping = {torch.ops.aten.convolution_backward: _conv_backward_flop}
+    if attention:
+        # The formulas on shapes, under torch's shape wrapper (FlopCounterMode wraps custom formulas itself).
+        mapping[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu] = sdpa_flop.__wrapped__
+        mapping[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward] = sdpa_backward_flop.__wrapped__
+    return FlopCounterMode(display=False, custom_mapping=mapping)
 
 
 def _conv_backward_flop(grad_out_shape, x_shape, w_shape, bias, stride, padding, dilation, transposed, output_padding,
