@@ -161,3 +161,30 @@ def test_bench_resolution_skips_what_is_too_slow_and_tables_the_ratios():
     md = to_markdown(rows, "cpu", [(128, 256), (256, 512)])
     assert "| convnext | 1.50 |  |" in md and "| convnext | 0.50 |  |" in md  # encode, then training, ratios
     assert "skipped: one training step" in md
+
+
+def test_bench_resolution_no_timing_updates_only_the_flops_of_the_rows_it_recounts(tmp_path, monkeypatch):
+    import json
+
+    from compressor.tools import bench_resolution
+
+    # In this process rather than one per case (spawning re-imports torch); 128x256 is the smallest the loss takes.
+    monkeypatch.setattr(bench_resolution, "run_isolated", lambda fn, cases, threads: [fn(**c) for c in cases])
+    timed = {"config": "vit", "file": "experiments/encoders/vit.yaml", "resolution": "128x256", "tokens": 128,
+             "encode_gflops_per_frame": 1.0, "encode_fps": 10.0, "encode_batch": 1, "encoder_train_images_per_s": 5.0,
+             "train_gflops_per_image": 2.0, "train_images_per_s": 2.0, "train_batch": 1, "peak_memory_mb": 1.0}
+    other = {**timed, "config": "convnext", "file": "experiments/encoders/convnext.yaml"}
+    (tmp_path / "bench-resolution.json").write_text(json.dumps({"device": "the timed one", "sizes": ["128x256"],
+                                                                "rows": [timed, other]}))
+    bench_resolution.main(["--device", "cpu", "--no-timing", "--config", "experiments/encoders/vit.yaml",
+                           "--sizes", "128x256", "--output", str(tmp_path)])
+    result = json.loads((tmp_path / "bench-resolution.json").read_text())
+    vit, convnext = result["rows"]
+    assert result["device"] == "the timed one" and convnext == other  # a row not recounted is left alone
+    assert vit["flops_include_attention"] and vit["train_gflops_per_image"] != 2.0
+    assert vit["encode_gflops_per_frame"] != 1.0
+    assert {k: v for k, v in vit.items() if k not in bench_resolution.FLOPS_FIELDS} == \
+        {k: v for k, v in timed.items() if k not in bench_resolution.FLOPS_FIELDS}  # timings kept
+    md = (tmp_path / "bench-resolution.md").read_text()
+    assert "FLOPs include attention only in rows recounted" in md  # convnext's FLOPs are the old count
+    assert f"| vit | 128x256 | 128 | {vit['encode_gflops_per_frame']:.2f} | 10.0 (1) |" in md

@@ -3,6 +3,7 @@
     python -m compressor.tools.bench_resolution --device cpu --output reports/bench-resolution-cpu
     python -m compressor.tools.bench_resolution --device cuda --output reports/bench-resolution-gpu   # bf16 autocast
     python -m compressor.tools.bench_resolution --config experiments/encoders/vit.yaml --sizes 128x256 --min-time 0.2
+    python -m compressor.tools.bench_resolution --device cpu --no-timing --output reports/bench-resolution-cpu
 
 Per encoder overlay (``configs/experiments/encoders``, resolved on ``configs/base.yaml`` as ``train.py`` resolves it)
 and input size: the whole autoencoder at that size with 16-pixel tokens, so 128, 512, 2048 and 8192 tokens at
@@ -13,18 +14,24 @@ and input size: the whole autoencoder at that size with 16-pixel tokens, so 128,
   part that differs between the designs;
 - training images/s: full AdamW steps of the autoencoder (the recipe's decoder included) on random frames, as
   ``compressor.training.perf.train_images_per_s`` times them;
-- FLOPs per frame of the encode and of a training step (counted on the device, grouped convolutions counted right),
-  and peak memory (CUDA: allocator peak; CPU: RSS high-water of the case's own process).
+- FLOPs per frame of the encode and of a training step (counted on the device, grouped convolutions counted right,
+  attention included: ``flop_counter(attention=True)``, which the training budgets leave off), and peak memory
+  (CUDA: allocator peak; CPU: RSS high-water of the case's own process).
 
 Batches shrink with the pixel count (``--train-batch`` and ``--encode-batch`` are for 128x256; at least 1). Each
 case runs in its own process. A case whose single step takes longer than ``--max-step-s``, or that runs out of
 memory, is recorded as skipped with the reason, and the larger sizes of that encoder are skipped after it.
 Writes ``bench-resolution.json`` and ``bench-resolution.md``.
+
+``--no-timing`` counts FLOPs only (one counted encode and one counted training step a case, no timed loops, no
+``--max-step-s``). Into an ``--output`` that already holds ``bench-resolution.json`` it writes only the FLOPs of the
+rows it recounts (same config and resolution), keeping their timings and the device they were timed on.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 
@@ -56,8 +63,12 @@ def _encoder_step(model, x):
     model.encode_to_codes(x)["codes"].float().pow(2).mean().backward()
 
 
+FLOPS_FIELDS = ("train_gflops_per_image", "encode_gflops_per_frame", "flops_include_attention")
+
+
 def measure(config: str, size: tuple[int, int], device: str, bf16: bool, train_batch: int, encode_batch: int,
-            min_time: float, max_step_s: float) -> dict:
+            min_time: float, max_step_s: float, timing: bool = True) -> dict:
+    """One case's row; ``timing=False``: its FLOPs only."""
     torch.manual_seed(0)
     H, W = size
     row = {"config": os.path.splitext(os.path.basename(config))[0], "file": config, "resolution": f"{H}x{W}"}
@@ -80,16 +91,19 @@ def measure(config: str, size: tuple[int, int], device: str, bf16: bool, train_b
             # One timed training step first: it decides whether this size is worth timing at all.
             model.train()
             t0 = time.perf_counter()
-            with flop_counter() as fc:
+            with flop_counter(attention=True) as fc:
                 _train_step(model, x[:1])
             sync(device)
             row["train_gflops_per_image"] = fc.get_total_flops() / 1e9
-            if (step_s := time.perf_counter() - t0) > max_step_s:
+            if timing and (step_s := time.perf_counter() - t0) > max_step_s:
                 return {**row, "skipped": f"one training step at batch 1 took {step_s:.0f} s (> --max-step-s)"}
             model.eval()
-            with flop_counter() as fc:
+            with flop_counter(attention=True) as fc:
                 model.encode(frames[:1])
             row["encode_gflops_per_frame"] = fc.get_total_flops() / 1e9
+            row["flops_include_attention"] = True  # rows of older reports lack it: their FLOPs left SDPA out
+            if not timing:
+                return row
             row["encode_fps"] = eb / seconds_per_call(lambda: model.encode(frames), min_time)
             model.train()
             row["encoder_train_images_per_s"] = tb / seconds_per_call(lambda: _encoder_step(model, x), min_time)
@@ -109,13 +123,13 @@ def _train_step(model, x) -> None:
 
 
 def run_all(configs: list[str], sizes, device: str, bf16: bool, train_batch: int, encode_batch: int,
-            min_time: float, max_step_s: float, threads: int, log=print) -> list[dict]:
+            min_time: float, max_step_s: float, threads: int, log=print, timing: bool = True) -> list[dict]:
     """Every config at every size, each in its own process; a config's larger sizes are skipped after a skip."""
     rows = []
     for config in configs:
         for i, size in enumerate(sizes):
             case = dict(config=config, size=tuple(size), device=device, bf16=bf16, train_batch=train_batch,
-                        encode_batch=encode_batch, min_time=min_time, max_step_s=max_step_s)
+                        encode_batch=encode_batch, min_time=min_time, max_step_s=max_step_s, timing=timing)
             row = run_isolated(measure, [case], threads)[0]
             rows.append(row)
             log(_line(row))
@@ -128,16 +142,37 @@ def run_all(configs: list[str], sizes, device: str, bf16: bool, train_batch: int
     return rows
 
 
+def update_flops(old: list[dict], new: list[dict]) -> list[dict]:
+    """``old`` with the FLOPs of ``new``'s counted rows written into the rows of the same config and resolution;
+    a counted row ``old`` lacks is appended (FLOPs only)."""
+    rows = [dict(r) for r in old]
+    at = {(r["config"], r["resolution"]): r for r in rows}
+    for r in new:
+        if not all(k in r for k in FLOPS_FIELDS):
+            continue  # not counted: it did not build, or ran out of memory
+        if (key := (r["config"], r["resolution"])) in at:
+            at[key].update({k: r[k] for k in FLOPS_FIELDS})
+        else:
+            rows.append(r)
+    return rows
+
+
 def _line(r: dict) -> str:
     if "skipped" in r:
         return f"{r['config']:16s} {r['resolution']:10s} skipped: {r['skipped']}"
+    if "encode_fps" not in r:
+        return (f"{r['config']:16s} {r['resolution']:10s} {r['tokens']:5d} tokens  encode "
+                f"{r['encode_gflops_per_frame']:.2f} GFLOPs/frame  train {r['train_gflops_per_image']:.1f} GFLOPs/image")
     return (f"{r['config']:16s} {r['resolution']:10s} {r['tokens']:5d} tokens  encode {r['encode_fps']:8.1f} fps  "
             f"encoder train {r['encoder_train_images_per_s']:8.1f} img/s  train {r['train_images_per_s']:7.2f} img/s")
 
 
 def to_markdown(rows: list[dict], device: str, sizes) -> str:
+    counted = [r.get("flops_include_attention", False) for r in rows if "train_gflops_per_image" in r]
+    flops = ("FLOPs include attention (flop_counter(attention=True))." if all(counted) else
+             "FLOPs include attention only in rows recounted since (flops_include_attention in the json).")
     out = [f"Device: {device}. 16-pixel tokens: the grid follows the input (128 tokens at 128x256). Batches are for "
-           "128x256 and shrink with the pixel count.", "",
+           f"128x256 and shrink with the pixel count. {flops}", "",
            "| encoder | input | tokens | encode GFLOPs/frame | encode frames/s (batch) | encoder train images/s | "
            "train GFLOPs/image | train images/s (batch) | peak memory (MB) |",
            "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -145,6 +180,10 @@ def to_markdown(rows: list[dict], device: str, sizes) -> str:
         if "skipped" in r:
             out.append(f"| {r['config']} | {r['resolution']} | {r.get('tokens', '')} | | skipped: {r['skipped']} "
                        "| | | | |")
+            continue
+        if "encode_fps" not in r:  # counted, not timed (--no-timing)
+            out.append(f"| {r['config']} | {r['resolution']} | {r['tokens']} | {r['encode_gflops_per_frame']:.2f} | "
+                       f"| | {r['train_gflops_per_image']:.1f} | | |")
             continue
         out.append(f"| {r['config']} | {r['resolution']} | {r['tokens']} | {r['encode_gflops_per_frame']:.2f} | "
                    f"{r['encode_fps']:.1f} ({r['encode_batch']}) | {r['encoder_train_images_per_s']:.1f} | "
@@ -155,7 +194,7 @@ def to_markdown(rows: list[dict], device: str, sizes) -> str:
         # Where the curves cross: a ratio above 1 is an encoder faster than the first (the pure ViT by default).
         out += ["", f"{what} against {names[0]}'s at the same size (> 1: faster):", "",
                 "| encoder | " + " | ".join(f"{h}x{w}" for h, w in sizes) + " |", "|---|" + "---:|" * len(sizes)]
-        done = {(r["config"], r["resolution"]): r[key] for r in rows if "skipped" not in r}
+        done = {(r["config"], r["resolution"]): r[key] for r in rows if key in r and "skipped" not in r}
         for name in names:
             cells = []
             for h, w in sizes:
@@ -179,6 +218,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--min-time", type=float, default=None, help="seconds per timing (default: 1 CUDA, 2 CPU)")
     ap.add_argument("--max-step-s", type=float, default=None,
                     help="skip a size whose one training step at batch 1 takes longer (default: 10 CUDA, 30 CPU)")
+    ap.add_argument("--no-timing", action="store_true",
+                    help="count FLOPs only; into an --output with a bench-resolution.json, update only their FLOPs")
     ap.add_argument("--output", default=None, help="directory for bench-resolution.json and .md")
     args = ap.parse_args(argv)
     device = resolve_device(args.device)
@@ -188,12 +229,19 @@ def main(argv: list[str] | None = None) -> None:
     threads = torch.get_num_threads()
     rows = run_all(args.config, sizes, device, bf16, args.train_batch or (64 if cuda else 16),
                    args.encode_batch or (256 if cuda else 16), args.min_time or (1.0 if cuda else 2.0),
-                   args.max_step_s or (10.0 if cuda else 30.0), threads)
-    name = device_name(device, threads, "bf16" if bf16 else "float32")
-    md = to_markdown(rows, name, sizes)
+                   args.max_step_s or (10.0 if cuda else 30.0), threads, timing=not args.no_timing)
+    result = {"device": device_name(device, threads, "bf16" if bf16 else "float32"), "sizes": args.sizes}
+    old = os.path.join(args.output or "", "bench-resolution.json")
+    if args.no_timing and args.output and os.path.exists(old):
+        with open(old) as f:
+            result = json.load(f)  # the timings' device and sizes stay
+        result["sizes"] += [s for s in args.sizes if s not in result["sizes"]]
+        rows = update_flops(result["rows"], rows)
+    result["rows"] = rows
+    md = to_markdown(rows, result["device"], [tuple(int(v) for v in s.split("x")) for s in result["sizes"]])
     print(md)
     if args.output:
-        paths = write_report(args.output, "bench-resolution", {"device": name, "sizes": args.sizes, "rows": rows}, md)
+        paths = write_report(args.output, "bench-resolution", result, md)
         print("wrote " + ", ".join(paths))
 
 
