@@ -15,9 +15,9 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from compressor.data.frame_shards import FrameShards
+from compressor.data.frame_shards import SETTINGS, FrameShards, shard_settings
 from compressor.data.synthetic import driving_scene
-from compressor.utils import load_json, open_checked, rank_world, worker
+from compressor.utils import rank_world, worker
 from compressor.data.video import iter_frames, list_videos, preprocess, split_videos
 
 
@@ -123,13 +123,9 @@ def check_shard_size(shards: str, image_size: tuple[int, int]) -> None:
     train silently at a quarter of the tokens while the evaluation scores 256x512 frames. Shards without the record
     (written before it) pass unchecked.
     """
-    path = os.path.join(shards, "make_shards.json")
-    if not os.path.lexists(path):
-        return
-    with open_checked(path, 1 << 16) as f:
-        recorded = load_json(f.read()).get("image_size")
+    recorded = (shard_settings(shards) or {}).get("image_size")
     if recorded is not None and tuple(recorded) != tuple(image_size):
-        raise ValueError(f"{shards} holds {recorded[0]}x{recorded[1]} frames (make_shards.json), but data.image_size "
+        raise ValueError(f"{shards} holds {recorded[0]}x{recorded[1]} frames ({SETTINGS}), but data.image_size "
                          f"is {image_size[0]}x{image_size[1]}; write shards at that size with "
                          f"compressor.tools.make_shards --image-size {image_size[0]} {image_size[1]}")
 

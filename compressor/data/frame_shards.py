@@ -11,6 +11,7 @@ resume possible: a consumer replays its stream and skips what was already traine
 from __future__ import annotations
 
 import io
+import os
 import random
 import tarfile
 from collections.abc import Iterator
@@ -19,7 +20,18 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
-from compressor.utils import buffer_shuffle, rank_world, worker
+from compressor.utils import buffer_shuffle, load_json, open_checked, rank_world, worker
+
+SETTINGS = "make_shards.json"  # what compressor.tools.make_shards wrote a folder's shards with
+
+
+def shard_settings(folder: str) -> dict | None:
+    """The settings (frame size, stride, input root) ``make_shards`` recorded for ``folder``; None if it holds none."""
+    path = os.path.join(folder, SETTINGS)
+    if not os.path.lexists(path):
+        return None
+    with open_checked(path, 1 << 16) as f:
+        return load_json(f.read())
 
 
 def count_frames(url: str) -> int:

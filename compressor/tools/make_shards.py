@@ -22,19 +22,17 @@ import sys
 import webdataset as wds
 from tqdm import tqdm
 
+from compressor.data.frame_shards import SETTINGS, shard_settings
 from compressor.data.video import iter_frames, list_videos, preprocess, split_videos
 from compressor.latents.samples import video_key
-from compressor.utils import load_json, open_checked, write_json
+from compressor.utils import write_json
 
-SETTINGS = "make_shards.json"
 
 
 def check_settings(out: str, settings: dict) -> None:
     """Record ``settings`` in a new output; refuse an output written with other settings (or unknown ones)."""
-    path = os.path.join(out, SETTINGS)
-    if os.path.lexists(path):
-        with open_checked(path, 1 << 16) as f:
-            old = load_json(f.read())
+    old = shard_settings(out)
+    if old is not None:
         if old != settings:
             raise ValueError(f"{out} holds frame shards of other settings ({old}, from {SETTINGS}) than this run's "
                              f"{settings}; write them to another --output, or delete {out} to redo it")
@@ -42,7 +40,7 @@ def check_settings(out: str, settings: dict) -> None:
     if any(name.endswith((".done", ".tar")) for name in os.listdir(out)):
         raise ValueError(f"{out} holds frame shards but no {SETTINGS}, so their frame size and stride are unknown; "
                          "write to another --output, or delete the old shards to redo them")
-    write_json(path, settings, indent=None)
+    write_json(os.path.join(out, SETTINGS), settings, indent=None)
 
 
 def write_video_shards(path: str, source: str, split: str, out: str, image_size: tuple[int, int], stride: int,

@@ -29,8 +29,7 @@ class FullHead(nn.Module):
 
     def log_probs(self, h: Tensor, tokens: Tensor) -> Tensor:
         """h (..., D), tokens (...) -> log p(token) in nats (...)."""
-        logp = F.log_softmax(self.proj(h).float(), -1)
-        return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+        return self.candidate_log_probs(h, tokens.unsqueeze(-1)).squeeze(-1)
 
     def candidate_log_probs(self, h: Tensor, candidates: Tensor) -> Tensor:
         """h (..., D), candidates (..., K) -> log p of each candidate (..., K): one softmax a state, not K."""
@@ -62,9 +61,7 @@ class DigitHead(nn.Module):
         return [F.log_softmax(z.float(), -1) for z in self.proj(h).split(self.radices, -1)]  # C x (..., r_c)
 
     def log_probs(self, h: Tensor, tokens: Tensor) -> Tensor:
-        digits = to_digits(tokens, self.radices)  # (..., C)
-        return sum(lp.gather(-1, digits[..., c : c + 1]).squeeze(-1)
-                   for c, lp in enumerate(self._digit_log_probs(h)))
+        return self.candidate_log_probs(h, tokens.unsqueeze(-1)).squeeze(-1)
 
     def candidate_log_probs(self, h: Tensor, candidates: Tensor) -> Tensor:
         """h (..., D), candidates (..., K) -> log p of each candidate (..., K)."""

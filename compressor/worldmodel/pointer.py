@@ -95,9 +95,7 @@ class CopyPointer(nn.Module):
         lg = self.gate_log_probs(h, valid)
         best = head.argmax(h)  # (...)
         ys = torch.cat([best.unsqueeze(-1), cand], -1)  # (..., 1 + K)
-        head_lp = torch.cat([head.log_probs(h, best).float().unsqueeze(-1),
-                             head.candidate_log_probs(h, cand).float()], -1)
-        mixed = self._mixed(lg, head_lp, cand, ys)
+        mixed = self._mixed(lg, head.candidate_log_probs(h, ys).float(), cand, ys)
         mixed = torch.cat([mixed[..., :1], mixed[..., 1:].masked_fill(~valid, NEG)], -1)  # masked: no option
         return ys.gather(-1, mixed.argmax(-1, keepdim=True)).squeeze(-1)
 
