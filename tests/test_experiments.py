@@ -58,6 +58,9 @@ def test_table_compares_each_run_with_the_baseline_at_its_budget(tmp_path):
     _result(tmp_path, "recipe", 100, {"x__a.mp4": 19.0, "x__b.mp4": 21.0})
     record = json.loads((tmp_path / "recipe" / "result.json").read_text())
     (tmp_path / "recipe" / "result.json").write_text(json.dumps({**record, "configs": ["configs/r.yaml"]}))
+    _result(tmp_path, "more-clips", 100, {"x__a.mp4": 20.0, "x__b.mp4": 22.0})
+    record = json.loads((tmp_path / "more-clips" / "result.json").read_text())
+    (tmp_path / "more-clips" / "result.json").write_text(json.dumps({**record, "train_data": {"train_videos": 36}}))
     md = experiments.table(str(tmp_path), "baseline")
     rows = {line.split(" | ")[0].strip("| "): line for line in md.splitlines()[2:]}
     assert "| a | b |" in md.splitlines()[0]
@@ -65,8 +68,15 @@ def test_table_compares_each_run_with_the_baseline_at_its_budget(tmp_path):
     assert "**23.00** |  |" in rows["longer"]  # another budget: no difference is claimed
     assert rows["baseline"].endswith("| - |") and rows["conv"].endswith("| conv.yaml, data.augment=true |")
     assert rows["recipe"].endswith("| r.yaml |")  # another base config is a change
+    assert rows["more-clips"].endswith("| 36 train clips |")  # other training clips are a change too
     experiments.plot_curves(str(tmp_path), str(tmp_path / "curves.png"))
     assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_train_data_counts_videos_not_shards(tmp_path):
+    for name in ("train-a__x-000.tar", "train-a__x-001.tar", "train-b-000.tar", "val-c-000.tar", "train-b.done"):
+        (tmp_path / name).write_bytes(b"")
+    assert experiments.train_data(str(tmp_path)) == {"shards": str(tmp_path), "train_videos": 2}
 
 
 def test_val_curve_records_images_seen_and_continues_on_resume(tmp_path):

@@ -32,6 +32,7 @@ from compressor.utils import atomic_write, num_params, write_json
 
 REPORTS = "reports/experiments"
 RUNS = "runs/experiments"
+DEFAULT_TRAIN_VIDEOS = 21  # the train clips of ../shared/dashcam: runs on other clips say how many in the table
 ROOT = os.path.dirname(CONFIGS)  # the repository
 
 
@@ -68,6 +69,15 @@ def _git_commit() -> str | None:
                               check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
+
+
+def train_data(shards: str) -> dict:
+    """What a run trained on: the shards folder and its number of train videos (``train-*.tar`` groups), so that
+    runs on other clips are told apart in the table, e.g. the 21 ``train`` clips of ``../shared/dashcam`` against
+    those plus the 15 of ``../shared/dashcam-extra``."""
+    videos = {os.path.basename(p).removeprefix("train-").rsplit("-", 1)[0]
+              for p in glob.glob(os.path.join(shards, "train-*.tar"))}
+    return {"shards": os.path.abspath(shards), "train_videos": len(videos)}
 
 
 def run(name: str, configs: list[str], images: int, shards: str, videos: list[str], overrides: list[str],
@@ -137,6 +147,7 @@ def run(name: str, configs: list[str], images: int, shards: str, videos: list[st
         "configs": configs,
         "overrides": overrides,
         "branch_from": branch_from,
+        "train_data": train_data(shards),
         "images": seen,
         "steps": steps,
         "batch_size": batch_size * devices,
@@ -199,7 +210,9 @@ def table(root: str = REPORTS, baseline: str | None = None) -> str:
         first = 1 if base and r["configs"][:1] == base["configs"][:1] else 0  # the baseline's own config is no change
         overlays = [os.path.relpath(c, "configs") for c in r["configs"][first:]
                     if os.path.basename(os.path.dirname(c)) != "experiments"]  # protocol overlays (proxy, wsd) are no change
-        changes = ", ".join(overlays + r["overrides"]) or "-"
+        videos = (r.get("train_data") or {}).get("train_videos")
+        data = [f"{videos} train clips"] if videos and videos != DEFAULT_TRAIN_VIDEOS else []
+        changes = ", ".join(overlays + r["overrides"] + data) or "-"
         extra = " / ".join(f"{v['psnr_clip_mean']:.2f}" for v in (r.get("val_sets") or {}).values())
         lines.append(f"| {r['name']} | {r['images']:,} | {cells} | **{r['psnr_clip_mean']:.2f}** | {delta} | "
                      f"{extra} | {r['codebook_usage']:.1%} | {ips} | {changes} |")
