@@ -120,29 +120,37 @@ def test_report_records_the_device(tmp_path):
     assert report["checkpoints"]["ours: m"]["overall"]["frames"] == 3
 
 
-def test_card_shows_the_last_evaluation_of_a_hub_folder(tmp_path):
+def test_card_shows_the_last_evaluation_of_each_key(tmp_path):
     """--card: the Hub folder's card gets the every-frame numbers as its model-index and an Evaluation section,
-    equal to report.json's; a second evaluation replaces the first instead of adding to it."""
+    equal to report.json's; a second evaluation of the same clips replaces the first instead of adding to it, and
+    one with --search-steps is kept beside it."""
     from huggingface_hub import ModelCard
 
     clip = tmp_path / "clip.mp4"
     write_video(str(clip), driving_clip(seed=0, num_frames=3, image_size=(128, 256)))
     tiny_model().save_pretrained(tmp_path / "hub")
     before = (tmp_path / "hub" / "README.md").read_text()
-    for run in ("out1", "out2"):
+    for run, search in (("out1", []), ("out2", []), ("searched", ["--search-steps", "1"])):
         main(["--checkpoint", str(tmp_path / "hub"), "--input", str(clip), "--output", str(tmp_path / run),
-              "--checkpoints-only", "--batch-size", "2", "--device", "cpu", "--card"])
+              "--checkpoints-only", "--batch-size", "2", "--device", "cpu", "--card", *search])
     [report] = json.loads((tmp_path / "out2" / "report.json").read_text())["checkpoints"].values()
+    [searched] = json.loads((tmp_path / "searched" / "report.json").read_text())["checkpoints"].values()
     overall = report["overall"]
     card = ModelCard.load(tmp_path / "hub" / "README.md")
-    results = {r.metric_name: r.metric_value for r in card.data.eval_results}
+    plain = "frame compression, 224 bytes per frame"
+    results = {r.metric_name: r.metric_value for r in card.data.eval_results if r.task_name == plain}
     assert results == {"PSNR (dB), mean over clips": round(overall["psnr_clip_mean"], 2),
                        "PSNR (dB), mean over frames": round(overall["psnr"], 2),
                        "MS-SSIM": round(overall["ms_ssim"], 4), "bytes per frame": 224.0}
-    assert {(r.dataset_name, r.dataset_split) for r in card.data.eval_results} == {("clip.mp4", None)}
+    assert {(r.dataset_name, r.dataset_split, r.task_name) for r in card.data.eval_results} == {
+        ("clip.mp4", None, plain), ("clip.mp4", None, plain + ", tokens searched for 1 steps at encode time")}
+    assert len(card.data.eval_results) == 2 * 4
     text = card.text
-    assert text.count("## Evaluation") == 1 and f"| **all (frame-weighted)** | 3 | {overall['psnr']:.2f} |" in text
+    assert text.count("## Evaluation\n") == 1 and f"| **all (frame-weighted)** | 3 | {overall['psnr']:.2f} |" in text
+    assert text.count("### clip.mp4, all clips\n") == 1 and text.count("### clip.mp4, all clips, 1 search steps\n") == 1
+    assert f"| **all (frame-weighted)** | 3 | {searched['overall']['psnr']:.2f} |" in text
     assert "Measured with `python -m compressor.tools.evaluate --checkpoint" in text and "--card" in text
+    assert text.count("Measured with") == 2
     assert text.startswith(before.split("---\n", 2)[2].rstrip())  # what save_pretrained wrote is kept, above it
 
 

@@ -208,3 +208,85 @@ def test_push_to_hub_uploads_a_folder_that_loads(tmp_path, monkeypatch, model, h
     loaded = compressor.load(uploaded)
     assert type(loaded) is type(codec) and (uploaded / "README.md").exists()
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in codec.state_dict().items())
+
+
+# ---- write_evaluation: one evaluation per (dataset, split, search steps) ----------------------------------------
+def _evaluate_into(folder, dataset: str, search_steps: int, psnr: float) -> None:
+    """What ``evaluate --card`` writes for one run on the val clips of ``dataset``: a section naming the run and
+    card_results of made-up numbers."""
+    from compressor.codec.hub import write_evaluation
+    from compressor.tools.eval_report import card_results
+
+    overall = {"psnr_clip_mean": psnr, "psnr": psnr, "ms_ssim": 0.5, "bytes_per_frame": 224}
+    markdown = (f"Measured on {dataset}, {search_steps} steps.\n\n"
+                f"## {dataset}, val clips, every frame\n\n| psnr {psnr} |")
+    write_evaluation(folder, "m", markdown, card_results(overall, dataset, "val", 224, search_steps),
+                     dataset, "val", search_steps)
+
+
+def _psnr_by_result(card) -> dict:
+    """(dataset, split, task name) -> the PSNR mean over frames, of every evaluation in the card's model-index."""
+    return {(r.dataset_name, r.dataset_split, r.task_name): r.metric_value for r in card.data.eval_results
+            if r.metric_name == "PSNR (dB), mean over frames"}
+
+
+PLAIN, SEARCHED = "frame compression, 224 bytes per frame", \
+    "frame compression, 224 bytes per frame, tokens searched for 20 steps at encode time"
+HEADINGS = ["### dashcam, val clips\n", "### dashcam, val clips, 20 search steps\n", "### extra, val clips\n",
+            "### extra, val clips, 20 search steps\n"]
+
+
+def test_card_keeps_an_evaluation_per_dataset_split_and_search(tmp_path):
+    """Two val sets, each plain and searched: four sections in key order and four model-index groups; evaluating
+    one key again replaces its section and numbers only."""
+    from huggingface_hub import ModelCard
+
+    (tmp_path / "README.md").write_text("---\nlibrary_name: compressor\n---\n\n# the model\n")
+    for dataset, steps in [("extra", 20), ("dashcam", 0), ("extra", 0), ("dashcam", 20)]:
+        _evaluate_into(tmp_path, dataset, steps, psnr=20.0 + steps)
+    _evaluate_into(tmp_path, "dashcam", 0, psnr=25.0)  # the same key again: replaces
+    card = ModelCard.load(tmp_path / "README.md")
+    assert _psnr_by_result(card) == {("dashcam", "val", PLAIN): 25.0, ("dashcam", "val", SEARCHED): 40.0,
+                                     ("extra", "val", PLAIN): 20.0, ("extra", "val", SEARCHED): 40.0}
+    assert len(card.data.eval_results) == 4 * 4  # four metrics each, none left over from the replaced run
+    text = card.text
+    assert text.startswith("\n# the model") and text.count("## Evaluation\n") == 1
+    assert [text.count(h) for h in HEADINGS] == [1, 1, 1, 1]
+    assert [text.index(h) for h in HEADINGS] == sorted(text.index(h) for h in HEADINGS)  # sorted by key
+    assert "| psnr 25.0 |" in text and "| psnr 20.0 |" in text and text.count("Measured on dashcam, 0 steps") == 1
+    assert "\n#### dashcam, val clips, every frame\n" in text  # the evaluation's own headings sit under its key's
+
+
+def _old_card(folder, command: str) -> None:
+    """A card as write_evaluation wrote it when a card held one evaluation: a single unkeyed section."""
+    from huggingface_hub import ModelCard, ModelCardData
+    from compressor.codec.hub import EVALUATION_BEGIN, EVALUATION_END
+    from compressor.tools.eval_report import card_results
+
+    overall = {"psnr_clip_mean": 18.0, "psnr": 18.0, "ms_ssim": 0.5, "bytes_per_frame": 224}
+    data = ModelCardData(model_name="m", eval_results=card_results(overall, "dashcam", "val", 224))
+    ModelCard(f"---\n{data.to_yaml()}\n---\n\n# the model\n\n{EVALUATION_BEGIN}\n## Evaluation\n\nMeasured with "
+              f"`{command}`.\n\n### dashcam, val clips, every frame\n\n| psnr 18.0 |\n{EVALUATION_END}\n"
+              ).save(folder / "README.md")
+
+
+@pytest.mark.parametrize("searched", [False, True])
+def test_card_of_the_single_evaluation_layout_is_read(tmp_path, searched):
+    """An older card's one evaluation is kept under the key its model-index names, or, run with search (which its
+    task name did not say), dropped with its numbers; either way it is not duplicated."""
+    from huggingface_hub import ModelCard
+
+    _old_card(tmp_path, "python -m compressor.tools.evaluate --split val" + (" --search-steps 20" if searched else ""))
+    _evaluate_into(tmp_path, "extra", 0, psnr=21.0)
+    text = ModelCard.load(tmp_path / "README.md").text
+    if searched:
+        assert "| psnr 18.0 |" not in text and _psnr_by_result(ModelCard.load(tmp_path / "README.md")) == {
+            ("extra", "val", PLAIN): 21.0}
+    else:
+        assert text.count("| psnr 18.0 |") == 1 and text.index(HEADINGS[0]) < text.index("| psnr 18.0 |")
+        assert "\n#### dashcam, val clips, every frame\n" in text and text.index(HEADINGS[0]) < text.index(HEADINGS[2])
+    _evaluate_into(tmp_path, "dashcam", 0, psnr=22.0)  # the old evaluation's key: replaces it
+    card = ModelCard.load(tmp_path / "README.md")
+    assert _psnr_by_result(card) == {("dashcam", "val", PLAIN): 22.0, ("extra", "val", PLAIN): 21.0}
+    assert "| psnr 18.0 |" not in card.text and card.text.count(HEADINGS[0]) == 1
+    assert card.text.count("## Evaluation\n") == 1 and card.text.count("Measured") == 2

@@ -13,15 +13,19 @@ It imports neither codec module (both import it): the models are duck-typed here
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
 
 import safetensors.torch
 import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, PyTorchModelHubMixin, constants, hf_hub_download
+from huggingface_hub.repocard_data import eval_results_to_model_index
+from huggingface_hub.utils import yaml_dump
 from torch import Tensor, nn
 
-from compressor.utils import load_json, num_params, open_checked
+from compressor.utils import atomic_write, load_json, num_params, open_checked
 
 MAX_CONFIG_BYTES = 1 << 20  # config.json
 MAX_CHECKPOINT_BYTES = 16 << 30  # a .pt, .ckpt or model.safetensors (a Lightning .ckpt adds optimizer state)
@@ -258,23 +262,80 @@ def remembering_card(codec: nn.Module, card_data: ModelCardData, sections: dict[
 
 
 EVALUATION_BEGIN, EVALUATION_END = "<!-- evaluation: compressor.tools.evaluate --card -->", "<!-- /evaluation -->"
+# Opens each evaluation's section inside the block, with its key as JSON: [dataset, split, search steps].
+_SECTION = re.compile(r"^<!-- evaluation of (\[.*\]) -->\n", re.MULTILINE)
 
 
-def write_evaluation(folder: str | os.PathLike, model_name: str, markdown: str, results: list[EvalResult]) -> None:
-    """Put an evaluation into the card (``README.md``) of a Hub folder: ``results`` as the card's ``model-index``
-    (what the Hub shows as evaluation results) and ``markdown`` as its "Evaluation" section. A later evaluation
-    replaces both, so the card shows one, the last."""
+def _section(key: tuple[str, str | None, int], markdown: str, level: int) -> str:
+    """An evaluation's section: a "###" heading naming ``key``, then ``markdown`` with its level-``level`` headings
+    moved down to "####", under it."""
+    dataset, split, search_steps = key
+    heading = f"### {dataset}, {split or 'all'} clips" + (f", {search_steps} search steps" if search_steps else "")
+    return heading + "\n\n" + re.sub(f"^{'#' * level} ", "#### ", markdown.strip(), flags=re.MULTILINE)
+
+
+def _old_key(markdown: str, results: list[EvalResult]) -> tuple[str, str | None, int] | None:
+    """The key of an evaluation written when a card held one (its section has no key): the dataset and split that
+    its model-index names, no search. None when that is not certain: the results name no or several datasets, or
+    its command searched tokens (its task name did not say so, so its results would pass for a plain evaluation's)."""
+    pairs = {(r.dataset_name, r.dataset_split) for r in results}
+    searched = re.search(r"--search-steps[= ]'?([0-9]+)", markdown)
+    if len(pairs) != 1 or (searched and int(searched[1])):
+        return None
+    return (*pairs.pop(), 0)
+
+
+def write_evaluation(folder: str | os.PathLike, model_name: str, markdown: str, results: list[EvalResult],
+                     dataset: str, split: str | None, search_steps: int = 0) -> None:
+    """Put an evaluation into the card (``README.md``) of a Hub folder: ``results`` into the card's ``model-index``
+    (what the Hub shows as evaluation results) and ``markdown`` as a section of its "Evaluation", headed by the
+    evaluation's key (``dataset``, ``split``, ``search_steps``).
+
+    A card holds one evaluation per key: a later one of the same key replaces its section and the model-index
+    results with the same (dataset name, split, task name), so ``results`` must name the search in their task name
+    (``eval_report.card_results``); the others are kept. Sections, and model-index entries, are sorted by key
+    (dataset, split with all clips first, search steps or task name), so writing one does not move the rest.
+
+    A card written when it held a single evaluation (no key in its section) keeps it under the key its model-index
+    names, with no search, when that is certain (``_old_key``); otherwise that evaluation, section and results,
+    goes, since nothing tells what it measured.
+    """
     path = os.path.join(folder, "README.md")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{folder} has no model card (README.md): not a folder that save_pretrained wrote")
     card = ModelCard.load(path)
-    card.data.model_name, card.data.eval_results = model_name, results
-    text = card.text
-    if EVALUATION_BEGIN in text:  # the previous evaluation goes
+    text, old_results = card.text, card.data.eval_results or []
+    sections: dict[tuple, str] = {}  # key -> its section
+    if EVALUATION_BEGIN in text:  # the block comes out; its sections go back in at the end
         head, _, rest = text.partition(EVALUATION_BEGIN)
-        text = head.rstrip() + "\n\n" + rest.partition(EVALUATION_END)[2].lstrip()
-    section = markdown.strip().replace("\n## ", "\n### ")
-    if section.startswith("## "):
-        section = "#" + section
-    text = f"{text.rstrip()}\n\n{EVALUATION_BEGIN}\n## Evaluation\n\n{section}\n{EVALUATION_END}\n"
-    ModelCard(f"---\n{card.data.to_yaml()}\n---\n{text}").save(path)
+        block, _, tail = rest.partition(EVALUATION_END)
+        text = head.rstrip() + "\n\n" + tail.lstrip()
+        before, *parts = _SECTION.split(block)
+        sections = {tuple(load_json(k)): s.strip() for k, s in zip(parts[::2], parts[1::2])}
+        old = before.strip().removeprefix("## Evaluation").strip()
+        if old and not sections:  # the single section of an older card, its headings already at "###"
+            if (key := _old_key(old, old_results)) is None:
+                old_results = []
+            else:
+                sections[key] = _section(key, old, 3)
+    key = (dataset, split, search_steps)
+    sections[key] = _section(key, markdown, 2)
+    def result_key(r: EvalResult) -> tuple:
+        return r.dataset_name, r.dataset_split, r.task_name
+
+    replaced = {result_key(r) for r in results}
+    groups: dict[tuple, list[EvalResult]] = {}  # result key -> its results (metrics)
+    for r in [r for r in old_results if result_key(r) not in replaced] + list(results):
+        groups.setdefault(result_key(r), []).append(r)
+    # huggingface_hub's own model-index groups results by task type and dataset type, config, split and revision,
+    # not by task name, so it would file a searched evaluation's numbers under the plain one's entry: each group is
+    # made an entry of its own here, and the card is written without ModelCard (whose save regroups).
+    entries = [entry for k in sorted(groups, key=lambda k: (k[0], k[1] or "", k[2] or ""))
+               for entry in eval_results_to_model_index(model_name, groups[k])[0]["results"]]
+    card.data.model_name, card.data.eval_results = None, None
+    meta = {**card.data.to_dict(), "model-index": [{"name": model_name, "results": entries}]}
+    order = sorted(sections, key=lambda k: (k[0], k[1] or "", k[2]))  # split None: all clips
+    body = "\n\n".join(f"<!-- evaluation of {json.dumps(list(k))} -->\n{sections[k]}" for k in order)
+    text = f"{text.rstrip()}\n\n{EVALUATION_BEGIN}\n## Evaluation\n\n{body}\n{EVALUATION_END}\n"
+    with atomic_write(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(f"---\n{yaml_dump(meta, sort_keys=False).strip()}\n---\n{text}")

@@ -54,9 +54,12 @@ def comparison_markdown(comp: dict) -> str:
     return "\n".join(rows) + "\n"
 
 
-def card_results(overall: dict, dataset: str, split: str | None, budget: int) -> list:
-    """The Hub's evaluation results (model-index) of one checkpoint's every-frame report."""
-    task = dict(task_type="image-to-image", task_name=f"frame compression, {budget} bytes per frame",
+def card_results(overall: dict, dataset: str, split: str | None, budget: int, search_steps: int = 0) -> list:
+    """The Hub's evaluation results (model-index) of one checkpoint's every-frame report, its tokens searched for
+    ``search_steps`` at encode time. The task name says so: the Hub tells results apart by task and dataset, so a
+    searched evaluation's would otherwise pass for (and replace) a plain one's."""
+    search = f", tokens searched for {search_steps} steps at encode time" if search_steps else ""
+    task = dict(task_type="image-to-image", task_name=f"frame compression, {budget} bytes per frame{search}",
                 dataset_type=dataset, dataset_name=dataset, dataset_split=split)
     return [EvalResult(**task, metric_type="psnr", metric_name="PSNR (dB), mean over clips",
                        metric_value=round(overall["psnr_clip_mean"], 2)),

@@ -20,7 +20,8 @@ Every method sees the same frames after the same ``compressor.preprocess``:
 Image codecs are searched on every ``--frame-stride``-th frame (the comparison frames); the video codec encodes
 every frame, as it must, and is scored on the same comparison frames. Writes ``report.json``, ``report.md``,
 ``rd.png`` (PSNR against bytes per frame) and ``gallery.png`` (the same frames from every method). ``--card`` also
-writes the results into the model card of each Hub-folder checkpoint (its ``model-index`` and an Evaluation section).
+writes the results into the model card of each Hub-folder checkpoint (its ``model-index`` and an Evaluation section),
+one evaluation per inputs, split and search steps (``write_evaluation``).
 """
 
 from __future__ import annotations
@@ -364,7 +365,8 @@ def main(argv: list[str] | None = None) -> None:
             codec = clip_codec(model)
             budget = getattr(codec, "bytes_per_frame", None) or round(r["overall"]["bytes_per_frame"])
             write_evaluation(path, name.removeprefix("ours: "), "\n".join(md),
-                             card_results(r["overall"], dataset, args.split, budget))
+                             card_results(r["overall"], dataset, args.split, budget, args.search_steps),
+                             dataset, args.split, args.search_steps)
             print(f"wrote the evaluation into {path}/README.md")
 
 
