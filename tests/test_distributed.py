@@ -36,10 +36,11 @@ def rank_batches(ds, rank, world, monkeypatch):
     return [frame_ids(b) for b in DataLoader(ds, batch_size=ds.batch_size, num_workers=ds.num_workers, drop_last=True)]
 
 
-def test_every_frame_once_per_epoch_across_ranks_and_workers(tmp_path, monkeypatch):
+@pytest.mark.parametrize("interleave", [False, True])
+def test_every_frame_once_per_epoch_across_ranks_and_workers(tmp_path, monkeypatch, interleave):
     total = write_frame_shards(tmp_path, [7, 5, 9, 4], size=(8, 8))  # 25 frames, 4 consumers of 3 batches of 2
     ds = FrameShards([str(p) for p in sorted(tmp_path.glob("*.tar"))], batch_size=2, num_workers=2, shuffle=True,
-                     seed=3)
+                     seed=3, interleave=interleave)
     epochs = []
     for epoch in range(2):
         ds.set_epoch(epoch)
@@ -54,15 +55,71 @@ def test_every_frame_once_per_epoch_across_ranks_and_workers(tmp_path, monkeypat
     assert [i for r in range(2) for b in rank_batches(ds, r, 2, monkeypatch) for i in b] == epochs[1]  # seeded
 
 
-def test_a_resumed_epoch_continues_exactly_where_it_stopped(tmp_path, monkeypatch):
+@pytest.mark.parametrize("interleave", [False, True])
+def test_a_resumed_epoch_continues_exactly_where_it_stopped(tmp_path, monkeypatch, interleave):
     write_frame_shards(tmp_path, [10, 13, 9], size=(8, 8))
     ds = FrameShards([str(p) for p in sorted(tmp_path.glob("*.tar"))], batch_size=2, num_workers=3, shuffle=True,
-                     seed=0)
+                     seed=0, interleave=interleave)
     ds.set_epoch(4)
     full = rank_batches(ds, 1, 2, monkeypatch)
     for done in (0, 1, 2, 4, len(full)):
         ds.set_epoch(4, skip_batches=done)
         assert rank_batches(ds, 1, 2, monkeypatch) == full[done:]
+
+
+def test_interleaving_gives_each_rank_the_same_frames_in_another_order(tmp_path, monkeypatch):
+    # 36 frames, 4 consumers of 8: no shard holds a whole range, so ranges cut shards and each spans 2 or more.
+    write_frame_shards(tmp_path, [3, 5, 2, 4, 3, 6, 2, 5, 3, 3], size=(8, 8))
+    urls = [str(p) for p in sorted(tmp_path.glob("*.tar"))]
+    plain, mixed = (FrameShards(urls, batch_size=2, num_workers=2, shuffle=True, seed=1, buffer_size=1,
+                                interleave=interleave) for interleave in (False, True))
+    for epoch in range(2):
+        plain.set_epoch(epoch), mixed.set_epoch(epoch)
+        for rank in range(2):
+            a = [i for b in rank_batches(plain, rank, 2, monkeypatch) for i in b]
+            b = [i for b in rank_batches(mixed, rank, 2, monkeypatch) for i in b]
+            # The same slice of the same shard order: what a rank trains on does not depend on the option.
+            assert sorted(a) == sorted(b) and len(b) == len(set(b)) == len(mixed) == 16
+            assert a != b  # a buffer of 1 keeps the read order, so this is the interleaving itself
+
+
+def shards_per_batch(ds, monkeypatch) -> float:
+    """Mean distinct shards in a batch, for shards of 64 frames (frame k is from shard k // 64)."""
+    return float(np.mean([len({i // 64 for i in b}) for b in rank_batches(ds, 0, 1, monkeypatch)]))
+
+
+def test_interleaving_puts_many_shards_in_each_batch(tmp_path, monkeypatch):
+    # 8 clips of 64 frames and a buffer of half a clip: read in order, a batch is one or two clips, as measured on
+    # the 21 training clips with their 512-frame buffer.
+    write_frame_shards(tmp_path, [64] * 8, size=(8, 8))
+    urls = [str(p) for p in sorted(tmp_path.glob("*.tar"))]
+    plain, mixed = (FrameShards(urls, batch_size=16, shuffle=True, seed=0, buffer_size=32, interleave=interleave)
+                    for interleave in (False, True))
+    plain.set_epoch(0), mixed.set_epoch(0)
+    # 16 independent draws from 8 equal shards hold 7.1 of them on average; read in order a batch holds about 2.
+    assert shards_per_batch(plain, monkeypatch) <= 3
+    assert shards_per_batch(mixed, monkeypatch) >= 6
+
+
+def test_interleaving_spreads_a_short_shard_over_the_whole_range(tmp_path, monkeypatch):
+    # Draws proportional to the frames left make every merge equally likely, so the 4 frames of the short shard
+    # sit anywhere in the 64 (mean position 31.5). Choosing among the shards uniformly would use them up in the
+    # first few draws. A buffer of 1 yields frames in the order they are read.
+    write_frame_shards(tmp_path, [4, 60], size=(8, 8))
+    ds = FrameShards([str(p) for p in sorted(tmp_path.glob("*.tar"))], batch_size=16, shuffle=True, seed=0,
+                     buffer_size=1, interleave=True)
+    positions = []
+    for epoch in range(20):
+        ds.set_epoch(epoch)
+        ids = [i for b in rank_batches(ds, 0, 1, monkeypatch) for i in b]
+        positions += [p for p, i in enumerate(ids) if i < 4]
+    assert len(positions) == 80 and 20 < np.mean(positions) < 44
+
+
+def test_interleaving_is_for_training_only(tmp_path):
+    write_frame_shards(tmp_path, [4], size=(8, 8))
+    with pytest.raises(ValueError, match="shuffle"):
+        FrameShards([str(p) for p in tmp_path.glob("*.tar")], batch_size=2, shuffle=False, interleave=True)
 
 
 TRAIN = [sys.executable, os.path.join(REPO, "train.py"), "fit", "--config", os.path.join(REPO, "configs", "demo.yaml"),
@@ -147,6 +204,23 @@ def test_too_few_frames_for_one_batch_per_worker_is_a_clear_error(tmp_path):
     dm.setup("fit")
     with pytest.raises(ValueError, match="cannot fill one batch of 4 for each of 2 ranks x workers"):
         dm.train_dataloader()
+
+
+def test_a_yaml_setting_turns_interleaving_on_for_training_shards_only(tmp_path):
+    from jsonargparse import ArgumentParser
+
+    from compressor.data.datamodule import FramesDataModule
+
+    write_frame_shards(tmp_path, [5, 6], size=(8, 8))
+    write_frame_shards(tmp_path, [4], split="val", size=(8, 8), start=100)
+    parser = ArgumentParser()
+    parser.add_class_arguments(FramesDataModule, "data")  # as LightningCLI reads data.* from a config
+    config = parser.parse_args(["--data.shards", str(tmp_path), "--data.interleave_shards", "true",
+                                "--data.image_size", "[8, 8]", "--data.batch_size", "2"])
+    dm = FramesDataModule(**config.data)
+    dm.setup("fit")
+    assert dm.train_frames.interleave and not dm.val_dataloader().dataset.interleave
+    assert not FramesDataModule(shards=str(tmp_path)).hparams.interleave_shards  # off unless asked for
 
 
 @pytest.mark.slow  # a real fit in a subprocess: a minute or more on a loaded CPU

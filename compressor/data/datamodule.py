@@ -150,6 +150,10 @@ class FramesDataModule(pl.LightningDataModule):
         min_crop_scale: smallest crop side as a fraction of the frame side.
         persistent_workers: keep DataLoader workers alive across epochs (they see the epoch through shared memory).
         seed: seed of the shard order and shuffle buffers (the same on every rank).
+        interleave_shards: training shards only: each rank x worker merges the shards of its range at random before
+            the shuffle buffer, instead of reading them one after another, so a batch holds frames of many clips
+            (``FrameShards(interleave=True)``; the same frames per epoch). Off until measured against the sequential
+            order at equal FLOPs.
     """
 
     def __init__(
@@ -168,6 +172,7 @@ class FramesDataModule(pl.LightningDataModule):
         min_crop_scale: float = 0.6,
         persistent_workers: bool = True,
         seed: int = 0,
+        interleave_shards: bool = False,
     ):
         super().__init__()
         if videos is not None and shards is not None:
@@ -192,7 +197,7 @@ class FramesDataModule(pl.LightningDataModule):
             if not self.train_shards:
                 raise FileNotFoundError(f"no train-*.tar shards in {hp.shards}; write them with compressor.tools.make_shards")
             self.train_frames = FrameShards(self.train_shards, hp.batch_size, hp.num_workers, shuffle=True,
-                                            seed=hp.seed)
+                                            seed=hp.seed, interleave=hp.interleave_shards)
 
     # ---- data position: saved in checkpoints so that a resumed run continues the epoch where it stopped ----
     def set_epoch(self, epoch: int) -> None:
