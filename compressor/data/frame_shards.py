@@ -55,9 +55,10 @@ class FrameShards(IterableDataset):
         interleave: (training, needs ``shuffle``) a consumer opens every shard of its range at once and draws each
             next frame from one of them with probability proportional to the frames it has left (a uniformly random
             merge of their streams) before the shuffle buffer. Read in order, one shard is one clip, so a 512-frame
-            buffer leaves a batch of 16 about half one clip (4.9 of 21 clips per batch, where independent draws give
-            8.8). The frames each consumer gets are the same either way; only their order changes. Off by default,
-            and it stays off until a run measures it against the sequential order at equal FLOPs.
+            buffer leaves a batch of 16 with 4.8 of 21 clips, where independent draws give 8.9
+            (scripts/batch_clip_mix.py). The frames each consumer gets are the same either way; only their order
+            changes. Off by default until a second seed and a two-hour run confirm its first measurement
+            (+1.7 dB at 1.2e14 FLOPs, docs/vit-vs-conv.md).
     """
 
     def __init__(self, urls: list[str], batch_size: int, num_workers: int = 0, shuffle: bool = True, seed: int = 0,
