@@ -14,19 +14,8 @@ import random
 import sys
 
 sys.path.insert(0, ".")
+from compressor.data.frame_shards import random_merge  # noqa: E402
 from compressor.utils import buffer_shuffle  # noqa: E402
-
-
-def merge(shards, rng):
-    left, pos = [len(s) for s in shards], [0] * len(shards)
-    for remaining in range(sum(left), 0, -1):
-        r, i = rng.randrange(remaining), 0
-        while r >= left[i]:
-            r -= left[i]
-            i += 1
-        left[i] -= 1
-        yield shards[i][pos[i]]
-        pos[i] += 1
 
 
 def distinct_per_batch(stream, batch=16):
@@ -45,8 +34,10 @@ for sets in (["../shared/dashcam"], ["../shared/dashcam", "../shared/dashcam-ext
         order = list(range(len(shards)))
         random.Random(epoch).shuffle(order)
         ordered = [shards[i] for i in order]
-        seq += distinct_per_batch(buffer_shuffle(iter([f for s in ordered for f in s]), 512, random.Random(100 + epoch)))
-        mix += distinct_per_batch(buffer_shuffle(merge(ordered, random.Random(7 + epoch)), 512, random.Random(100 + epoch)))
+        flat = iter([f for s in ordered for f in s])
+        merged = random_merge([iter(s) for s in ordered], [len(s) for s in ordered], random.Random(7 + epoch))
+        seq += distinct_per_batch(buffer_shuffle(flat, 512, random.Random(100 + epoch)))
+        mix += distinct_per_batch(buffer_shuffle(merged, 512, random.Random(100 + epoch)))
     frames = [c for c, n in clips for _ in range(n)]
     iid = [len(set(random.Random(i).sample(frames, 16))) for i in range(2000)]
     mean = lambda x: sum(x) / len(x)  # noqa: E731

@@ -36,6 +36,20 @@ def shard_settings(folder: str) -> dict | None:
         return load_json(f.read())
 
 
+def random_merge(streams: list[Iterator], sizes: list[int], rng: random.Random) -> Iterator:
+    """Every item of ``streams`` (``sizes[i]`` items each), each stream's in order, merged at random: the next item
+    comes from a stream with probability proportional to the items it has left, which makes every merge equally
+    likely. ``sizes`` is used up (it counts what is left)."""
+    for remaining in range(sum(sizes), 0, -1):
+        # An integer draw over the items left (not float weights), so the order is exact on every platform.
+        r, i = rng.randrange(remaining), 0
+        while r >= sizes[i]:
+            r -= sizes[i]
+            i += 1
+        sizes[i] -= 1
+        yield next(streams[i])
+
+
 def count_frames(url: str) -> int:
     """Frames (``*.frame.npy`` members) in a shard, from the tar headers only."""
     with tarfile.open(url) as tar:
@@ -132,14 +146,7 @@ class FrameShards(IterableDataset):
         with contextlib.ExitStack() as stack:
             # closing() so that an abandoned epoch closes every shard's generator, and with it its tar file.
             streams = [stack.enter_context(contextlib.closing(self._shard_frames(s, lo, hi))) for s, lo, hi in slices]
-            for remaining in range(sum(left), 0, -1):
-                # An integer draw over the frames left (not float weights), so the order is exact on every platform.
-                r, i = rng.randrange(remaining), 0
-                while r >= left[i]:
-                    r -= left[i]
-                    i += 1
-                left[i] -= 1
-                yield next(streams[i])
+            yield from random_merge(streams, left, rng)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         rank, world = rank_world()
