@@ -7,6 +7,7 @@ import torch
 import webdataset as wds
 
 from compressor.tools.evaluate import evaluate, main, token_stats
+from compressor.training.model_card import check_section, save_hub_folder
 from compressor.utils import resolve_device
 from compressor.tools.learned_baseline import LearnedCodec, train
 from compressor.data.synthetic import driving_clip
@@ -128,7 +129,9 @@ def test_card_shows_the_last_evaluation_of_each_key(tmp_path):
 
     clip = tmp_path / "clip.mp4"
     write_video(str(clip), driving_clip(seed=0, num_frames=3, image_size=(128, 256)))
-    tiny_model().save_pretrained(tmp_path / "hub")
+    # as the training export writes it: its few-frame check is a section of its own, not a second "Evaluation"
+    check = check_section({"psnr": 20.0, "frames": 8, "bytes_per_frame": 224})
+    save_hub_folder(tiny_model(), str(tmp_path / "hub"), {"Check at export": check})
     before = (tmp_path / "hub" / "README.md").read_text()
     for run, search in (("out1", []), ("out2", []), ("searched", ["--search-steps", "1"])):
         main(["--checkpoint", str(tmp_path / "hub"), "--input", str(clip), "--output", str(tmp_path / run),
@@ -150,7 +153,7 @@ def test_card_shows_the_last_evaluation_of_each_key(tmp_path):
     assert text.count("### clip.mp4, all clips\n") == 1 and text.count("### clip.mp4, all clips, 1 search steps\n") == 1
     assert f"| **all (frame-weighted)** | 3 | {searched['overall']['psnr']:.2f} |" in text
     assert "Measured with `python -m compressor.tools.evaluate --checkpoint" in text and "--card" in text
-    assert text.count("Measured with") == 2
+    assert text.count("Measured with") == 2 and text.count("## Check at export\n") == 1
     assert text.startswith(before.split("---\n", 2)[2].rstrip())  # what save_pretrained wrote is kept, above it
 
 

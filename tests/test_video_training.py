@@ -128,7 +128,7 @@ def test_a_conditional_codec_composed_in_yaml_trains_one_step_and_exports_throug
         assert any(k.startswith(part) for k in moved(live, codec)), part
     assert {k for k in moved(ema, module.ema) if not k.startswith("quantizer.")}  # the EMA follows the step
     run = tmp_path / "run"
-    assert (run / "recon.png").exists() and "## Evaluation" in (run / "hub" / "README.md").read_text()
+    assert (run / "recon.png").exists() and "## Check at export" in (run / "hub" / "README.md").read_text()
     frames = driving_clip(seed=6, num_frames=5)
     encoded, recon = compressor.load(run / "video.pt").encode_clip(frames)
     again = compressor.load(run / "hub")

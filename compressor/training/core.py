@@ -22,7 +22,7 @@ from compressor.codec.clips import clip_codec, clip_tokens, transmit
 from compressor.codec.quantizers import Whitening
 from compressor.codec.video import load_codec  # compressor.load: it tells per-frame and video models apart
 from compressor.metrics import frame_psnr
-from compressor.training.model_card import evaluation_section, save_hub_folder
+from compressor.training.model_card import check_section, save_hub_folder
 from compressor.utils import cosine, wsd
 
 # Running statistics that belong to the weights producing their inputs, re-estimated for the EMA weights.
@@ -187,7 +187,7 @@ def export(model: nn.Module, out_dir: str, filename: str, sections: dict[str, st
                       bytes_per_frame=num_bytes / len(frames), image=os.path.join(out_dir, "recon.png"))
         grid = torch.cat([frames, recon], dim=2).cpu().float() / 255  # each column: original above, recon below
         torchvision.utils.save_image(grid, result["image"], nrow=min(4, len(frames)), padding=2)
-        sections = {**sections, "Evaluation": evaluation_section(result)}
+        sections = {**sections, "Check at export": check_section(result)}
     if hasattr(model, "save_pretrained"):  # every codec here has a Hub format; a model of another kind may not
         result["hub"] = os.path.join(out_dir, "hub")
         save_hub_folder(model, result["hub"], sections, result["image"])

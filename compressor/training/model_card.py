@@ -41,8 +41,9 @@ def training_sections(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dic
     return {"Training": "\n".join(lines)}
 
 
-def evaluation_section(check: dict) -> str:
-    """The card's "Evaluation" section from ``core.export``'s check: ``{"psnr", "frames", "bytes_per_frame"}``."""
+def check_section(check: dict) -> str:
+    """The card's "Check at export" section from ``core.export``'s check: ``{"psnr", "frames", "bytes_per_frame"}``.
+    Not called "Evaluation": that heading is ``compressor.tools.evaluate --card``'s (``hub.write_evaluation``)."""
     return (f"PSNR {check['psnr']:.2f} dB on {check['frames']} validation frames at {check['bytes_per_frame']:g} "
             "bytes/frame, measured at the end of training through the codec API (encode -> pack -> unpack -> "
             "decode), as a user of this folder gets it. A few frames only: use `compressor.tools.evaluate` for "
