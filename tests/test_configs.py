@@ -51,6 +51,7 @@ def test_config_builds_a_224_byte_model(config):
 def test_no_config_trains_the_recommended_recipe():
     bare, named = parse(), parse("cpu-best-224B.yaml")
     assert isinstance(bare.model.autoencoder.quantizer, StandardizedFSQ) and bare.datamodule.hparams.augment
+    assert bare.datamodule.hparams.interleave_shards and named.datamodule.hparams.interleave_shards
     assert bare.trainer.max_steps == named.trainer.max_steps == 11250  # 180k images of 16
     assert count(bare.model) == count(named.model)
 
