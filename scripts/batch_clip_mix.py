@@ -11,11 +11,9 @@ the reference. Labels only, no frames are read.
 import collections
 import csv
 import random
-import sys
 
-sys.path.insert(0, ".")
-from compressor.data.frame_shards import random_merge  # noqa: E402
-from compressor.utils import buffer_shuffle  # noqa: E402
+from compressor.data.frame_shards import random_merge  # the package installed (pip install -e .)
+from compressor.utils import buffer_shuffle
 
 
 def distinct_per_batch(stream, batch=16):

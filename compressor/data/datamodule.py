@@ -152,8 +152,8 @@ class FramesDataModule(pl.LightningDataModule):
         seed: seed of the shard order and shuffle buffers (the same on every rank).
         interleave_shards: training shards only: each rank x worker merges the shards of its range at random before
             the shuffle buffer, instead of reading them one after another, so a batch holds frames of many clips
-            (``FrameShards(interleave=True)``; the same frames per epoch). Off in the class, as the data module
-            used bare reads shards as written; ``configs/base.yaml`` turns it on (its comment has the measurements).
+            (``FrameShards(interleave=True)``; the same frames per epoch). Off in the class (shards are read
+            as written); ``configs/base.yaml`` turns it on (its comment has the measurements).
     """
 
     def __init__(

@@ -71,8 +71,8 @@ class FrameShards(IterableDataset):
             merge of their streams) before the shuffle buffer. Read in order, one shard is one clip, so a 512-frame
             buffer leaves a batch of 16 with 4.8 of 21 clips, where independent draws give 8.9
             (scripts/batch_clip_mix.py). The frames each consumer gets are the same either way; only their order
-            changes. Off by default until a second seed and a two-hour run confirm its first measurement
-            (+1.7 dB at 1.2e14 FLOPs, docs/vit-vs-conv.md).
+            changes. Off in the class; ``configs/base.yaml`` turns it on (+1.7 dB at 1.2e14 FLOPs, level at the two-hour
+            1.85e15: docs/vit-vs-conv.md#interleaved-shards).
     """
 
     def __init__(self, urls: list[str], batch_size: int, num_workers: int = 0, shuffle: bool = True, seed: int = 0,
